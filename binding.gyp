@@ -1,0 +1,26 @@
+{
+  "targets": [
+    {
+      "target_name": "uffd_hmm",
+      "sources": [
+        "native/addon.cc",
+        "native/napi_util.cc",
+        "native/uffd.cc",
+        "native/device.cc",
+        "native/region.cc",
+        "native/policy.cc",
+        "native/servicer_thread.cc",
+        "native/poller.cc",
+        "native/bench.cc"
+      ],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=9", "NAPI_CPP_EXCEPTIONS", "_GNU_SOURCE"],
+      "cflags_cc!": ["-fno-exceptions", "-fno-rtti"],
+      "cflags_cc": [
+        "-std=c++17", "-fexceptions", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
+        "-Wno-missing-field-initializers", "-fstack-protector-strong", "-D_FORTIFY_SOURCE=2", "-fPIC"
+      ],
+      "ldflags": ["-Wl,-z,relro", "-Wl,-z,now", "-pthread"]
+    }
+  ]
+}

@@ -1,0 +1,68 @@
+// Device page bookkeeping over the device's shared buffer: a free stack under a spinlock and a
+// refcount per page. The main thread, the worker servicer and native/device.cc all use it.
+import {
+  DEVICE_HEADER,
+  DEV_FREED,
+  DEV_FREE_TOP,
+  DEV_LOCK,
+  DEV_USED,
+} from './layout.js';
+
+export function deviceSharedWords(capacity: number): number {
+  return DEVICE_HEADER + 2 * capacity;
+}
+
+/** Fills the free stack so that pops hand out pfn 0, 1, 2, … */
+export function initDevicePages(shared: Int32Array, capacity: number): void {
+  const stack = DEVICE_HEADER + capacity;
+  for (let i = 0; i < capacity; i++) shared[stack + i] = capacity - 1 - i;
+  shared[DEV_FREE_TOP] = capacity;
+}
+
+function spinLock(shared: Int32Array): void {
+  while (Atomics.compareExchange(shared, DEV_LOCK, 0, 1) !== 0) {
+    // Held for a handful of instructions by another thread: spin.
+  }
+}
+
+function spinUnlock(shared: Int32Array): void {
+  Atomics.store(shared, DEV_LOCK, 0);
+}
+
+/** Takes a free device page with refcount 1, or returns -1 when the device is full. */
+export function allocDevicePage(shared: Int32Array, capacity: number): number {
+  spinLock(shared);
+  const top = shared[DEV_FREE_TOP];
+  if (top === 0) {
+    spinUnlock(shared);
+    return -1;
+  }
+  const pfn = shared[DEVICE_HEADER + capacity + top - 1];
+  shared[DEV_FREE_TOP] = top - 1;
+  Atomics.store(shared, DEVICE_HEADER + pfn, 1);
+  Atomics.add(shared, DEV_USED, 1);
+  spinUnlock(shared);
+  return pfn;
+}
+
+/** Adds a reference (a second mapping of the same device page, as after fork). */
+export function getDevicePage(shared: Int32Array, pfn: number): void {
+  Atomics.add(shared, DEVICE_HEADER + pfn, 1);
+}
+
+/** Drops a reference; returns true when it was the last and the page went back to the free stack. */
+export function putDevicePage(shared: Int32Array, capacity: number, pfn: number): boolean {
+  if (Atomics.sub(shared, DEVICE_HEADER + pfn, 1) !== 1) return false;
+  spinLock(shared);
+  const top = shared[DEV_FREE_TOP];
+  shared[DEVICE_HEADER + capacity + top] = pfn;
+  shared[DEV_FREE_TOP] = top + 1;
+  Atomics.sub(shared, DEV_USED, 1);
+  spinUnlock(shared);
+  Atomics.add(shared, DEV_FREED, 1);
+  return true;
+}
+
+export function devicePageRefcount(shared: Int32Array, pfn: number): number {
+  return Atomics.load(shared, DEVICE_HEADER + pfn);
+}

@@ -1,0 +1,47 @@
+// Shared-memory layout of the page table and the device bookkeeping, mirrored from
+// native/layout.h: both sides read and write these words with atomics.
+
+/** Int32 words before the page table in a region's shared buffer. */
+export const REGION_HEADER = 16;
+export const STAT_FAULTS = 0;
+export const STAT_WRITE_FAULTS = 1;
+export const STAT_WP_FAULTS = 2;
+export const STAT_KERNEL_FAULTS = 3;
+export const STAT_MIGRATED_BACK = 4;
+export const STAT_ZERO_FILLS = 5;
+export const STAT_POISONED = 6;
+/** Bumped after every page unlock so waiters can re-check. */
+export const UNLOCK_SEQ = 7;
+
+export const KIND_MASK = 0x3;
+export const KIND_NONE = 0;
+export const KIND_PRESENT = 1;
+export const KIND_DEVICE = 2;
+export const KIND_POISON = 3;
+export const WRITE = 0x4;
+export const LOCKED = 0x8;
+export const DEVICE_SHIFT = 16;
+export const MAX_DEVICE_SLOT = 0x7fff;
+
+/** Int32 words before refcount[capacity] and freeStack[capacity] in a device's shared buffer. */
+export const DEVICE_HEADER = 8;
+export const DEV_LOCK = 0;
+export const DEV_FREE_TOP = 1;
+export const DEV_USED = 2;
+export const DEV_FAULTS = 3;
+export const DEV_MIGRATED_TO_DEVICE = 4;
+export const DEV_MIGRATED_TO_RAM = 5;
+export const DEV_FREED = 6;
+
+/** Index of a page's state word in the region's Int32Array; its pfn word follows it. */
+export function stateIndex(page: number): number {
+  return REGION_HEADER + 2 * page;
+}
+
+// userfaultfd page-fault flags (linux/userfaultfd.h).
+export const UFFD_PAGEFAULT_FLAG_WRITE = 1;
+export const UFFD_PAGEFAULT_FLAG_WP = 2;
+
+// The event records pollerWait writes (native/poller.cc).
+export const EVENT_STRIDE = 5;
+export const EVENT_PAGEFAULT = 1;

@@ -1,0 +1,100 @@
+// The one place that loads the addon, and the exact surface it exposes to TypeScript.
+// Every native function returns 0 or -errno on its hot paths and throws only for bad handles or
+// arguments, so servicers decide what an errno means.
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+
+export interface NativeProbe {
+  available: boolean;
+  via: 'dev-userfaultfd' | 'syscall' | null;
+  userModeOnly: boolean;
+  features: number;
+  devErrno: number;
+  syscallErrno: number;
+  errno: number;
+  kernel: string;
+  pageSize: number;
+}
+
+export interface NativeRegion {
+  handle: number;
+  bytes: ArrayBuffer;
+  address: bigint;
+  pageSize: number;
+  via: 'dev-userfaultfd' | 'syscall';
+  userModeOnly: boolean;
+}
+
+export interface Addon {
+  probe(): NativeProbe;
+  errnoName(errno: number): string;
+  detachArrayBuffer(ab: ArrayBuffer): void;
+
+  deviceCreate(capacity: number, shared: Int32Array): number;
+  deviceDestroy(slot: number): void;
+  deviceRead(slot: number, pfn: number, out: Uint8Array): void;
+  deviceWrite(slot: number, pfn: number, data: ArrayBufferView, offset: number): void;
+  deviceZero(slot: number, pfn: number): void;
+  deviceCopyPage(srcSlot: number, srcPfn: number, dstSlot: number, dstPfn: number): void;
+  deviceChecksum(slot: number, pfn: number): number;
+
+  regionCreate(pages: number, shared: Int32Array, servicer: 'worker' | 'native', allowUserModeOnly: boolean): NativeRegion;
+  regionClose(handle: number): void;
+  regionCopyIn(handle: number, page: number, slot: number, pfn: number, writeProtect: boolean): number;
+  regionZeroFill(handle: number, page: number, write: boolean): number;
+  regionWake(handle: number, first: number, count: number): number;
+  regionWriteProtect(handle: number, first: number, count: number, protect: boolean, wake: boolean): number;
+  regionPoison(handle: number, page: number): number;
+  regionCopyOut(handle: number, first: number, count: number, slot: number, pfns: Int32Array): number;
+  regionPagemap(handle: number, first: number, count: number, out: BigUint64Array): void;
+  regionDiscard(handle: number, first: number, count: number): number;
+  regionMprotect(handle: number, first: number, count: number, prot: number): number;
+
+  pollerCreate(): number;
+  pollerDestroy(handle: number): void;
+  pollerAdd(poller: number, region: number): void;
+  pollerRemove(poller: number, region: number): void;
+  pollerKick(poller: number): void;
+  pollerWait(poller: number, out: Float64Array, timeoutMs: number): number;
+
+  benchTouch(region: number, order: Int32Array, threads: number, out: Float64Array, write: boolean): void;
+  benchPlain(pages: number, order: Int32Array, threads: number, out: Float64Array): void;
+  benchBaseline(pages: number, order: Int32Array, threads: number, out: Float64Array): void;
+}
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const candidates = [
+  path.join(root, 'build', 'Release', 'uffd_hmm.node'),
+  path.join(root, 'build', 'Debug', 'uffd_hmm.node'),
+];
+
+function load(): Addon {
+  if (process.platform !== 'linux') {
+    const err = new Error(`uffd-hmm runs on Linux only (this is ${process.platform}): it needs userfaultfd(2).`);
+    (err as NodeJS.ErrnoException).code = 'ERR_UFFD_UNSUPPORTED_PLATFORM';
+    throw err;
+  }
+  const require = createRequire(import.meta.url);
+  const failures: string[] = [];
+  for (const file of candidates) {
+    try {
+      return require(file) as Addon;
+    } catch (e) {
+      failures.push(`  ${file}: ${(e as Error).message.split('\n')[0]}`);
+    }
+  }
+  const err = new Error(
+    'uffd-hmm could not load its native addon. Tried:\n' +
+      failures.join('\n') +
+      '\nBuild it with `npm rebuild uffd-hmm` (or `npx node-gyp rebuild` in the package folder); ' +
+      'that needs python3, make and a C++ compiler (g++ 10 or newer).',
+  );
+  (err as NodeJS.ErrnoException).code = 'ERR_UFFD_ADDON_LOAD';
+  throw err;
+}
+
+export const native: Addon = load();
+
+/** The system page size; every region and device page has this size. */
+export const PAGE_SIZE: number = native.probe().pageSize;

@@ -1,0 +1,119 @@
+// probe(): what this process can do with userfaultfd, and when it cannot, what is missing and
+// the command or setting that fixes it. Never throws.
+import { readFileSync } from 'node:fs';
+
+import { native, type NativeProbe } from './native.js';
+
+export type FeatureName =
+  | 'wp'
+  | 'wpAsync'
+  | 'move'
+  | 'poison'
+  | 'zeropage'
+  | 'eventFork'
+  | 'eventRemove'
+  | 'eventUnmap'
+  | 'eventRemap'
+  | 'threadId'
+  | 'sigbus';
+
+export interface Probe {
+  /** Can this process register userfaultfd ranges? */
+  available: boolean;
+  via: 'dev-userfaultfd' | 'syscall' | null;
+  /** Only UFFD_USER_MODE_ONLY worked: faults from inside system calls cannot be served. */
+  userModeOnly: boolean;
+  /** uname release. */
+  kernel: string;
+  features: Record<FeatureName, boolean>;
+  /** When not available (or user-mode only): what is missing. */
+  problem?: string;
+  /** And the command or setting that fixes it. */
+  fix?: string;
+}
+
+// UFFD_FEATURE_* bits (include/uapi/linux/userfaultfd.h).
+const FEATURE_BITS: Record<Exclude<FeatureName, 'zeropage'>, number> = {
+  wp: 1 << 0,
+  eventFork: 1 << 1,
+  eventRemap: 1 << 2,
+  eventRemove: 1 << 3,
+  eventUnmap: 1 << 6,
+  sigbus: 1 << 7,
+  threadId: 1 << 8,
+  poison: 1 << 14,
+  wpAsync: 1 << 15,
+  move: 1 << 16,
+};
+
+const EPERM = 1;
+const ENOENT = 2;
+const EACCES = 13;
+const ENOSYS = 38;
+
+function sysctl(name: string): string | undefined {
+  try {
+    return readFileSync(`/proc/sys/${name.replace(/\./g, '/')}`, 'utf8').trim();
+  } catch {
+    return undefined;
+  }
+}
+
+export const FIX_PRIVILEGE =
+  'run as root (or with CAP_SYS_PTRACE), or allow unprivileged use with `sudo sysctl vm.unprivileged_userfaultfd=1`, ' +
+  'or give this user read/write access to /dev/userfaultfd (`sudo setfacl -m u:$(id -un):rw /dev/userfaultfd`)';
+
+function diagnose(n: NativeProbe): { problem?: string; fix?: string } {
+  if (n.available && !n.userModeOnly) return {};
+  const dev =
+    n.devErrno === ENOENT
+      ? '/dev/userfaultfd does not exist'
+      : n.devErrno === EACCES || n.devErrno === EPERM
+        ? '/dev/userfaultfd is not accessible to this user'
+        : n.devErrno !== 0
+          ? `/dev/userfaultfd failed (${native.errnoName(n.devErrno)})`
+          : '';
+  if (n.syscallErrno === ENOSYS && n.devErrno === ENOENT) {
+    return {
+      problem: 'this kernel has no userfaultfd (built without CONFIG_USERFAULTFD)',
+      fix: 'use a kernel built with CONFIG_USERFAULTFD=y (Linux 5.7 or newer for write-protect faults)',
+    };
+  }
+  const unpriv = sysctl('vm.unprivileged_userfaultfd');
+  const sys =
+    n.syscallErrno === EPERM
+      ? `the userfaultfd(2) system call was refused (EPERM${unpriv !== undefined ? `; vm.unprivileged_userfaultfd is ${unpriv}` : ''})`
+      : n.syscallErrno !== 0
+        ? `the userfaultfd(2) system call failed (${native.errnoName(n.syscallErrno)})`
+        : '';
+  const why = [dev, sys].filter(Boolean).join(', and ');
+  if (n.available && n.userModeOnly) {
+    return {
+      problem: `only user-mode-only userfaultfd is permitted (${why}): faults from inside system calls (read(2)/write(2) through device pages) fail with EFAULT`,
+      fix: FIX_PRIVILEGE,
+    };
+  }
+  return { problem: `userfaultfd is not permitted for this process: ${why || 'unknown reason'}`, fix: FIX_PRIVILEGE };
+}
+
+export function probe(): Probe {
+  let n: NativeProbe;
+  try {
+    n = native.probe();
+  } catch (e) {
+    return {
+      available: false,
+      via: null,
+      userModeOnly: false,
+      kernel: 'unknown',
+      features: Object.fromEntries([...Object.keys(FEATURE_BITS), 'zeropage'].map((k) => [k, false])) as Probe['features'],
+      problem: `the native probe failed: ${(e as Error).message}`,
+      fix: 'rebuild the addon with `npm rebuild uffd-hmm`',
+    };
+  }
+  const features = {} as Record<FeatureName, boolean>;
+  for (const [name, bit] of Object.entries(FEATURE_BITS)) features[name as FeatureName] = n.available && (n.features & bit) !== 0;
+  // UFFDIO_ZEROPAGE on anonymous memory has no feature bit: it exists wherever userfaultfd does.
+  features.zeropage = n.available;
+  return { available: n.available, via: n.via, userModeOnly: n.userModeOnly, kernel: n.kernel, features, ...diagnose(n) };
+}

@@ -1,0 +1,575 @@
+// A Region: real anonymous memory under userfaultfd, the emulated vma. It owns the page table
+// (the device entries) in shared memory and performs the main-thread side of every migration.
+import { EventEmitter } from 'node:events';
+import { readFileSync } from 'node:fs';
+
+import { native, PAGE_SIZE, type NativeRegion } from './native.js';
+import { UffdHmmError, check, invalidType, invalidValue } from './errors.js';
+import { integer, optionalBoolean, optionsObject, pageRange } from './validate.js';
+import {
+  DEVICE_SHIFT,
+  DEV_MIGRATED_TO_DEVICE,
+  DEV_MIGRATED_TO_RAM,
+  KIND_DEVICE,
+  KIND_MASK,
+  KIND_NONE,
+  KIND_POISON,
+  KIND_PRESENT,
+  MAX_DEVICE_SLOT,
+  REGION_HEADER,
+  STAT_FAULTS,
+  STAT_KERNEL_FAULTS,
+  STAT_MIGRATED_BACK,
+  STAT_WP_FAULTS,
+  STAT_WRITE_FAULTS,
+  WRITE,
+  stateIndex,
+} from './layout.js';
+import { lockPage, unlockPage } from './pagelock.js';
+import { Device, deviceBySlot, type DeviceHolder } from './device.js';
+import { makeDeviceEntry } from './entry.js';
+import { probe } from './probe.js';
+import { WorkerServicer } from './servicer/host.js';
+
+export type ServicerKind = 'worker' | 'native' | 'inline';
+
+export interface MapOptions {
+  /** Size in pages. */
+  pages: number;
+  /** Who serves the faults: 'worker' (default, TypeScript in a worker_thread) or 'native' (a C++ thread, default policy only). */
+  servicer?: ServicerKind;
+  /** Pages migrated back per fault (1 = no fault-around). */
+  faultAround?: number;
+}
+
+export type Entry =
+  | { kind: 'none' }
+  | { kind: 'present'; write: boolean }
+  | { kind: 'device'; write: boolean; device: Device; pfn: number }
+  | { kind: 'poison' };
+
+export interface RegionStats {
+  /** Faults served (missing and write-protect). */
+  faults: number;
+  /** Of those, write accesses. */
+  writeFaults: number;
+  /** Write-protect faults: the first write to a page that came back from a read entry. */
+  wpFaults: number;
+  /** Faults taken inside system calls, where a servicer can tell. */
+  kernelFaults: number;
+  /** Pages migrated back to system memory, by faults or migrateToRam. */
+  migratedBack: number;
+}
+
+export interface MigrateOptions {
+  /** Force write (true) or read (false) device entries; default: as the page was mapped. */
+  write?: boolean;
+}
+
+/** HMM_DMIRROR_PROT_* flags of lib/test_hmm_uapi.h, one per page in a snapshot. */
+export const HMM_DMIRROR_PROT_ERROR = 0xff;
+export const HMM_DMIRROR_PROT_NONE = 0x00;
+export const HMM_DMIRROR_PROT_READ = 0x01;
+export const HMM_DMIRROR_PROT_WRITE = 0x02;
+export const HMM_DMIRROR_PROT_PMD = 0x04;
+export const HMM_DMIRROR_PROT_PUD = 0x08;
+export const HMM_DMIRROR_PROT_ZERO = 0x10;
+export const HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL = 0x20;
+export const HMM_DMIRROR_PROT_DEV_PRIVATE_REMOTE = 0x30;
+
+/** /proc/PID/pagemap bits. */
+export const PM_PRESENT = 1n << 63n;
+export const PM_SWAP = 1n << 62n;
+export const PM_FILE = 1n << 61n;
+export const PM_UFFD_WP = 1n << 57n;
+export const PM_MMAP_EXCLUSIVE = 1n << 56n;
+export const PM_SOFT_DIRTY = 1n << 55n;
+
+/** Pages a region may have: 2^28 pages is 1 TiB of address space with 4 KiB pages. */
+export const MAX_REGION_PAGES = 1 << 28;
+
+const PROT_NONE = 0;
+const PROT_READ = 1;
+const PROT_READWRITE = 3;
+const EAGAIN = -11;
+const EEXIST = -17;
+
+function unavailableError(cause?: unknown): UffdHmmError {
+  const p = probe();
+  const err = new UffdHmmError(
+    'ERR_UFFD_UNAVAILABLE',
+    `userfaultfd is unavailable: ${p.problem ?? 'unknown reason'}. Fix: ${p.fix ?? 'run as root'}.`,
+    { cause },
+  );
+  if (cause && typeof cause === 'object') {
+    const c = cause as { errno?: number; syscall?: string };
+    if (c.errno !== undefined) Object.assign(err, { errno: c.errno, syscall: c.syscall });
+  }
+  return err;
+}
+
+export class Region extends EventEmitter implements DeviceHolder {
+  /** Maps a new region; faults on it are served by the chosen servicer. */
+  static map(options: MapOptions): Region {
+    if (options === null || typeof options !== 'object') throw invalidType('options', 'an object with pages', options);
+    const pages = integer('options.pages', options.pages, 1, MAX_REGION_PAGES);
+    const servicer = options.servicer ?? 'worker';
+    if (servicer !== 'worker' && servicer !== 'native' && servicer !== 'inline') {
+      throw invalidValue('options.servicer', "'worker', 'native' or 'inline'", servicer);
+    }
+    const faultAround = options.faultAround === undefined ? 1 : integer('options.faultAround', options.faultAround, 1, 1);
+    if (servicer === 'inline') {
+      throw new UffdHmmError(
+        'ERR_SERVICER_UNSUPPORTED',
+        "servicer 'inline' (UFFD_FEATURE_SIGBUS) is not available in this version; use 'worker' or 'native'",
+      );
+    }
+    const p = probe();
+    if (!p.available) throw unavailableError();
+    return new Region(pages, servicer, faultAround);
+  }
+
+  readonly pages: number;
+  readonly pageSize = PAGE_SIZE;
+  readonly servicer: ServicerKind;
+  readonly faultAround: number;
+  /** @internal */ readonly handle: number;
+  /** @internal Region header and page table, shared with the servicer. */
+  readonly shared: Int32Array;
+  #address: bigint;
+  #buffer: ArrayBuffer;
+  #bytes: Uint8Array;
+  /** Per-page protection as last set by mprotect (PROT_* bits). */
+  readonly #prot: Uint8Array;
+  readonly #devices = new Set<Device>();
+  #closing: Promise<void> | undefined;
+  #closed = false;
+  readonly userModeOnly: boolean;
+
+  private constructor(pages: number, servicer: 'worker' | 'native', faultAround: number) {
+    super();
+    this.pages = pages;
+    this.servicer = servicer;
+    this.faultAround = faultAround;
+    this.shared = new Int32Array(new SharedArrayBuffer((REGION_HEADER + 2 * pages) * 4));
+    let nat: NativeRegion;
+    try {
+      nat = native.regionCreate(pages, this.shared, servicer, true);
+    } catch (e) {
+      // Native system errors already carry code, errno and syscall; only a refused open needs the fix named.
+      if ((e as { syscall?: string }).syscall === 'userfaultfd') throw unavailableError(e);
+      throw e;
+    }
+    this.handle = nat.handle;
+    this.#address = nat.address;
+    this.#buffer = nat.bytes;
+    this.#bytes = new Uint8Array(nat.bytes);
+    this.userModeOnly = nat.userModeOnly;
+    this.#prot = new Uint8Array(pages).fill(PROT_READWRITE);
+    if (servicer === 'worker') WorkerServicer.get().addRegion(this);
+  }
+
+  get address(): bigint {
+    return this.#address;
+  }
+
+  get length(): number {
+    return this.pages * this.pageSize;
+  }
+
+  /** The real memory. Touching a device-resident page faults and is served. Length 0 after close(). */
+  get bytes(): Uint8Array {
+    return this.#bytes;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /**
+   * Migrates pages to `device` (migrate_vma): each page's contents move to a new device page and the
+   * CPU page is freed, leaving a device entry — a write entry if the page was writable, else a
+   * read entry. Holes migrate as zeroed device pages; pages on another device move device to
+   * device. Best effort: returns how many pages of the range are on `device` afterwards.
+   */
+  migrate(first: number, count: number, device: Device, options?: MigrateOptions): number {
+    this.#checkOpen();
+    const [f, c] = pageRange(first, count, this.pages);
+    if (!(device instanceof Device)) throw invalidType('device', 'a Device', device);
+    if (device.closed) throw new UffdHmmError('ERR_DEVICE_CLOSED', `device ${device.name} is closed`);
+    const opts = optionsObject('options', options);
+    const forceWrite = optionalBoolean('options.write', opts.write);
+    if (c === 0) return 0;
+    if (this.servicer === 'worker') WorkerServicer.get().ensureDevice(device);
+    this.#devices.add(device);
+    device.addHolder(this);
+
+    const shared = this.shared;
+    const pfns = new Int32Array(c).fill(-1); // new device page per page, -1 = not moving
+    const old = new Int32Array(c); // state word before the lock
+    let locked = 0; // pages [f, f+locked) are locked
+    let onDevice = 0;
+    try {
+      for (; locked < c; locked++) {
+        const page = f + locked;
+        const s = lockPage(shared, page);
+        old[locked] = s;
+        const kind = s & KIND_MASK;
+        if (kind === KIND_DEVICE && ((s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT) === device.slot) {
+          onDevice++;
+          continue;
+        }
+        if (kind === KIND_POISON || (this.#prot[page] & PROT_READ) === 0) continue;
+        const pfn = device.allocPage();
+        if (pfn < 0) {
+          // The device is full: this page and the rest stay where they are.
+          unlockPage(shared, page, s);
+          break;
+        }
+        pfns[locked] = pfn;
+      }
+      // Stop writers first (the migration entry), then copy, then free the CPU pages.
+      this.#forRuns(f, locked, (i) => pfns[i] >= 0 && (old[i] & KIND_MASK) === KIND_PRESENT, (a, n) =>
+        this.#retry(() => native.regionWriteProtect(this.handle, a, n, true, false), 'ioctl(UFFDIO_WRITEPROTECT)'),
+      );
+      const cpuPfns = new Int32Array(locked);
+      for (let i = 0; i < locked; i++) {
+        const kind = old[i] & KIND_MASK;
+        cpuPfns[i] = pfns[i] >= 0 && (kind === KIND_PRESENT || kind === KIND_NONE) ? pfns[i] : -1;
+      }
+      native.regionCopyOut(this.handle, f, locked, device.slot, cpuPfns);
+      for (let i = 0; i < locked; i++) {
+        if (pfns[i] < 0 || (old[i] & KIND_MASK) !== KIND_DEVICE) continue;
+        const from = deviceBySlot((old[i] >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT)!;
+        native.deviceCopyPage(from.slot, shared[stateIndex(f + i) + 1], device.slot, pfns[i]);
+        from.putPage(shared[stateIndex(f + i) + 1]);
+      }
+      this.#forRuns(f, locked, (i) => pfns[i] >= 0 && (old[i] & KIND_MASK) === KIND_PRESENT, (a, n) =>
+        check(native.regionDiscard(this.handle, a, n), 'madvise(MADV_DONTNEED)'),
+      );
+    } catch (e) {
+      for (let i = 0; i < locked; i++) {
+        if (pfns[i] >= 0) device.putPage(pfns[i]);
+        unlockPage(shared, f + i, old[i]);
+      }
+      throw e;
+    }
+    let moved = 0;
+    for (let i = 0; i < locked; i++) {
+      const page = f + i;
+      const s = old[i];
+      const kind = s & KIND_MASK;
+      if (pfns[i] < 0) {
+        // Already on this device: only a forced read downgrades it (make_device_entry_read).
+        unlockPage(shared, page, kind === KIND_DEVICE && forceWrite === false ? s & ~WRITE : s);
+        continue;
+      }
+      const write = forceWrite ?? (kind === KIND_NONE ? (this.#prot[page] & 2) !== 0 : (s & WRITE) !== 0);
+      shared[stateIndex(page) + 1] = pfns[i];
+      unlockPage(shared, page, KIND_DEVICE | (write ? WRITE : 0) | (device.slot << DEVICE_SHIFT));
+      moved++;
+    }
+    Atomics.add(device.shared, DEV_MIGRATED_TO_DEVICE, moved);
+    return onDevice + moved;
+  }
+
+  /** Migrates device-resident pages of the range back to system memory; returns how many moved. */
+  migrateToRam(first: number, count: number): number {
+    this.#checkOpen();
+    const [f, c] = pageRange(first, count, this.pages);
+    return this.#migrateBack(f, c, undefined);
+  }
+
+  /** The page's entry, read from the table the servicers share. */
+  entry(page: number): Entry {
+    this.#checkOpen();
+    integer('page', page, 0, this.pages - 1);
+    const s = Atomics.load(this.shared, stateIndex(page));
+    switch (s & KIND_MASK) {
+      case KIND_PRESENT:
+        return { kind: 'present', write: (s & WRITE) !== 0 };
+      case KIND_DEVICE: {
+        const device = deviceBySlot((s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT)!;
+        return { kind: 'device', write: (s & WRITE) !== 0, device, pfn: Atomics.load(this.shared, stateIndex(page) + 1) };
+      }
+      case KIND_POISON:
+        return { kind: 'poison' };
+      default:
+        return { kind: 'none' };
+    }
+  }
+
+  /**
+   * One HMM_DMIRROR_PROT_* byte per page, as dmirror's snapshot ioctl reports: a device page is
+   * LOCAL on `device` (or on any device when none is given) and REMOTE on another.
+   */
+  snapshot(first = 0, count?: number, device?: Device): Uint8Array {
+    this.#checkOpen();
+    const [f, c] = pageRange(first, count ?? this.pages - (typeof first === 'number' ? first : 0), this.pages);
+    if (device !== undefined && !(device instanceof Device)) throw invalidType('device', 'a Device', device);
+    const out = new Uint8Array(c);
+    const pm = new BigUint64Array(c);
+    if (c > 0) native.regionPagemap(this.handle, f, c, pm);
+    const zeroPfn = zeroPagePfn();
+    for (let i = 0; i < c; i++) {
+      const page = f + i;
+      const s = Atomics.load(this.shared, stateIndex(page));
+      const rw = (s & WRITE) !== 0 ? HMM_DMIRROR_PROT_WRITE : HMM_DMIRROR_PROT_READ;
+      if ((this.#prot[page] & PROT_READ) === 0) {
+        out[i] = HMM_DMIRROR_PROT_ERROR;
+        continue;
+      }
+      switch (s & KIND_MASK) {
+        case KIND_DEVICE: {
+          const slot = (s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT;
+          const local = device === undefined || device.slot === slot;
+          out[i] = (local ? HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL : HMM_DMIRROR_PROT_DEV_PRIVATE_REMOTE) | rw;
+          break;
+        }
+        case KIND_PRESENT: {
+          const e = pm[i];
+          if ((e & PM_PRESENT) === 0n) {
+            out[i] = HMM_DMIRROR_PROT_NONE;
+          } else if (zeroPfn !== 0n && (e & ((1n << 55n) - 1n)) === zeroPfn) {
+            out[i] = HMM_DMIRROR_PROT_ZERO | HMM_DMIRROR_PROT_READ;
+          } else {
+            out[i] = (this.#prot[page] & 2) !== 0 ? rw : HMM_DMIRROR_PROT_READ;
+          }
+          break;
+        }
+        case KIND_POISON:
+          out[i] = HMM_DMIRROR_PROT_ERROR;
+          break;
+        default:
+          out[i] = HMM_DMIRROR_PROT_NONE;
+      }
+    }
+    return out;
+  }
+
+  /**
+   * The /proc/self/pagemap words of the range, with device entries shown as the kernel shows
+   * them: PM_SWAP | swp_type | swp_offset << 5, exclusive when mapped once.
+   */
+  pagemap(first = 0, count?: number): BigUint64Array {
+    this.#checkOpen();
+    const [f, c] = pageRange(first, count ?? this.pages - (typeof first === 'number' ? first : 0), this.pages);
+    const out = new BigUint64Array(c);
+    if (c > 0) native.regionPagemap(this.handle, f, c, out);
+    for (let i = 0; i < c; i++) {
+      const s = Atomics.load(this.shared, stateIndex(f + i));
+      if ((s & KIND_MASK) !== KIND_DEVICE) continue;
+      const pfn = Atomics.load(this.shared, stateIndex(f + i) + 1);
+      const e = makeDeviceEntry(pfn, (s & WRITE) !== 0);
+      const type = e >> 57n;
+      const device = deviceBySlot((s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT);
+      const exclusive = device !== undefined && device.refcount(pfn) === 1 ? PM_MMAP_EXCLUSIVE : 0n;
+      out[i] = PM_SWAP | exclusive | (type | (BigInt(pfn) << 5n));
+    }
+    return out;
+  }
+
+  /** Rss/Anonymous/Swap of this mapping from /proc/self/smaps, device pages counted as resident. */
+  smaps(): { rss: number; anonymous: number; swap: number; device: number } {
+    this.#checkOpen();
+    const kb = readSmaps(this.#address);
+    let devicePages = 0;
+    for (let p = 0; p < this.pages; p++) {
+      if ((Atomics.load(this.shared, stateIndex(p)) & KIND_MASK) === KIND_DEVICE) devicePages++;
+    }
+    const device = devicePages * this.pageSize;
+    return { rss: kb.rss + device, anonymous: kb.anonymous + device, swap: kb.swap, device };
+  }
+
+  /**
+   * mprotect(2) over the range. As change_pte_range does, write device entries become read entries:
+   * the page comes back write-protected and its next write faults again.
+   */
+  mprotect(first: number, count: number, prot: 'none' | 'read' | 'readwrite'): void {
+    this.#checkOpen();
+    const [f, c] = pageRange(first, count, this.pages);
+    const bits = prot === 'none' ? PROT_NONE : prot === 'read' ? PROT_READ : prot === 'readwrite' ? PROT_READWRITE : -1;
+    if (bits < 0) throw invalidValue('prot', "'none', 'read' or 'readwrite'", prot);
+    for (let page = f; page < f + c; page++) {
+      const s = lockPage(this.shared, page);
+      const downgrade = (s & KIND_MASK) === KIND_DEVICE && (s & WRITE) !== 0;
+      unlockPage(this.shared, page, downgrade ? s & ~WRITE : s);
+    }
+    if (c > 0) check(native.regionMprotect(this.handle, f, c, bits), 'mprotect');
+    this.#prot.fill(bits, f, f + c);
+  }
+
+  /**
+   * MADV_DONTNEED over the range (zap_pte_range): device entries drop their reference (the device
+   * page is freed, through pageFree, when it was the last), CPU pages are freed, all read as zero.
+   */
+  discard(first: number, count: number): void {
+    this.#checkOpen();
+    const [f, c] = pageRange(first, count, this.pages);
+    if (c === 0) return;
+    const old = new Int32Array(c);
+    for (let i = 0; i < c; i++) old[i] = lockPage(this.shared, f + i);
+    try {
+      this.#retry(() => native.regionDiscard(this.handle, f, c), 'madvise(MADV_DONTNEED)');
+    } finally {
+      for (let i = 0; i < c; i++) {
+        const s = old[i];
+        if ((s & KIND_MASK) === KIND_DEVICE) {
+          deviceBySlot((s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT)!.putPage(this.shared[stateIndex(f + i) + 1]);
+        }
+        this.shared[stateIndex(f + i) + 1] = 0;
+        unlockPage(this.shared, f + i, KIND_NONE);
+      }
+    }
+  }
+
+  stats(): RegionStats {
+    const s = this.shared;
+    return {
+      faults: Atomics.load(s, STAT_FAULTS) >>> 0,
+      writeFaults: Atomics.load(s, STAT_WRITE_FAULTS) >>> 0,
+      wpFaults: Atomics.load(s, STAT_WP_FAULTS) >>> 0,
+      kernelFaults: Atomics.load(s, STAT_KERNEL_FAULTS) >>> 0,
+      migratedBack: Atomics.load(s, STAT_MIGRATED_BACK) >>> 0,
+    };
+  }
+
+  /**
+   * munmap: device pages this region held are freed (pageFree), `bytes` is detached, the mapping
+   * goes away. Threads still touching the region see plain memory, then a SIGSEGV once unmapped.
+   */
+  close(): Promise<void> {
+    if (this.#closing) return this.#closing;
+    this.#closing = Promise.resolve().then(() => this.#teardown());
+    return this.#closing;
+  }
+
+  /** @internal Device removal: bring back every page held on `device`. */
+  evictDevice(device: Device): void {
+    if (this.#closed) return;
+    this.#migrateBack(0, this.pages, device);
+    this.#devices.delete(device);
+  }
+
+  /** @internal Servicer failures land here. */
+  reportError(err: Error): void {
+    if (this.listenerCount('error') > 0) this.emit('error', err);
+    else process.emitWarning(err);
+  }
+
+  #teardown(): void {
+    if (this.#closed) return;
+    if (this.servicer === 'worker') WorkerServicer.get().removeRegion(this.handle);
+    // Zap every entry first: device pages lose this mapping's reference (free_swap_and_cache).
+    for (let page = 0; page < this.pages; page++) {
+      const s = lockPage(this.shared, page);
+      if ((s & KIND_MASK) === KIND_DEVICE) {
+        deviceBySlot((s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT)!.putPage(this.shared[stateIndex(page) + 1]);
+      }
+      this.shared[stateIndex(page) + 1] = 0;
+      unlockPage(this.shared, page, KIND_NONE);
+    }
+    for (const d of this.#devices) d.removeHolder(this);
+    this.#devices.clear();
+    this.#closed = true;
+    this.#bytes = new Uint8Array(0);
+    native.detachArrayBuffer(this.#buffer);
+    native.regionClose(this.handle);
+  }
+
+  #migrateBack(f: number, c: number, only: Device | undefined): number {
+    const shared = this.shared;
+    let moved = 0;
+    for (let page = f; page < f + c; page++) {
+      const s = lockPage(shared, page);
+      const slot = (s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT;
+      if ((s & KIND_MASK) !== KIND_DEVICE || (only !== undefined && only.slot !== slot)) {
+        unlockPage(shared, page, s);
+        continue;
+      }
+      const device = deviceBySlot(slot)!;
+      const pfn = shared[stateIndex(page) + 1];
+      const write = (s & WRITE) !== 0;
+      try {
+        this.#retry(() => {
+          const rc = native.regionCopyIn(this.handle, page, slot, pfn, !write);
+          return rc === EEXIST ? native.regionWake(this.handle, page, 1) : rc;
+        }, 'ioctl(UFFDIO_COPY)');
+      } catch (e) {
+        unlockPage(shared, page, s);
+        throw e;
+      }
+      shared[stateIndex(page) + 1] = 0;
+      unlockPage(shared, page, KIND_PRESENT | (write ? WRITE : 0));
+      device.putPage(pfn);
+      Atomics.add(shared, STAT_MIGRATED_BACK, 1);
+      Atomics.add(device.shared, DEV_MIGRATED_TO_RAM, 1);
+      moved++;
+    }
+    return moved;
+  }
+
+  /** Calls a native operation until it stops failing with EAGAIN (the mm is changing). */
+  #retry(op: () => number, syscall: string): void {
+    for (let i = 0; ; i++) {
+      const rc = op();
+      if (rc !== EAGAIN) return check(rc, syscall);
+      if (i > 100_000) check(rc, syscall, 'still EAGAIN after 100000 tries');
+    }
+  }
+
+  /** Calls fn(start, length) for each maximal run of pages [f+i] where pred(i) holds. */
+  #forRuns(f: number, n: number, pred: (i: number) => boolean, fn: (start: number, length: number) => void): void {
+    let i = 0;
+    while (i < n) {
+      if (!pred(i)) {
+        i++;
+        continue;
+      }
+      let j = i;
+      while (j < n && pred(j)) j++;
+      fn(f + i, j - i);
+      i = j;
+    }
+  }
+
+  #checkOpen(): void {
+    if (this.#closed || this.#closing) throw new UffdHmmError('ERR_REGION_CLOSED', 'the region is closed');
+  }
+}
+
+let zeroPfnCache: bigint | undefined;
+/** The shared zero page's frame (0n when pagemap hides frames, i.e. without CAP_SYS_ADMIN). */
+function zeroPagePfn(): bigint {
+  if (zeroPfnCache !== undefined) return zeroPfnCache;
+  zeroPfnCache = 0n;
+  try {
+    const probeRegion = native.regionCreate(1, new Int32Array(new SharedArrayBuffer((REGION_HEADER + 2) * 4)), 'native', true);
+    try {
+      void new Uint8Array(probeRegion.bytes)[0]; // the native servicer maps the zero page
+      const pm = new BigUint64Array(1);
+      native.regionPagemap(probeRegion.handle, 0, 1, pm);
+      if ((pm[0] & PM_PRESENT) !== 0n) zeroPfnCache = pm[0] & ((1n << 55n) - 1n);
+    } finally {
+      native.detachArrayBuffer(probeRegion.bytes);
+      native.regionClose(probeRegion.handle);
+    }
+  } catch {
+    zeroPfnCache = 0n;
+  }
+  return zeroPfnCache;
+}
+
+function readSmaps(address: bigint): { rss: number; anonymous: number; swap: number } {
+  const text = readFileSync('/proc/self/smaps', 'utf8');
+  const start = address.toString(16).padStart(8, '0');
+  const at = text.search(new RegExp(`^0*${start.replace(/^0+/, '')}-`, 'm'));
+  if (at < 0) throw new UffdHmmError('ERR_SMAPS', `no /proc/self/smaps entry starts at 0x${start}`);
+  const next = text.slice(at).search(/\n[0-9a-f]+-[0-9a-f]+ /);
+  const block = next < 0 ? text.slice(at) : text.slice(at, at + next + 1);
+  const field = (name: string): number => {
+    const m = new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(block);
+    return m ? Number(m[1]) * 1024 : 0;
+  };
+  return { rss: field('Rss'), anonymous: field('Anonymous'), swap: field('Swap') };
+}

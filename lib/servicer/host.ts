@@ -1,0 +1,110 @@
+// The main thread's side of the worker servicer: starts one worker for the process on first use,
+// tells it about regions and devices, and turns its reports into 'error' events.
+import { MessageChannel, Worker } from 'node:worker_threads';
+
+import { native } from '../native.js';
+import { UffdHmmError } from '../errors.js';
+import type { Device } from '../device.js';
+import { CTRL_MAIL_SEQ, CTRL_WORDS, type FromWorker, type ToWorker } from './protocol.js';
+
+export interface ServicedRegion {
+  readonly handle: number;
+  readonly shared: Int32Array;
+  readonly pages: number;
+  readonly address: bigint;
+  readonly pageSize: number;
+  reportError(err: Error): void;
+}
+
+export class WorkerServicer {
+  static #instance: WorkerServicer | undefined;
+
+  /** The process's worker servicer, started on first use. */
+  static get(): WorkerServicer {
+    WorkerServicer.#instance ??= new WorkerServicer();
+    return WorkerServicer.#instance;
+  }
+
+  readonly poller: number;
+  readonly #ctrl = new Int32Array(new SharedArrayBuffer(CTRL_WORDS * 4));
+  readonly #worker: Worker;
+  readonly #port;
+  readonly #regions = new Map<number, ServicedRegion>();
+  readonly #devices = new Map<number, number>(); // slot -> device id the worker knows
+  readonly #deviceObjects = new Map<number, Device>(); // device id -> device
+
+  private constructor() {
+    this.poller = native.pollerCreate();
+    const { port1, port2 } = new MessageChannel();
+    this.#port = port1;
+    this.#worker = new Worker(new URL('./worker.js', import.meta.url), {
+      workerData: { poller: this.poller, ctrl: this.#ctrl, port: port2 },
+      transferList: [port2],
+    });
+    // A servicer must not keep the process alive: exit stays prompt with regions still open.
+    this.#worker.unref();
+    this.#port.unref();
+    this.#port.on('message', (msg: FromWorker) => this.#onMessage(msg));
+    this.#worker.on('error', (err) => this.#broadcast(new UffdHmmError('ERR_SERVICER_FAILED', 'the worker servicer crashed', { cause: err })));
+  }
+
+  addRegion(region: ServicedRegion): void {
+    this.#regions.set(region.handle, region);
+    this.#post({
+      type: 'region',
+      handle: region.handle,
+      shared: region.shared,
+      pages: region.pages,
+      address: region.address,
+      pageSize: region.pageSize,
+    });
+    native.pollerAdd(this.poller, region.handle);
+  }
+
+  removeRegion(handle: number): void {
+    if (!this.#regions.delete(handle)) return;
+    native.pollerRemove(this.poller, handle);
+    this.#post({ type: 'drop-region', handle });
+  }
+
+  /** Tells the worker about `device` before any entry of a serviced region names it. */
+  ensureDevice(device: Device): void {
+    if (this.#devices.get(device.slot) === device.id) return;
+    this.#devices.set(device.slot, device.id);
+    this.#deviceObjects.set(device.id, device);
+    this.#post({
+      type: 'device',
+      slot: device.slot,
+      id: device.id,
+      name: device.name,
+      capacity: device.capacity,
+      shared: device.shared,
+      driverUrl: device.driverUrl,
+    });
+    device.once('close', () => {
+      if (this.#devices.get(device.slot) === device.id) this.#devices.delete(device.slot);
+      this.#deviceObjects.delete(device.id);
+      this.#post({ type: 'drop-device', slot: device.slot, id: device.id });
+    });
+  }
+
+  #post(msg: ToWorker): void {
+    this.#port.postMessage(msg);
+    Atomics.add(this.#ctrl, CTRL_MAIL_SEQ, 1);
+    native.pollerKick(this.poller);
+  }
+
+  #onMessage(msg: FromWorker): void {
+    if (msg.type !== 'error') return;
+    const err = new UffdHmmError(msg.code, msg.message, { cause: msg.cause });
+    const device = msg.deviceId === undefined ? undefined : this.#deviceObjects.get(msg.deviceId);
+    if (device) device.reportError(err);
+    else if (msg.region !== undefined) this.#regions.get(msg.region)?.reportError(err);
+    else this.#broadcast(err);
+  }
+
+  #broadcast(err: Error): void {
+    if (this.#regions.size === 0) process.emitWarning(err);
+    for (const r of this.#regions.values()) r.reportError(err);
+  }
+}

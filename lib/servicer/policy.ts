@@ -1,0 +1,193 @@
+// The fault policy the worker servicer applies, in TypeScript: device entry -> ask the driver,
+// then migrate back (read entries come back write-protected); hole -> zero page; write-protect
+// fault -> un-protect. native/policy.cc is its C++ twin for servicers that cannot run JS.
+// Hot path: no allocation, no closures; the hook context is one reused object.
+import { native } from '../native.js';
+import {
+  DEVICE_SHIFT,
+  DEV_FAULTS,
+  DEV_MIGRATED_TO_RAM,
+  KIND_DEVICE,
+  KIND_MASK,
+  KIND_POISON,
+  KIND_PRESENT,
+  LOCKED,
+  MAX_DEVICE_SLOT,
+  STAT_FAULTS,
+  STAT_MIGRATED_BACK,
+  STAT_POISONED,
+  STAT_WP_FAULTS,
+  STAT_WRITE_FAULTS,
+  STAT_ZERO_FILLS,
+  UFFD_PAGEFAULT_FLAG_WP,
+  UFFD_PAGEFAULT_FLAG_WRITE,
+  WRITE,
+  stateIndex,
+} from '../layout.js';
+import { unlockPage } from '../pagelock.js';
+import { putDevicePage } from '../devicepages.js';
+import type { Driver, FaultContext } from '../driver.js';
+
+export const SERVED = 0;
+export const DEFERRED = 1;
+/** The entry names a device this servicer has not been told about yet: read messages, retry. */
+export const UNKNOWN_DEVICE = 2;
+export const FAILED = 3;
+
+const EEXIST = -17;
+const EAGAIN = -11;
+
+export interface RegionInfo {
+  handle: number;
+  shared: Int32Array;
+  pages: number;
+  address: bigint;
+  pageSize: number;
+}
+
+export interface DeviceInfo {
+  slot: number;
+  id: number;
+  name: string;
+  capacity: number;
+  shared: Int32Array;
+  driverUrl: string | undefined;
+  driver: Driver | undefined;
+}
+
+export interface PolicyHost {
+  devices: (DeviceInfo | undefined)[];
+  /** A driver hook threw: the fault is still served, and this reports the error. */
+  hookError(device: DeviceInfo, hook: 'fault' | 'pageFree', err: unknown): void;
+}
+
+/** The one reused context handed to `fault` hooks; `address` is computed only if read. */
+class HookContext implements FaultContext {
+  deviceName = '';
+  pfn = 0;
+  page = 0;
+  write = false;
+  kernelMode = false;
+  base = 0n;
+  pageSize = 4096;
+  get address(): bigint {
+    return this.base + BigInt(this.page * this.pageSize);
+  }
+}
+const hookCtx = new HookContext();
+const freeCtx = { deviceName: '', pfn: 0 };
+
+function askDriver(host: PolicyHost, dev: DeviceInfo, r: RegionInfo, page: number, pfn: number, flags: number): boolean {
+  const hook = dev.driver!.fault!;
+  hookCtx.deviceName = dev.name;
+  hookCtx.pfn = pfn;
+  hookCtx.page = page;
+  hookCtx.write = (flags & UFFD_PAGEFAULT_FLAG_WRITE) !== 0;
+  hookCtx.base = r.address;
+  hookCtx.pageSize = r.pageSize;
+  try {
+    return hook(hookCtx) === 'sigbus';
+  } catch (e) {
+    host.hookError(dev, 'fault', e);
+    return false;
+  }
+}
+
+/** Drops the entry's device-page reference; calls the driver's pageFree on the last one. */
+export function freeDevicePage(host: PolicyHost, dev: DeviceInfo, pfn: number): void {
+  if (!putDevicePage(dev.shared, dev.capacity, pfn)) return;
+  const hook = dev.driver?.pageFree;
+  if (hook === undefined) return;
+  freeCtx.deviceName = dev.name;
+  freeCtx.pfn = pfn;
+  try {
+    hook(freeCtx);
+  } catch (e) {
+    host.hookError(dev, 'pageFree', e);
+  }
+}
+
+/** Serves one page fault; returns SERVED, DEFERRED, UNKNOWN_DEVICE or FAILED. */
+export function serveFault(host: PolicyHost, r: RegionInfo, page: number, flags: number): number {
+  if (page >= r.pages) return FAILED;
+  const shared = r.shared;
+  const idx = stateIndex(page);
+  const h = r.handle;
+  for (;;) {
+    const s = Atomics.load(shared, idx);
+    if ((s & LOCKED) !== 0) return DEFERRED;
+    if (Atomics.compareExchange(shared, idx, s, s | LOCKED) !== s) continue;
+    const kind = s & KIND_MASK;
+    let rc = 0;
+    let next = s;
+    if (kind === KIND_DEVICE) {
+      const slot = (s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT;
+      const dev = host.devices[slot];
+      if (dev === undefined) {
+        unlockPage(shared, page, s);
+        return UNKNOWN_DEVICE;
+      }
+      const pfn = shared[idx + 1];
+      if (dev.driver?.fault !== undefined && askDriver(host, dev, r, page, pfn, flags)) {
+        // The driver refused (VM_FAULT_SIGBUS): the page becomes poison and the thread gets SIGBUS.
+        rc = native.regionPoison(h, page);
+        if (rc === EAGAIN) {
+          unlockPage(shared, page, s);
+          return DEFERRED;
+        }
+        if (rc !== 0) {
+          unlockPage(shared, page, s);
+          return FAILED;
+        }
+        Atomics.store(shared, idx + 1, 0);
+        unlockPage(shared, page, KIND_POISON);
+        freeDevicePage(host, dev, pfn);
+        Atomics.add(shared, STAT_POISONED, 1);
+        Atomics.add(shared, STAT_FAULTS, 1);
+        Atomics.add(dev.shared, DEV_FAULTS, 1);
+        return SERVED;
+      }
+      const write = (s & WRITE) !== 0;
+      rc = native.regionCopyIn(h, page, slot, pfn, !write);
+      if (rc === EEXIST) rc = native.regionWake(h, page, 1);
+      if (rc === 0) {
+        Atomics.store(shared, idx + 1, 0);
+        unlockPage(shared, page, write ? KIND_PRESENT | WRITE : KIND_PRESENT);
+        freeDevicePage(host, dev, pfn);
+        Atomics.add(shared, STAT_MIGRATED_BACK, 1);
+        Atomics.add(dev.shared, DEV_FAULTS, 1);
+        Atomics.add(dev.shared, DEV_MIGRATED_TO_RAM, 1);
+        Atomics.add(shared, STAT_FAULTS, 1);
+        if ((flags & UFFD_PAGEFAULT_FLAG_WRITE) !== 0) Atomics.add(shared, STAT_WRITE_FAULTS, 1);
+        return SERVED;
+      }
+    } else if (kind === KIND_PRESENT && (flags & UFFD_PAGEFAULT_FLAG_WP) !== 0) {
+      rc = native.regionWriteProtect(h, page, 1, false, true);
+      if (rc === 0) {
+        next = KIND_PRESENT | WRITE;
+        Atomics.add(shared, STAT_WP_FAULTS, 1);
+      }
+    } else if (kind === KIND_POISON) {
+      rc = native.regionPoison(h, page);
+    } else {
+      // A hole, or a CPU page zapped behind our back: it reads as zeroes.
+      rc = native.regionZeroFill(h, page, (flags & UFFD_PAGEFAULT_FLAG_WRITE) !== 0);
+      if (rc === 0) {
+        next = KIND_PRESENT | WRITE;
+        Atomics.add(shared, STAT_ZERO_FILLS, 1);
+      } else if (rc === EEXIST) {
+        // Another path filled it first: wake the thread, keep the state as it is.
+        rc = native.regionWake(h, page, 1);
+      }
+    }
+    if (rc === EAGAIN) {
+      unlockPage(shared, page, s);
+      return DEFERRED;
+    }
+    unlockPage(shared, page, rc === 0 ? next : s);
+    if (rc !== 0) return FAILED;
+    Atomics.add(shared, STAT_FAULTS, 1);
+    if ((flags & UFFD_PAGEFAULT_FLAG_WRITE) !== 0) Atomics.add(shared, STAT_WRITE_FAULTS, 1);
+    return SERVED;
+  }
+}

@@ -1,0 +1,175 @@
+// The worker_thread servicer: reads the faults of every worker-mode region through one native
+// poller and serves each with lib/servicer/policy.ts. Its loop stays synchronous (no event-loop
+// turn per fault); it yields only to await a driver module's import.
+import { workerData, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
+
+import { native } from '../native.js';
+import { EVENT_PAGEFAULT, EVENT_STRIDE } from '../layout.js';
+import { CTRL_MAIL_SEQ, CTRL_NAP, CTRL_RUNNING, CTRL_STOP, type FromWorker, type ToWorker } from './protocol.js';
+import { DEFERRED, FAILED, SERVED, UNKNOWN_DEVICE, serveFault, type DeviceInfo, type PolicyHost, type RegionInfo } from './policy.js';
+import type { Driver } from '../driver.js';
+
+interface Data {
+  poller: number;
+  ctrl: Int32Array;
+  port: MessagePort;
+}
+const { poller, ctrl, port } = workerData as Data;
+
+const BATCH = 64;
+const MAX_DEFERRED = 4096;
+const events = new Float64Array(BATCH * EVENT_STRIDE);
+const regions = new Map<number, RegionInfo>();
+// Deferred faults: region handle, page, flags; retried until their page is unlocked.
+const deferred = new Float64Array(MAX_DEFERRED * 3);
+let ndeferred = 0;
+let seenMail = 0;
+const pendingImports: Promise<void>[] = [];
+
+function post(msg: FromWorker): void {
+  port.postMessage(msg);
+}
+
+const host: PolicyHost = {
+  devices: [],
+  hookError(device, hook, err) {
+    post({
+      type: 'error',
+      deviceSlot: device.slot,
+      deviceId: device.id,
+      code: 'ERR_DRIVER_HOOK',
+      message: `driver ${hook} hook of ${device.name} threw; the fault was served by the default policy`,
+      cause: err,
+    });
+  },
+};
+
+function loadDriver(dev: DeviceInfo): void {
+  if (dev.driverUrl === undefined) return;
+  pendingImports.push(
+    (import(dev.driverUrl) as Promise<Driver>).then(
+      (mod) => {
+        dev.driver = mod;
+      },
+      (err) => {
+        post({
+          type: 'error',
+          deviceSlot: dev.slot,
+          deviceId: dev.id,
+          code: 'ERR_DRIVER_LOAD',
+          message: `could not load driver ${dev.driverUrl} of ${dev.name}; its faults use the default policy`,
+          cause: err,
+        });
+      },
+    ),
+  );
+}
+
+function drainMessages(): void {
+  seenMail = Atomics.load(ctrl, CTRL_MAIL_SEQ);
+  for (let m = receiveMessageOnPort(port); m !== undefined; m = receiveMessageOnPort(port)) {
+    const msg = m.message as ToWorker;
+    switch (msg.type) {
+      case 'region':
+        regions.set(msg.handle, {
+          handle: msg.handle,
+          shared: msg.shared,
+          pages: msg.pages,
+          address: msg.address,
+          pageSize: msg.pageSize,
+        });
+        break;
+      case 'drop-region':
+        regions.delete(msg.handle);
+        break;
+      case 'device': {
+        const dev: DeviceInfo = { ...msg, driver: undefined };
+        host.devices[msg.slot] = dev;
+        loadDriver(dev);
+        break;
+      }
+      case 'drop-device':
+        if (host.devices[msg.slot]?.id === msg.id) host.devices[msg.slot] = undefined;
+        break;
+    }
+  }
+}
+
+function defer(region: number, page: number, flags: number): void {
+  if (ndeferred === MAX_DEFERRED) return; // cannot happen: at most one fault per blocked thread
+  const at = ndeferred * 3;
+  deferred[at] = region;
+  deferred[at + 1] = page;
+  deferred[at + 2] = flags;
+  ndeferred++;
+}
+
+function serve(handle: number, page: number, flags: number): number {
+  let r = regions.get(handle);
+  if (r === undefined) {
+    drainMessages();
+    r = regions.get(handle);
+    if (r === undefined) return SERVED; // closed: its faults were woken by the unregister
+  }
+  try {
+    let rc = serveFault(host, r, page, flags);
+    if (rc === UNKNOWN_DEVICE) {
+      drainMessages();
+      rc = serveFault(host, r, page, flags);
+    }
+    if (rc === FAILED) {
+      // Never leave a thread blocked: wake it, so it retries the access and faults afresh.
+      native.regionWake(handle, page, 1);
+      return SERVED;
+    }
+    return rc;
+  } catch (err) {
+    // The region closed between reading the fault and serving it; closing woke its threads.
+    if ((err as { code?: string }).code === 'ERR_REGION_CLOSED') return SERVED;
+    throw err;
+  }
+}
+
+function retryDeferred(): void {
+  let kept = 0;
+  for (let i = 0; i < ndeferred; i++) {
+    const at = i * 3;
+    const rc = serve(deferred[at], deferred[at + 1], deferred[at + 2]);
+    if (rc === DEFERRED || rc === UNKNOWN_DEVICE) {
+      const to = kept * 3;
+      deferred[to] = deferred[at];
+      deferred[to + 1] = deferred[at + 1];
+      deferred[to + 2] = deferred[at + 2];
+      kept++;
+    }
+  }
+  ndeferred = kept;
+}
+
+async function run(): Promise<void> {
+  Atomics.store(ctrl, CTRL_RUNNING, 1);
+  for (;;) {
+    if (Atomics.load(ctrl, CTRL_MAIL_SEQ) !== seenMail) drainMessages();
+    if (pendingImports.length > 0) await Promise.all(pendingImports.splice(0));
+    if (Atomics.load(ctrl, CTRL_STOP) !== 0) break;
+    if (ndeferred > 0) {
+      retryDeferred();
+      // A page stays locked for microseconds; nap briefly rather than spin a core.
+      if (ndeferred > 0) Atomics.wait(ctrl, CTRL_NAP, 0, 0.05);
+    }
+    const n = native.pollerWait(poller, events, ndeferred > 0 ? 0 : 250);
+    for (let i = 0; i < n; i++) {
+      const at = i * EVENT_STRIDE;
+      if (events[at + 1] !== EVENT_PAGEFAULT) continue;
+      const handle = events[at];
+      const flags = events[at + 2];
+      const page = events[at + 3];
+      const rc = serve(handle, page, flags);
+      if (rc === DEFERRED || rc === UNKNOWN_DEVICE) defer(handle, page, flags);
+    }
+  }
+  Atomics.store(ctrl, CTRL_RUNNING, 0);
+  port.close();
+}
+
+void run();

@@ -1,0 +1,37 @@
+// The emulated device's own memory (its "VRAM"): a private mapping of `capacity` pages that only
+// the device and the migration paths read or write, plus the shared page bookkeeping.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "layout.h"
+#include "registry.h"
+
+namespace uffdhmm {
+
+struct DeviceStore {
+  DeviceStore(uint8_t* s, size_t cap, size_t ps, int32_t* sh) : store(s), capacity(cap), pageSize(ps), shared(sh) {}
+  ~DeviceStore();
+  DeviceStore(const DeviceStore&) = delete;
+  DeviceStore& operator=(const DeviceStore&) = delete;
+
+  uint8_t* page(uint32_t pfn) const { return store + static_cast<size_t>(pfn) * pageSize; }
+  int32_t* refcount() const { return shared + layout::kDeviceHeader; }
+  int32_t* freeStack() const { return shared + layout::kDeviceHeader + capacity; }
+
+  // Drops one reference to `pfn`; on the last one the page goes back on the free stack.
+  // Returns true when the page was freed. Safe from any thread, lock-free but for the
+  // free-stack spinlock that the TypeScript side takes the same way.
+  bool putPage(uint32_t pfn);
+
+  uint8_t* store;
+  size_t capacity;
+  size_t pageSize;
+  int32_t* shared;  // backing store of a SharedArrayBuffer kept alive by the addon
+};
+
+SlotRegistry<DeviceStore>& devices();
+
+}  // namespace uffdhmm

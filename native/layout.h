@@ -1,0 +1,41 @@
+// The shared-memory layout that TypeScript (lib/layout.ts) and C++ both read and write with
+// atomics. Change one side and the other in the same commit: test/layout.test.ts compares them.
+#pragma once
+
+#include <cstdint>
+
+namespace uffdhmm::layout {
+
+// Region shared buffer: kRegionHeader int32 words, then two int32 words per page: state, pfn.
+constexpr int kRegionHeader = 16;
+constexpr int kStatFaults = 0;
+constexpr int kStatWriteFaults = 1;
+constexpr int kStatWpFaults = 2;
+constexpr int kStatKernelFaults = 3;
+constexpr int kStatMigratedBack = 4;
+constexpr int kStatZeroFills = 5;
+constexpr int kStatPoisoned = 6;
+constexpr int kUnlockSeq = 7;  // bumped after every page unlock, so waiters can sleep on it
+
+// A page's state word.
+constexpr int32_t kKindMask = 0x3;
+constexpr int32_t kKindNone = 0;     // pte_none: never touched, or discarded
+constexpr int32_t kKindPresent = 1;  // a CPU page
+constexpr int32_t kKindDevice = 2;   // a device entry (swp_entry(SWP_DEVICE[_WRITE], pfn))
+constexpr int32_t kKindPoison = 3;   // hwpoison entry: any access gets SIGBUS
+constexpr int32_t kWrite = 0x4;      // write device entry / writable CPU page
+constexpr int32_t kLocked = 0x8;     // a migration entry: the page is being moved, faults wait
+constexpr int kDeviceShift = 16;     // device slot in bits 16..30
+constexpr int32_t kMaxDeviceSlot = 0x7fff;
+
+// Device shared buffer: kDeviceHeader int32 words, refcount[capacity], freeStack[capacity].
+constexpr int kDeviceHeader = 8;
+constexpr int kDevLock = 0;  // spinlock over the free stack
+constexpr int kDevFreeTop = 1;
+constexpr int kDevUsed = 2;
+constexpr int kDevFaults = 3;
+constexpr int kDevMigratedToDevice = 4;
+constexpr int kDevMigratedToRam = 5;
+constexpr int kDevFreed = 6;
+
+}  // namespace uffdhmm::layout

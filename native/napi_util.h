@@ -1,0 +1,35 @@
+// Argument checks and error construction shared by every binding, so that each error reaching JS
+// has the shape API.md promises: TypeError/RangeError with a code, or Node's SystemError fields.
+#pragma once
+
+#include <napi.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <utility>
+
+namespace uffdhmm {
+
+Napi::Error typeError(Napi::Env env, const char* msg);
+Napi::Error rangeError(Napi::Env env, const char* msg);
+Napi::Error codedError(Napi::Env env, const char* code, const char* msg);
+// An Error with code (e.g. 'EEXIST'), errno (negative, as Node reports it) and syscall.
+Napi::Error systemError(Napi::Env env, int err, const char* syscall);
+
+uint32_t argU32(const Napi::CallbackInfo& info, size_t i, const char* name);
+bool argBool(const Napi::CallbackInfo& info, size_t i, const char* name);
+std::pair<int32_t*, size_t> argSharedInt32(const Napi::CallbackInfo& info, size_t i, const char* name);
+std::pair<uint8_t*, size_t> argBytes(const Napi::CallbackInfo& info, size_t i, const char* name);
+std::pair<int32_t*, size_t> argInt32Array(const Napi::CallbackInfo& info, size_t i, const char* name);
+std::pair<double*, size_t> argFloat64Array(const Napi::CallbackInfo& info, size_t i, const char* name);
+
+// Native objects point into SharedArrayBuffers owned by JS; this keeps each buffer alive until
+// its object is destroyed, even if the JS wrapper is collected without close().
+enum class KeepKind { Device, Region };
+void keepAlive(Napi::Env env, KeepKind kind, int handle, Napi::Value value);
+void dropKeepAlive(Napi::Env env, KeepKind kind, int handle);
+void initKeepAlive(Napi::Env env);
+
+uint32_t crc32(uint32_t crc, const uint8_t* data, size_t len);
+
+}  // namespace uffdhmm

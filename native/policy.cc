@@ -1,0 +1,103 @@
+// Default fault policy over the shared page table; see policy.h. Mirrors lib/servicer/policy.ts.
+#include "policy.h"
+
+#include <cerrno>
+
+#include "device.h"
+
+namespace uffdhmm {
+
+using namespace layout;
+
+static const uint8_t* zeroPage() {
+  alignas(4096) static const uint8_t zeros[65536] = {};
+  return zeros;
+}
+
+static inline void bump(RegionState& r, int index) { __atomic_fetch_add(r.stat(index), 1, __ATOMIC_RELAXED); }
+
+static inline bool lockPage(int32_t* st, int32_t seen) {
+  return __atomic_compare_exchange_n(st, &seen, seen | kLocked, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
+}
+
+static inline void unlockPage(RegionState& r, int32_t* st, int32_t value) {
+  __atomic_store_n(st, value, __ATOMIC_RELEASE);
+  noteUnlock(r);
+}
+
+Served serveFaultDefault(RegionState& r, uint32_t page, uint32_t flags) {
+  if (page >= r.pages) return Served::Failed;
+  int32_t* st = r.state(page);
+  const int fd = r.uffd.get();
+  const uint64_t addr = r.addr(page);
+  const bool wpFault = flags & UFFD_PAGEFAULT_FLAG_WP;
+  for (;;) {
+    int32_t s = __atomic_load_n(st, __ATOMIC_ACQUIRE);
+    if (s & kLocked) return Served::Deferred;
+    if (!lockPage(st, s)) continue;
+    int32_t kind = s & kKindMask;
+    int rc = 0;
+    int32_t next = s;
+    if (kind == kKindDevice) {
+      uint32_t pfn = static_cast<uint32_t>(st[1]);
+      auto dev = devices().get((s >> kDeviceShift) & kMaxDeviceSlot);
+      const bool write = s & kWrite;
+      if (!dev) {
+        // The device vanished with an entry still pointing at it: that would be a lost page.
+        unlockPage(r, st, s);
+        return Served::Failed;
+      }
+      rc = copy(fd, addr, reinterpret_cast<uint64_t>(dev->page(pfn)), r.pageSize, write ? 0 : UFFDIO_COPY_MODE_WP, nullptr);
+      if (rc == -EEXIST) rc = wake(fd, addr, r.pageSize);
+      if (rc == -EAGAIN) {
+        unlockPage(r, st, s);
+        return Served::Deferred;
+      }
+      if (rc == 0) {
+        next = kKindPresent | (write ? kWrite : 0);
+        st[1] = 0;
+        unlockPage(r, st, next);
+        dev->putPage(pfn);
+        bump(r, kStatMigratedBack);
+        __atomic_fetch_add(&dev->shared[kDevFaults], 1, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&dev->shared[kDevMigratedToRam], 1, __ATOMIC_RELAXED);
+        bump(r, kStatFaults);
+        if (flags & UFFD_PAGEFAULT_FLAG_WRITE) bump(r, kStatWriteFaults);
+        return Served::Done;
+      }
+    } else if (kind == kKindPresent && wpFault) {
+      rc = writeProtect(fd, addr, r.pageSize, false, true);
+      if (rc == 0) {
+        next = kKindPresent | kWrite;
+        bump(r, kStatWpFaults);
+      }
+    } else if (kind == kKindPoison) {
+      rc = poison(fd, addr, r.pageSize, 0, nullptr);
+      if (rc == -EEXIST) rc = wake(fd, addr, r.pageSize);
+    } else {
+      // A hole (or a CPU page that was zapped behind our back): it reads as zeroes.
+      if (flags & UFFD_PAGEFAULT_FLAG_WRITE)
+        rc = copy(fd, addr, reinterpret_cast<uint64_t>(zeroPage()), r.pageSize, 0, nullptr);
+      else
+        rc = zeropage(fd, addr, r.pageSize, 0, nullptr);
+      if (rc == 0) {
+        next = kKindPresent | kWrite;
+        bump(r, kStatZeroFills);
+      } else if (rc == -EEXIST) {
+        // Another path filled it first: wake the thread, keep the state as it is.
+        rc = wake(fd, addr, r.pageSize);
+      }
+    }
+    if (rc == -EAGAIN) {
+      unlockPage(r, st, s);
+      return Served::Deferred;
+    }
+    unlockPage(r, st, rc == 0 ? next : s);
+    if (rc != 0) return Served::Failed;
+    bump(r, kStatFaults);
+    if (flags & UFFD_PAGEFAULT_FLAG_WRITE) bump(r, kStatWriteFaults);
+    return Served::Done;
+  }
+}
+
+}  // namespace uffdhmm

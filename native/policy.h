@@ -1,0 +1,21 @@
+// The default fault policy in C++, for servicers that cannot run JS (the native thread; later the
+// in-thread SIGBUS handler and the guard). lib/servicer/policy.ts is its TypeScript twin.
+#pragma once
+
+#include <cstdint>
+
+#include "region.h"
+
+namespace uffdhmm {
+
+enum class Served { Done, Deferred, Failed };
+
+// Serves one userfaultfd page fault on `page` of `r` from the shared table:
+// device entry -> migrate back (read entries come back write-protected), hole -> zero page,
+// write-protect fault -> un-protect. Deferred when the page is locked or the mm is changing.
+Served serveFaultDefault(RegionState& r, uint32_t page, uint32_t flags);
+
+// Bumps the unlock sequence so waiters on a locked page re-check it.
+inline void noteUnlock(RegionState& r) { __atomic_fetch_add(r.stat(layout::kUnlockSeq), 1, __ATOMIC_RELEASE); }
+
+}  // namespace uffdhmm

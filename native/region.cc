@@ -1,0 +1,352 @@
+// Region bindings: map + register, the per-page userfaultfd operations the servicers use,
+// copies out to the device store, and teardown that never leaves a dangling view or fd.
+#include "region.h"
+
+#include <fcntl.h>
+#include <napi.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/utsname.h>
+
+#include <cstring>
+
+#include "device.h"
+#include "napi_util.h"
+#include "policy.h"
+#include "servicer_thread.h"
+
+namespace uffdhmm {
+
+Registry<RegionState>& regions() {
+  static Registry<RegionState> registry;
+  return registry;
+}
+
+RegionState::~RegionState() {
+  if (base) ::munmap(base, length);
+}
+
+const KernelFeatures& kernelFeatures() {
+  static const KernelFeatures probed = [] {
+    KernelFeatures k;
+    OpenResult o = openUffd(true);
+    k.devErr = o.devErr;
+    k.syscallErr = o.syscallErr;
+    k.err = o.err;
+    if (!o.fd.valid()) return k;
+    uint64_t features = 0;
+    if (apiHandshake(o.fd.get(), 0, &features, nullptr) != 0) {
+      k.err = errno;
+      return k;
+    }
+    k.available = true;
+    k.via = o.via;
+    k.userModeOnly = o.userModeOnly;
+    k.features = features;
+    return k;
+  }();
+  return probed;
+}
+
+static const char* viaName(OpenVia via) {
+  switch (via) {
+    case OpenVia::DevUserfaultfd: return "dev-userfaultfd";
+    case OpenVia::Syscall: return "syscall";
+    default: return nullptr;
+  }
+}
+
+// probe() -> { available, via, userModeOnly, features (as a number), devErrno, syscallErrno, kernel }
+static Napi::Value Probe(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const KernelFeatures& k = kernelFeatures();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("available", k.available);
+  const char* via = viaName(k.via);
+  o.Set("via", via ? Napi::Value(Napi::String::New(env, via)) : env.Null());
+  o.Set("userModeOnly", k.userModeOnly);
+  o.Set("features", Napi::Number::New(env, static_cast<double>(k.features)));
+  o.Set("devErrno", k.devErr);
+  o.Set("syscallErrno", k.syscallErr);
+  o.Set("errno", k.err);
+  struct utsname u;
+  o.Set("kernel", ::uname(&u) == 0 ? u.release : "unknown");
+  o.Set("pageSize", Napi::Number::New(env, static_cast<double>(::sysconf(_SC_PAGESIZE))));
+  return o;
+}
+
+static std::shared_ptr<RegionState> argRegion(const Napi::CallbackInfo& info, size_t i) {
+  auto r = regions().get(static_cast<int>(argU32(info, i, "region")));
+  if (!r || r->closed.load(std::memory_order_acquire))
+    throw codedError(info.Env(), "ERR_REGION_CLOSED", "the region is closed");
+  return r;
+}
+
+static void checkRange(const Napi::CallbackInfo& info, const RegionState& r, uint32_t first, uint32_t count) {
+  if (!r.contains(first, count)) throw rangeError(info.Env(), "page range is outside the region");
+}
+
+// regionCreate(pages, shared: Int32Array, servicer: 'worker'|'native', allowUserModeOnly)
+static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t pages = argU32(info, 0, "pages");
+  auto [shared, words] = argSharedInt32(info, 1, "shared");
+  std::string servicer = info[2].As<Napi::String>().Utf8Value();
+  bool allowUserModeOnly = argBool(info, 3, "allowUserModeOnly");
+  if (pages == 0) throw rangeError(env, "pages must be at least 1");
+  if (words < layout::kRegionHeader + 2 * size_t(pages)) throw rangeError(env, "shared buffer too small for the region");
+
+  auto r = std::make_shared<RegionState>();
+  r->pageSize = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  r->pages = pages;
+  r->length = size_t(pages) * r->pageSize;
+  r->shared = shared;
+
+  OpenResult o = openUffd(allowUserModeOnly);
+  if (!o.fd.valid()) throw systemError(env, o.err, "userfaultfd");
+  r->uffd = std::move(o.fd);
+  r->via = o.via;
+  r->userModeOnly = o.userModeOnly;
+  const uint64_t wanted = kernelFeatures().features & UFFD_FEATURE_THREAD_ID;
+  int rc = apiHandshake(r->uffd.get(), wanted, nullptr, nullptr);
+  if (rc != 0) throw systemError(env, -rc, "ioctl(UFFDIO_API)");
+
+  void* mem = ::mmap(nullptr, r->length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (mem == MAP_FAILED) throw systemError(env, errno, "mmap");
+  r->base = static_cast<uint8_t*>(mem);
+  // Device pages and holes must fault one 4 KiB page at a time, as a pte would.
+  ::madvise(mem, r->length, MADV_NOHUGEPAGE);
+  uint64_t ioctls = 0;
+  rc = registerRange(r->uffd.get(), reinterpret_cast<uint64_t>(mem), r->length,
+                     UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP, &ioctls);
+  if (rc != 0) throw systemError(env, -rc, "ioctl(UFFDIO_REGISTER)");
+
+  if (servicer == "native") {
+    int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (efd < 0) throw systemError(env, errno, "eventfd");
+    r->wakeFd = UniqueFd(efd);
+  }
+  int handle = regions().add(r);
+  keepAlive(env, KeepKind::Region, handle, info[1]);
+  if (servicer == "native") startNativeServicer(r);
+
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("handle", handle);
+  out.Set("bytes", Napi::ArrayBuffer::New(env, r->base, r->length));
+  out.Set("address", Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(r->base))));
+  out.Set("pageSize", Napi::Number::New(env, static_cast<double>(r->pageSize)));
+  out.Set("via", viaName(r->via));
+  out.Set("userModeOnly", r->userModeOnly);
+  return out;
+}
+
+// regionClose(handle): stops servicing, unregisters (waking any thread blocked on a fault, which
+// then sees plain memory), and leaves the munmap and fd close to the last user of the state.
+static Napi::Value RegionClose(const Napi::CallbackInfo& info) {
+  int h = static_cast<int>(argU32(info, 0, "region"));
+  auto r = regions().remove(h);
+  if (!r) return info.Env().Undefined();
+  r->closed.store(true, std::memory_order_release);
+  stopNativeServicer(*r);
+  unregisterRange(r->uffd.get(), reinterpret_cast<uint64_t>(r->base), r->length);
+  dropKeepAlive(info.Env(), KeepKind::Region, h);
+  return info.Env().Undefined();
+}
+
+// regionCopyIn(region, page, device, pfn, writeProtect) -> 0 | -errno. The migrate-back fill.
+static Napi::Value RegionCopyIn(const Napi::CallbackInfo& info) {
+  auto r = argRegion(info, 0);
+  uint32_t page = argU32(info, 1, "page");
+  checkRange(info, *r, page, 1);
+  auto dev = devices().get(static_cast<int>(argU32(info, 2, "device")));
+  if (!dev) throw codedError(info.Env(), "ERR_DEVICE_CLOSED", "the device is closed");
+  uint32_t pfn = argU32(info, 3, "pfn");
+  if (pfn >= dev->capacity) throw rangeError(info.Env(), "pfn is outside the device's memory");
+  bool wp = argBool(info, 4, "writeProtect");
+  int rc = copy(r->uffd.get(), r->addr(page), reinterpret_cast<uint64_t>(dev->page(pfn)), r->pageSize,
+                wp ? UFFDIO_COPY_MODE_WP : 0, nullptr);
+  return Napi::Number::New(info.Env(), rc);
+}
+
+// regionZeroFill(region, page, write) -> 0 | -errno. A write fault gets a zeroed private page in
+// one step; a read fault maps the shared zero page, as the kernel does for a read of a hole.
+static Napi::Value RegionZeroFill(const Napi::CallbackInfo& info) {
+  alignas(4096) static const uint8_t zeros[65536] = {};
+  auto r = argRegion(info, 0);
+  uint32_t page = argU32(info, 1, "page");
+  checkRange(info, *r, page, 1);
+  bool write = argBool(info, 2, "write");
+  int rc = write ? copy(r->uffd.get(), r->addr(page), reinterpret_cast<uint64_t>(zeros), r->pageSize, 0, nullptr)
+                 : zeropage(r->uffd.get(), r->addr(page), r->pageSize, 0, nullptr);
+  return Napi::Number::New(info.Env(), rc);
+}
+
+// regionWake(region, first, count) -> 0 | -errno
+static Napi::Value RegionWake(const Napi::CallbackInfo& info) {
+  auto r = argRegion(info, 0);
+  uint32_t first = argU32(info, 1, "first");
+  uint32_t count = argU32(info, 2, "count");
+  checkRange(info, *r, first, count);
+  return Napi::Number::New(info.Env(), wake(r->uffd.get(), r->addr(first), uint64_t(count) * r->pageSize));
+}
+
+// regionWriteProtect(region, first, count, protect, wake) -> 0 | -errno
+static Napi::Value RegionWriteProtect(const Napi::CallbackInfo& info) {
+  auto r = argRegion(info, 0);
+  uint32_t first = argU32(info, 1, "first");
+  uint32_t count = argU32(info, 2, "count");
+  checkRange(info, *r, first, count);
+  bool protect = argBool(info, 3, "protect");
+  bool wakeup = argBool(info, 4, "wake");
+  return Napi::Number::New(info.Env(), writeProtect(r->uffd.get(), r->addr(first), uint64_t(count) * r->pageSize, protect, wakeup));
+}
+
+// regionPoison(region, page) -> 0 | -errno: the faulting thread (and every later access) gets SIGBUS.
+static Napi::Value RegionPoison(const Napi::CallbackInfo& info) {
+  auto r = argRegion(info, 0);
+  uint32_t page = argU32(info, 1, "page");
+  checkRange(info, *r, page, 1);
+  int rc = poison(r->uffd.get(), r->addr(page), r->pageSize, 0, nullptr);
+  if (rc == -EEXIST) rc = wake(r->uffd.get(), r->addr(page), r->pageSize);
+  return Napi::Number::New(info.Env(), rc);
+}
+
+static int pagemapFd() {
+  static int fd = ::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  return fd;
+}
+
+static constexpr uint64_t kPmPresent = 1ull << 63;
+static constexpr uint64_t kPmSwap = 1ull << 62;
+
+// Reads the kernel's pagemap words for pages [first, first+count) into out; -errno on failure.
+static int readPagemap(const RegionState& r, uint32_t first, uint32_t count, uint64_t* out) {
+  int fd = pagemapFd();
+  if (fd < 0) return -errno;
+  off_t off = static_cast<off_t>((reinterpret_cast<uint64_t>(r.base) / r.pageSize + first) * 8);
+  size_t want = size_t(count) * 8;
+  size_t got = 0;
+  while (got < want) {
+    ssize_t n = ::pread(fd, reinterpret_cast<uint8_t*>(out) + got, want - got, off + static_cast<off_t>(got));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    if (n == 0) return -EIO;
+    got += static_cast<size_t>(n);
+  }
+  return 0;
+}
+
+// regionCopyOut(region, first, count, device, pfns: Int32Array) -> pages that held data.
+// Copies page first+i into device page pfns[i] (skipped when pfns[i] < 0). A page with no CPU page
+// behind it is never read through memory (that would fault on the migrating thread, which holds
+// the page locked): its device page is zeroed instead, as migrate_vma does for a hole.
+static Napi::Value RegionCopyOut(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto r = argRegion(info, 0);
+  uint32_t first = argU32(info, 1, "first");
+  uint32_t count = argU32(info, 2, "count");
+  checkRange(info, *r, first, count);
+  auto dev = devices().get(static_cast<int>(argU32(info, 3, "device")));
+  if (!dev) throw codedError(env, "ERR_DEVICE_CLOSED", "the device is closed");
+  auto [pfns, n] = argInt32Array(info, 4, "pfns");
+  if (n < count) throw rangeError(env, "pfns is shorter than count");
+  for (uint32_t i = 0; i < count; i++)
+    if (pfns[i] >= 0 && static_cast<size_t>(pfns[i]) >= dev->capacity) throw rangeError(env, "pfn is outside the device's memory");
+  constexpr uint32_t kChunk = 512;
+  uint64_t pm[kChunk];
+  uint32_t withData = 0;
+  for (uint32_t done = 0; done < count; done += kChunk) {
+    uint32_t k = std::min(kChunk, count - done);
+    int rc = readPagemap(*r, first + done, k, pm);
+    if (rc != 0) throw systemError(env, -rc, "pread(/proc/self/pagemap)");
+    for (uint32_t i = 0; i < k; i++) {
+      int32_t pfn = pfns[done + i];
+      if (pfn < 0) continue;
+      uint8_t* dst = dev->page(static_cast<uint32_t>(pfn));
+      if (pm[i] & (kPmPresent | kPmSwap)) {
+        std::memcpy(dst, r->base + size_t(first + done + i) * r->pageSize, r->pageSize);
+        withData++;
+      } else {
+        std::memset(dst, 0, r->pageSize);
+      }
+    }
+  }
+  return Napi::Number::New(env, withData);
+}
+
+// regionPagemap(region, first, count, out: BigUint64Array): the kernel's own pagemap words.
+static Napi::Value RegionPagemap(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto r = argRegion(info, 0);
+  uint32_t first = argU32(info, 1, "first");
+  uint32_t count = argU32(info, 2, "count");
+  checkRange(info, *r, first, count);
+  Napi::Value v = info[3];
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_biguint64_array)
+    throw typeError(env, "out must be a BigUint64Array");
+  auto arr = v.As<Napi::TypedArrayOf<uint64_t>>();
+  if (arr.ElementLength() < count) throw rangeError(env, "out is shorter than count");
+  int rc = readPagemap(*r, first, count, arr.Data());
+  if (rc != 0) throw systemError(env, -rc, "pread(/proc/self/pagemap)");
+  return env.Undefined();
+}
+
+// regionDiscard(region, first, count) -> 0 | -errno: MADV_DONTNEED, the CPU pages are freed.
+static Napi::Value RegionDiscard(const Napi::CallbackInfo& info) {
+  auto r = argRegion(info, 0);
+  uint32_t first = argU32(info, 1, "first");
+  uint32_t count = argU32(info, 2, "count");
+  checkRange(info, *r, first, count);
+  int rc = ::madvise(r->base + size_t(first) * r->pageSize, size_t(count) * r->pageSize, MADV_DONTNEED) == 0 ? 0 : -errno;
+  return Napi::Number::New(info.Env(), rc);
+}
+
+// regionMprotect(region, first, count, prot: 0 none | 1 read | 3 readwrite) -> 0 | -errno
+static Napi::Value RegionMprotect(const Napi::CallbackInfo& info) {
+  auto r = argRegion(info, 0);
+  uint32_t first = argU32(info, 1, "first");
+  uint32_t count = argU32(info, 2, "count");
+  checkRange(info, *r, first, count);
+  uint32_t prot = argU32(info, 3, "prot");
+  if (prot != PROT_NONE && prot != PROT_READ && prot != (PROT_READ | PROT_WRITE))
+    throw rangeError(info.Env(), "prot must be none, read or readwrite");
+  int rc = ::mprotect(r->base + size_t(first) * r->pageSize, size_t(count) * r->pageSize, static_cast<int>(prot)) == 0 ? 0 : -errno;
+  return Napi::Number::New(info.Env(), rc);
+}
+
+// detachArrayBuffer(ab): a closed region's bytes view becomes length 0 instead of dangling.
+static Napi::Value DetachArrayBuffer(const Napi::CallbackInfo& info) {
+  Napi::Value v = info[0];
+  if (!v.IsArrayBuffer()) throw typeError(info.Env(), "expected an ArrayBuffer");
+  auto ab = v.As<Napi::ArrayBuffer>();
+  if (!ab.IsDetached()) ab.Detach();
+  return info.Env().Undefined();
+}
+
+// errnoName(n) -> 'EEXIST' etc., for turning -errno results into SystemErrors in TypeScript.
+static Napi::Value ErrnoName(const Napi::CallbackInfo& info) {
+  int err = static_cast<int>(argU32(info, 0, "errno"));
+  const char* name = ::strerrorname_np(err);
+  return Napi::String::New(info.Env(), name ? name : "EUNKNOWN");
+}
+
+void initRegion(Napi::Env env, Napi::Object exports) {
+  exports.Set("probe", Napi::Function::New(env, Probe));
+  exports.Set("regionCreate", Napi::Function::New(env, RegionCreate));
+  exports.Set("regionClose", Napi::Function::New(env, RegionClose));
+  exports.Set("regionCopyIn", Napi::Function::New(env, RegionCopyIn));
+  exports.Set("regionZeroFill", Napi::Function::New(env, RegionZeroFill));
+  exports.Set("regionWake", Napi::Function::New(env, RegionWake));
+  exports.Set("regionWriteProtect", Napi::Function::New(env, RegionWriteProtect));
+  exports.Set("regionPoison", Napi::Function::New(env, RegionPoison));
+  exports.Set("regionCopyOut", Napi::Function::New(env, RegionCopyOut));
+  exports.Set("regionPagemap", Napi::Function::New(env, RegionPagemap));
+  exports.Set("regionDiscard", Napi::Function::New(env, RegionDiscard));
+  exports.Set("regionMprotect", Napi::Function::New(env, RegionMprotect));
+  exports.Set("detachArrayBuffer", Napi::Function::New(env, DetachArrayBuffer));
+  exports.Set("errnoName", Napi::Function::New(env, ErrnoName));
+}
+
+}  // namespace uffdhmm

@@ -1,0 +1,57 @@
+// A Region: one anonymous mapping registered with its own userfaultfd (the emulated vma).
+// Everything that touches the mapping checks page indices against it first.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <thread>
+
+#include "layout.h"
+#include "registry.h"
+#include "uffd.h"
+
+namespace uffdhmm {
+
+struct RegionState {
+  RegionState() = default;
+  ~RegionState();
+  RegionState(const RegionState&) = delete;
+  RegionState& operator=(const RegionState&) = delete;
+
+  uint64_t addr(uint32_t page) const { return reinterpret_cast<uint64_t>(base) + uint64_t(page) * pageSize; }
+  int32_t* state(uint32_t page) const { return shared + layout::kRegionHeader + 2 * size_t(page); }
+  int32_t* stat(int index) const { return shared + index; }
+  bool contains(uint64_t first, uint64_t count) const { return first <= pages && count <= pages - first; }
+
+  uint8_t* base = nullptr;
+  size_t length = 0;
+  size_t pages = 0;
+  size_t pageSize = 0;
+  UniqueFd uffd;  // closed only when the last user drops its reference, so the fd never gets reused under a caller
+  OpenVia via = OpenVia::None;
+  bool userModeOnly = false;
+  int32_t* shared = nullptr;  // region header + page table, in a SharedArrayBuffer
+  std::atomic<bool> closed{false};
+
+  // The native servicer, when this region uses one.
+  std::thread servicer;
+  UniqueFd wakeFd;  // an eventfd: the servicer's way out of poll()
+  std::atomic<bool> stopServicer{false};
+};
+
+Registry<RegionState>& regions();
+
+// Feature bits the running kernel offers, probed once with a throwaway userfaultfd.
+struct KernelFeatures {
+  bool available = false;
+  OpenVia via = OpenVia::None;
+  bool userModeOnly = false;
+  uint64_t features = 0;
+  int devErr = 0;
+  int syscallErr = 0;
+  int err = 0;
+};
+const KernelFeatures& kernelFeatures();
+
+}  // namespace uffdhmm

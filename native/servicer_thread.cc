@@ -1,0 +1,90 @@
+// Native servicer thread: poll, read a batch, serve each fault; faults on locked pages wait in a
+// small retry list rather than blocking the loop, so a migration in progress never stalls others.
+#include "servicer_thread.h"
+
+#include <poll.h>
+#include <time.h>
+
+#include <cerrno>
+#include <cstdint>
+
+#include "policy.h"
+
+namespace uffdhmm {
+
+int readMessages(int fd, struct uffd_msg* msgs, int max) {
+  for (;;) {
+    ssize_t n = ::read(fd, msgs, sizeof(struct uffd_msg) * size_t(max));
+    if (n >= 0) return static_cast<int>(n / ssize_t(sizeof(struct uffd_msg)));
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN) return 0;
+    return -errno;
+  }
+}
+
+namespace {
+
+struct Pending {
+  uint32_t page;
+  uint32_t flags;
+};
+
+void serviceLoop(std::shared_ptr<RegionState> r) {
+  constexpr int kBatch = 64;
+  constexpr int kMaxPending = 4096;
+  struct uffd_msg msgs[kBatch];
+  static thread_local Pending pending[kMaxPending];
+  int npending = 0;
+  struct pollfd fds[2] = {{r->uffd.get(), POLLIN, 0}, {r->wakeFd.get(), POLLIN, 0}};
+  const uint64_t base = reinterpret_cast<uint64_t>(r->base);
+  while (!r->stopServicer.load(std::memory_order_acquire)) {
+    // Retry faults on pages that were locked; keep the ones still locked.
+    int kept = 0;
+    for (int i = 0; i < npending; i++) {
+      if (serveFaultDefault(*r, pending[i].page, pending[i].flags) == Served::Deferred) pending[kept++] = pending[i];
+    }
+    npending = kept;
+    if (npending > 0) {
+      // A migration holds the page for microseconds: back off briefly, then look again.
+      struct timespec ts = {0, 20 * 1000};
+      ::nanosleep(&ts, nullptr);
+    }
+    int timeout = npending > 0 ? 0 : 1000;
+    int rc = ::poll(fds, 2, timeout);
+    if (rc < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    if (fds[1].revents & POLLIN) {
+      uint64_t v;
+      (void)!::read(r->wakeFd.get(), &v, sizeof v);
+    }
+    if (!(fds[0].revents & POLLIN) || npending >= kMaxPending) continue;
+    int n = readMessages(r->uffd.get(), msgs, kBatch);
+    for (int i = 0; i < n; i++) {
+      if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;
+      uint64_t addr = msgs[i].arg.pagefault.address;
+      uint32_t page = static_cast<uint32_t>((addr - base) / r->pageSize);
+      uint32_t flags = static_cast<uint32_t>(msgs[i].arg.pagefault.flags);
+      if (serveFaultDefault(*r, page, flags) == Served::Deferred && npending < kMaxPending)
+        pending[npending++] = {page, flags};
+    }
+  }
+}
+
+}  // namespace
+
+void startNativeServicer(std::shared_ptr<RegionState> r) {
+  RegionState* raw = r.get();
+  raw->servicer = std::thread(serviceLoop, std::move(r));
+}
+
+void stopNativeServicer(RegionState& r) {
+  if (!r.servicer.joinable()) return;
+  r.stopServicer.store(true, std::memory_order_release);
+  uint64_t one = 1;
+  (void)!::write(r.wakeFd.get(), &one, sizeof one);
+  r.servicer.join();
+}
+
+}  // namespace uffdhmm
