@@ -11,7 +11,8 @@
         "native/policy.cc",
         "native/servicer_thread.cc",
         "native/poller.cc",
-        "native/bench.cc"
+        "native/bench.cc",
+        "native/toucher.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=9", "NAPI_CPP_EXCEPTIONS", "_GNU_SOURCE"],

@@ -47,3 +47,4 @@ export {
 export { UffdHmmError, UffdSystemError, type SystemErrorFields } from './errors.js';
 export type { Driver, FaultContext, FaultDecision, PageFreeContext } from './driver.js';
 export { PAGE_SIZE } from './native.js';
+export { NativeToucher, type ToucherOptions } from './toucher.js';

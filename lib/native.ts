@@ -61,6 +61,9 @@ export interface Addon {
   benchTouch(region: number, order: Int32Array, threads: number, out: Float64Array, write: boolean): void;
   benchPlain(pages: number, order: Int32Array, threads: number, out: Float64Array): void;
   benchBaseline(pages: number, order: Int32Array, threads: number, out: Float64Array): void;
+
+  toucherStart(region: number, threads: number, iterations: number, mode: 0 | 1, seed: number, pages: Int32Array): number;
+  toucherWait(toucher: number, timeoutMs: number): boolean;
 }
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');

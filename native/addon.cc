@@ -8,6 +8,7 @@ void initDevice(Napi::Env env, Napi::Object exports);
 void initRegion(Napi::Env env, Napi::Object exports);
 void initPoller(Napi::Env env, Napi::Object exports);
 void initBench(Napi::Env env, Napi::Object exports);
+void initToucher(Napi::Env env, Napi::Object exports);
 }  // namespace uffdhmm
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -16,6 +17,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   uffdhmm::initRegion(env, exports);
   uffdhmm::initPoller(env, exports);
   uffdhmm::initBench(env, exports);
+  uffdhmm::initToucher(env, exports);
   return exports;
 }
 

@@ -1,0 +1,66 @@
+// Native toucher threads: real CPU accesses to a region from threads that are not JS, for tests
+// of concurrency (a write racing a migration) and for users who want a faulting thread that does
+// not block the event loop.
+import { native } from './native.js';
+import { UffdHmmError, invalidType } from './errors.js';
+import { integer, optionsObject } from './validate.js';
+import type { Region } from './region.js';
+
+export interface ToucherOptions {
+  /** Threads to start (1..64). Default 1. */
+  threads?: number;
+  /** Touches per thread. */
+  iterations: number;
+  /** 'read' reads one byte; 'increment' adds 1 to the page's uint32 at offset 4 × thread index. */
+  mode?: 'read' | 'increment';
+  /** Pages to choose from (uniformly at random). Default: every page. */
+  pages?: ArrayLike<number>;
+  /** Seed of the per-thread random sequences. */
+  seed?: number;
+}
+
+/** Threads that touch a region's pages while JS keeps running. */
+export class NativeToucher {
+  readonly #handle: number;
+  #done = false;
+  readonly threads: number;
+  readonly iterations: number;
+
+  constructor(region: Region, options: ToucherOptions) {
+    if (region === null || typeof region !== 'object' || typeof (region as { handle?: unknown }).handle !== 'number') {
+      throw invalidType('region', 'a Region', region);
+    }
+    const opts = optionsObject('options', options);
+    this.threads = opts.threads === undefined ? 1 : integer('options.threads', opts.threads, 1, 64);
+    this.iterations = integer('options.iterations', opts.iterations, 0, 0xffffffff);
+    const mode = opts.mode ?? 'read';
+    if (mode !== 'read' && mode !== 'increment') throw invalidType('options.mode', "'read' or 'increment'", mode);
+    const seed = opts.seed === undefined ? 1 : integer('options.seed', opts.seed, 0, 0xffffffff);
+    let pages: Int32Array;
+    if (opts.pages === undefined) {
+      pages = Int32Array.from({ length: region.pages }, (_, i) => i);
+    } else {
+      const list = opts.pages as ArrayLike<number>;
+      pages = new Int32Array(list.length);
+      for (let i = 0; i < list.length; i++) pages[i] = integer('options.pages[i]', list[i], 0, region.pages - 1);
+    }
+    this.#handle = native.toucherStart(region.handle, this.threads, this.iterations, mode === 'read' ? 0 : 1, seed, pages);
+  }
+
+  /** Waits up to `timeoutMs` for every thread to finish; true when they did. */
+  wait(timeoutMs: number): boolean {
+    integer('timeoutMs', timeoutMs, 0, 600_000);
+    if (this.#done) return true;
+    this.#done = native.toucherWait(this.#handle, timeoutMs);
+    return this.#done;
+  }
+
+  /** Polls without blocking the event loop; rejects after `timeoutMs`. */
+  async finished(timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + integer('timeoutMs', timeoutMs, 0, 600_000);
+    while (!this.wait(0)) {
+      if (Date.now() > deadline) throw new UffdHmmError('ERR_TOUCHER_TIMEOUT', `native touchers did not finish within ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  }
+}

@@ -1,0 +1,114 @@
+// Background toucher threads for tests and the soak: native threads that read or increment
+// counters in a region's pages while JS keeps running (migrating, discarding, closing).
+// They start and finish under JS control, and every wait on them has a deadline.
+#include <napi.h>
+#include <time.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "napi_util.h"
+#include "region.h"
+#include "registry.h"
+
+namespace uffdhmm {
+
+namespace {
+
+struct Toucher {
+  std::vector<std::thread> threads;
+  std::mutex mu;
+  std::condition_variable cv;
+  int running = 0;
+  std::atomic<uint64_t> touches{0};
+  std::shared_ptr<RegionState> region;  // keeps the mapping alive while threads run
+};
+
+Registry<Toucher>& touchers() {
+  static Registry<Toucher> registry;
+  return registry;
+}
+
+// A small xorshift so every thread walks its own reproducible random sequence.
+inline uint64_t next(uint64_t& s) {
+  s ^= s << 13;
+  s ^= s >> 7;
+  s ^= s << 17;
+  return s;
+}
+
+// toucherStart(region, threads, iterations, mode, seed, pages: Int32Array) -> handle
+// Each thread makes `iterations` touches of pages chosen at random from `pages`.
+// mode 0: read one byte. mode 1: increment the page's uint32 counter at offset 4*thread with an
+// ordinary (non-atomic) read-modify-write, so a lost write shows as a short count.
+Napi::Value ToucherStart(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto r = regions().get(static_cast<int>(argU32(info, 0, "region")));
+  if (!r || r->closed.load()) throw codedError(env, "ERR_REGION_CLOSED", "the region is closed");
+  uint32_t nthreads = argU32(info, 1, "threads");
+  uint32_t iterations = argU32(info, 2, "iterations");
+  uint32_t mode = argU32(info, 3, "mode");
+  uint32_t seed = argU32(info, 4, "seed");
+  auto [pagesPtr, npages] = argInt32Array(info, 5, "pages");
+  if (nthreads < 1 || nthreads > 64) throw rangeError(env, "threads must be 1..64");
+  if (mode > 1) throw rangeError(env, "mode must be 0 (read) or 1 (increment)");
+  if (npages == 0) throw rangeError(env, "pages must not be empty");
+  std::vector<uint32_t> pages(npages);
+  for (size_t i = 0; i < npages; i++) {
+    if (pagesPtr[i] < 0 || static_cast<size_t>(pagesPtr[i]) >= r->pages) throw rangeError(env, "page is outside the region");
+    pages[i] = static_cast<uint32_t>(pagesPtr[i]);
+  }
+  auto t = std::make_shared<Toucher>();
+  t->region = r;
+  t->running = static_cast<int>(nthreads);
+  Toucher* tp = t.get();
+  RegionState* rp = r.get();
+  for (uint32_t k = 0; k < nthreads; k++) {
+    t->threads.emplace_back([tp, rp, pages, iterations, mode, k, seed] {
+      uint64_t s = (uint64_t(seed) << 32) ^ (0x9E3779B97F4A7C15ull * (k + 1));
+      if (s == 0) s = 1;
+      for (uint32_t i = 0; i < iterations; i++) {
+        uint32_t page = pages[next(s) % pages.size()];
+        volatile uint32_t* p = reinterpret_cast<volatile uint32_t*>(rp->base + size_t(page) * rp->pageSize) + k;
+        if (mode == 1)
+          *p = *p + 1;
+        else
+          (void)*p;
+      }
+      tp->touches.fetch_add(iterations);
+      std::lock_guard<std::mutex> lock(tp->mu);
+      if (--tp->running == 0) tp->cv.notify_all();
+    });
+  }
+  return Napi::Number::New(env, touchers().add(t));
+}
+
+// toucherWait(handle, timeoutMs) -> true when every thread finished (and joins them).
+Napi::Value ToucherWait(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int h = static_cast<int>(argU32(info, 0, "toucher"));
+  uint32_t timeout = argU32(info, 1, "timeoutMs");
+  auto t = touchers().get(h);
+  if (!t) throw codedError(env, "ERR_TOUCHER_GONE", "no such toucher");
+  {
+    std::unique_lock<std::mutex> lock(t->mu);
+    if (!t->cv.wait_for(lock, std::chrono::milliseconds(timeout), [&] { return t->running == 0; }))
+      return Napi::Boolean::New(env, false);
+  }
+  for (auto& th : t->threads) th.join();
+  touchers().remove(h);
+  return Napi::Boolean::New(env, true);
+}
+
+}  // namespace
+
+void initToucher(Napi::Env env, Napi::Object exports) {
+  exports.Set("toucherStart", Napi::Function::New(env, ToucherStart));
+  exports.Set("toucherWait", Napi::Function::New(env, ToucherWait));
+}
+
+}  // namespace uffdhmm
