@@ -63,7 +63,8 @@ export interface Addon {
   benchBaseline(pages: number, order: Int32Array, threads: number, out: Float64Array): void;
 
   toucherStart(region: number, threads: number, iterations: number, mode: 0 | 1, seed: number, pages: Int32Array): number;
-  toucherWait(toucher: number, timeoutMs: number): boolean;
+  toucherWait(toucher: number, timeoutMs: number, counts: Float64Array): boolean;
+  toucherStop(toucher: number): void;
 }
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');

@@ -493,7 +493,7 @@ export class Region extends EventEmitter implements DeviceHolder {
       try {
         this.#retry(() => {
           const rc = native.regionCopyIn(this.handle, page, slot, pfn, !write);
-          return rc === EEXIST ? native.regionWake(this.handle, page, 1) : rc;
+          return rc === EEXIST ? 0 : rc;
         }, 'ioctl(UFFDIO_COPY)');
       } catch (e) {
         unlockPage(shared, page, s);
@@ -504,6 +504,8 @@ export class Region extends EventEmitter implements DeviceHolder {
       device.putPage(pfn);
       Atomics.add(shared, STAT_MIGRATED_BACK, 1);
       Atomics.add(device.shared, DEV_MIGRATED_TO_RAM, 1);
+      // Threads that faulted on this page while it was locked resume only now, on published state.
+      native.regionWake(this.handle, page, 1);
       moved++;
     }
     return moved;

@@ -9,7 +9,7 @@ import type { Region } from './region.js';
 export interface ToucherOptions {
   /** Threads to start (1..64). Default 1. */
   threads?: number;
-  /** Touches per thread. */
+  /** Touches per thread; 0 runs until stop(). */
   iterations: number;
   /** 'read' reads one byte; 'increment' adds 1 to the page's uint32 at offset 4 × thread index. */
   mode?: 'read' | 'increment';
@@ -25,6 +25,7 @@ export class NativeToucher {
   #done = false;
   readonly threads: number;
   readonly iterations: number;
+  readonly #counts: Float64Array;
 
   constructor(region: Region, options: ToucherOptions) {
     if (region === null || typeof region !== 'object' || typeof (region as { handle?: unknown }).handle !== 'number') {
@@ -44,6 +45,7 @@ export class NativeToucher {
       pages = new Int32Array(list.length);
       for (let i = 0; i < list.length; i++) pages[i] = integer('options.pages[i]', list[i], 0, region.pages - 1);
     }
+    this.#counts = new Float64Array(this.threads);
     this.#handle = native.toucherStart(region.handle, this.threads, this.iterations, mode === 'read' ? 0 : 1, seed, pages);
   }
 
@@ -51,8 +53,19 @@ export class NativeToucher {
   wait(timeoutMs: number): boolean {
     integer('timeoutMs', timeoutMs, 0, 600_000);
     if (this.#done) return true;
-    this.#done = native.toucherWait(this.#handle, timeoutMs);
+    this.#done = native.toucherWait(this.#handle, timeoutMs, this.#counts);
     return this.#done;
+  }
+
+  /** Asks every thread to stop after its current touch (they finish on their own otherwise). */
+  stop(): void {
+    if (!this.#done) native.toucherStop(this.#handle);
+  }
+
+  /** Touches each thread made; valid once wait() returned true. */
+  counts(): number[] {
+    if (!this.#done) throw new UffdHmmError('ERR_TOUCHER_RUNNING', 'the touchers are still running: wait() first');
+    return [...this.#counts];
   }
 
   /** Polls without blocking the event loop; rejects after `timeoutMs`. */

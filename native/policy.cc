@@ -38,64 +38,58 @@ Served serveFaultDefault(RegionState& r, uint32_t page, uint32_t flags) {
     int32_t kind = s & kKindMask;
     int rc = 0;
     int32_t next = s;
+    std::shared_ptr<DeviceStore> dev;
+    uint32_t pfn = 0;
+    // Fill without waking, publish the new state, then wake: see the note in region.cc.
     if (kind == kKindDevice) {
-      uint32_t pfn = static_cast<uint32_t>(st[1]);
-      auto dev = devices().get((s >> kDeviceShift) & kMaxDeviceSlot);
-      const bool write = s & kWrite;
+      pfn = static_cast<uint32_t>(st[1]);
+      dev = devices().get((s >> kDeviceShift) & kMaxDeviceSlot);
       if (!dev) {
-        // The device vanished with an entry still pointing at it: that would be a lost page.
+        // The device vanished with an entry still naming it: refuse rather than invent data.
         unlockPage(r, st, s);
         return Served::Failed;
       }
-      rc = copy(fd, addr, reinterpret_cast<uint64_t>(dev->page(pfn)), r.pageSize, write ? 0 : UFFDIO_COPY_MODE_WP, nullptr);
-      if (rc == -EEXIST) rc = wake(fd, addr, r.pageSize);
-      if (rc == -EAGAIN) {
-        unlockPage(r, st, s);
-        return Served::Deferred;
-      }
-      if (rc == 0) {
-        next = kKindPresent | (write ? kWrite : 0);
-        st[1] = 0;
-        unlockPage(r, st, next);
-        dev->putPage(pfn);
-        bump(r, kStatMigratedBack);
-        __atomic_fetch_add(&dev->shared[kDevFaults], 1, __ATOMIC_RELAXED);
-        __atomic_fetch_add(&dev->shared[kDevMigratedToRam], 1, __ATOMIC_RELAXED);
-        bump(r, kStatFaults);
-        if (flags & UFFD_PAGEFAULT_FLAG_WRITE) bump(r, kStatWriteFaults);
-        return Served::Done;
-      }
+      const bool write = s & kWrite;
+      rc = copy(fd, addr, reinterpret_cast<uint64_t>(dev->page(pfn)), r.pageSize,
+                UFFDIO_COPY_MODE_DONTWAKE | (write ? 0 : UFFDIO_COPY_MODE_WP), nullptr);
+      if (rc == 0) next = kKindPresent | (write ? kWrite : 0);
     } else if (kind == kKindPresent && wpFault) {
-      rc = writeProtect(fd, addr, r.pageSize, false, true);
-      if (rc == 0) {
-        next = kKindPresent | kWrite;
-        bump(r, kStatWpFaults);
-      }
+      rc = writeProtect(fd, addr, r.pageSize, false, false);
+      if (rc == 0) next = kKindPresent | kWrite;
     } else if (kind == kKindPoison) {
-      rc = poison(fd, addr, r.pageSize, 0, nullptr);
-      if (rc == -EEXIST) rc = wake(fd, addr, r.pageSize);
+      rc = poison(fd, addr, r.pageSize, kPoisonModeDontwake, nullptr);
     } else {
       // A hole (or a CPU page that was zapped behind our back): it reads as zeroes.
       if (flags & UFFD_PAGEFAULT_FLAG_WRITE)
-        rc = copy(fd, addr, reinterpret_cast<uint64_t>(zeroPage()), r.pageSize, 0, nullptr);
+        rc = copy(fd, addr, reinterpret_cast<uint64_t>(zeroPage()), r.pageSize, UFFDIO_COPY_MODE_DONTWAKE, nullptr);
       else
-        rc = zeropage(fd, addr, r.pageSize, 0, nullptr);
-      if (rc == 0) {
-        next = kKindPresent | kWrite;
-        bump(r, kStatZeroFills);
-      } else if (rc == -EEXIST) {
-        // Another path filled it first: wake the thread, keep the state as it is.
-        rc = wake(fd, addr, r.pageSize);
-      }
+        rc = zeropage(fd, addr, r.pageSize, UFFDIO_ZEROPAGE_MODE_DONTWAKE, nullptr);
+      if (rc == 0) next = kKindPresent | kWrite;
     }
+    if (rc == -EEXIST) rc = 0;  // another path filled it first: keep the state, just wake
     if (rc == -EAGAIN) {
       unlockPage(r, st, s);
       return Served::Deferred;
     }
-    unlockPage(r, st, rc == 0 ? next : s);
-    if (rc != 0) return Served::Failed;
+    if (rc != 0) {
+      unlockPage(r, st, s);
+      return Served::Failed;
+    }
+    if (kind == kKindDevice && next != s) {
+      st[1] = 0;
+      unlockPage(r, st, next);
+      dev->putPage(pfn);
+      bump(r, kStatMigratedBack);
+      __atomic_fetch_add(&dev->shared[kDevFaults], 1, __ATOMIC_RELAXED);
+      __atomic_fetch_add(&dev->shared[kDevMigratedToRam], 1, __ATOMIC_RELAXED);
+    } else {
+      unlockPage(r, st, next);
+      if (kind == kKindPresent && wpFault) bump(r, kStatWpFaults);
+      else if (kind == kKindNone && next != s) bump(r, kStatZeroFills);
+    }
     bump(r, kStatFaults);
     if (flags & UFFD_PAGEFAULT_FLAG_WRITE) bump(r, kStatWriteFaults);
+    wake(fd, addr, r.pageSize);
     return Served::Done;
   }
 }

@@ -153,6 +153,11 @@ static Napi::Value RegionClose(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// Fill operations never wake the faulting thread: the caller first publishes the page's new state
+// (table, stats, device refcount) and then calls regionWake, so a thread that resumes after its
+// fault always sees the table the kernel would show it. (The kernel updates the pte before the
+// fault returns; waking first would let the thread run ahead of our table.)
+
 // regionCopyIn(region, page, device, pfn, writeProtect) -> 0 | -errno. The migrate-back fill.
 static Napi::Value RegionCopyIn(const Napi::CallbackInfo& info) {
   auto r = argRegion(info, 0);
@@ -164,7 +169,7 @@ static Napi::Value RegionCopyIn(const Napi::CallbackInfo& info) {
   if (pfn >= dev->capacity) throw rangeError(info.Env(), "pfn is outside the device's memory");
   bool wp = argBool(info, 4, "writeProtect");
   int rc = copy(r->uffd.get(), r->addr(page), reinterpret_cast<uint64_t>(dev->page(pfn)), r->pageSize,
-                wp ? UFFDIO_COPY_MODE_WP : 0, nullptr);
+                UFFDIO_COPY_MODE_DONTWAKE | (wp ? UFFDIO_COPY_MODE_WP : 0), nullptr);
   return Napi::Number::New(info.Env(), rc);
 }
 
@@ -176,8 +181,8 @@ static Napi::Value RegionZeroFill(const Napi::CallbackInfo& info) {
   uint32_t page = argU32(info, 1, "page");
   checkRange(info, *r, page, 1);
   bool write = argBool(info, 2, "write");
-  int rc = write ? copy(r->uffd.get(), r->addr(page), reinterpret_cast<uint64_t>(zeros), r->pageSize, 0, nullptr)
-                 : zeropage(r->uffd.get(), r->addr(page), r->pageSize, 0, nullptr);
+  int rc = write ? copy(r->uffd.get(), r->addr(page), reinterpret_cast<uint64_t>(zeros), r->pageSize, UFFDIO_COPY_MODE_DONTWAKE, nullptr)
+                 : zeropage(r->uffd.get(), r->addr(page), r->pageSize, UFFDIO_ZEROPAGE_MODE_DONTWAKE, nullptr);
   return Napi::Number::New(info.Env(), rc);
 }
 
@@ -201,14 +206,12 @@ static Napi::Value RegionWriteProtect(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), writeProtect(r->uffd.get(), r->addr(first), uint64_t(count) * r->pageSize, protect, wakeup));
 }
 
-// regionPoison(region, page) -> 0 | -errno: the faulting thread (and every later access) gets SIGBUS.
+// regionPoison(region, page) -> 0 | -errno: once woken, the faulting thread (and every later access) gets SIGBUS.
 static Napi::Value RegionPoison(const Napi::CallbackInfo& info) {
   auto r = argRegion(info, 0);
   uint32_t page = argU32(info, 1, "page");
   checkRange(info, *r, page, 1);
-  int rc = poison(r->uffd.get(), r->addr(page), r->pageSize, 0, nullptr);
-  if (rc == -EEXIST) rc = wake(r->uffd.get(), r->addr(page), r->pageSize);
-  return Napi::Number::New(info.Env(), rc);
+  return Napi::Number::New(info.Env(), poison(r->uffd.get(), r->addr(page), r->pageSize, kPoisonModeDontwake, nullptr));
 }
 
 static int pagemapFd() {

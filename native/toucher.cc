@@ -24,7 +24,8 @@ struct Toucher {
   std::mutex mu;
   std::condition_variable cv;
   int running = 0;
-  std::atomic<uint64_t> touches{0};
+  std::atomic<bool> stop{false};
+  std::vector<uint64_t> counts;  // touches made by each thread
   std::shared_ptr<RegionState> region;  // keeps the mapping alive while threads run
 };
 
@@ -42,7 +43,7 @@ inline uint64_t next(uint64_t& s) {
 }
 
 // toucherStart(region, threads, iterations, mode, seed, pages: Int32Array) -> handle
-// Each thread makes `iterations` touches of pages chosen at random from `pages`.
+// Each thread makes `iterations` touches (0: until toucherStop) of pages chosen at random from `pages`.
 // mode 0: read one byte. mode 1: increment the page's uint32 counter at offset 4*thread with an
 // ordinary (non-atomic) read-modify-write, so a lost write shows as a short count.
 Napi::Value ToucherStart(const Napi::CallbackInfo& info) {
@@ -65,13 +66,16 @@ Napi::Value ToucherStart(const Napi::CallbackInfo& info) {
   auto t = std::make_shared<Toucher>();
   t->region = r;
   t->running = static_cast<int>(nthreads);
+  t->counts.assign(nthreads, 0);
   Toucher* tp = t.get();
   RegionState* rp = r.get();
   for (uint32_t k = 0; k < nthreads; k++) {
     t->threads.emplace_back([tp, rp, pages, iterations, mode, k, seed] {
       uint64_t s = (uint64_t(seed) << 32) ^ (0x9E3779B97F4A7C15ull * (k + 1));
       if (s == 0) s = 1;
-      for (uint32_t i = 0; i < iterations; i++) {
+      uint64_t done = 0;
+      for (; iterations == 0 || done < iterations; done++) {
+        if ((done & 255) == 0 && tp->stop.load(std::memory_order_relaxed)) break;
         uint32_t page = pages[next(s) % pages.size()];
         volatile uint32_t* p = reinterpret_cast<volatile uint32_t*>(rp->base + size_t(page) * rp->pageSize) + k;
         if (mode == 1)
@@ -79,7 +83,7 @@ Napi::Value ToucherStart(const Napi::CallbackInfo& info) {
         else
           (void)*p;
       }
-      tp->touches.fetch_add(iterations);
+      tp->counts[k] = done;
       std::lock_guard<std::mutex> lock(tp->mu);
       if (--tp->running == 0) tp->cv.notify_all();
     });
@@ -87,19 +91,30 @@ Napi::Value ToucherStart(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, touchers().add(t));
 }
 
-// toucherWait(handle, timeoutMs) -> true when every thread finished (and joins them).
+// toucherStop(handle): asks every thread to finish after its current touch.
+Napi::Value ToucherStop(const Napi::CallbackInfo& info) {
+  auto t = touchers().get(static_cast<int>(argU32(info, 0, "toucher")));
+  if (t) t->stop.store(true);
+  return info.Env().Undefined();
+}
+
+// toucherWait(handle, timeoutMs, counts: Float64Array) -> true when every thread finished; then
+// joins them and writes each thread's touch count into counts.
 Napi::Value ToucherWait(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int h = static_cast<int>(argU32(info, 0, "toucher"));
   uint32_t timeout = argU32(info, 1, "timeoutMs");
+  auto [counts, ncounts] = argFloat64Array(info, 2, "counts");
   auto t = touchers().get(h);
   if (!t) throw codedError(env, "ERR_TOUCHER_GONE", "no such toucher");
+  if (ncounts < t->counts.size()) throw rangeError(env, "counts is shorter than the thread count");
   {
     std::unique_lock<std::mutex> lock(t->mu);
     if (!t->cv.wait_for(lock, std::chrono::milliseconds(timeout), [&] { return t->running == 0; }))
       return Napi::Boolean::New(env, false);
   }
   for (auto& th : t->threads) th.join();
+  for (size_t k = 0; k < t->counts.size(); k++) counts[k] = static_cast<double>(t->counts[k]);
   touchers().remove(h);
   return Napi::Boolean::New(env, true);
 }
@@ -109,6 +124,7 @@ Napi::Value ToucherWait(const Napi::CallbackInfo& info) {
 void initToucher(Napi::Env env, Napi::Object exports) {
   exports.Set("toucherStart", Napi::Function::New(env, ToucherStart));
   exports.Set("toucherWait", Napi::Function::New(env, ToucherWait));
+  exports.Set("toucherStop", Napi::Function::New(env, ToucherStop));
 }
 
 }  // namespace uffdhmm

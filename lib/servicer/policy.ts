@@ -9,6 +9,7 @@ import {
   DEV_MIGRATED_TO_RAM,
   KIND_DEVICE,
   KIND_MASK,
+  KIND_NONE,
   KIND_POISON,
   KIND_PRESENT,
   LOCKED,
@@ -107,7 +108,11 @@ export function freeDevicePage(host: PolicyHost, dev: DeviceInfo, pfn: number): 
   }
 }
 
-/** Serves one page fault; returns SERVED, DEFERRED, UNKNOWN_DEVICE or FAILED. */
+/**
+ * Serves one page fault; returns SERVED, DEFERRED, UNKNOWN_DEVICE or FAILED. Each fill is done
+ * without waking the thread; the new state is published, then the thread is woken, so it never
+ * resumes ahead of the table (the kernel updates the pte before the fault returns).
+ */
 export function serveFault(host: PolicyHost, r: RegionInfo, page: number, flags: number): number {
   if (page >= r.pages) return FAILED;
   const shared = r.shared;
@@ -120,74 +125,59 @@ export function serveFault(host: PolicyHost, r: RegionInfo, page: number, flags:
     const kind = s & KIND_MASK;
     let rc = 0;
     let next = s;
+    let dev: DeviceInfo | undefined;
+    let pfn = 0;
     if (kind === KIND_DEVICE) {
       const slot = (s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT;
-      const dev = host.devices[slot];
+      dev = host.devices[slot];
       if (dev === undefined) {
         unlockPage(shared, page, s);
         return UNKNOWN_DEVICE;
       }
-      const pfn = shared[idx + 1];
+      pfn = shared[idx + 1];
       if (dev.driver?.fault !== undefined && askDriver(host, dev, r, page, pfn, flags)) {
         // The driver refused (VM_FAULT_SIGBUS): the page becomes poison and the thread gets SIGBUS.
         rc = native.regionPoison(h, page);
-        if (rc === EAGAIN) {
-          unlockPage(shared, page, s);
-          return DEFERRED;
-        }
-        if (rc !== 0) {
-          unlockPage(shared, page, s);
-          return FAILED;
-        }
-        Atomics.store(shared, idx + 1, 0);
-        unlockPage(shared, page, KIND_POISON);
-        freeDevicePage(host, dev, pfn);
-        Atomics.add(shared, STAT_POISONED, 1);
-        Atomics.add(shared, STAT_FAULTS, 1);
-        Atomics.add(dev.shared, DEV_FAULTS, 1);
-        return SERVED;
-      }
-      const write = (s & WRITE) !== 0;
-      rc = native.regionCopyIn(h, page, slot, pfn, !write);
-      if (rc === EEXIST) rc = native.regionWake(h, page, 1);
-      if (rc === 0) {
-        Atomics.store(shared, idx + 1, 0);
-        unlockPage(shared, page, write ? KIND_PRESENT | WRITE : KIND_PRESENT);
-        freeDevicePage(host, dev, pfn);
-        Atomics.add(shared, STAT_MIGRATED_BACK, 1);
-        Atomics.add(dev.shared, DEV_FAULTS, 1);
-        Atomics.add(dev.shared, DEV_MIGRATED_TO_RAM, 1);
-        Atomics.add(shared, STAT_FAULTS, 1);
-        if ((flags & UFFD_PAGEFAULT_FLAG_WRITE) !== 0) Atomics.add(shared, STAT_WRITE_FAULTS, 1);
-        return SERVED;
+        if (rc === 0) next = KIND_POISON;
+      } else {
+        const write = (s & WRITE) !== 0;
+        rc = native.regionCopyIn(h, page, slot, pfn, !write);
+        if (rc === 0) next = write ? KIND_PRESENT | WRITE : KIND_PRESENT;
       }
     } else if (kind === KIND_PRESENT && (flags & UFFD_PAGEFAULT_FLAG_WP) !== 0) {
-      rc = native.regionWriteProtect(h, page, 1, false, true);
-      if (rc === 0) {
-        next = KIND_PRESENT | WRITE;
-        Atomics.add(shared, STAT_WP_FAULTS, 1);
-      }
+      rc = native.regionWriteProtect(h, page, 1, false, false);
+      if (rc === 0) next = KIND_PRESENT | WRITE;
     } else if (kind === KIND_POISON) {
       rc = native.regionPoison(h, page);
     } else {
       // A hole, or a CPU page zapped behind our back: it reads as zeroes.
       rc = native.regionZeroFill(h, page, (flags & UFFD_PAGEFAULT_FLAG_WRITE) !== 0);
-      if (rc === 0) {
-        next = KIND_PRESENT | WRITE;
-        Atomics.add(shared, STAT_ZERO_FILLS, 1);
-      } else if (rc === EEXIST) {
-        // Another path filled it first: wake the thread, keep the state as it is.
-        rc = native.regionWake(h, page, 1);
-      }
+      if (rc === 0) next = KIND_PRESENT | WRITE;
     }
-    if (rc === EAGAIN) {
+    if (rc === EEXIST) rc = 0; // another path filled it first: keep the state, just wake
+    if (rc !== 0) {
       unlockPage(shared, page, s);
-      return DEFERRED;
+      return rc === EAGAIN ? DEFERRED : FAILED;
     }
-    unlockPage(shared, page, rc === 0 ? next : s);
-    if (rc !== 0) return FAILED;
+    if (dev !== undefined && next !== s) {
+      Atomics.store(shared, idx + 1, 0);
+      unlockPage(shared, page, next);
+      freeDevicePage(host, dev, pfn);
+      Atomics.add(dev.shared, DEV_FAULTS, 1);
+      if (next === KIND_POISON) {
+        Atomics.add(shared, STAT_POISONED, 1);
+      } else {
+        Atomics.add(shared, STAT_MIGRATED_BACK, 1);
+        Atomics.add(dev.shared, DEV_MIGRATED_TO_RAM, 1);
+      }
+    } else {
+      unlockPage(shared, page, next);
+      if (kind === KIND_PRESENT && (flags & UFFD_PAGEFAULT_FLAG_WP) !== 0) Atomics.add(shared, STAT_WP_FAULTS, 1);
+      else if (kind === KIND_NONE && next !== s) Atomics.add(shared, STAT_ZERO_FILLS, 1);
+    }
     Atomics.add(shared, STAT_FAULTS, 1);
     if ((flags & UFFD_PAGEFAULT_FLAG_WRITE) !== 0) Atomics.add(shared, STAT_WRITE_FAULTS, 1);
+    native.regionWake(h, page, 1);
     return SERVED;
   }
 }

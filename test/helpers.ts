@@ -1,0 +1,44 @@
+// Shared test helpers: which servicers to run every behaviour against, and small utilities for
+// checking bytes without copying whole regions.
+import { describe } from 'vitest';
+import { probe, type Region } from 'uffd-hmm';
+
+export const uffdAvailable = probe().available;
+/** describe() for suites that need real userfaultfd faults (skipped only under the explicit opt-out). */
+export const describeUffd = uffdAvailable ? describe : describe.skip;
+
+export const SERVICERS = ['worker', 'native'] as const;
+
+/** A byte pattern that differs per page and per offset, so a misplaced page shows. */
+export function pattern(page: number, offset: number, seed = 0): number {
+  return (page * 131 + offset * 7 + seed * 17 + 1) & 0xff;
+}
+
+export function fillPages(region: Region, first: number, count: number, seed = 0): void {
+  const ps = region.pageSize;
+  for (let p = first; p < first + count; p++) {
+    const view = region.bytes.subarray(p * ps, (p + 1) * ps);
+    for (let o = 0; o < ps; o += 1) view[o] = pattern(p, o, seed);
+  }
+}
+
+/** Returns the first mismatching (page, offset), or null when every byte matches. */
+export function checkPages(region: Region, first: number, count: number, seed = 0): string | null {
+  const ps = region.pageSize;
+  for (let p = first; p < first + count; p++) {
+    const view = region.bytes.subarray(p * ps, (p + 1) * ps);
+    for (let o = 0; o < ps; o++) {
+      if (view[o] !== pattern(p, o, seed)) return `page ${p} offset ${o}: ${view[o]} != ${pattern(p, o, seed)}`;
+    }
+  }
+  return null;
+}
+
+export function crc32(data: Uint8Array): number {
+  let crc = ~0;
+  for (let i = 0; i < data.length; i++) {
+    crc ^= data[i];
+    for (let k = 0; k < 8; k++) crc = crc & 1 ? (crc >>> 1) ^ 0xedb88320 : crc >>> 1;
+  }
+  return ~crc >>> 0;
+}
