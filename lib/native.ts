@@ -41,6 +41,8 @@ export interface Addon {
 
   regionCreate(pages: number, shared: Int32Array, servicer: 'worker' | 'native', allowUserModeOnly: boolean): NativeRegion;
   regionClose(handle: number): void;
+  regionTakeOver(handle: number): void;
+  regionComplete(handle: number, page: number, state: number, freeSlot: number, freePfn: number, stats: number): number;
   regionCopyIn(handle: number, page: number, slot: number, pfn: number, writeProtect: boolean): number;
   regionZeroFill(handle: number, page: number, write: boolean): number;
   regionWake(handle: number, first: number, count: number): number;
@@ -65,6 +67,10 @@ export interface Addon {
   toucherStart(region: number, threads: number, iterations: number, mode: 0 | 1, seed: number, pages: Int32Array): number;
   toucherWait(toucher: number, timeoutMs: number, counts: Float64Array): boolean;
   toucherStop(toucher: number): void;
+
+  benchPlainTouch(pages: number, order: Int32Array, threads: number, out: Float64Array, write: boolean): void;
+  benchSetAffinity(cpus: Int32Array): Int32Array;
+  benchMigrateBaseline(pages: number, out: Float64Array): void;
 }
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');

@@ -15,6 +15,7 @@ import {
   KIND_NONE,
   KIND_POISON,
   KIND_PRESENT,
+  LOCKED,
   MAX_DEVICE_SLOT,
   REGION_HEADER,
   STAT_FAULTS,
@@ -145,6 +146,8 @@ export class Region extends EventEmitter implements DeviceHolder {
   #closing: Promise<void> | undefined;
   #closed = false;
   readonly userModeOnly: boolean;
+  #servicerHost: WorkerServicer | undefined;
+  #guarded = false;
 
   private constructor(pages: number, servicer: 'worker' | 'native', faultAround: number) {
     super();
@@ -166,7 +169,10 @@ export class Region extends EventEmitter implements DeviceHolder {
     this.#bytes = new Uint8Array(nat.bytes);
     this.userModeOnly = nat.userModeOnly;
     this.#prot = new Uint8Array(pages).fill(PROT_READWRITE);
-    if (servicer === 'worker') WorkerServicer.get().addRegion(this);
+    if (servicer === 'worker') {
+      this.#servicerHost = WorkerServicer.get();
+      this.#servicerHost.addRegion(this);
+    }
   }
 
   get address(): bigint {
@@ -200,7 +206,7 @@ export class Region extends EventEmitter implements DeviceHolder {
     const opts = optionsObject('options', options);
     const forceWrite = optionalBoolean('options.write', opts.write);
     if (c === 0) return 0;
-    if (this.servicer === 'worker') WorkerServicer.get().ensureDevice(device);
+    this.#servicerHost?.ensureDevice(device);
     this.#devices.add(device);
     device.addHolder(this);
 
@@ -457,9 +463,47 @@ export class Region extends EventEmitter implements DeviceHolder {
     else process.emitWarning(err);
   }
 
+  /**
+   * @internal The worker servicer died and a native guard thread is about to serve this region.
+   * A page the dead servicer had locked stays locked forever unless released here; whether its
+   * fill happened is read from the kernel's pagemap, so the table ends up as the kernel sees it.
+   */
+  servicerTakenOver(): void {
+    this.#servicerHost = undefined;
+    this.#guarded = true;
+    const shared = this.shared;
+    const pm = new BigUint64Array(1);
+    for (let page = 0; page < this.pages; page++) {
+      const s = Atomics.load(shared, stateIndex(page));
+      if ((s & LOCKED) === 0) continue;
+      native.regionPagemap(this.handle, page, 1, pm);
+      const filled = (pm[0] & PM_PRESENT) !== 0n;
+      const kind = s & KIND_MASK;
+      if (kind === KIND_DEVICE && filled) {
+        const device = deviceBySlot((s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT)!;
+        const pfn = shared[stateIndex(page) + 1];
+        shared[stateIndex(page) + 1] = 0;
+        unlockPage(shared, page, KIND_PRESENT | (s & WRITE));
+        device.putPage(pfn);
+        Atomics.add(shared, STAT_MIGRATED_BACK, 1);
+        Atomics.add(device.shared, DEV_MIGRATED_TO_RAM, 1);
+      } else if (kind === KIND_NONE && filled) {
+        unlockPage(shared, page, KIND_PRESENT | WRITE);
+      } else {
+        unlockPage(shared, page, s);
+      }
+    }
+  }
+
+  /** True once a native guard took over from a failed worker servicer (default policy only). */
+  get guarded(): boolean {
+    return this.#guarded;
+  }
+
   #teardown(): void {
     if (this.#closed) return;
-    if (this.servicer === 'worker') WorkerServicer.get().removeRegion(this.handle);
+    this.#servicerHost?.removeRegion(this.handle);
+    this.#servicerHost = undefined;
     // Zap every entry first: device pages lose this mapping's reference (free_swap_and_cache).
     for (let page = 0; page < this.pages; page++) {
       const s = lockPage(this.shared, page);

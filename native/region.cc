@@ -158,6 +158,56 @@ static Napi::Value RegionClose(const Napi::CallbackInfo& info) {
 // fault always sees the table the kernel would show it. (The kernel updates the pte before the
 // fault returns; waking first would let the thread run ahead of our table.)
 
+// regionTakeOver(region): the guard. A native servicer thread takes over the region's faults
+// with the default policy (its JS servicer died), and every thread blocked in the range is woken
+// so that a fault the dead servicer had read but not served is raised again and served.
+static Napi::Value RegionTakeOver(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto r = argRegion(info, 0);
+  if (!r->servicer.joinable()) {
+    int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (efd < 0) throw systemError(env, errno, "eventfd");
+    r->wakeFd = UniqueFd(efd);
+    startNativeServicer(r);
+  }
+  wake(r->uffd.get(), reinterpret_cast<uint64_t>(r->base), r->length);
+  return env.Undefined();
+}
+
+// regionComplete(region, page, state, freeSlot, freePfn, stats) -> 1 if a device page was freed, else 0.
+// The end of serving a fault, decided in TypeScript but done here in one call, so that a worker
+// terminated at any point leaves either nothing done or everything done: store the page's new
+// state (unlocking it), drop the device page's reference (freeSlot > 0), add 1 to each counter in
+// `stats` (bits 0..15: region header words; bits 16..23: device header words of freeSlot), then
+// wake the faulting thread.
+static Napi::Value RegionComplete(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto r = argRegion(info, 0);
+  uint32_t page = argU32(info, 1, "page");
+  checkRange(info, *r, page, 1);
+  int32_t state = static_cast<int32_t>(argU32(info, 2, "state"));
+  uint32_t freeSlot = argU32(info, 3, "freeSlot");
+  uint32_t freePfn = argU32(info, 4, "freePfn");
+  uint32_t statMask = argU32(info, 5, "stats");
+  std::shared_ptr<DeviceStore> dev;
+  if (freeSlot > 0) {
+    dev = devices().get(static_cast<int>(freeSlot));
+    if (!dev) throw codedError(env, "ERR_DEVICE_CLOSED", "the device is closed");
+    if (freePfn >= dev->capacity) throw rangeError(env, "pfn is outside the device's memory");
+  }
+  int32_t* st = r->state(page);
+  if (dev) st[1] = 0;
+  __atomic_store_n(st, state & ~layout::kLocked, __ATOMIC_RELEASE);
+  noteUnlock(*r);
+  bool freed = dev ? dev->putPage(freePfn) : false;
+  for (int i = 0; i < 16; i++)
+    if (statMask & (1u << i)) __atomic_fetch_add(r->stat(i), 1, __ATOMIC_RELAXED);
+  for (int i = 0; i < 8 && dev; i++)
+    if (statMask & (1u << (16 + i))) __atomic_fetch_add(&dev->shared[i], 1, __ATOMIC_RELAXED);
+  wake(r->uffd.get(), r->addr(page), r->pageSize);
+  return Napi::Number::New(env, freed ? 1 : 0);
+}
+
 // regionCopyIn(region, page, device, pfn, writeProtect) -> 0 | -errno. The migrate-back fill.
 static Napi::Value RegionCopyIn(const Napi::CallbackInfo& info) {
   auto r = argRegion(info, 0);
@@ -339,6 +389,8 @@ void initRegion(Napi::Env env, Napi::Object exports) {
   exports.Set("probe", Napi::Function::New(env, Probe));
   exports.Set("regionCreate", Napi::Function::New(env, RegionCreate));
   exports.Set("regionClose", Napi::Function::New(env, RegionClose));
+  exports.Set("regionTakeOver", Napi::Function::New(env, RegionTakeOver));
+  exports.Set("regionComplete", Napi::Function::New(env, RegionComplete));
   exports.Set("regionCopyIn", Napi::Function::New(env, RegionCopyIn));
   exports.Set("regionZeroFill", Napi::Function::New(env, RegionZeroFill));
   exports.Set("regionWake", Napi::Function::New(env, RegionWake));

@@ -14,6 +14,8 @@ export interface ServicedRegion {
   readonly address: bigint;
   readonly pageSize: number;
   reportError(err: Error): void;
+  /** Called before a native guard takes over: release what the dead servicer held. */
+  servicerTakenOver(): void;
 }
 
 export class WorkerServicer {
@@ -32,6 +34,7 @@ export class WorkerServicer {
   readonly #regions = new Map<number, ServicedRegion>();
   readonly #devices = new Map<number, number>(); // slot -> device id the worker knows
   readonly #deviceObjects = new Map<number, Device>(); // device id -> device
+  #failed = false;
 
   private constructor() {
     this.poller = native.pollerCreate();
@@ -40,12 +43,38 @@ export class WorkerServicer {
     this.#worker = new Worker(new URL('./worker.js', import.meta.url), {
       workerData: { poller: this.poller, ctrl: this.#ctrl, port: port2 },
       transferList: [port2],
+      // Flags such as --input-type=module make a worker refuse to start; the servicer needs none.
+      execArgv: process.execArgv.filter((a) => !a.startsWith('--input-type') && a !== '-e' && a !== '--eval'),
     });
     // A servicer must not keep the process alive: exit stays prompt with regions still open.
     this.#worker.unref();
     this.#port.unref();
     this.#port.on('message', (msg: FromWorker) => this.#onMessage(msg));
-    this.#worker.on('error', (err) => this.#broadcast(new UffdHmmError('ERR_SERVICER_FAILED', 'the worker servicer crashed', { cause: err })));
+    this.#worker.on('error', (err) => this.#fail(new UffdHmmError('ERR_SERVICER_FAILED', 'the worker servicer crashed', { cause: err })));
+    this.#worker.on('exit', (code) => {
+      this.#fail(new UffdHmmError('ERR_SERVICER_FAILED', `the worker servicer exited (code ${code})`));
+    });
+  }
+
+  /**
+   * The worker is gone: a native servicer takes over each of its regions with the default policy,
+   * so no fault is left unserved, and each region reports why. The next region gets a new worker.
+   */
+  #fail(err: Error): void {
+    if (this.#failed) return;
+    this.#failed = true;
+    if (WorkerServicer.#instance === this) WorkerServicer.#instance = undefined;
+    for (const [handle, region] of this.#regions) {
+      native.pollerRemove(this.poller, handle);
+      try {
+        region.servicerTakenOver();
+        native.regionTakeOver(handle);
+      } catch (e) {
+        if ((e as { code?: string }).code !== 'ERR_REGION_CLOSED') throw e;
+      }
+      region.reportError(err);
+    }
+    this.#regions.clear();
   }
 
   addRegion(region: ServicedRegion): void {
@@ -62,7 +91,7 @@ export class WorkerServicer {
   }
 
   removeRegion(handle: number): void {
-    if (!this.#regions.delete(handle)) return;
+    if (!this.#regions.delete(handle) || this.#failed) return;
     native.pollerRemove(this.poller, handle);
     this.#post({ type: 'drop-region', handle });
   }
@@ -106,5 +135,10 @@ export class WorkerServicer {
   #broadcast(err: Error): void {
     if (this.#regions.size === 0) process.emitWarning(err);
     for (const r of this.#regions.values()) r.reportError(err);
+  }
+
+  /** @internal For tests of the guard: stops the worker as a crash would. */
+  async terminateForTest(): Promise<void> {
+    await this.#worker.terminate();
   }
 }

@@ -26,7 +26,6 @@ import {
   stateIndex,
 } from '../layout.js';
 import { unlockPage } from '../pagelock.js';
-import { putDevicePage } from '../devicepages.js';
 import type { Driver, FaultContext } from '../driver.js';
 
 export const SERVED = 0;
@@ -94,9 +93,8 @@ function askDriver(host: PolicyHost, dev: DeviceInfo, r: RegionInfo, page: numbe
   }
 }
 
-/** Drops the entry's device-page reference; calls the driver's pageFree on the last one. */
-export function freeDevicePage(host: PolicyHost, dev: DeviceInfo, pfn: number): void {
-  if (!putDevicePage(dev.shared, dev.capacity, pfn)) return;
+/** Calls the driver's pageFree hook for a device page whose last reference just went. */
+function pageFreed(host: PolicyHost, dev: DeviceInfo, pfn: number): void {
   const hook = dev.driver?.pageFree;
   if (hook === undefined) return;
   freeCtx.deviceName = dev.name;
@@ -107,6 +105,16 @@ export function freeDevicePage(host: PolicyHost, dev: DeviceInfo, pfn: number): 
     host.hookError(dev, 'pageFree', e);
   }
 }
+
+// Counter bits for native.regionComplete: region header words, then device header words.
+const S_FAULTS = 1 << STAT_FAULTS;
+const S_WRITE = 1 << STAT_WRITE_FAULTS;
+const S_WP = 1 << STAT_WP_FAULTS;
+const S_BACK = 1 << STAT_MIGRATED_BACK;
+const S_ZERO = 1 << STAT_ZERO_FILLS;
+const S_POISON = 1 << STAT_POISONED;
+const D_FAULTS = 1 << (16 + DEV_FAULTS);
+const D_TO_RAM = 1 << (16 + DEV_MIGRATED_TO_RAM);
 
 /**
  * Serves one page fault; returns SERVED, DEFERRED, UNKNOWN_DEVICE or FAILED. Each fill is done
@@ -159,25 +167,16 @@ export function serveFault(host: PolicyHost, r: RegionInfo, page: number, flags:
       unlockPage(shared, page, s);
       return rc === EAGAIN ? DEFERRED : FAILED;
     }
+    // Publish, count and wake in one native call: a worker terminated here leaves no half-done state.
+    let stats = S_FAULTS | ((flags & UFFD_PAGEFAULT_FLAG_WRITE) !== 0 ? S_WRITE : 0);
     if (dev !== undefined && next !== s) {
-      Atomics.store(shared, idx + 1, 0);
-      unlockPage(shared, page, next);
-      freeDevicePage(host, dev, pfn);
-      Atomics.add(dev.shared, DEV_FAULTS, 1);
-      if (next === KIND_POISON) {
-        Atomics.add(shared, STAT_POISONED, 1);
-      } else {
-        Atomics.add(shared, STAT_MIGRATED_BACK, 1);
-        Atomics.add(dev.shared, DEV_MIGRATED_TO_RAM, 1);
-      }
-    } else {
-      unlockPage(shared, page, next);
-      if (kind === KIND_PRESENT && (flags & UFFD_PAGEFAULT_FLAG_WP) !== 0) Atomics.add(shared, STAT_WP_FAULTS, 1);
-      else if (kind === KIND_NONE && next !== s) Atomics.add(shared, STAT_ZERO_FILLS, 1);
+      stats |= D_FAULTS | (next === KIND_POISON ? S_POISON : S_BACK | D_TO_RAM);
+      if (native.regionComplete(h, page, next, dev.slot, pfn, stats) === 1) pageFreed(host, dev, pfn);
+      return SERVED;
     }
-    Atomics.add(shared, STAT_FAULTS, 1);
-    if ((flags & UFFD_PAGEFAULT_FLAG_WRITE) !== 0) Atomics.add(shared, STAT_WRITE_FAULTS, 1);
-    native.regionWake(h, page, 1);
+    if (kind === KIND_PRESENT && (flags & UFFD_PAGEFAULT_FLAG_WP) !== 0) stats |= S_WP;
+    else if (kind === KIND_NONE && next !== s) stats |= S_ZERO;
+    native.regionComplete(h, page, next, 0, 0, stats);
     return SERVED;
   }
 }

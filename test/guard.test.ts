@@ -1,0 +1,35 @@
+// No fault is ever left unserved: when the worker servicer dies with threads blocked on faults,
+// a native guard takes the region over with the default policy and the failure is reported.
+import { expect, it } from 'vitest';
+import { Device, NativeToucher, Region } from 'uffd-hmm';
+import { WorkerServicer } from '../dist/servicer/host.js';
+import { checkPages, describeUffd, fillPages } from './helpers.js';
+
+describeUffd('servicer guard', () => {
+  it('takes over when the worker is terminated mid-fault; every byte comes back', async () => {
+    const pages = 256;
+    const r = Region.map({ pages });
+    const d = new Device({ capacity: pages });
+    fillPages(r, 0, pages, 11);
+    expect(r.migrate(0, pages, d)).toBe(pages);
+    const errors: Error[] = [];
+    r.on('error', (e: Error) => errors.push(e));
+    const t = new NativeToucher(r, { threads: 2, iterations: 20_000, mode: 'read', seed: 3 });
+    await WorkerServicer.get().terminateForTest();
+    await t.finished(20_000);
+    await new Promise((res) => setTimeout(res, 50));
+    expect(r.guarded).toBe(true);
+    expect(errors.length).toBeGreaterThan(0);
+    expect(errors[0]).toMatchObject({ code: 'ERR_SERVICER_FAILED' });
+    expect(checkPages(r, 0, pages, 11)).toBeNull();
+    expect(d.used).toBe(0);
+    // New regions get a fresh worker.
+    const r2 = Region.map({ pages: 2 });
+    r2.bytes[0] = 5;
+    expect(r2.bytes[0]).toBe(5);
+    expect(r2.guarded).toBe(false);
+    await r2.close();
+    await r.close();
+    await d.close();
+  });
+});
