@@ -20,6 +20,14 @@ export const KIND_DEVICE = 2;
 export const KIND_POISON = 3;
 export const WRITE = 0x4;
 export const LOCKED = 0x8;
+/** The page was munmapped by someone else (EVENT_UNMAP): nothing may be migrated there. */
+export const UNMAPPED = 0x10;
+/**
+ * Set by the thread holding the page locked while it zaps the page itself; the servicer clears it
+ * on the resulting EVENT_REMOVE, so that thread knows its own event was seen and not mistaken for
+ * someone else's zap.
+ */
+export const ZAPPING = 0x20;
 export const DEVICE_SHIFT = 16;
 export const MAX_DEVICE_SLOT = 0x7fff;
 
@@ -45,3 +53,7 @@ export const UFFD_PAGEFAULT_FLAG_WP = 2;
 // The event records pollerWait writes (native/poller.cc).
 export const EVENT_STRIDE = 5;
 export const EVENT_PAGEFAULT = 1;
+/** MADV_DONTNEED/MADV_REMOVE over [page, page + count) by any thread. */
+export const EVENT_REMOVE = 2;
+/** munmap over [page, page + count) by any thread. */
+export const EVENT_UNMAP = 3;

@@ -52,6 +52,7 @@ export interface Addon {
   regionPagemap(handle: number, first: number, count: number, out: BigUint64Array): void;
   regionDiscard(handle: number, first: number, count: number): number;
   regionMprotect(handle: number, first: number, count: number, prot: number): number;
+  regionUnmap(handle: number, first: number, count: number): number;
 
   pollerCreate(): number;
   pollerDestroy(handle: number): void;

@@ -23,10 +23,13 @@ import {
   STAT_MIGRATED_BACK,
   STAT_WP_FAULTS,
   STAT_WRITE_FAULTS,
+  UNLOCK_SEQ,
+  UNMAPPED,
   WRITE,
+  ZAPPING,
   stateIndex,
 } from './layout.js';
-import { lockPage, unlockPage } from './pagelock.js';
+import { LOCK_DEADLINE_MS, lockPage, unlockPage } from './pagelock.js';
 import { Device, deviceBySlot, type DeviceHolder } from './device.js';
 import { makeDeviceEntry } from './entry.js';
 import { probe } from './probe.js';
@@ -148,6 +151,8 @@ export class Region extends EventEmitter implements DeviceHolder {
   readonly userModeOnly: boolean;
   #servicerHost: WorkerServicer | undefined;
   #guarded = false;
+  /** The kernel reports our own zaps as EVENT_REMOVE (see #zapLocked). */
+  readonly #zapEvents = probe().features.eventRemove;
 
   private constructor(pages: number, servicer: 'worker' | 'native', faultAround: number) {
     super();
@@ -225,7 +230,7 @@ export class Region extends EventEmitter implements DeviceHolder {
           onDevice++;
           continue;
         }
-        if (kind === KIND_POISON || (this.#prot[page] & PROT_READ) === 0) continue;
+        if (kind === KIND_POISON || (s & UNMAPPED) !== 0 || (this.#prot[page] & PROT_READ) === 0) continue;
         const pfn = device.allocPage();
         if (pfn < 0) {
           // The device is full: this page and the rest stay where they are.
@@ -251,7 +256,7 @@ export class Region extends EventEmitter implements DeviceHolder {
         from.putPage(shared[stateIndex(f + i) + 1]);
       }
       this.#forRuns(f, locked, (i) => pfns[i] >= 0 && (old[i] & KIND_MASK) === KIND_PRESENT, (a, n) =>
-        check(native.regionDiscard(this.handle, a, n), 'madvise(MADV_DONTNEED)'),
+        this.#zapLocked(a, n),
       );
     } catch (e) {
       for (let i = 0; i < locked; i++) {
@@ -321,7 +326,7 @@ export class Region extends EventEmitter implements DeviceHolder {
       const page = f + i;
       const s = Atomics.load(this.shared, stateIndex(page));
       const rw = (s & WRITE) !== 0 ? HMM_DMIRROR_PROT_WRITE : HMM_DMIRROR_PROT_READ;
-      if ((this.#prot[page] & PROT_READ) === 0) {
+      if ((this.#prot[page] & PROT_READ) === 0 || (s & UNMAPPED) !== 0) {
         out[i] = HMM_DMIRROR_PROT_ERROR;
         continue;
       }
@@ -416,7 +421,10 @@ export class Region extends EventEmitter implements DeviceHolder {
     const old = new Int32Array(c);
     for (let i = 0; i < c; i++) old[i] = lockPage(this.shared, f + i);
     try {
-      this.#retry(() => native.regionDiscard(this.handle, f, c), 'madvise(MADV_DONTNEED)');
+      // madvise only what is still mapped: pages someone munmapped have nothing left to zap.
+      this.#forRuns(f, c, (i) => (old[i] & UNMAPPED) === 0, (a, n) =>
+        this.#zapLocked(a, n),
+      );
     } finally {
       for (let i = 0; i < c; i++) {
         const s = old[i];
@@ -424,7 +432,7 @@ export class Region extends EventEmitter implements DeviceHolder {
           deviceBySlot((s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT)!.putPage(this.shared[stateIndex(f + i) + 1]);
         }
         this.shared[stateIndex(f + i) + 1] = 0;
-        unlockPage(this.shared, f + i, KIND_NONE);
+        unlockPage(this.shared, f + i, KIND_NONE | (s & UNMAPPED));
       }
     }
   }
@@ -553,6 +561,33 @@ export class Region extends EventEmitter implements DeviceHolder {
       moved++;
     }
     return moved;
+  }
+
+  /**
+   * MADV_DONTNEED over pages this thread holds locked. The kernel reports it to the servicer as an
+   * EVENT_REMOVE, which must not be mistaken for someone else's zap once the pages are unlocked:
+   * each page is flagged ZAPPING, and the lock is kept until the servicer has seen the event and
+   * cleared the flag.
+   */
+  #zapLocked(first: number, count: number): void {
+    const shared = this.shared;
+    if (this.#zapEvents) for (let p = first; p < first + count; p++) Atomics.or(shared, stateIndex(p), ZAPPING);
+    check(native.regionDiscard(this.handle, first, count), 'madvise(MADV_DONTNEED)');
+    if (!this.#zapEvents) return;
+    const deadline = Date.now() + LOCK_DEADLINE_MS;
+    for (let p = first, spins = 0; p < first + count; ) {
+      if ((Atomics.load(shared, stateIndex(p)) & ZAPPING) === 0) {
+        p++;
+        continue;
+      }
+      if (++spins < 256) continue;
+      if (Date.now() > deadline) {
+        for (let q = p; q < first + count; q++) Atomics.and(shared, stateIndex(q), ~ZAPPING);
+        throw new UffdHmmError('ERR_SERVICER_STALLED', `the servicer did not see our own MADV_DONTNEED within ${LOCK_DEADLINE_MS} ms`);
+      }
+      const seq = Atomics.load(shared, UNLOCK_SEQ);
+      if ((Atomics.load(shared, stateIndex(p)) & ZAPPING) !== 0) Atomics.wait(shared, UNLOCK_SEQ, seq, 0.05);
+    }
   }
 
   /** Calls a native operation until it stops failing with EAGAIN (the mm is changing). */

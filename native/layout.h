@@ -25,6 +25,10 @@ constexpr int32_t kKindDevice = 2;   // a device entry (swp_entry(SWP_DEVICE[_WR
 constexpr int32_t kKindPoison = 3;   // hwpoison entry: any access gets SIGBUS
 constexpr int32_t kWrite = 0x4;      // write device entry / writable CPU page
 constexpr int32_t kLocked = 0x8;     // a migration entry: the page is being moved, faults wait
+constexpr int32_t kUnmapped = 0x10;
+// Set by the thread that holds the page locked and is zapping it itself: the servicer clears it when
+// the resulting EVENT_REMOVE arrives, which tells that thread its own event has been dealt with.
+constexpr int32_t kZapping = 0x20;  // munmapped behind our back (EVENT_UNMAP): no page, no access
 constexpr int kDeviceShift = 16;     // device slot in bits 16..30
 constexpr int32_t kMaxDeviceSlot = 0x7fff;
 

@@ -1,6 +1,7 @@
 // Default fault policy over the shared page table; see policy.h. Mirrors lib/servicer/policy.ts.
 #include "policy.h"
 
+#include <algorithm>
 #include <cerrno>
 
 #include "device.h"
@@ -23,6 +24,35 @@ static inline bool lockPage(int32_t* st, int32_t seen) {
 static inline void unlockPage(RegionState& r, int32_t* st, int32_t value) {
   __atomic_store_n(st, value, __ATOMIC_RELEASE);
   noteUnlock(r);
+}
+
+void zapRange(RegionState& r, uint64_t start, uint64_t end, bool unmapped) {
+  const uint64_t base = reinterpret_cast<uint64_t>(r.base);
+  const uint64_t lo = std::max(start, base), hi = std::min(end, base + r.length);
+  for (uint64_t a = lo; a < hi; a += r.pageSize) {
+    uint32_t page = static_cast<uint32_t>((a - base) / r.pageSize);
+    int32_t* st = r.state(page);
+    for (;;) {
+      int32_t s = __atomic_load_n(st, __ATOMIC_ACQUIRE);
+      if (s & kLocked) {
+        // Our own zap (the lock holder flagged it) or a page mid-migration: its holder keeps the books.
+        if (s & kZapping) {
+          __atomic_fetch_and(st, ~kZapping, __ATOMIC_RELEASE);
+          noteUnlock(r);
+        }
+        break;
+      }
+      if (!lockPage(st, s)) continue;
+      if ((s & kKindMask) == kKindDevice) {
+        auto dev = devices().get((s >> kDeviceShift) & kMaxDeviceSlot);
+        uint32_t pfn = static_cast<uint32_t>(st[1]);
+        st[1] = 0;
+        if (dev) dev->putPage(pfn);
+      }
+      unlockPage(r, st, kKindNone | (unmapped || (s & kUnmapped) ? kUnmapped : 0));
+      break;
+    }
+  }
 }
 
 Served serveFaultDefault(RegionState& r, uint32_t page, uint32_t flags) {

@@ -15,6 +15,11 @@ enum class Served { Done, Deferred, Failed };
 // write-protect fault -> un-protect. Deferred when the page is locked or the mm is changing.
 Served serveFaultDefault(RegionState& r, uint32_t page, uint32_t flags);
 
+// A zap of [start, end) (addresses) reported by EVENT_REMOVE / EVENT_UNMAP. Pages locked by us
+// are our own migration or discard, which keeps its own books; every other page loses its entry:
+// a device entry drops its reference (the device page is freed on the last), all read as zero.
+void zapRange(RegionState& r, uint64_t start, uint64_t end, bool unmapped);
+
 // Bumps the unlock sequence so waiters on a locked page re-check it.
 inline void noteUnlock(RegionState& r) { __atomic_fetch_add(r.stat(layout::kUnlockSeq), 1, __ATOMIC_RELEASE); }
 

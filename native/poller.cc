@@ -5,6 +5,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 
+#include <algorithm>
 #include <cerrno>
 
 #include "napi_util.h"
@@ -31,6 +32,8 @@ constexpr uint64_t kWakeTag = 0;  // epoll data of the eventfd; regions are tagg
 // Record layout of one event in the output array; lib/servicer/events.ts mirrors it.
 constexpr int kStride = 5;
 constexpr double kEventPagefault = 1;
+constexpr double kEventRemove = 2;
+constexpr double kEventUnmap = 3;
 
 std::shared_ptr<Poller> argPoller(const Napi::CallbackInfo& info, size_t i) {
   auto p = pollers().get(static_cast<int>(argU32(info, i, "poller")));
@@ -91,7 +94,8 @@ Napi::Value PollerKick(const Napi::CallbackInfo& info) {
 }
 
 // pollerWait(poller, out: Float64Array, timeoutMs) -> number of events written (may be 0), or
-// -1 when woken by pollerKick with no event. Records: [region, type, flags, page, tid].
+// -1 when woken by pollerKick with no event. Records: [region, type, flags, page, tid] for faults,
+// [region, type, 0, first page, page count] for zaps (REMOVE, UNMAP).
 Napi::Value PollerWait(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto p = argPoller(info, 0);
@@ -127,8 +131,21 @@ Napi::Value PollerWait(const Napi::CallbackInfo& info) {
     int room = std::min(kBatch, capacity - written);
     int n = readMessages(r->uffd.get(), msgs, room);
     for (int k = 0; k < n; k++) {
-      if (msgs[k].event != UFFD_EVENT_PAGEFAULT) continue;
       double* rec = out + size_t(written) * kStride;
+      if (msgs[k].event == UFFD_EVENT_REMOVE || msgs[k].event == UFFD_EVENT_UNMAP) {
+        // As page numbers clamped to the region: [first, first + count).
+        uint64_t lo = std::max<uint64_t>(msgs[k].arg.remove.start, base);
+        uint64_t hi = std::min<uint64_t>(msgs[k].arg.remove.end, base + r->length);
+        if (hi <= lo) continue;
+        rec[0] = h;
+        rec[1] = msgs[k].event == UFFD_EVENT_REMOVE ? kEventRemove : kEventUnmap;
+        rec[2] = 0;
+        rec[3] = static_cast<double>((lo - base) / r->pageSize);
+        rec[4] = static_cast<double>((hi - lo + r->pageSize - 1) / r->pageSize);
+        written++;
+        continue;
+      }
+      if (msgs[k].event != UFFD_EVENT_PAGEFAULT) continue;
       rec[0] = h;
       rec[1] = kEventPagefault;
       rec[2] = static_cast<double>(msgs[k].arg.pagefault.flags);

@@ -107,7 +107,9 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
   r->uffd = std::move(o.fd);
   r->via = o.via;
   r->userModeOnly = o.userModeOnly;
-  const uint64_t wanted = kernelFeatures().features & UFFD_FEATURE_THREAD_ID;
+  // Zaps by anyone (madvise, munmap) must drop device references as zap_pte_range does.
+  const uint64_t wanted =
+      kernelFeatures().features & (UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP);
   int rc = apiHandshake(r->uffd.get(), wanted, nullptr, nullptr);
   if (rc != 0) throw systemError(env, -rc, "ioctl(UFFDIO_API)");
 
@@ -356,6 +358,17 @@ static Napi::Value RegionDiscard(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), rc);
 }
 
+// regionUnmap(region, first, count) -> 0 | -errno: munmap of part of the region. The rest of the
+// mapping stays; the whole range is unmapped again (harmlessly) when the region is destroyed.
+static Napi::Value RegionUnmap(const Napi::CallbackInfo& info) {
+  auto r = argRegion(info, 0);
+  uint32_t first = argU32(info, 1, "first");
+  uint32_t count = argU32(info, 2, "count");
+  checkRange(info, *r, first, count);
+  int rc = ::munmap(r->base + size_t(first) * r->pageSize, size_t(count) * r->pageSize) == 0 ? 0 : -errno;
+  return Napi::Number::New(info.Env(), rc);
+}
+
 // regionMprotect(region, first, count, prot: 0 none | 1 read | 3 readwrite) -> 0 | -errno
 static Napi::Value RegionMprotect(const Napi::CallbackInfo& info) {
   auto r = argRegion(info, 0);
@@ -400,6 +413,7 @@ void initRegion(Napi::Env env, Napi::Object exports) {
   exports.Set("regionPagemap", Napi::Function::New(env, RegionPagemap));
   exports.Set("regionDiscard", Napi::Function::New(env, RegionDiscard));
   exports.Set("regionMprotect", Napi::Function::New(env, RegionMprotect));
+  exports.Set("regionUnmap", Napi::Function::New(env, RegionUnmap));
   exports.Set("detachArrayBuffer", Napi::Function::New(env, DetachArrayBuffer));
   exports.Set("errnoName", Napi::Function::New(env, ErrnoName));
 }

@@ -62,6 +62,10 @@ void serviceLoop(std::shared_ptr<RegionState> r) {
     if (!(fds[0].revents & POLLIN) || npending >= kMaxPending) continue;
     int n = readMessages(r->uffd.get(), msgs, kBatch);
     for (int i = 0; i < n; i++) {
+      if (msgs[i].event == UFFD_EVENT_REMOVE || msgs[i].event == UFFD_EVENT_UNMAP) {
+        zapRange(*r, msgs[i].arg.remove.start, msgs[i].arg.remove.end, msgs[i].event == UFFD_EVENT_UNMAP);
+        continue;
+      }
       if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;
       uint64_t addr = msgs[i].arg.pagefault.address;
       uint32_t page = static_cast<uint32_t>((addr - base) / r->pageSize);

@@ -20,6 +20,9 @@ import {
   STAT_WP_FAULTS,
   STAT_WRITE_FAULTS,
   STAT_ZERO_FILLS,
+  UNLOCK_SEQ,
+  UNMAPPED,
+  ZAPPING,
   UFFD_PAGEFAULT_FLAG_WP,
   UFFD_PAGEFAULT_FLAG_WRITE,
   WRITE,
@@ -115,6 +118,43 @@ const S_ZERO = 1 << STAT_ZERO_FILLS;
 const S_POISON = 1 << STAT_POISONED;
 const D_FAULTS = 1 << (16 + DEV_FAULTS);
 const D_TO_RAM = 1 << (16 + DEV_MIGRATED_TO_RAM);
+
+/**
+ * A zap of pages [first, first + count) by anyone (EVENT_REMOVE from madvise, EVENT_UNMAP from
+ * munmap), as zap_pte_range treats device entries: the reference is dropped and the device page
+ * freed on the last one; every page reads as zero afterwards. Locked pages are our own migration
+ * or discard in progress, which keeps its own books.
+ */
+export function zapRange(host: PolicyHost, r: RegionInfo, first: number, count: number, unmapped: boolean): void {
+  const shared = r.shared;
+  const end = Math.min(first + count, r.pages);
+  for (let page = first; page < end; page++) {
+    const idx = stateIndex(page);
+    for (;;) {
+      const s = Atomics.load(shared, idx);
+      if ((s & LOCKED) !== 0) {
+        // Our own zap (the lock holder flagged it) or a page mid-migration: its holder keeps the books.
+        if ((s & ZAPPING) !== 0) {
+          Atomics.and(shared, idx, ~ZAPPING);
+          Atomics.add(shared, UNLOCK_SEQ, 1);
+          Atomics.notify(shared, UNLOCK_SEQ);
+        }
+        break;
+      }
+      if (Atomics.compareExchange(shared, idx, s, s | LOCKED) !== s) continue;
+      const next = KIND_NONE | (unmapped || (s & UNMAPPED) !== 0 ? UNMAPPED : 0);
+      const dev = (s & KIND_MASK) === KIND_DEVICE ? host.devices[(s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT] : undefined;
+      if (dev !== undefined) {
+        const pfn = shared[idx + 1];
+        if (native.regionComplete(r.handle, page, next, dev.slot, pfn, 0) === 1) pageFreed(host, dev, pfn);
+      } else {
+        Atomics.store(shared, idx + 1, 0);
+        unlockPage(shared, page, next);
+      }
+      break;
+    }
+  }
+}
 
 /**
  * Serves one page fault; returns SERVED, DEFERRED, UNKNOWN_DEVICE or FAILED. Each fill is done

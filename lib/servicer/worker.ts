@@ -4,9 +4,9 @@
 import { workerData, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 
 import { native } from '../native.js';
-import { EVENT_PAGEFAULT, EVENT_STRIDE } from '../layout.js';
+import { EVENT_PAGEFAULT, EVENT_REMOVE, EVENT_STRIDE, EVENT_UNMAP } from '../layout.js';
 import { CTRL_MAIL_SEQ, CTRL_NAP, CTRL_RUNNING, CTRL_STOP, type FromWorker, type ToWorker } from './protocol.js';
-import { DEFERRED, FAILED, SERVED, UNKNOWN_DEVICE, serveFault, type DeviceInfo, type PolicyHost, type RegionInfo } from './policy.js';
+import { DEFERRED, FAILED, SERVED, UNKNOWN_DEVICE, serveFault, zapRange, type DeviceInfo, type PolicyHost, type RegionInfo } from './policy.js';
 import type { Driver } from '../driver.js';
 
 interface Data {
@@ -130,6 +130,22 @@ function serve(handle: number, page: number, flags: number): number {
   }
 }
 
+function zap(handle: number, first: number, count: number, unmapped: boolean): void {
+  // Entries may name a device announced a moment ago: know every device before dropping references.
+  if (Atomics.load(ctrl, CTRL_MAIL_SEQ) !== seenMail) drainMessages();
+  let r = regions.get(handle);
+  if (r === undefined) {
+    drainMessages();
+    r = regions.get(handle);
+    if (r === undefined) return;
+  }
+  try {
+    zapRange(host, r, first, count, unmapped);
+  } catch (err) {
+    if ((err as { code?: string }).code !== 'ERR_REGION_CLOSED') throw err;
+  }
+}
+
 function retryDeferred(): void {
   let kept = 0;
   for (let i = 0; i < ndeferred; i++) {
@@ -160,7 +176,12 @@ async function run(): Promise<void> {
     const n = native.pollerWait(poller, events, ndeferred > 0 ? 0 : 250);
     for (let i = 0; i < n; i++) {
       const at = i * EVENT_STRIDE;
-      if (events[at + 1] !== EVENT_PAGEFAULT) continue;
+      const type = events[at + 1];
+      if (type === EVENT_REMOVE || type === EVENT_UNMAP) {
+        zap(events[at], events[at + 3], events[at + 4], type === EVENT_UNMAP);
+        continue;
+      }
+      if (type !== EVENT_PAGEFAULT) continue;
       const handle = events[at];
       const flags = events[at + 2];
       const page = events[at + 3];
