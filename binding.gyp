@@ -12,7 +12,8 @@
         "native/servicer_thread.cc",
         "native/poller.cc",
         "native/bench.cc",
-        "native/toucher.cc"
+        "native/toucher.cc",
+        "native/inline_servicer.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=9", "NAPI_CPP_EXCEPTIONS", "_GNU_SOURCE"],

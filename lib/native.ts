@@ -39,7 +39,7 @@ export interface Addon {
   deviceCopyPage(srcSlot: number, srcPfn: number, dstSlot: number, dstPfn: number): void;
   deviceChecksum(slot: number, pfn: number): number;
 
-  regionCreate(pages: number, shared: Int32Array, servicer: 'worker' | 'native', allowUserModeOnly: boolean): NativeRegion;
+  regionCreate(pages: number, shared: Int32Array, servicer: 'worker' | 'native' | 'inline', allowUserModeOnly: boolean): NativeRegion;
   regionClose(handle: number): void;
   regionTakeOver(handle: number): void;
   regionComplete(handle: number, page: number, state: number, freeSlot: number, freePfn: number, stats: number): number;

@@ -122,12 +122,6 @@ export class Region extends EventEmitter implements DeviceHolder {
       throw invalidValue('options.servicer', "'worker', 'native' or 'inline'", servicer);
     }
     const faultAround = options.faultAround === undefined ? 1 : integer('options.faultAround', options.faultAround, 1, 1);
-    if (servicer === 'inline') {
-      throw new UffdHmmError(
-        'ERR_SERVICER_UNSUPPORTED',
-        "servicer 'inline' (UFFD_FEATURE_SIGBUS) is not available in this version; use 'worker' or 'native'",
-      );
-    }
     const p = probe();
     if (!p.available) throw unavailableError();
     return new Region(pages, servicer, faultAround);
@@ -152,9 +146,9 @@ export class Region extends EventEmitter implements DeviceHolder {
   #servicerHost: WorkerServicer | undefined;
   #guarded = false;
   /** The kernel reports our own zaps as EVENT_REMOVE (see #zapLocked). */
-  readonly #zapEvents = probe().features.eventRemove;
+  readonly #zapEvents: boolean;
 
-  private constructor(pages: number, servicer: 'worker' | 'native', faultAround: number) {
+  private constructor(pages: number, servicer: ServicerKind, faultAround: number) {
     super();
     this.pages = pages;
     this.servicer = servicer;
@@ -174,6 +168,7 @@ export class Region extends EventEmitter implements DeviceHolder {
     this.#bytes = new Uint8Array(nat.bytes);
     this.userModeOnly = nat.userModeOnly;
     this.#prot = new Uint8Array(pages).fill(PROT_READWRITE);
+    this.#zapEvents = servicer !== 'inline' && probe().features.eventRemove;
     if (servicer === 'worker') {
       this.#servicerHost = WorkerServicer.get();
       this.#servicerHost.addRegion(this);

@@ -13,6 +13,7 @@
 #include "device.h"
 #include "napi_util.h"
 #include "policy.h"
+#include "inline_servicer.h"
 #include "servicer_thread.h"
 
 namespace uffdhmm {
@@ -107,9 +108,14 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
   r->uffd = std::move(o.fd);
   r->via = o.via;
   r->userModeOnly = o.userModeOnly;
-  // Zaps by anyone (madvise, munmap) must drop device references as zap_pte_range does.
+  const bool inlineMode = servicer == "inline";
+  // Zaps by anyone (madvise, munmap) must drop device references as zap_pte_range does. An inline
+  // region has no thread reading messages, so it asks for none: its faults arrive as SIGBUS.
   const uint64_t wanted =
-      kernelFeatures().features & (UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP);
+      inlineMode ? UFFD_FEATURE_SIGBUS
+                 : kernelFeatures().features & (UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP);
+  if (inlineMode && !(kernelFeatures().features & UFFD_FEATURE_SIGBUS))
+    throw codedError(env, "ERR_UFFD_FEATURE_MISSING", "this kernel lacks UFFD_FEATURE_SIGBUS (Linux 4.14+), needed by the inline servicer");
   int rc = apiHandshake(r->uffd.get(), wanted, nullptr, nullptr);
   if (rc != 0) throw systemError(env, -rc, "ioctl(UFFDIO_API)");
 
@@ -131,6 +137,11 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
   int handle = regions().add(r);
   keepAlive(env, KeepKind::Region, handle, info[1]);
   if (servicer == "native") startNativeServicer(r);
+  if (inlineMode && !inlineAdd(r)) {
+    regions().remove(handle);
+    dropKeepAlive(env, KeepKind::Region, handle);
+    throw codedError(env, "ERR_TOO_MANY_INLINE_REGIONS", "at most 64 inline regions may be open at once");
+  }
 
   Napi::Object out = Napi::Object::New(env);
   out.Set("handle", handle);
@@ -149,6 +160,7 @@ static Napi::Value RegionClose(const Napi::CallbackInfo& info) {
   auto r = regions().remove(h);
   if (!r) return info.Env().Undefined();
   r->closed.store(true, std::memory_order_release);
+  inlineRemove(r.get());
   stopNativeServicer(*r);
   unregisterRange(r->uffd.get(), reinterpret_cast<uint64_t>(r->base), r->length);
   dropKeepAlive(info.Env(), KeepKind::Region, h);

@@ -7,7 +7,7 @@ export const uffdAvailable = probe().available;
 /** describe() for suites that need real userfaultfd faults (skipped only under the explicit opt-out). */
 export const describeUffd = uffdAvailable ? describe : describe.skip;
 
-export const SERVICERS = ['worker', 'native'] as const;
+export const SERVICERS = ['worker', 'native', 'inline'] as const;
 
 /** A byte pattern that differs per page and per offset, so a misplaced page shows. */
 export function pattern(page: number, offset: number, seed = 0): number {

@@ -4,7 +4,7 @@
 import { afterEach, expect, it } from 'vitest';
 import { Device, Region } from 'uffd-hmm';
 import { native } from '../dist/native.js';
-import { SERVICERS, checkPages, describeUffd, fillPages } from './helpers.js';
+import { checkPages, describeUffd, fillPages } from './helpers.js';
 
 const open: { close(): Promise<void> }[] = [];
 afterEach(async () => {
@@ -20,7 +20,8 @@ async function until(cond: () => boolean, what: string): Promise<void> {
   }
 }
 
-describeUffd.each(SERVICERS)('zap with the %s servicer', (servicer) => {
+// Inline regions read no userfaultfd messages, so they cannot see zaps made behind their back.
+describeUffd.each(['worker', 'native'] as const)('zap with the %s servicer', (servicer) => {
   it('discard() drops device references, frees the pages, and the range reads zero', () => {
     const r = Region.map({ pages: 8, servicer });
     const d = new Device({ capacity: 8 });

@@ -1,0 +1,138 @@
+// SIGBUS handler for inline regions. Only async-signal-safe work: atomics on the shared table,
+// userfaultfd ioctls, the device free-stack spinlock (never held by a thread across a memory access
+// of a region, so never held by the interrupted thread itself). No allocation, no JS.
+#include "inline_servicer.h"
+
+#include <signal.h>
+#include <sched.h>
+#include <ucontext.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <mutex>
+
+#include "device.h"
+#include "policy.h"
+
+namespace uffdhmm {
+
+namespace {
+
+constexpr int kMaxInline = 64;
+std::atomic<RegionState*> gSlots[kMaxInline];
+std::shared_ptr<RegionState> gOwners[kMaxInline];  // keeps each served region alive; touched under gMu only
+std::atomic<int> gInFlight{0};                      // handlers currently using a slot's region
+std::mutex gMu;
+struct sigaction gPrevious;
+bool gInstalled = false;
+
+// x86-64 page-fault error code bit 1: the access was a write.
+bool faultWasWrite(void* uctx) {
+#if defined(__x86_64__)
+  auto* uc = static_cast<ucontext_t*>(uctx);
+  return (uc->uc_mcontext.gregs[REG_ERR] & 2) != 0;
+#else
+  (void)uctx;
+  return false;
+#endif
+}
+
+void chain(int sig, siginfo_t* info, void* uctx) {
+  // Not ours: behave as if we were never installed, so the crash (or the previous handler) happens.
+  if (gPrevious.sa_flags & SA_SIGINFO) {
+    if (gPrevious.sa_sigaction) {
+      gPrevious.sa_sigaction(sig, info, uctx);
+      return;
+    }
+  } else if (gPrevious.sa_handler != SIG_DFL && gPrevious.sa_handler != SIG_IGN) {
+    gPrevious.sa_handler(sig);
+    return;
+  }
+  // Default action: restore it and return; the faulting access repeats and the kernel delivers
+  // SIGBUS again, this time fatally, with the original fault's address and code.
+  struct sigaction dfl;
+  std::memset(&dfl, 0, sizeof dfl);
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  sigaction(SIGBUS, &dfl, nullptr);
+  if (info->si_code <= 0) raise(SIGBUS);  // sent by kill(): re-send it
+}
+
+void onSigbus(int sig, siginfo_t* info, void* uctx) {
+  const int savedErrno = errno;
+  const uint64_t addr = reinterpret_cast<uint64_t>(info->si_addr);
+  bool served = false;
+  if (info->si_code == BUS_ADRERR) {
+    gInFlight.fetch_add(1, std::memory_order_acq_rel);
+    for (int i = 0; i < kMaxInline; i++) {
+      RegionState* r = gSlots[i].load(std::memory_order_acquire);
+      if (!r) continue;
+      const uint64_t base = reinterpret_cast<uint64_t>(r->base);
+      if (addr < base || addr >= base + r->length) continue;
+      const uint32_t page = static_cast<uint32_t>((addr - base) / r->pageSize);
+      // A WP fault finds a present page; a missing fault finds a hole or a device entry. Under
+      // UFFD_FEATURE_SIGBUS both arrive here; the table tells them apart.
+      int32_t s = __atomic_load_n(r->state(page), __ATOMIC_ACQUIRE);
+      uint32_t flags = faultWasWrite(uctx) ? UFFD_PAGEFAULT_FLAG_WRITE : 0;
+      if ((s & layout::kKindMask) == layout::kKindPresent) flags |= UFFD_PAGEFAULT_FLAG_WP;
+      for (int spins = 0;; spins++) {
+        Served rc = serveFaultDefault(*r, page, flags);
+        if (rc == Served::Done) {
+          served = true;
+          break;
+        }
+        if (rc == Served::Failed) break;
+        // Locked by a migration in progress on another thread, or the mm is changing: wait it out.
+        if (spins > 64) sched_yield();
+        s = __atomic_load_n(r->state(page), __ATOMIC_ACQUIRE);
+        flags &= ~UFFD_PAGEFAULT_FLAG_WP;
+        if ((s & layout::kKindMask) == layout::kKindPresent) flags |= UFFD_PAGEFAULT_FLAG_WP;
+      }
+      break;
+    }
+    gInFlight.fetch_sub(1, std::memory_order_acq_rel);
+  }
+  if (!served) chain(sig, info, uctx);
+  errno = savedErrno;
+}
+
+}  // namespace
+
+bool inlineAdd(const std::shared_ptr<RegionState>& r) {
+  std::lock_guard<std::mutex> lock(gMu);
+  if (!gInstalled) {
+    struct sigaction sa;
+    std::memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = onSigbus;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGBUS, &sa, &gPrevious) != 0) return false;
+    gInstalled = true;
+  }
+  for (int i = 0; i < kMaxInline; i++) {
+    if (gSlots[i].load() == nullptr) {
+      gOwners[i] = r;
+      gSlots[i].store(r.get(), std::memory_order_release);
+      return true;
+    }
+  }
+  return false;
+}
+
+void inlineRemove(RegionState* r) {
+  std::shared_ptr<RegionState> owner;
+  {
+    std::lock_guard<std::mutex> lock(gMu);
+    for (int i = 0; i < kMaxInline; i++) {
+      if (gSlots[i].load() == r) {
+        gSlots[i].store(nullptr, std::memory_order_release);
+        owner = std::move(gOwners[i]);
+      }
+    }
+  }
+  // A handler may have picked the region up just before the slot was cleared: let it finish.
+  while (gInFlight.load(std::memory_order_acquire) != 0) sched_yield();
+}
+
+}  // namespace uffdhmm
