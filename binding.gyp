@@ -13,7 +13,8 @@
         "native/poller.cc",
         "native/bench.cc",
         "native/toucher.cc",
-        "native/inline_servicer.cc"
+        "native/inline_servicer.cc",
+        "native/fork.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=9", "NAPI_CPP_EXCEPTIONS", "_GNU_SOURCE"],

@@ -48,3 +48,4 @@ export { UffdHmmError, UffdSystemError, type SystemErrorFields } from './errors.
 export type { Driver, FaultContext, FaultDecision, PageFreeContext } from './driver.js';
 export { PAGE_SIZE } from './native.js';
 export { NativeToucher, type ToucherOptions } from './toucher.js';
+export type { ChildResult, ChildStep } from './fork.js';

@@ -26,6 +26,13 @@ export interface NativeRegion {
   userModeOnly: boolean;
 }
 
+export interface NativeForkResult {
+  results: number[];
+  exitCode: number | null;
+  signal: string | null;
+  stats: { faults: number; wpFaults: number; migratedBack: number };
+}
+
 export interface Addon {
   probe(): NativeProbe;
   errnoName(errno: number): string;
@@ -43,6 +50,10 @@ export interface Addon {
   regionClose(handle: number): void;
   regionTakeOver(handle: number): void;
   regionComplete(handle: number, page: number, state: number, freeSlot: number, freePfn: number, stats: number): number;
+  regionMigrateSharers(handle: number, page: number, slot: number, pfn: number): void;
+  regionFork(handle: number, steps: Int32Array, childShared: Int32Array, timeoutMs: number): number;
+  forkPoll(job: number): NativeForkResult | undefined;
+  forkStart(job: number): void;
   regionCopyIn(handle: number, page: number, slot: number, pfn: number, writeProtect: boolean): number;
   regionZeroFill(handle: number, page: number, write: boolean): number;
   regionWake(handle: number, first: number, count: number): number;

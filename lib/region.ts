@@ -33,6 +33,7 @@ import { LOCK_DEADLINE_MS, lockPage, unlockPage } from './pagelock.js';
 import { Device, deviceBySlot, type DeviceHolder } from './device.js';
 import { makeDeviceEntry } from './entry.js';
 import { probe } from './probe.js';
+import { encodeSteps, forkRegion, type ChildResult, type ChildStep } from './fork.js';
 import { WorkerServicer } from './servicer/host.js';
 
 export type ServicerKind = 'worker' | 'native' | 'inline';
@@ -270,7 +271,9 @@ export class Region extends EventEmitter implements DeviceHolder {
         unlockPage(shared, page, kind === KIND_DEVICE && forceWrite === false ? s & ~WRITE : s);
         continue;
       }
-      const write = forceWrite ?? (kind === KIND_NONE ? (this.#prot[page] & 2) !== 0 : (s & WRITE) !== 0);
+      // As the pte was: writable only if the vma allows writes and the page was writable.
+      const writable = (this.#prot[page] & 2) !== 0;
+      const write = forceWrite ?? (writable && (kind === KIND_NONE || (s & WRITE) !== 0));
       shared[stateIndex(page) + 1] = pfns[i];
       unlockPage(shared, page, KIND_DEVICE | (write ? WRITE : 0) | (device.slot << DEVICE_SHIFT));
       moved++;
@@ -430,6 +433,24 @@ export class Region extends EventEmitter implements DeviceHolder {
         unlockPage(this.shared, f + i, KIND_NONE | (s & UNMAPPED));
       }
     }
+  }
+
+  /**
+   * Forks a child process that runs `steps` in native code (a forked Node process cannot run JS)
+   * and reports the results. Device pages become shared with the child (copy_one_pte): their
+   * refcount goes up and write entries turn into read entries in both processes. The child's
+   * faults arrive on its own userfaultfd (EVENT_FORK) and are served here from the same device
+   * pages; a page migrated back in either process comes back for both, write-protected, so the
+   * first writer gets its own copy and the other keeps the old bytes.
+   */
+  async fork(steps: ChildStep[], options?: { timeoutMs?: number }): Promise<ChildResult> {
+    this.#checkOpen();
+    if (this.servicer === 'inline') {
+      throw new UffdHmmError('ERR_SERVICER_UNSUPPORTED', "region.fork needs EVENT_FORK, which the 'inline' servicer cannot read; use 'worker' or 'native'");
+    }
+    const opts = optionsObject('options', options);
+    const timeoutMs = opts.timeoutMs === undefined ? 30_000 : integer('options.timeoutMs', opts.timeoutMs, 1, 600_000);
+    return forkRegion(this.handle, this.shared, this.pages, encodeSteps(steps, this.pages, this.pageSize), timeoutMs);
   }
 
   stats(): RegionStats {

@@ -9,6 +9,7 @@ void initRegion(Napi::Env env, Napi::Object exports);
 void initPoller(Napi::Env env, Napi::Object exports);
 void initBench(Napi::Env env, Napi::Object exports);
 void initToucher(Napi::Env env, Napi::Object exports);
+void initFork(Napi::Env env, Napi::Object exports);
 }  // namespace uffdhmm
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -18,6 +19,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   uffdhmm::initPoller(env, exports);
   uffdhmm::initBench(env, exports);
   uffdhmm::initToucher(env, exports);
+  uffdhmm::initFork(env, exports);
   return exports;
 }
 

@@ -1,6 +1,8 @@
 // Default fault policy over the shared page table; see policy.h. Mirrors lib/servicer/policy.ts.
 #include "policy.h"
 
+#include <time.h>
+
 #include <algorithm>
 #include <cerrno>
 
@@ -24,6 +26,42 @@ static inline bool lockPage(int32_t* st, int32_t seen) {
 static inline void unlockPage(RegionState& r, int32_t* st, int32_t value) {
   __atomic_store_n(st, value, __ATOMIC_RELEASE);
   noteUnlock(r);
+}
+
+void migrateSharers(RegionState& r, uint32_t page, int32_t slot, uint32_t pfn) {
+  auto dev = devices().get(slot);
+  if (!dev || pfn >= dev->capacity) return;
+  if (__atomic_load_n(&dev->refcount()[pfn], __ATOMIC_ACQUIRE) <= 1) return;
+  for (auto& m : sharers(r)) {
+    if (page >= m->pages || m->closed.load(std::memory_order_acquire)) continue;
+    int32_t* st = m->state(page);
+    int32_t s = __atomic_load_n(st, __ATOMIC_ACQUIRE);
+    // A lock there is held for microseconds by its servicer or owner; wait a little, never long:
+    // two servicers could be waiting on each other's page. Still busy: that mapping keeps its
+    // entry and its reference, and migrates back on its own fault.
+    for (int tries = 0; (s & kLocked) && tries < 200; tries++) {
+      struct timespec ts = {0, 20 * 1000};
+      nanosleep(&ts, nullptr);
+      s = __atomic_load_n(st, __ATOMIC_ACQUIRE);
+    }
+    if ((s & kLocked) || (s & kKindMask) != kKindDevice || ((s >> kDeviceShift) & kMaxDeviceSlot) != slot ||
+        static_cast<uint32_t>(st[1]) != pfn)
+      continue;
+    if (!lockPage(st, s)) continue;
+    const uint64_t addr = m->addr(page);
+    int rc = copy(m->uffd.get(), addr, reinterpret_cast<uint64_t>(dev->page(pfn)), m->pageSize,
+                  UFFDIO_COPY_MODE_DONTWAKE | UFFDIO_COPY_MODE_WP, nullptr);
+    if (rc != 0 && rc != -EEXIST) {
+      unlockPage(*m, st, s);
+      continue;
+    }
+    st[1] = 0;
+    unlockPage(*m, st, kKindPresent);
+    dev->putPage(pfn);
+    bump(*m, kStatMigratedBack);
+    __atomic_fetch_add(&dev->shared[kDevMigratedToRam], 1, __ATOMIC_RELAXED);
+    wake(m->uffd.get(), addr, m->pageSize);
+  }
 }
 
 void zapRange(RegionState& r, uint64_t start, uint64_t end, bool unmapped) {
@@ -106,6 +144,7 @@ Served serveFaultDefault(RegionState& r, uint32_t page, uint32_t flags) {
       return Served::Failed;
     }
     if (kind == kKindDevice && next != s) {
+      migrateSharers(r, page, (s >> kDeviceShift) & kMaxDeviceSlot, pfn);
       st[1] = 0;
       unlockPage(r, st, next);
       dev->putPage(pfn);

@@ -20,6 +20,11 @@ Served serveFaultDefault(RegionState& r, uint32_t page, uint32_t flags);
 // a device entry drops its reference (the device page is freed on the last), all read as zero.
 void zapRange(RegionState& r, uint64_t start, uint64_t end, bool unmapped);
 
+// After `page` of r came back from device page (slot, pfn) that other processes still map (after
+// fork): migrate it back for each of them too, write-protected, dropping their references, as
+// migrate_device_unmap()/remove_migration_ptes() do for every mapping through the rmap.
+void migrateSharers(RegionState& r, uint32_t page, int32_t slot, uint32_t pfn);
+
 // Bumps the unlock sequence so waiters on a locked page re-check it.
 inline void noteUnlock(RegionState& r) { __atomic_fetch_add(r.stat(layout::kUnlockSeq), 1, __ATOMIC_RELEASE); }
 

@@ -132,6 +132,10 @@ Napi::Value PollerWait(const Napi::CallbackInfo& info) {
     int n = readMessages(r->uffd.get(), msgs, room);
     for (int k = 0; k < n; k++) {
       double* rec = out + size_t(written) * kStride;
+      if (msgs[k].event == UFFD_EVENT_FORK) {
+        onForkEvent(*r, static_cast<int>(msgs[k].arg.fork.ufd));
+        continue;
+      }
       if (msgs[k].event == UFFD_EVENT_REMOVE || msgs[k].event == UFFD_EVENT_UNMAP) {
         // As page numbers clamped to the region: [first, first + count).
         uint64_t lo = std::max<uint64_t>(msgs[k].arg.remove.start, base);

@@ -24,7 +24,26 @@ Registry<RegionState>& regions() {
 }
 
 RegionState::~RegionState() {
-  if (base) ::munmap(base, length);
+  if (base && ownsMapping) ::munmap(base, length);
+}
+
+std::vector<std::shared_ptr<RegionState>> sharers(RegionState& r) {
+  std::vector<std::shared_ptr<RegionState>> out;
+  std::shared_ptr<RegionState> top = r.parent.lock();
+  RegionState* root = top ? top.get() : &r;
+  if (top) out.push_back(top);
+  std::lock_guard<std::mutex> lock(root->familyMu);
+  for (auto& c : root->children)
+    if (c.get() != &r) out.push_back(c);
+  return out;
+}
+
+void onForkEvent(RegionState& r, int ufd) {
+  if (r.expectingFork.exchange(false)) {
+    r.forkFd.store(ufd, std::memory_order_release);
+  } else {
+    ::close(ufd);
+  }
 }
 
 const KernelFeatures& kernelFeatures() {
@@ -113,7 +132,8 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
   // region has no thread reading messages, so it asks for none: its faults arrive as SIGBUS.
   const uint64_t wanted =
       inlineMode ? UFFD_FEATURE_SIGBUS
-                 : kernelFeatures().features & (UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP);
+                 : kernelFeatures().features & (UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_EVENT_REMOVE |
+                                                UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_FORK);
   if (inlineMode && !(kernelFeatures().features & UFFD_FEATURE_SIGBUS))
     throw codedError(env, "ERR_UFFD_FEATURE_MISSING", "this kernel lacks UFFD_FEATURE_SIGBUS (Linux 4.14+), needed by the inline servicer");
   int rc = apiHandshake(r->uffd.get(), wanted, nullptr, nullptr);
@@ -220,6 +240,18 @@ static Napi::Value RegionComplete(const Napi::CallbackInfo& info) {
     if (statMask & (1u << (16 + i))) __atomic_fetch_add(&dev->shared[i], 1, __ATOMIC_RELAXED);
   wake(r->uffd.get(), r->addr(page), r->pageSize);
   return Napi::Number::New(env, freed ? 1 : 0);
+}
+
+// regionMigrateSharers(region, page, device, pfn): after page came back from a device page that
+// forked children still map, migrate it back for them too (see migrateSharers in policy.h).
+static Napi::Value RegionMigrateSharers(const Napi::CallbackInfo& info) {
+  auto r = argRegion(info, 0);
+  uint32_t page = argU32(info, 1, "page");
+  checkRange(info, *r, page, 1);
+  uint32_t slot = argU32(info, 2, "device");
+  uint32_t pfn = argU32(info, 3, "pfn");
+  migrateSharers(*r, page, static_cast<int32_t>(slot), pfn);
+  return info.Env().Undefined();
 }
 
 // regionCopyIn(region, page, device, pfn, writeProtect) -> 0 | -errno. The migrate-back fill.
@@ -416,6 +448,7 @@ void initRegion(Napi::Env env, Napi::Object exports) {
   exports.Set("regionClose", Napi::Function::New(env, RegionClose));
   exports.Set("regionTakeOver", Napi::Function::New(env, RegionTakeOver));
   exports.Set("regionComplete", Napi::Function::New(env, RegionComplete));
+  exports.Set("regionMigrateSharers", Napi::Function::New(env, RegionMigrateSharers));
   exports.Set("regionCopyIn", Napi::Function::New(env, RegionCopyIn));
   exports.Set("regionZeroFill", Napi::Function::New(env, RegionZeroFill));
   exports.Set("regionWake", Napi::Function::New(env, RegionWake));

@@ -5,7 +5,10 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <thread>
+#include <vector>
 
 #include "layout.h"
 #include "registry.h"
@@ -38,7 +41,23 @@ struct RegionState {
   std::thread servicer;
   UniqueFd wakeFd;  // an eventfd: the servicer's way out of poll()
   std::atomic<bool> stopServicer{false};
+
+  // fork (S3). A child's view of a parent's region is a RegionState too: same addresses, the
+  // child's userfaultfd, its own table, and no ownership of the mapping (it is the child's).
+  bool ownsMapping = true;
+  std::atomic<bool> expectingFork{false};  // the next EVENT_FORK is region.fork's own child
+  std::atomic<int> forkFd{-1};             // that child's userfaultfd, handed over by the servicer
+  std::mutex familyMu;                     // guards children / parent
+  std::vector<std::shared_ptr<RegionState>> children;
+  std::weak_ptr<RegionState> parent;
 };
+
+// Every other mapping of the same device pages as r (its parent, its siblings, its children).
+std::vector<std::shared_ptr<RegionState>> sharers(RegionState& r);
+
+// A FORK event's new userfaultfd: region.fork's own child keeps it, any other fork (child_process,
+// exec) gets it closed, which unregisters the child's copy of the range.
+void onForkEvent(RegionState& r, int ufd);
 
 Registry<RegionState>& regions();
 

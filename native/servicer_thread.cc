@@ -62,6 +62,10 @@ void serviceLoop(std::shared_ptr<RegionState> r) {
     if (!(fds[0].revents & POLLIN) || npending >= kMaxPending) continue;
     int n = readMessages(r->uffd.get(), msgs, kBatch);
     for (int i = 0; i < n; i++) {
+      if (msgs[i].event == UFFD_EVENT_FORK) {
+        onForkEvent(*r, static_cast<int>(msgs[i].arg.fork.ufd));
+        continue;
+      }
       if (msgs[i].event == UFFD_EVENT_REMOVE || msgs[i].event == UFFD_EVENT_UNMAP) {
         zapRange(*r, msgs[i].arg.remove.start, msgs[i].arg.remove.end, msgs[i].event == UFFD_EVENT_UNMAP);
         continue;

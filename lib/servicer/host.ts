@@ -48,8 +48,8 @@ export class WorkerServicer {
     });
     // A servicer must not keep the process alive: exit stays prompt with regions still open.
     this.#worker.unref();
-    this.#port.unref();
     this.#port.on('message', (msg: FromWorker) => this.#onMessage(msg));
+    this.#port.unref(); // after on('message'), which refs the port again
     this.#worker.on('error', (err) => this.#fail(new UffdHmmError('ERR_SERVICER_FAILED', 'the worker servicer crashed', { cause: err })));
     this.#worker.on('exit', (code) => {
       this.#fail(new UffdHmmError('ERR_SERVICER_FAILED', `the worker servicer exited (code ${code})`));

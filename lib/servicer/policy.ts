@@ -30,6 +30,7 @@ import {
 } from '../layout.js';
 import { unlockPage } from '../pagelock.js';
 import type { Driver, FaultContext } from '../driver.js';
+import { devicePageRefcount } from '../devicepages.js';
 
 export const SERVED = 0;
 export const DEFERRED = 1;
@@ -210,6 +211,8 @@ export function serveFault(host: PolicyHost, r: RegionInfo, page: number, flags:
     // Publish, count and wake in one native call: a worker terminated here leaves no half-done state.
     let stats = S_FAULTS | ((flags & UFFD_PAGEFAULT_FLAG_WRITE) !== 0 ? S_WRITE : 0);
     if (dev !== undefined && next !== s) {
+      // Shared with forked children: they get the page back too, as the kernel's rmap walk does.
+      if (next !== KIND_POISON && devicePageRefcount(dev.shared, pfn) > 1) native.regionMigrateSharers(h, page, dev.slot, pfn);
       stats |= D_FAULTS | (next === KIND_POISON ? S_POISON : S_BACK | D_TO_RAM);
       if (native.regionComplete(h, page, next, dev.slot, pfn, stats) === 1) pageFreed(host, dev, pfn);
       return SERVED;

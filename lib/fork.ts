@@ -1,0 +1,103 @@
+// region.fork(steps): what copy_one_pte does to device entries at fork, done on our tables, then a
+// native child that runs `steps` (no JS can run in a forked Node process) and reports back.
+import { native } from './native.js';
+import { invalidType, invalidValue } from './errors.js';
+import { integer } from './validate.js';
+import { DEVICE_SHIFT, KIND_DEVICE, KIND_MASK, MAX_DEVICE_SLOT, REGION_HEADER, WRITE, stateIndex } from './layout.js';
+import { lockPage, unlockPage } from './pagelock.js';
+import { getDevicePage } from './devicepages.js';
+import { deviceBySlot } from './device.js';
+
+export type ChildStep =
+  | { op: 'read'; page: number; offset?: number }
+  | { op: 'write'; page: number; offset?: number; value: number }
+  | { op: 'checksum'; first: number; count: number }
+  /** Extension: the child sleeps, so the parent can look at shared state while it lives. */
+  | { op: 'sleep'; ms: number };
+
+export interface ChildResult {
+  /** One number per step: the byte read, the CRC32, or 0. */
+  results: number[];
+  signal: string | null;
+  exitCode: number | null;
+  /** Extension: the child's faults, as served by the parent on the child's userfaultfd. */
+  stats: { faults: number; wpFaults: number; migratedBack: number };
+}
+
+const OPS = { read: 1, write: 2, checksum: 3, sleep: 4 } as const;
+
+/** Encodes steps as four int32 words each (native/fork.cc), validating them against the region. */
+export function encodeSteps(steps: unknown, pages: number, pageSize: number): Int32Array {
+  if (!Array.isArray(steps)) throw invalidType('steps', 'an array of steps', steps);
+  if (steps.length > 4096) throw invalidValue('steps', 'at most 4096 steps', steps.length);
+  const out = new Int32Array(steps.length * 4);
+  steps.forEach((step: unknown, i) => {
+    if (step === null || typeof step !== 'object') throw invalidType(`steps[${i}]`, 'a step object', step);
+    const s = step as Record<string, unknown>;
+    const op = OPS[s.op as keyof typeof OPS];
+    if (op === undefined) throw invalidValue(`steps[${i}].op`, "'read', 'write', 'checksum' or 'sleep'", s.op);
+    out[i * 4] = op;
+    if (s.op === 'read' || s.op === 'write') {
+      out[i * 4 + 1] = integer(`steps[${i}].page`, s.page, 0, pages - 1);
+      out[i * 4 + 2] = s.offset === undefined ? 0 : integer(`steps[${i}].offset`, s.offset, 0, pageSize - 1);
+      if (s.op === 'write') out[i * 4 + 3] = integer(`steps[${i}].value`, s.value, 0, 255);
+    } else if (s.op === 'checksum') {
+      const first = integer(`steps[${i}].first`, s.first, 0, pages - 1);
+      out[i * 4 + 1] = first;
+      out[i * 4 + 2] = integer(`steps[${i}].count`, s.count, 0, pages - first);
+    } else {
+      out[i * 4 + 1] = integer(`steps[${i}].ms`, s.ms, 0, 60_000);
+    }
+  });
+  return out;
+}
+
+/**
+ * Forks the process with the region's device entries handled as copy_one_pte does: each device page
+ * gains a reference (the child maps it too), and write entries of this private mapping become read
+ * entries in parent and child alike, so whoever writes first after migrating back takes a
+ * write-protect fault and keeps its own copy.
+ */
+export async function forkRegion(
+  handle: number,
+  shared: Int32Array,
+  pages: number,
+  steps: Int32Array,
+  timeoutMs: number,
+): Promise<ChildResult> {
+  const child = new Int32Array(new SharedArrayBuffer((REGION_HEADER + 2 * pages) * 4));
+  const old = new Int32Array(pages); // as locked: restored if the fork fails
+  const next = new Int32Array(pages); // after the fork, in parent and child alike
+  for (let p = 0; p < pages; p++) old[p] = lockPage(shared, p);
+  let taken = 0; // device references taken so far, in page order
+  let job: number;
+  try {
+    for (let p = 0; p < pages; p++) {
+      const s = old[p];
+      next[p] = s;
+      if ((s & KIND_MASK) === KIND_DEVICE) {
+        next[p] = s & ~WRITE;
+        const pfn = shared[stateIndex(p) + 1];
+        getDevicePage(deviceBySlot((s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT)!.shared, pfn);
+        taken = p + 1;
+        child[stateIndex(p) + 1] = pfn;
+      }
+      child[stateIndex(p)] = next[p];
+    }
+    job = native.regionFork(handle, steps, child, timeoutMs);
+  } catch (e) {
+    // The fork never happened: give back the references it took; entries stay as they were.
+    for (let p = 0; p < taken; p++) {
+      if ((old[p] & KIND_MASK) === KIND_DEVICE) deviceBySlot((old[p] >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT)!.putPage(shared[stateIndex(p) + 1]);
+    }
+    for (let p = 0; p < pages; p++) unlockPage(shared, p, old[p]);
+    throw e;
+  }
+  for (let p = 0; p < pages; p++) unlockPage(shared, p, next[p]);
+  native.forkStart(job);
+  for (;;) {
+    const res = native.forkPoll(job);
+    if (res !== undefined) return res;
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}
