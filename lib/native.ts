@@ -64,6 +64,7 @@ export interface Addon {
   regionDiscard(handle: number, first: number, count: number): number;
   regionMprotect(handle: number, first: number, count: number, prot: number): number;
   regionUnmap(handle: number, first: number, count: number): number;
+  regionRemap(handle: number, pages: number, shared: Int32Array): { bytes: ArrayBuffer; address: bigint };
 
   pollerCreate(): number;
   pollerDestroy(handle: number): void;

@@ -128,18 +128,18 @@ export class Region extends EventEmitter implements DeviceHolder {
     return new Region(pages, servicer, faultAround);
   }
 
-  readonly pages: number;
+  #pages: number;
   readonly pageSize = PAGE_SIZE;
   readonly servicer: ServicerKind;
   readonly faultAround: number;
   /** @internal */ readonly handle: number;
-  /** @internal Region header and page table, shared with the servicer. */
-  readonly shared: Int32Array;
+  /** @internal Region header and page table, shared with the servicer (replaced by remap). */
+  shared: Int32Array;
   #address: bigint;
   #buffer: ArrayBuffer;
   #bytes: Uint8Array;
   /** Per-page protection as last set by mprotect (PROT_* bits). */
-  readonly #prot: Uint8Array;
+  #prot: Uint8Array;
   readonly #devices = new Set<Device>();
   #closing: Promise<void> | undefined;
   #closed = false;
@@ -151,7 +151,7 @@ export class Region extends EventEmitter implements DeviceHolder {
 
   private constructor(pages: number, servicer: ServicerKind, faultAround: number) {
     super();
-    this.pages = pages;
+    this.#pages = pages;
     this.servicer = servicer;
     this.faultAround = faultAround;
     this.shared = new Int32Array(new SharedArrayBuffer((REGION_HEADER + 2 * pages) * 4));
@@ -178,6 +178,11 @@ export class Region extends EventEmitter implements DeviceHolder {
 
   get address(): bigint {
     return this.#address;
+  }
+
+  /** Size in pages (changes with remap). */
+  get pages(): number {
+    return this.#pages;
   }
 
   get length(): number {
@@ -451,6 +456,57 @@ export class Region extends EventEmitter implements DeviceHolder {
     const opts = optionsObject('options', options);
     const timeoutMs = opts.timeoutMs === undefined ? 30_000 : integer('options.timeoutMs', opts.timeoutMs, 1, 600_000);
     return forkRegion(this.handle, this.shared, this.pages, encodeSteps(steps, this.pages, this.pageSize), timeoutMs);
+  }
+
+  /**
+   * mremap(MREMAP_MAYMOVE) to `pages` pages: the mapping moves to a new address, device entries and
+   * data follow it (the kernel moves the page tables; our table moves with them on EVENT_REMAP).
+   * The old `bytes` view is detached and a new one is given; `address` changes. Shrinking drops
+   * the device references of the pages cut off, as munmap of the tail would.
+   */
+  remap(pages: number): void {
+    this.#checkOpen();
+    const newPages = integer('pages', pages, 1, MAX_REGION_PAGES);
+    if (this.servicer === 'inline') {
+      throw new UffdHmmError('ERR_SERVICER_UNSUPPORTED', "an 'inline' region reads no EVENT_REMAP, so it cannot be remapped; use 'worker' or 'native'");
+    }
+    const oldPages = this.#pages;
+    const old = this.shared;
+    const states = new Int32Array(oldPages);
+    for (let p = 0; p < oldPages; p++) states[p] = lockPage(old, p);
+    const next = new Int32Array(new SharedArrayBuffer((REGION_HEADER + 2 * newPages) * 4));
+    // Pages stay locked in the new table until the move is done, so no servicer serves them early.
+    for (let i = 0; i < REGION_HEADER; i++) next[i] = Atomics.load(old, i);
+    const kept = Math.min(oldPages, newPages);
+    for (let p = 0; p < kept; p++) {
+      next[stateIndex(p)] = states[p] | LOCKED;
+      next[stateIndex(p) + 1] = old[stateIndex(p) + 1];
+    }
+    for (let p = kept; p < newPages; p++) next[stateIndex(p)] = LOCKED;
+    let moved: { bytes: ArrayBuffer; address: bigint };
+    this.#servicerHost?.replaceTable(this, next, newPages);
+    try {
+      moved = native.regionRemap(this.handle, newPages, next);
+    } catch (e) {
+      this.#servicerHost?.replaceTable(this, old, oldPages);
+      for (let p = 0; p < oldPages; p++) unlockPage(old, p, states[p]);
+      throw e;
+    }
+    for (let p = newPages; p < oldPages; p++) {
+      const s = states[p];
+      if ((s & KIND_MASK) === KIND_DEVICE) deviceBySlot((s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT)!.putPage(old[stateIndex(p) + 1]);
+    }
+    native.detachArrayBuffer(this.#buffer);
+    this.#buffer = moved.bytes;
+    this.#bytes = new Uint8Array(moved.bytes);
+    this.#address = moved.address;
+    this.shared = next;
+    this.#pages = newPages;
+    const prot = new Uint8Array(newPages).fill(PROT_READWRITE);
+    prot.set(this.#prot.subarray(0, kept));
+    this.#prot = prot;
+    this.#servicerHost?.replaceTable(this, next, newPages); // now with the new address, for hook contexts
+    for (let p = 0; p < newPages; p++) unlockPage(next, p, p < kept ? states[p] : KIND_NONE);
   }
 
   stats(): RegionStats {

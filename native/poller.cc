@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <utility>
+#include <vector>
 
 #include "napi_util.h"
 #include "region.h"
@@ -20,6 +22,9 @@ namespace {
 struct Poller {
   UniqueFd epoll;
   UniqueFd wakeFd;
+  // Faults at addresses a region does not cover yet (a remap's new address, queued before its
+  // EVENT_REMAP): kept here and reported once the region has moved. Only the waiting thread uses it.
+  std::vector<std::pair<int, struct uffd_msg>> parked;
 };
 
 Registry<Poller>& pollers() {
@@ -105,15 +110,37 @@ Napi::Value PollerWait(const Napi::CallbackInfo& info) {
   const int capacity = static_cast<int>(len / kStride);
   if (capacity < 1) throw rangeError(env, "out must hold at least one event");
 
+  int written = 0;
+  // Parked faults first, for the regions that have since moved over their address.
+  for (size_t i = 0; i < p->parked.size() && written < capacity;) {
+    auto r = regions().get(p->parked[i].first);
+    const struct uffd_msg& m = p->parked[i].second;
+    int64_t page = r ? r->pageOf(m.arg.pagefault.address) : -1;
+    if (r && page < 0 && r->expectingRemap.load()) {
+      i++;
+      continue;
+    }
+    if (r && page >= 0) {
+      double* rec = out + size_t(written) * kStride;
+      rec[0] = p->parked[i].first;
+      rec[1] = kEventPagefault;
+      rec[2] = static_cast<double>(m.arg.pagefault.flags);
+      rec[3] = static_cast<double>(page);
+      rec[4] = static_cast<double>(m.arg.pagefault.feat.ptid);
+      written++;
+    }
+    p->parked.erase(p->parked.begin() + long(i));
+  }
+
   constexpr int kMaxReady = 16;
   struct epoll_event ready[kMaxReady];
   int nready;
+  const int wait = p->parked.empty() && written == 0 ? static_cast<int>(timeout) : 0;
   do {
-    nready = ::epoll_wait(p->epoll.get(), ready, kMaxReady, static_cast<int>(timeout));
+    nready = ::epoll_wait(p->epoll.get(), ready, kMaxReady, wait);
   } while (nready < 0 && errno == EINTR);
   if (nready < 0) throw systemError(env, errno, "epoll_wait");
 
-  int written = 0;
   bool kicked = false;
   constexpr int kBatch = 64;
   struct uffd_msg msgs[kBatch];
@@ -127,17 +154,21 @@ Napi::Value PollerWait(const Napi::CallbackInfo& info) {
     int h = static_cast<int>(ready[i].data.u64);
     auto r = regions().get(h);
     if (!r) continue;
-    const uint64_t base = reinterpret_cast<uint64_t>(r->base);
     int room = std::min(kBatch, capacity - written);
     int n = readMessages(r->uffd.get(), msgs, room);
     for (int k = 0; k < n; k++) {
       double* rec = out + size_t(written) * kStride;
+      if (msgs[k].event == UFFD_EVENT_REMAP) {
+        r->applyRemap(msgs[k].arg.remap.from);
+        continue;
+      }
       if (msgs[k].event == UFFD_EVENT_FORK) {
         onForkEvent(*r, static_cast<int>(msgs[k].arg.fork.ufd));
         continue;
       }
       if (msgs[k].event == UFFD_EVENT_REMOVE || msgs[k].event == UFFD_EVENT_UNMAP) {
         // As page numbers clamped to the region: [first, first + count).
+        const uint64_t base = reinterpret_cast<uint64_t>(r->base);
         uint64_t lo = std::max<uint64_t>(msgs[k].arg.remove.start, base);
         uint64_t hi = std::min<uint64_t>(msgs[k].arg.remove.end, base + r->length);
         if (hi <= lo) continue;
@@ -150,10 +181,15 @@ Napi::Value PollerWait(const Napi::CallbackInfo& info) {
         continue;
       }
       if (msgs[k].event != UFFD_EVENT_PAGEFAULT) continue;
+      int64_t page = r->pageOf(msgs[k].arg.pagefault.address);
+      if (page < 0) {
+        p->parked.emplace_back(h, msgs[k]);
+        continue;
+      }
       rec[0] = h;
       rec[1] = kEventPagefault;
       rec[2] = static_cast<double>(msgs[k].arg.pagefault.flags);
-      rec[3] = static_cast<double>((msgs[k].arg.pagefault.address - base) / r->pageSize);
+      rec[3] = static_cast<double>(page);
       rec[4] = static_cast<double>(msgs[k].arg.pagefault.feat.ptid);
       written++;
     }

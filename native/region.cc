@@ -8,6 +8,7 @@
 #include <sys/mman.h>
 #include <sys/utsname.h>
 
+#include <chrono>
 #include <cstring>
 
 #include "device.h"
@@ -25,6 +26,17 @@ Registry<RegionState>& regions() {
 
 RegionState::~RegionState() {
   if (base && ownsMapping) ::munmap(base, length);
+}
+
+bool RegionState::applyRemap(uint64_t from) {
+  if (!expectingRemap.load(std::memory_order_acquire) || from != reinterpret_cast<uint64_t>(base)) return false;
+  // Written by the servicer thread while the owner waits in mremap(); aligned word stores.
+  __atomic_store_n(&shared, pendingShared, __ATOMIC_RELEASE);
+  __atomic_store_n(&pages, pendingPages, __ATOMIC_RELEASE);
+  __atomic_store_n(&length, pendingLength, __ATOMIC_RELEASE);
+  __atomic_store_n(&base, pendingBase, __ATOMIC_RELEASE);
+  expectingRemap.store(false, std::memory_order_release);
+  return true;
 }
 
 std::vector<std::shared_ptr<RegionState>> sharers(RegionState& r) {
@@ -128,12 +140,14 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
   r->via = o.via;
   r->userModeOnly = o.userModeOnly;
   const bool inlineMode = servicer == "inline";
+  r->inlineMode = inlineMode;
   // Zaps by anyone (madvise, munmap) must drop device references as zap_pte_range does. An inline
   // region has no thread reading messages, so it asks for none: its faults arrive as SIGBUS.
   const uint64_t wanted =
       inlineMode ? UFFD_FEATURE_SIGBUS
                  : kernelFeatures().features & (UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_EVENT_REMOVE |
-                                                UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_FORK);
+                                                UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_FORK |
+                                                UFFD_FEATURE_EVENT_REMAP);
   if (inlineMode && !(kernelFeatures().features & UFFD_FEATURE_SIGBUS))
     throw codedError(env, "ERR_UFFD_FEATURE_MISSING", "this kernel lacks UFFD_FEATURE_SIGBUS (Linux 4.14+), needed by the inline servicer");
   int rc = apiHandshake(r->uffd.get(), wanted, nullptr, nullptr);
@@ -413,6 +427,53 @@ static Napi::Value RegionUnmap(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), rc);
 }
 
+// regionRemap(region, pages, shared: Int32Array) -> { address, bytes }: mremap(MREMAP_MAYMOVE) to a
+// new size. The move is forced (onto a fresh reservation) so that the kernel always sends
+// EVENT_REMAP, on which the servicer switches to the new base and table atomically with respect to
+// the faults it serves; this call returns once it has. The caller holds every page locked.
+static Napi::Value RegionRemap(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto r = argRegion(info, 0);
+  uint32_t pages = argU32(info, 1, "pages");
+  auto [shared, words] = argSharedInt32(info, 2, "shared");
+  if (pages == 0) throw rangeError(env, "pages must be at least 1");
+  if (words < layout::kRegionHeader + 2 * size_t(pages)) throw rangeError(env, "shared buffer too small for the region");
+  if (r->inlineMode) throw codedError(env, "ERR_SERVICER_UNSUPPORTED", "an inline region reads no EVENT_REMAP, so it cannot be remapped");
+  if (!(kernelFeatures().features & UFFD_FEATURE_EVENT_REMAP))
+    throw codedError(env, "ERR_UFFD_FEATURE_MISSING", "this kernel lacks UFFD_FEATURE_EVENT_REMAP");
+  const size_t newLength = size_t(pages) * r->pageSize;
+  void* reserve = ::mmap(nullptr, newLength, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (reserve == MAP_FAILED) throw systemError(env, errno, "mmap");
+  r->pendingBase = static_cast<uint8_t*>(reserve);
+  r->pendingLength = newLength;
+  r->pendingPages = pages;
+  r->pendingShared = shared;
+  r->expectingRemap.store(true, std::memory_order_release);
+  void* moved = ::mremap(r->base, r->length, newLength, MREMAP_MAYMOVE | MREMAP_FIXED, reserve);
+  if (moved == MAP_FAILED) {
+    int err = errno;
+    r->expectingRemap.store(false);
+    ::munmap(reserve, newLength);
+    throw systemError(env, err, "mremap");
+  }
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (__atomic_load_n(&r->base, __ATOMIC_ACQUIRE) != moved) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      // No servicer saw the event (it died): switch ourselves, nothing else is reading.
+      r->applyRemap(reinterpret_cast<uint64_t>(r->base));
+      break;
+    }
+    std::this_thread::yield();
+  }
+  int h = static_cast<int>(argU32(info, 0, "region"));
+  dropKeepAlive(env, KeepKind::Region, h);
+  keepAlive(env, KeepKind::Region, h, info[2]);
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("bytes", Napi::ArrayBuffer::New(env, r->base, r->length));
+  out.Set("address", Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(r->base))));
+  return out;
+}
+
 // regionMprotect(region, first, count, prot: 0 none | 1 read | 3 readwrite) -> 0 | -errno
 static Napi::Value RegionMprotect(const Napi::CallbackInfo& info) {
   auto r = argRegion(info, 0);
@@ -459,6 +520,7 @@ void initRegion(Napi::Env env, Napi::Object exports) {
   exports.Set("regionDiscard", Napi::Function::New(env, RegionDiscard));
   exports.Set("regionMprotect", Napi::Function::New(env, RegionMprotect));
   exports.Set("regionUnmap", Napi::Function::New(env, RegionUnmap));
+  exports.Set("regionRemap", Napi::Function::New(env, RegionRemap));
   exports.Set("detachArrayBuffer", Napi::Function::New(env, DetachArrayBuffer));
   exports.Set("errnoName", Napi::Function::New(env, ErrnoName));
 }

@@ -23,6 +23,12 @@ struct RegionState {
   RegionState& operator=(const RegionState&) = delete;
 
   uint64_t addr(uint32_t page) const { return reinterpret_cast<uint64_t>(base) + uint64_t(page) * pageSize; }
+  // Page index of a fault address, or -1 when it lies outside the mapping as the servicer knows it
+  // (a fault at the new address of a remap whose EVENT_REMAP is not processed yet).
+  int64_t pageOf(uint64_t address) const {
+    const uint64_t b = reinterpret_cast<uint64_t>(base);
+    return address >= b && address < b + length ? int64_t((address - b) / pageSize) : -1;
+  }
   int32_t* state(uint32_t page) const { return shared + layout::kRegionHeader + 2 * size_t(page); }
   int32_t* stat(int index) const { return shared + index; }
   bool contains(uint64_t first, uint64_t count) const { return first <= pages && count <= pages - first; }
@@ -34,6 +40,7 @@ struct RegionState {
   UniqueFd uffd;  // closed only when the last user drops its reference, so the fd never gets reused under a caller
   OpenVia via = OpenVia::None;
   bool userModeOnly = false;
+  bool inlineMode = false;  // served by the SIGBUS handler: no messages are ever read
   int32_t* shared = nullptr;  // region header + page table, in a SharedArrayBuffer
   std::atomic<bool> closed{false};
 
@@ -41,6 +48,16 @@ struct RegionState {
   std::thread servicer;
   UniqueFd wakeFd;  // an eventfd: the servicer's way out of poll()
   std::atomic<bool> stopServicer{false};
+
+  // mremap. region.remap() parks the new geometry here, then mremap()s; whoever reads the
+  // EVENT_REMAP (the servicer thread) switches to it, so translation never mixes old and new.
+  std::atomic<bool> expectingRemap{false};
+  uint8_t* pendingBase = nullptr;
+  size_t pendingLength = 0;
+  size_t pendingPages = 0;
+  int32_t* pendingShared = nullptr;
+  // Applies the parked geometry if `from` is our current base; true when it did.
+  bool applyRemap(uint64_t from);
 
   // fork (S3). A child's view of a parent's region is a RegionState too: same addresses, the
   // child's userfaultfd, its own table, and no ownership of the mapping (it is the child's).

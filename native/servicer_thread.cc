@@ -25,9 +25,17 @@ int readMessages(int fd, struct uffd_msg* msgs, int max) {
 namespace {
 
 struct Pending {
-  uint32_t page;
+  uint64_t address;  // translated when served: a remap may move the region meanwhile
   uint32_t flags;
 };
+
+// Deferred when the page is locked, or when the address is not (yet) ours: a fault at a remap's
+// new address can be queued before the EVENT_REMAP that moves our base there.
+Served serveAt(RegionState& r, uint64_t address, uint32_t flags) {
+  int64_t page = r.pageOf(address);
+  if (page < 0) return r.expectingRemap.load(std::memory_order_acquire) ? Served::Deferred : Served::Failed;
+  return serveFaultDefault(r, static_cast<uint32_t>(page), flags);
+}
 
 void serviceLoop(std::shared_ptr<RegionState> r) {
   constexpr int kBatch = 64;
@@ -36,12 +44,11 @@ void serviceLoop(std::shared_ptr<RegionState> r) {
   static thread_local Pending pending[kMaxPending];
   int npending = 0;
   struct pollfd fds[2] = {{r->uffd.get(), POLLIN, 0}, {r->wakeFd.get(), POLLIN, 0}};
-  const uint64_t base = reinterpret_cast<uint64_t>(r->base);
   while (!r->stopServicer.load(std::memory_order_acquire)) {
     // Retry faults on pages that were locked; keep the ones still locked.
     int kept = 0;
     for (int i = 0; i < npending; i++) {
-      if (serveFaultDefault(*r, pending[i].page, pending[i].flags) == Served::Deferred) pending[kept++] = pending[i];
+      if (serveAt(*r, pending[i].address, pending[i].flags) == Served::Deferred) pending[kept++] = pending[i];
     }
     npending = kept;
     if (npending > 0) {
@@ -62,6 +69,10 @@ void serviceLoop(std::shared_ptr<RegionState> r) {
     if (!(fds[0].revents & POLLIN) || npending >= kMaxPending) continue;
     int n = readMessages(r->uffd.get(), msgs, kBatch);
     for (int i = 0; i < n; i++) {
+      if (msgs[i].event == UFFD_EVENT_REMAP) {
+        r->applyRemap(msgs[i].arg.remap.from);
+        continue;
+      }
       if (msgs[i].event == UFFD_EVENT_FORK) {
         onForkEvent(*r, static_cast<int>(msgs[i].arg.fork.ufd));
         continue;
@@ -72,10 +83,11 @@ void serviceLoop(std::shared_ptr<RegionState> r) {
       }
       if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;
       uint64_t addr = msgs[i].arg.pagefault.address;
-      uint32_t page = static_cast<uint32_t>((addr - base) / r->pageSize);
       uint32_t flags = static_cast<uint32_t>(msgs[i].arg.pagefault.flags);
-      if (serveFaultDefault(*r, page, flags) == Served::Deferred && npending < kMaxPending)
-        pending[npending++] = {page, flags};
+      Served rc = serveAt(*r, addr, flags);
+      if (rc == Served::Deferred && npending < kMaxPending) pending[npending++] = {addr, flags};
+      // Never leave a thread blocked on a fault we could not serve: it retries and faults afresh.
+      if (rc == Served::Failed) wake(r->uffd.get(), addr & ~uint64_t(r->pageSize - 1), r->pageSize);
     }
   }
 }

@@ -90,6 +90,12 @@ export class WorkerServicer {
     native.pollerAdd(this.poller, region.handle);
   }
 
+  /** The region's table moved to a new buffer (remap): the worker switches before the move. */
+  replaceTable(region: ServicedRegion, shared: Int32Array, pages: number): void {
+    if (!this.#regions.has(region.handle)) return;
+    this.#post({ type: 'region', handle: region.handle, shared, pages, address: region.address, pageSize: region.pageSize });
+  }
+
   removeRegion(handle: number): void {
     if (!this.#regions.delete(handle) || this.#failed) return;
     native.pollerRemove(this.poller, handle);
