@@ -49,6 +49,8 @@ export function stateIndex(page: number): number {
 // userfaultfd page-fault flags (linux/userfaultfd.h).
 export const UFFD_PAGEFAULT_FLAG_WRITE = 1;
 export const UFFD_PAGEFAULT_FLAG_WP = 2;
+/** Ours, beside the kernel's flags: the fault was taken inside a system call (kernel mode). */
+export const FAULT_KERNEL = 1 << 16;
 
 // The event records pollerWait writes (native/poller.cc).
 export const EVENT_STRIDE = 5;

@@ -46,7 +46,13 @@ export interface Addon {
   deviceCopyPage(srcSlot: number, srcPfn: number, dstSlot: number, dstPfn: number): void;
   deviceChecksum(slot: number, pfn: number): number;
 
-  regionCreate(pages: number, shared: Int32Array, servicer: 'worker' | 'native' | 'inline', allowUserModeOnly: boolean): NativeRegion;
+  regionCreate(
+    pages: number,
+    shared: Int32Array,
+    servicer: 'worker' | 'native' | 'inline',
+    allowUserModeOnly: boolean,
+    classifyFaults?: boolean,
+  ): NativeRegion;
   regionClose(handle: number): void;
   regionTakeOver(handle: number): void;
   regionComplete(handle: number, page: number, state: number, freeSlot: number, freePfn: number, stats: number): number;

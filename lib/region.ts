@@ -45,6 +45,12 @@ export interface MapOptions {
   servicer?: ServicerKind;
   /** Pages migrated back per fault (1 = no fault-around). */
   faultAround?: number;
+  /**
+   * Tell faults taken inside system calls (write(2) from device pages, read(2) into them) from
+   * user-mode ones, for stats().kernelFaults and the driver's ctx.kernelMode. Costs a read of
+   * /proc/self/task/<tid>/syscall per fault (a few µs), so it is off by default. Not for 'inline'.
+   */
+  countKernelFaults?: boolean;
 }
 
 export type Entry =
@@ -60,7 +66,7 @@ export interface RegionStats {
   writeFaults: number;
   /** Write-protect faults: the first write to a page that came back from a read entry. */
   wpFaults: number;
-  /** Faults taken inside system calls, where a servicer can tell. */
+  /** Faults taken inside system calls; counted when the region was mapped with countKernelFaults. */
   kernelFaults: number;
   /** Pages migrated back to system memory, by faults or migrateToRam. */
   migratedBack: number;
@@ -125,7 +131,8 @@ export class Region extends EventEmitter implements DeviceHolder {
     const faultAround = options.faultAround === undefined ? 1 : integer('options.faultAround', options.faultAround, 1, 1);
     const p = probe();
     if (!p.available) throw unavailableError();
-    return new Region(pages, servicer, faultAround);
+    const countKernelFaults = optionalBoolean('options.countKernelFaults', options.countKernelFaults) ?? false;
+    return new Region(pages, servicer, faultAround, countKernelFaults);
   }
 
   #pages: number;
@@ -149,7 +156,7 @@ export class Region extends EventEmitter implements DeviceHolder {
   /** The kernel reports our own zaps as EVENT_REMOVE (see #zapLocked). */
   readonly #zapEvents: boolean;
 
-  private constructor(pages: number, servicer: ServicerKind, faultAround: number) {
+  private constructor(pages: number, servicer: ServicerKind, faultAround: number, countKernelFaults: boolean) {
     super();
     this.#pages = pages;
     this.servicer = servicer;
@@ -157,7 +164,7 @@ export class Region extends EventEmitter implements DeviceHolder {
     this.shared = new Int32Array(new SharedArrayBuffer((REGION_HEADER + 2 * pages) * 4));
     let nat: NativeRegion;
     try {
-      nat = native.regionCreate(pages, this.shared, servicer, true);
+      nat = native.regionCreate(pages, this.shared, servicer, true, countKernelFaults);
     } catch (e) {
       // Native system errors already carry code, errno and syscall; only a refused open needs the fix named.
       if ((e as { syscall?: string }).syscall === 'userfaultfd') throw unavailableError(e);

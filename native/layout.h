@@ -6,6 +6,9 @@
 
 namespace uffdhmm::layout {
 
+// Our own fault flag, beside UFFD_PAGEFAULT_FLAG_*: the fault was taken inside a system call.
+constexpr uint32_t kFaultKernel = 1u << 16;
+
 // Region shared buffer: kRegionHeader int32 words, then two int32 words per page: state, pfn.
 constexpr int kRegionHeader = 16;
 constexpr int kStatFaults = 0;

@@ -157,6 +157,7 @@ Served serveFaultDefault(RegionState& r, uint32_t page, uint32_t flags) {
       else if (kind == kKindNone && next != s) bump(r, kStatZeroFills);
     }
     bump(r, kStatFaults);
+    if (flags & kFaultKernel) bump(r, kStatKernelFaults);
     if (flags & UFFD_PAGEFAULT_FLAG_WRITE) bump(r, kStatWriteFaults);
     wake(fd, addr, r.pageSize);
     return Served::Done;

@@ -188,7 +188,9 @@ Napi::Value PollerWait(const Napi::CallbackInfo& info) {
       }
       rec[0] = h;
       rec[1] = kEventPagefault;
-      rec[2] = static_cast<double>(msgs[k].arg.pagefault.flags);
+      uint32_t flags = static_cast<uint32_t>(msgs[k].arg.pagefault.flags);
+      if (r->classifyFaults && faultInSyscall(msgs[k].arg.pagefault.feat.ptid)) flags |= layout::kFaultKernel;
+      rec[2] = static_cast<double>(flags);
       rec[3] = static_cast<double>(page);
       rec[4] = static_cast<double>(msgs[k].arg.pagefault.feat.ptid);
       written++;

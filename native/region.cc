@@ -28,6 +28,20 @@ RegionState::~RegionState() {
   if (base && ownsMapping) ::munmap(base, length);
 }
 
+bool faultInSyscall(uint32_t tid) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/self/task/%u/syscall", tid);
+  int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  char buf[32];
+  ssize_t n = ::read(fd, buf, sizeof buf - 1);
+  ::close(fd);
+  if (n <= 0) return false;
+  buf[n] = 0;
+  // "-1 sp pc" when blocked outside any system call (a user-mode fault); "running" never here.
+  return buf[0] >= '0' && buf[0] <= '9';
+}
+
 bool RegionState::applyRemap(uint64_t from) {
   if (!expectingRemap.load(std::memory_order_acquire) || from != reinterpret_cast<uint64_t>(base)) return false;
   // Written by the servicer thread while the owner waits in mremap(); aligned word stores.
@@ -125,6 +139,7 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
   auto [shared, words] = argSharedInt32(info, 1, "shared");
   std::string servicer = info[2].As<Napi::String>().Utf8Value();
   bool allowUserModeOnly = argBool(info, 3, "allowUserModeOnly");
+  bool classifyFaults = info.Length() > 4 && argBool(info, 4, "classifyFaults");
   if (pages == 0) throw rangeError(env, "pages must be at least 1");
   if (words < layout::kRegionHeader + 2 * size_t(pages)) throw rangeError(env, "shared buffer too small for the region");
 
@@ -141,6 +156,7 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
   r->userModeOnly = o.userModeOnly;
   const bool inlineMode = servicer == "inline";
   r->inlineMode = inlineMode;
+  r->classifyFaults = classifyFaults && !inlineMode;
   // Zaps by anyone (madvise, munmap) must drop device references as zap_pte_range does. An inline
   // region has no thread reading messages, so it asks for none: its faults arrive as SIGBUS.
   const uint64_t wanted =

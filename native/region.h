@@ -40,7 +40,8 @@ struct RegionState {
   UniqueFd uffd;  // closed only when the last user drops its reference, so the fd never gets reused under a caller
   OpenVia via = OpenVia::None;
   bool userModeOnly = false;
-  bool inlineMode = false;  // served by the SIGBUS handler: no messages are ever read
+  bool inlineMode = false;
+  bool classifyFaults = false;  // look up whether each fault came from inside a system call  // served by the SIGBUS handler: no messages are ever read
   int32_t* shared = nullptr;  // region header + page table, in a SharedArrayBuffer
   std::atomic<bool> closed{false};
 
@@ -68,6 +69,10 @@ struct RegionState {
   std::vector<std::shared_ptr<RegionState>> children;
   std::weak_ptr<RegionState> parent;
 };
+
+// True when thread `tid` (of this process) is blocked inside a system call, i.e. its page fault
+// was taken in kernel mode (copy_to_user and friends): /proc/self/task/<tid>/syscall says which.
+bool faultInSyscall(uint32_t tid);
 
 // Every other mapping of the same device pages as r (its parent, its siblings, its children).
 std::vector<std::shared_ptr<RegionState>> sharers(RegionState& r);

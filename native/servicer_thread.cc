@@ -84,6 +84,7 @@ void serviceLoop(std::shared_ptr<RegionState> r) {
       if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;
       uint64_t addr = msgs[i].arg.pagefault.address;
       uint32_t flags = static_cast<uint32_t>(msgs[i].arg.pagefault.flags);
+      if (r->classifyFaults && faultInSyscall(msgs[i].arg.pagefault.feat.ptid)) flags |= layout::kFaultKernel;
       Served rc = serveAt(*r, addr, flags);
       if (rc == Served::Deferred && npending < kMaxPending) pending[npending++] = {addr, flags};
       // Never leave a thread blocked on a fault we could not serve: it retries and faults afresh.

@@ -15,6 +15,8 @@ import {
   LOCKED,
   MAX_DEVICE_SLOT,
   STAT_FAULTS,
+  STAT_KERNEL_FAULTS,
+  FAULT_KERNEL,
   STAT_MIGRATED_BACK,
   STAT_POISONED,
   STAT_WP_FAULTS,
@@ -87,6 +89,7 @@ function askDriver(host: PolicyHost, dev: DeviceInfo, r: RegionInfo, page: numbe
   hookCtx.pfn = pfn;
   hookCtx.page = page;
   hookCtx.write = (flags & UFFD_PAGEFAULT_FLAG_WRITE) !== 0;
+  hookCtx.kernelMode = (flags & FAULT_KERNEL) !== 0;
   hookCtx.base = r.address;
   hookCtx.pageSize = r.pageSize;
   try {
@@ -114,6 +117,7 @@ function pageFreed(host: PolicyHost, dev: DeviceInfo, pfn: number): void {
 const S_FAULTS = 1 << STAT_FAULTS;
 const S_WRITE = 1 << STAT_WRITE_FAULTS;
 const S_WP = 1 << STAT_WP_FAULTS;
+const S_KERNEL = 1 << STAT_KERNEL_FAULTS;
 const S_BACK = 1 << STAT_MIGRATED_BACK;
 const S_ZERO = 1 << STAT_ZERO_FILLS;
 const S_POISON = 1 << STAT_POISONED;
@@ -209,7 +213,7 @@ export function serveFault(host: PolicyHost, r: RegionInfo, page: number, flags:
       return rc === EAGAIN ? DEFERRED : FAILED;
     }
     // Publish, count and wake in one native call: a worker terminated here leaves no half-done state.
-    let stats = S_FAULTS | ((flags & UFFD_PAGEFAULT_FLAG_WRITE) !== 0 ? S_WRITE : 0);
+    let stats = S_FAULTS | ((flags & UFFD_PAGEFAULT_FLAG_WRITE) !== 0 ? S_WRITE : 0) | ((flags & FAULT_KERNEL) !== 0 ? S_KERNEL : 0);
     if (dev !== undefined && next !== s) {
       // Shared with forked children: they get the page back too, as the kernel's rmap walk does.
       if (next !== KIND_POISON && devicePageRefcount(dev.shared, pfn) > 1) native.regionMigrateSharers(h, page, dev.slot, pfn);
