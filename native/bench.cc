@@ -1,13 +1,17 @@
 // Benchmark primitives: native toucher threads that time each first touch with clock_gettime in
-// the faulting thread, the raw C userfaultfd handler that every servicer is compared against, and
-// the no-userfaultfd floor. Percentiles are computed by the caller; this only records.
+// the faulting thread, the raw C userfaultfd handler that every servicer is compared against, the
+// no-userfaultfd floor, CPU placement, and the memcpy+madvise migration baseline. Percentiles are
+// computed by the caller; this only records.
+#include <dirent.h>
 #include <napi.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <time.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -80,18 +84,30 @@ Napi::Value BenchTouch(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// benchPlain(pages, order, threads, out): first touches of fresh anonymous memory, no userfaultfd.
-Napi::Value BenchPlain(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  uint32_t pages = argU32(info, 0, "pages");
-  Args a = touchArgs(info, 1);
+// First touches of fresh anonymous memory, no userfaultfd: a read maps the shared zero page, a
+// write allocates and zeroes a page (what UFFDIO_COPY's page allocation costs at the least).
+void plainTouch(Napi::Env env, uint32_t pages, const Args& a, bool write) {
   size_t ps = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
   void* mem = ::mmap(nullptr, pages * ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (mem == MAP_FAILED) throw systemError(env, errno, "mmap");
   ::madvise(mem, pages * ps, MADV_NOHUGEPAGE);
-  runTouchers(static_cast<uint8_t*>(mem), ps, pages, a.order, a.n, a.threads, a.out, false);
+  runTouchers(static_cast<uint8_t*>(mem), ps, pages, a.order, a.n, a.threads, a.out, write);
   ::munmap(mem, pages * ps);
-  return env.Undefined();
+}
+
+// benchPlain(pages, order, threads, out): first reads of fresh anonymous memory, no userfaultfd.
+Napi::Value BenchPlain(const Napi::CallbackInfo& info) {
+  uint32_t pages = argU32(info, 0, "pages");
+  plainTouch(info.Env(), pages, touchArgs(info, 1), false);
+  return info.Env().Undefined();
+}
+
+// benchPlainTouch(pages, order, threads, out, write): benchPlain, with a choice of access.
+Napi::Value BenchPlainTouch(const Napi::CallbackInfo& info) {
+  uint32_t pages = argU32(info, 0, "pages");
+  Args a = touchArgs(info, 1);
+  plainTouch(info.Env(), pages, a, argBool(info, 4, "write"));
+  return info.Env().Undefined();
 }
 
 // benchBaseline(pages, order, threads, out): the best simple C handler. A dedicated thread blocks
@@ -102,7 +118,8 @@ Napi::Value BenchBaseline(const Napi::CallbackInfo& info) {
   uint32_t pages = argU32(info, 0, "pages");
   Args a = touchArgs(info, 1);
   size_t ps = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
-  OpenResult o = openUffd(false);
+  // The touches are user-mode accesses: a user-mode-only userfaultfd serves them as well.
+  OpenResult o = openUffd(true);
   if (!o.fd.valid()) throw systemError(env, o.err, "userfaultfd");
   int rc = apiHandshake(o.fd.get(), 0, nullptr, nullptr);
   if (rc != 0) throw systemError(env, -rc, "ioctl(UFFDIO_API)");
@@ -141,12 +158,97 @@ Napi::Value BenchBaseline(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+std::vector<int32_t> cpuList(const cpu_set_t& set) {
+  std::vector<int32_t> cpus;
+  for (int c = 0; c < CPU_SETSIZE; c++)
+    if (CPU_ISSET(c, &set)) cpus.push_back(c);
+  return cpus;
+}
+
+// benchSetAffinity(cpus: Int32Array) -> Int32Array: moves every thread of the process (the
+// servicer threads, the worker servicer, V8's helpers) onto `cpus`; threads started later inherit
+// it from their creator. Returns the calling thread's CPUs before the call, to restore them.
+// Placement decides fault latency on a VM: a wake-up across vCPUs costs more than the fault.
+Napi::Value BenchSetAffinity(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto [cpus, n] = argInt32Array(info, 0, "cpus");
+  if (n == 0) throw rangeError(env, "cpus must name at least one CPU");
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (size_t i = 0; i < n; i++) {
+    if (cpus[i] < 0 || cpus[i] >= CPU_SETSIZE) throw rangeError(env, "cpu number out of range");
+    CPU_SET(cpus[i], &set);
+  }
+  cpu_set_t before;
+  if (::sched_getaffinity(0, sizeof before, &before) != 0) throw systemError(env, errno, "sched_getaffinity");
+  DIR* dir = ::opendir("/proc/self/task");
+  if (!dir) throw systemError(env, errno, "opendir(/proc/self/task)");
+  int err = 0;
+  while (struct dirent* d = ::readdir(dir)) {
+    if (d->d_name[0] == '.') continue;
+    pid_t tid = static_cast<pid_t>(std::strtol(d->d_name, nullptr, 10));
+    // A thread that exits between the listing and the call is not an error.
+    if (::sched_setaffinity(tid, sizeof set, &set) != 0 && errno != ESRCH) err = errno;
+  }
+  ::closedir(dir);
+  if (err != 0) throw systemError(env, err, "sched_setaffinity");
+  std::vector<int32_t> prev = cpuList(before);
+  Napi::Int32Array out = Napi::Int32Array::New(env, prev.size());
+  for (size_t i = 0; i < prev.size(); i++) out[i] = prev[i];
+  return out;
+}
+
+// benchMigrateBaseline(pages, out: Float64Array): the simplest C migration of `pages` pages, to
+// compare region.migrate/migrateToRam with. To the device: memcpy into device memory, then
+// madvise(MADV_DONTNEED) frees the CPU pages. Back: memcpy into the freed range, which the kernel
+// refills page by page on first touch. out[0] and out[1] get the two times in ns. Both buffers
+// are populated first, as a real device's memory and a used region would be.
+Napi::Value BenchMigrateBaseline(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t pages = argU32(info, 0, "pages");
+  auto [out, outLen] = argFloat64Array(info, 1, "out");
+  if (pages == 0) throw rangeError(env, "pages must be at least 1");
+  if (outLen < 2) throw rangeError(env, "out must hold 2 values");
+  size_t ps = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  size_t len = size_t(pages) * ps;
+  const int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+  void* ram = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, flags, -1, 0);
+  if (ram == MAP_FAILED) throw systemError(env, errno, "mmap");
+  void* dev = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, flags, -1, 0);
+  if (dev == MAP_FAILED) {
+    int e = errno;
+    ::munmap(ram, len);
+    throw systemError(env, e, "mmap");
+  }
+  // Regions are mapped without transparent huge pages; so is the baseline, or it would copy 2 MiB at a time.
+  ::madvise(ram, len, MADV_NOHUGEPAGE);
+  ::madvise(dev, len, MADV_NOHUGEPAGE);
+  std::memset(ram, 0x5a, len);
+  std::memset(dev, 0, len);
+  uint64_t t0 = nowNs();
+  std::memcpy(dev, ram, len);
+  int rc = ::madvise(ram, len, MADV_DONTNEED);
+  uint64_t t1 = nowNs();
+  std::memcpy(ram, dev, len);
+  uint64_t t2 = nowNs();
+  int e = errno;
+  ::munmap(ram, len);
+  ::munmap(dev, len);
+  if (rc != 0) throw systemError(env, e, "madvise(MADV_DONTNEED)");
+  out[0] = static_cast<double>(t1 - t0);
+  out[1] = static_cast<double>(t2 - t1);
+  return env.Undefined();
+}
+
 }  // namespace
 
 void initBench(Napi::Env env, Napi::Object exports) {
   exports.Set("benchTouch", Napi::Function::New(env, BenchTouch));
   exports.Set("benchPlain", Napi::Function::New(env, BenchPlain));
   exports.Set("benchBaseline", Napi::Function::New(env, BenchBaseline));
+  exports.Set("benchPlainTouch", Napi::Function::New(env, BenchPlainTouch));
+  exports.Set("benchSetAffinity", Napi::Function::New(env, BenchSetAffinity));
+  exports.Set("benchMigrateBaseline", Napi::Function::New(env, BenchMigrateBaseline));
 }
 
 }  // namespace uffdhmm

@@ -12,8 +12,8 @@
 namespace uffdhmm {
 
 SlotRegistry<DeviceStore>& devices() {
-  static SlotRegistry<DeviceStore> registry(layout::kMaxDeviceSlot);
-  return registry;
+  static auto* registry = new SlotRegistry<DeviceStore>(layout::kMaxDeviceSlot);  // never destroyed: threads may still use it during exit()
+  return *registry;
 }
 
 DeviceStore::~DeviceStore() {

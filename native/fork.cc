@@ -48,8 +48,8 @@ struct ForkJob {
 };
 
 Registry<ForkJob>& jobs() {
-  static Registry<ForkJob> registry;
-  return registry;
+  static auto* registry = new Registry<ForkJob>;  // never destroyed: threads may still use it during exit()
+  return *registry;
 }
 
 // Runs in the child after fork(): only async-signal-safe calls, then _exit.

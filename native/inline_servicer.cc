@@ -21,7 +21,9 @@ namespace {
 
 constexpr int kMaxInline = 64;
 std::atomic<RegionState*> gSlots[kMaxInline];
-std::shared_ptr<RegionState> gOwners[kMaxInline];  // keeps each served region alive; touched under gMu only
+// Keeps each served region alive; touched under gMu only. Never destroyed: a thread may still
+// take a fault during exit().
+auto* gOwners = new std::shared_ptr<RegionState>[kMaxInline];
 std::atomic<int> gInFlight{0};                      // handlers currently using a slot's region
 std::mutex gMu;
 struct sigaction gPrevious;

@@ -28,8 +28,8 @@ struct Poller {
 };
 
 Registry<Poller>& pollers() {
-  static Registry<Poller> registry;
-  return registry;
+  static auto* registry = new Registry<Poller>;  // never destroyed: threads may still use it during exit()
+  return *registry;
 }
 
 constexpr uint64_t kWakeTag = 0;  // epoll data of the eventfd; regions are tagged by handle (>= 1)

@@ -20,8 +20,8 @@
 namespace uffdhmm {
 
 Registry<RegionState>& regions() {
-  static Registry<RegionState> registry;
-  return registry;
+  static auto* registry = new Registry<RegionState>;  // never destroyed: threads may still use it during exit()
+  return *registry;
 }
 
 RegionState::~RegionState() {

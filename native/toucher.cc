@@ -30,8 +30,8 @@ struct Toucher {
 };
 
 Registry<Toucher>& touchers() {
-  static Registry<Toucher> registry;
-  return registry;
+  static auto* registry = new Registry<Toucher>;  // never destroyed: threads may still use it during exit()
+  return *registry;
 }
 
 // A small xorshift so every thread walks its own reproducible random sequence.
