@@ -24,6 +24,7 @@ export interface NativeRegion {
   pageSize: number;
   via: 'dev-userfaultfd' | 'syscall';
   userModeOnly: boolean;
+  forkEvents: boolean;
 }
 
 export interface NativeForkResult {
@@ -54,7 +55,8 @@ export interface Addon {
     classifyFaults?: boolean,
   ): NativeRegion;
   regionClose(handle: number): void;
-  regionTakeOver(handle: number): void;
+  regionTakeOver(handle: number): boolean;
+  regionGuarded(handle: number): boolean;
   regionComplete(handle: number, page: number, state: number, freeSlot: number, freePfn: number, stats: number): number;
   regionMigrateSharers(handle: number, page: number, slot: number, pfn: number): void;
   regionFork(handle: number, steps: Int32Array, childShared: Int32Array, timeoutMs: number): number;
@@ -78,6 +80,7 @@ export interface Addon {
   pollerRemove(poller: number, region: number): void;
   pollerKick(poller: number): void;
   pollerWait(poller: number, out: Float64Array, timeoutMs: number): number;
+  pollerAttach(poller: number): void;
 
   benchTouch(region: number, order: Int32Array, threads: number, out: Float64Array, write: boolean): void;
   benchPlain(pages: number, order: Int32Array, threads: number, out: Float64Array): void;

@@ -31,7 +31,7 @@ import {
 } from './layout.js';
 import { LOCK_DEADLINE_MS, lockPage, unlockPage } from './pagelock.js';
 import { Device, deviceBySlot, type DeviceHolder } from './device.js';
-import { makeDeviceEntry } from './entry.js';
+import { SWP_HWPOISON, makeDeviceEntry } from './entry.js';
 import { probe } from './probe.js';
 import { encodeSteps, forkRegion, type ChildResult, type ChildStep } from './fork.js';
 import { WorkerServicer } from './servicer/host.js';
@@ -308,7 +308,8 @@ export class Region extends EventEmitter implements DeviceHolder {
     const s = Atomics.load(this.shared, stateIndex(page));
     switch (s & KIND_MASK) {
       case KIND_PRESENT:
-        return { kind: 'present', write: (s & WRITE) !== 0 };
+        // The pte is writable only if the vma is (mprotect) and the page is not write-protected.
+        return { kind: 'present', write: (s & WRITE) !== 0 && (this.#prot[page] & 2) !== 0 };
       case KIND_DEVICE: {
         const device = deviceBySlot((s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT)!;
         return { kind: 'device', write: (s & WRITE) !== 0, device, pfn: Atomics.load(this.shared, stateIndex(page) + 1) };
@@ -379,6 +380,11 @@ export class Region extends EventEmitter implements DeviceHolder {
     if (c > 0) native.regionPagemap(this.handle, f, c, out);
     for (let i = 0; i < c; i++) {
       const s = Atomics.load(this.shared, stateIndex(f + i));
+      if ((s & KIND_MASK) === KIND_POISON) {
+        // make_hwpoison_entry: shown with the seed's SWP_HWPOISON type (the page has no frame left).
+        out[i] = PM_SWAP | BigInt(SWP_HWPOISON);
+        continue;
+      }
       if ((s & KIND_MASK) !== KIND_DEVICE) continue;
       const pfn = Atomics.load(this.shared, stateIndex(f + i) + 1);
       const e = makeDeviceEntry(pfn, (s & WRITE) !== 0);
@@ -411,13 +417,22 @@ export class Region extends EventEmitter implements DeviceHolder {
     const [f, c] = pageRange(first, count, this.pages);
     const bits = prot === 'none' ? PROT_NONE : prot === 'read' ? PROT_READ : prot === 'readwrite' ? PROT_READWRITE : -1;
     if (bits < 0) throw invalidValue('prot', "'none', 'read' or 'readwrite'", prot);
-    for (let page = f; page < f + c; page++) {
-      const s = lockPage(this.shared, page);
-      const downgrade = (s & KIND_MASK) === KIND_DEVICE && (s & WRITE) !== 0;
-      unlockPage(this.shared, page, downgrade ? s & ~WRITE : s);
+    // Only what is still mapped (someone may have munmapped pages): mprotect(2) over a hole would
+    // fail with ENOMEM after changing the vmas before it, leaving our view and the kernel's apart.
+    const old = new Int32Array(c);
+    for (let i = 0; i < c; i++) old[i] = lockPage(this.shared, f + i);
+    try {
+      this.#forRuns(f, c, (i) => (old[i] & UNMAPPED) === 0, (a, n) => {
+        check(native.regionMprotect(this.handle, a, n, bits), 'mprotect');
+        this.#prot.fill(bits, a, a + n);
+        for (let p = a; p < a + n; p++) {
+          // change_pte_range: a write device entry becomes a read entry.
+          if ((old[p - f] & KIND_MASK) === KIND_DEVICE) old[p - f] &= ~WRITE;
+        }
+      });
+    } finally {
+      for (let i = 0; i < c; i++) unlockPage(this.shared, f + i, old[i]);
     }
-    if (c > 0) check(native.regionMprotect(this.handle, f, c, bits), 'mprotect');
-    this.#prot.fill(bits, f, f + c);
   }
 
   /**
@@ -550,41 +565,16 @@ export class Region extends EventEmitter implements DeviceHolder {
     else process.emitWarning(err);
   }
 
-  /**
-   * @internal The worker servicer died and a native guard thread is about to serve this region.
-   * A page the dead servicer had locked stays locked forever unless released here; whether its
-   * fill happened is read from the kernel's pagemap, so the table ends up as the kernel sees it.
-   */
+  /** @internal The worker servicer died; a native guard thread (native/region.cc takeOver) serves this region now. */
   servicerTakenOver(): void {
     this.#servicerHost = undefined;
     this.#guarded = true;
-    const shared = this.shared;
-    const pm = new BigUint64Array(1);
-    for (let page = 0; page < this.pages; page++) {
-      const s = Atomics.load(shared, stateIndex(page));
-      if ((s & LOCKED) === 0) continue;
-      native.regionPagemap(this.handle, page, 1, pm);
-      const filled = (pm[0] & PM_PRESENT) !== 0n;
-      const kind = s & KIND_MASK;
-      if (kind === KIND_DEVICE && filled) {
-        const device = deviceBySlot((s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT)!;
-        const pfn = shared[stateIndex(page) + 1];
-        shared[stateIndex(page) + 1] = 0;
-        unlockPage(shared, page, KIND_PRESENT | (s & WRITE));
-        device.putPage(pfn);
-        Atomics.add(shared, STAT_MIGRATED_BACK, 1);
-        Atomics.add(device.shared, DEV_MIGRATED_TO_RAM, 1);
-      } else if (kind === KIND_NONE && filled) {
-        unlockPage(shared, page, KIND_PRESENT | WRITE);
-      } else {
-        unlockPage(shared, page, s);
-      }
-    }
   }
 
   /** True once a native guard took over from a failed worker servicer (default policy only). */
   get guarded(): boolean {
-    return this.#guarded;
+    // The native side may have taken over while this thread was blocked and saw no 'exit' event yet.
+    return this.#guarded || (!this.#closed && native.regionGuarded(this.handle));
   }
 
   #teardown(): void {

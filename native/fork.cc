@@ -115,6 +115,9 @@ Napi::Value RegionFork(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto r = regions().get(static_cast<int>(argU32(info, 0, "region")));
   if (!r || r->closed.load()) throw codedError(env, "ERR_REGION_CLOSED", "the region is closed");
+  if (!r->forkEvents)
+    throw codedError(env, "ERR_UFFD_FEATURE_MISSING",
+                     "region.fork needs UFFD_FEATURE_EVENT_FORK, which the kernel grants only with CAP_SYS_PTRACE (run as root)");
   auto [stepsPtr, stepWords] = argInt32Array(info, 1, "steps");
   auto [childShared, childWords] = argSharedInt32(info, 2, "childShared");
   uint32_t timeoutMs = argU32(info, 3, "timeoutMs");

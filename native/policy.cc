@@ -32,9 +32,9 @@ void migrateSharers(RegionState& r, uint32_t page, int32_t slot, uint32_t pfn) {
   auto dev = devices().get(slot);
   if (!dev || pfn >= dev->capacity) return;
   if (__atomic_load_n(&dev->refcount()[pfn], __ATOMIC_ACQUIRE) <= 1) return;
-  for (auto& m : sharers(r)) {
-    if (page >= m->pages || m->closed.load(std::memory_order_acquire)) continue;
-    int32_t* st = m->state(page);
+  forEachSharer(r, [&](RegionState& m) {
+    if (page >= m.pages || m.closed.load(std::memory_order_acquire)) return;
+    int32_t* st = m.state(page);
     int32_t s = __atomic_load_n(st, __ATOMIC_ACQUIRE);
     // A lock there is held for microseconds by its servicer or owner; wait a little, never long:
     // two servicers could be waiting on each other's page. Still busy: that mapping keeps its
@@ -46,22 +46,22 @@ void migrateSharers(RegionState& r, uint32_t page, int32_t slot, uint32_t pfn) {
     }
     if ((s & kLocked) || (s & kKindMask) != kKindDevice || ((s >> kDeviceShift) & kMaxDeviceSlot) != slot ||
         static_cast<uint32_t>(st[1]) != pfn)
-      continue;
-    if (!lockPage(st, s)) continue;
-    const uint64_t addr = m->addr(page);
-    int rc = copy(m->uffd.get(), addr, reinterpret_cast<uint64_t>(dev->page(pfn)), m->pageSize,
+      return;
+    if (!lockPage(st, s)) return;
+    const uint64_t addr = m.addr(page);
+    int rc = copy(m.uffd.get(), addr, reinterpret_cast<uint64_t>(dev->page(pfn)), m.pageSize,
                   UFFDIO_COPY_MODE_DONTWAKE | UFFDIO_COPY_MODE_WP, nullptr);
     if (rc != 0 && rc != -EEXIST) {
-      unlockPage(*m, st, s);
-      continue;
+      unlockPage(m, st, s);
+      return;
     }
     st[1] = 0;
-    unlockPage(*m, st, kKindPresent);
+    unlockPage(m, st, kKindPresent);
     dev->putPage(pfn);
-    bump(*m, kStatMigratedBack);
+    bump(m, kStatMigratedBack);
     __atomic_fetch_add(&dev->shared[kDevMigratedToRam], 1, __ATOMIC_RELAXED);
-    wake(m->uffd.get(), addr, m->pageSize);
-  }
+    wake(m.uffd.get(), addr, m.pageSize);
+  });
 }
 
 void zapRange(RegionState& r, uint64_t start, uint64_t end, bool unmapped) {

@@ -6,7 +6,14 @@
 #include <sys/eventfd.h>
 
 #include <algorithm>
+#include <pthread.h>
+#include <sched.h>
+#include <unistd.h>
+
 #include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <mutex>
 #include <utility>
 #include <vector>
 
@@ -22,15 +29,53 @@ namespace {
 struct Poller {
   UniqueFd epoll;
   UniqueFd wakeFd;
-  // Faults at addresses a region does not cover yet (a remap's new address, queued before its
-  // EVENT_REMAP): kept here and reported once the region has moved. Only the waiting thread uses it.
-  std::vector<std::pair<int, struct uffd_msg>> parked;
+  // Events read but not reported yet: faults at addresses a region does not cover yet (a remap's
+  // new address, queued before its EVENT_REMAP), or overflow while a fork holds us in native code.
+  // A fixed array: the waiting thread must not allocate. Only that thread uses it.
+  struct Parked {
+    int handle;
+    struct uffd_msg msg;
+  };
+  static constexpr int kMaxParked = 1024;
+  Parked parked[kMaxParked];
+  int nparked = 0;
+  bool kicked = false;
+  void park(int h, const struct uffd_msg& m) {
+    if (nparked < kMaxParked) parked[nparked++] = {h, m};
+  }
+  std::atomic<bool> holding{false};     // held in pollerWait while a fork is in progress
+  std::atomic<pid_t> attachedTid{0};    // the worker thread that waits on this poller
+  std::atomic<bool> hasMembers{false};
+  std::mutex mu;             // guards members
+  std::vector<int> members;  // handles of the regions in the epoll set
 };
 
 Registry<Poller>& pollers() {
   static auto* registry = new Registry<Poller>;  // never destroyed: threads may still use it during exit()
   return *registry;
 }
+
+// Runs when the worker's environment goes away (terminated, crashed, or at process exit) on the
+// worker's own thread, before its 'exit' event can reach the main thread, whose event loop may be
+// blocked (e.g. in a madvise or fork that waits for this servicer to read an event).
+void onWorkerGone(void* arg) {
+  int handle = static_cast<int>(reinterpret_cast<intptr_t>(arg));
+  auto p = pollers().get(handle);
+  if (!p) return;
+  std::vector<int> members;
+  {
+    std::lock_guard<std::mutex> lock(p->mu);
+    members = p->members;
+  }
+  for (int h : members) {
+    auto r = regions().get(h);
+    if (r) {
+      ::epoll_ctl(p->epoll.get(), EPOLL_CTL_DEL, r->uffd.get(), nullptr);
+      takeOver(r);
+    }
+  }
+}
+
 
 constexpr uint64_t kWakeTag = 0;  // epoll data of the eventfd; regions are tagged by handle (>= 1)
 
@@ -78,7 +123,20 @@ Napi::Value PollerAdd(const Napi::CallbackInfo& info) {
   ev.events = EPOLLIN;
   ev.data.u64 = static_cast<uint64_t>(h);
   if (::epoll_ctl(p->epoll.get(), EPOLL_CTL_ADD, r->uffd.get(), &ev) != 0) throw systemError(env, errno, "epoll_ctl");
+  std::lock_guard<std::mutex> lock(p->mu);
+  p->members.push_back(h);
+  p->hasMembers.store(true);
   return env.Undefined();
+}
+
+// pollerAttach(poller): called by the worker that will wait on this poller; if that worker's
+// environment is torn down, its regions are taken over by native guards (onWorkerGone).
+Napi::Value PollerAttach(const Napi::CallbackInfo& info) {
+  int h = static_cast<int>(argU32(info, 0, "poller"));
+  if (!pollers().get(h)) throw codedError(info.Env(), "ERR_POLLER_CLOSED", "the servicer poller is closed");
+  pollers().get(h)->attachedTid.store(gettid());
+  napi_add_env_cleanup_hook(info.Env(), onWorkerGone, reinterpret_cast<void*>(static_cast<intptr_t>(h)));
+  return info.Env().Undefined();
 }
 
 // pollerRemove(poller, region): called before the region closes, so no fd number is reused in the set.
@@ -87,6 +145,13 @@ Napi::Value PollerRemove(const Napi::CallbackInfo& info) {
   int h = static_cast<int>(argU32(info, 1, "region"));
   auto r = regions().get(h);
   if (r) ::epoll_ctl(p->epoll.get(), EPOLL_CTL_DEL, r->uffd.get(), nullptr);
+  std::lock_guard<std::mutex> lock(p->mu);
+  for (size_t i = 0; i < p->members.size(); i++)
+    if (p->members[i] == h) {
+      p->members.erase(p->members.begin() + long(i));
+      break;
+    }
+  p->hasMembers.store(!p->members.empty());
   return info.Env().Undefined();
 }
 
@@ -97,6 +162,131 @@ Napi::Value PollerKick(const Napi::CallbackInfo& info) {
   (void)!::write(p->wakeFd.get(), &one, sizeof one);
   return info.Env().Undefined();
 }
+
+// One event into out (or into the parked list when out is full, or for a fault at an address the
+// region does not cover yet). FORK and REMAP are handled right here, in native code.
+void record(Poller& p, int h, RegionState& r, const struct uffd_msg& m, double* out, int capacity, int& written) {
+  if (m.event == UFFD_EVENT_REMAP) {
+    r.applyRemap(m.arg.remap.from);
+    return;
+  }
+  if (m.event == UFFD_EVENT_FORK) {
+    onForkEvent(r, static_cast<int>(m.arg.fork.ufd));
+    return;
+  }
+  if (m.event == UFFD_EVENT_PAGEFAULT && r.pageOf(m.arg.pagefault.address) < 0) {
+    p.park(h, m);
+    return;
+  }
+  if (written >= capacity) {
+    p.park(h, m);
+    return;
+  }
+  double* rec = out + size_t(written) * kStride;
+  if (m.event == UFFD_EVENT_REMOVE || m.event == UFFD_EVENT_UNMAP) {
+    // As page numbers clamped to the region: [first, first + count).
+    const uint64_t base = reinterpret_cast<uint64_t>(r.base);
+    uint64_t lo = std::max<uint64_t>(m.arg.remove.start, base);
+    uint64_t hi = std::min<uint64_t>(m.arg.remove.end, base + r.length);
+    if (hi <= lo) return;
+    rec[0] = h;
+    rec[1] = m.event == UFFD_EVENT_REMOVE ? kEventRemove : kEventUnmap;
+    rec[2] = 0;
+    rec[3] = static_cast<double>((lo - base) / r.pageSize);
+    rec[4] = static_cast<double>((hi - lo + r.pageSize - 1) / r.pageSize);
+    written++;
+    return;
+  }
+  if (m.event != UFFD_EVENT_PAGEFAULT) return;
+  uint32_t flags = static_cast<uint32_t>(m.arg.pagefault.flags);
+  if (r.classifyFaults && faultInSyscall(m.arg.pagefault.feat.ptid)) flags |= layout::kFaultKernel;
+  rec[0] = h;
+  rec[1] = kEventPagefault;
+  rec[2] = static_cast<double>(flags);
+  rec[3] = static_cast<double>(r.pageOf(m.arg.pagefault.address));
+  rec[4] = static_cast<double>(m.arg.pagefault.feat.ptid);
+  written++;
+}
+
+// Re-reports parked events; record() parks again what still cannot be reported.
+void unpark(Poller& p, double* out, int capacity, int& written) {
+  const int n = p.nparked;
+  p.nparked = 0;
+  for (int i = 0; i < n; i++) {
+    const Poller::Parked e = p.parked[i];  // a copy: record() may park into slots already read
+    auto r = regions().get(e.handle);
+    if (r) record(p, e.handle, *r, e.msg, out, capacity, written);  // a closed region's threads were woken
+  }
+}
+
+// One round: wait up to timeoutMs for ready userfaultfds, read their messages, record them.
+void pump(Poller& p, double* out, int capacity, int& written, int timeoutMs) {
+  constexpr int kMaxReady = 16;
+  struct epoll_event ready[kMaxReady];
+  int nready;
+  do {
+    nready = ::epoll_wait(p.epoll.get(), ready, kMaxReady, timeoutMs);
+  } while (nready < 0 && errno == EINTR);
+  constexpr int kBatch = 64;
+  struct uffd_msg msgs[kBatch];
+  for (int i = 0; i < nready; i++) {
+    if (ready[i].data.u64 == kWakeTag) {
+      uint64_t v;
+      (void)!::read(p.wakeFd.get(), &v, sizeof v);
+      p.kicked = true;
+      continue;
+    }
+    int h = static_cast<int>(ready[i].data.u64);
+    auto r = regions().get(h);
+    if (!r) continue;
+    // Leave messages in the kernel's queue rather than overflow ours (unless a fork waits).
+    int room = std::min(kBatch, std::max(capacity - written, 0) + (Poller::kMaxParked - p.nparked));
+    if (room <= 0) continue;
+    int n = readMessages(r->uffd.get(), msgs, room);
+    for (int k = 0; k < n; k++) record(p, h, *r, msgs[k], out, capacity, written);
+  }
+}
+
+}  // namespace
+
+// Forks and the worker servicer. glibc's fork() takes malloc's locks and holds them until the child
+// exists, and the kernel holds the fork until every userfaultfd with EVENT_FORK has had its FORK
+// message read. A worker thread that needs malloc before it gets back to read() would deadlock the
+// fork. So, from pthread_atfork's prepare handler (before glibc takes the locks), every worker is
+// brought into pollerWait and kept there, in native code that does not allocate, until the fork is
+// done; FORK messages are handled there.
+std::atomic<int> gForkGate{0};
+
+static void prepareFork() {
+  gForkGate.fetch_add(1, std::memory_order_acq_rel);
+  std::shared_ptr<Poller> waitFor[16];
+  int n = 0;
+  pollers().forEach([&](const std::shared_ptr<Poller>& p) {
+    if (n < 16 && p->hasMembers.load() && p->attachedTid.load() != gettid()) waitFor[n++] = p;
+  });
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  for (int i = 0; i < n; i++) {
+    uint64_t one = 1;
+    (void)!::write(waitFor[i]->wakeFd.get(), &one, sizeof one);
+    // A worker still starting, or busy in a driver hook, gets there in time; past the deadline the
+    // fork goes ahead (and may wait in the kernel until that worker reads its FORK message).
+    while (!waitFor[i]->holding.load(std::memory_order_acquire) && std::chrono::steady_clock::now() < deadline)
+      sched_yield();
+  }
+}
+
+static void afterForkParent() {
+  gForkGate.fetch_sub(1, std::memory_order_acq_rel);
+}
+
+static void afterForkChild() { gForkGate.store(0); }
+
+void installForkHandlers() {
+  static std::once_flag once;
+  std::call_once(once, [] { pthread_atfork(prepareFork, afterForkParent, afterForkChild); });
+}
+
+namespace {
 
 // pollerWait(poller, out: Float64Array, timeoutMs) -> number of events written (may be 0), or
 // -1 when woken by pollerKick with no event. Records: [region, type, flags, page, tid] for faults,
@@ -111,103 +301,29 @@ Napi::Value PollerWait(const Napi::CallbackInfo& info) {
   if (capacity < 1) throw rangeError(env, "out must hold at least one event");
 
   int written = 0;
-  // Parked faults first, for the regions that have since moved over their address.
-  for (size_t i = 0; i < p->parked.size() && written < capacity;) {
-    auto r = regions().get(p->parked[i].first);
-    const struct uffd_msg& m = p->parked[i].second;
-    int64_t page = r ? r->pageOf(m.arg.pagefault.address) : -1;
-    if (r && page < 0 && r->expectingRemap.load()) {
-      i++;
-      continue;
-    }
-    if (r && page >= 0) {
-      double* rec = out + size_t(written) * kStride;
-      rec[0] = p->parked[i].first;
-      rec[1] = kEventPagefault;
-      rec[2] = static_cast<double>(m.arg.pagefault.flags);
-      rec[3] = static_cast<double>(page);
-      rec[4] = static_cast<double>(m.arg.pagefault.feat.ptid);
-      written++;
-    }
-    p->parked.erase(p->parked.begin() + long(i));
+  p->kicked = false;
+  unpark(*p, out, capacity, written);
+  pump(*p, out, capacity, written, p->nparked == 0 && written == 0 ? static_cast<int>(timeout) : 0);
+  // Never go back to JS (which may allocate) while a fork is in progress: see prepareFork.
+  while (gForkGate.load(std::memory_order_acquire) != 0) {
+    p->holding.store(true, std::memory_order_release);
+    pump(*p, out, capacity, written, 1);
   }
-
-  constexpr int kMaxReady = 16;
-  struct epoll_event ready[kMaxReady];
-  int nready;
-  const int wait = p->parked.empty() && written == 0 ? static_cast<int>(timeout) : 0;
-  do {
-    nready = ::epoll_wait(p->epoll.get(), ready, kMaxReady, wait);
-  } while (nready < 0 && errno == EINTR);
-  if (nready < 0) throw systemError(env, errno, "epoll_wait");
-
-  bool kicked = false;
-  constexpr int kBatch = 64;
-  struct uffd_msg msgs[kBatch];
-  for (int i = 0; i < nready && written < capacity; i++) {
-    if (ready[i].data.u64 == kWakeTag) {
-      uint64_t v;
-      (void)!::read(p->wakeFd.get(), &v, sizeof v);
-      kicked = true;
-      continue;
-    }
-    int h = static_cast<int>(ready[i].data.u64);
-    auto r = regions().get(h);
-    if (!r) continue;
-    int room = std::min(kBatch, capacity - written);
-    int n = readMessages(r->uffd.get(), msgs, room);
-    for (int k = 0; k < n; k++) {
-      double* rec = out + size_t(written) * kStride;
-      if (msgs[k].event == UFFD_EVENT_REMAP) {
-        r->applyRemap(msgs[k].arg.remap.from);
-        continue;
-      }
-      if (msgs[k].event == UFFD_EVENT_FORK) {
-        onForkEvent(*r, static_cast<int>(msgs[k].arg.fork.ufd));
-        continue;
-      }
-      if (msgs[k].event == UFFD_EVENT_REMOVE || msgs[k].event == UFFD_EVENT_UNMAP) {
-        // As page numbers clamped to the region: [first, first + count).
-        const uint64_t base = reinterpret_cast<uint64_t>(r->base);
-        uint64_t lo = std::max<uint64_t>(msgs[k].arg.remove.start, base);
-        uint64_t hi = std::min<uint64_t>(msgs[k].arg.remove.end, base + r->length);
-        if (hi <= lo) continue;
-        rec[0] = h;
-        rec[1] = msgs[k].event == UFFD_EVENT_REMOVE ? kEventRemove : kEventUnmap;
-        rec[2] = 0;
-        rec[3] = static_cast<double>((lo - base) / r->pageSize);
-        rec[4] = static_cast<double>((hi - lo + r->pageSize - 1) / r->pageSize);
-        written++;
-        continue;
-      }
-      if (msgs[k].event != UFFD_EVENT_PAGEFAULT) continue;
-      int64_t page = r->pageOf(msgs[k].arg.pagefault.address);
-      if (page < 0) {
-        p->parked.emplace_back(h, msgs[k]);
-        continue;
-      }
-      rec[0] = h;
-      rec[1] = kEventPagefault;
-      uint32_t flags = static_cast<uint32_t>(msgs[k].arg.pagefault.flags);
-      if (r->classifyFaults && faultInSyscall(msgs[k].arg.pagefault.feat.ptid)) flags |= layout::kFaultKernel;
-      rec[2] = static_cast<double>(flags);
-      rec[3] = static_cast<double>(page);
-      rec[4] = static_cast<double>(msgs[k].arg.pagefault.feat.ptid);
-      written++;
-    }
-  }
-  return Napi::Number::New(env, written == 0 && kicked ? -1 : written);
+  p->holding.store(false, std::memory_order_release);
+  return Napi::Number::New(env, written == 0 && p->kicked ? -1 : written);
 }
 
 }  // namespace
 
 void initPoller(Napi::Env env, Napi::Object exports) {
+  installForkHandlers();
   exports.Set("pollerCreate", Napi::Function::New(env, PollerCreate));
   exports.Set("pollerDestroy", Napi::Function::New(env, PollerDestroy));
   exports.Set("pollerAdd", Napi::Function::New(env, PollerAdd));
   exports.Set("pollerRemove", Napi::Function::New(env, PollerRemove));
   exports.Set("pollerKick", Napi::Function::New(env, PollerKick));
   exports.Set("pollerWait", Napi::Function::New(env, PollerWait));
+  exports.Set("pollerAttach", Napi::Function::New(env, PollerAttach));
 }
 
 }  // namespace uffdhmm

@@ -25,6 +25,9 @@ Registry<RegionState>& regions() {
 }
 
 RegionState::~RegionState() {
+  // Close the userfaultfd first: that unregisters the range, so the munmap below can never wait for
+  // an EVENT_UNMAP that no servicer is left to read.
+  uffd.reset();
   if (base && ownsMapping) ::munmap(base, length);
 }
 
@@ -51,17 +54,6 @@ bool RegionState::applyRemap(uint64_t from) {
   __atomic_store_n(&base, pendingBase, __ATOMIC_RELEASE);
   expectingRemap.store(false, std::memory_order_release);
   return true;
-}
-
-std::vector<std::shared_ptr<RegionState>> sharers(RegionState& r) {
-  std::vector<std::shared_ptr<RegionState>> out;
-  std::shared_ptr<RegionState> top = r.parent.lock();
-  RegionState* root = top ? top.get() : &r;
-  if (top) out.push_back(top);
-  std::lock_guard<std::mutex> lock(root->familyMu);
-  for (auto& c : root->children)
-    if (c.get() != &r) out.push_back(c);
-  return out;
 }
 
 void onForkEvent(RegionState& r, int ufd) {
@@ -167,6 +159,16 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
   if (inlineMode && !(kernelFeatures().features & UFFD_FEATURE_SIGBUS))
     throw codedError(env, "ERR_UFFD_FEATURE_MISSING", "this kernel lacks UFFD_FEATURE_SIGBUS (Linux 4.14+), needed by the inline servicer");
   int rc = apiHandshake(r->uffd.get(), wanted, nullptr, nullptr);
+  if (rc == -EPERM && (wanted & UFFD_FEATURE_EVENT_FORK)) {
+    // EVENT_FORK needs CAP_SYS_PTRACE. Without it the region still works; region.fork does not,
+    // and a fork leaves the child with plain memory (its copy is unregistered), as the kernel does.
+    OpenResult again = openUffd(allowUserModeOnly);
+    if (!again.fd.valid()) throw systemError(env, again.err, "userfaultfd");
+    r->uffd = std::move(again.fd);
+    rc = apiHandshake(r->uffd.get(), wanted & ~uint64_t(UFFD_FEATURE_EVENT_FORK), nullptr, nullptr);
+  } else {
+    r->forkEvents = (wanted & UFFD_FEATURE_EVENT_FORK) != 0;
+  }
   if (rc != 0) throw systemError(env, -rc, "ioctl(UFFDIO_API)");
 
   void* mem = ::mmap(nullptr, r->length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -200,6 +202,7 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
   out.Set("pageSize", Napi::Number::New(env, static_cast<double>(r->pageSize)));
   out.Set("via", viaName(r->via));
   out.Set("userModeOnly", r->userModeOnly);
+  out.Set("forkEvents", r->forkEvents);
   return out;
 }
 
@@ -212,7 +215,8 @@ static Napi::Value RegionClose(const Napi::CallbackInfo& info) {
   r->closed.store(true, std::memory_order_release);
   inlineRemove(r.get());
   stopNativeServicer(*r);
-  unregisterRange(r->uffd.get(), reinterpret_cast<uint64_t>(r->base), r->length);
+  for (int tries = 0; tries < 1000 && unregisterRange(r->uffd.get(), reinterpret_cast<uint64_t>(r->base), r->length) == -EAGAIN; tries++) {
+  }
   dropKeepAlive(info.Env(), KeepKind::Region, h);
   return info.Env().Undefined();
 }
@@ -222,20 +226,16 @@ static Napi::Value RegionClose(const Napi::CallbackInfo& info) {
 // fault always sees the table the kernel would show it. (The kernel updates the pte before the
 // fault returns; waking first would let the thread run ahead of our table.)
 
-// regionTakeOver(region): the guard. A native servicer thread takes over the region's faults
-// with the default policy (its JS servicer died), and every thread blocked in the range is woken
-// so that a fault the dead servicer had read but not served is raised again and served.
+// regionTakeOver(region) -> true if this call took over (false: already guarded or closed).
 static Napi::Value RegionTakeOver(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
   auto r = argRegion(info, 0);
-  if (!r->servicer.joinable()) {
-    int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (efd < 0) throw systemError(env, errno, "eventfd");
-    r->wakeFd = UniqueFd(efd);
-    startNativeServicer(r);
-  }
-  wake(r->uffd.get(), reinterpret_cast<uint64_t>(r->base), r->length);
-  return env.Undefined();
+  return Napi::Boolean::New(info.Env(), takeOver(r));
+}
+
+// regionGuarded(region) -> whether a native guard took over (it can happen while JS is blocked).
+static Napi::Value RegionGuarded(const Napi::CallbackInfo& info) {
+  auto r = regions().get(static_cast<int>(argU32(info, 0, "region")));
+  return Napi::Boolean::New(info.Env(), r && r->guarded.load());
 }
 
 // regionComplete(region, page, state, freeSlot, freePfn, stats) -> 1 if a device page was freed, else 0.
@@ -365,6 +365,45 @@ static int readPagemap(const RegionState& r, uint32_t first, uint32_t count, uin
     got += static_cast<size_t>(n);
   }
   return 0;
+}
+
+bool takeOver(const std::shared_ptr<RegionState>& r) {
+  if (r->closed.load(std::memory_order_acquire) || r->guarded.exchange(true)) return false;
+  // Pages the dead servicer held locked stay locked forever unless released here. Whether its fill
+  // happened is read from the kernel's pagemap, so the table ends up as the kernel sees the page.
+  for (uint32_t page = 0; page < r->pages; page++) {
+    int32_t* st = r->state(page);
+    int32_t s = __atomic_load_n(st, __ATOMIC_ACQUIRE);
+    if (!(s & layout::kLocked)) continue;
+    uint64_t pm = 0;
+    bool filled = readPagemap(*r, page, 1, &pm) == 0 && (pm & kPmPresent);
+    int32_t kind = s & layout::kKindMask;
+    if (kind == layout::kKindDevice && filled) {
+      auto dev = devices().get((s >> layout::kDeviceShift) & layout::kMaxDeviceSlot);
+      uint32_t pfn = static_cast<uint32_t>(st[1]);
+      st[1] = 0;
+      __atomic_store_n(st, layout::kKindPresent | (s & layout::kWrite), __ATOMIC_RELEASE);
+      if (dev) {
+        dev->putPage(pfn);
+        __atomic_fetch_add(&dev->shared[layout::kDevMigratedToRam], 1, __ATOMIC_RELAXED);
+      }
+      __atomic_fetch_add(r->stat(layout::kStatMigratedBack), 1, __ATOMIC_RELAXED);
+    } else if (kind == layout::kKindNone && filled) {
+      __atomic_store_n(st, layout::kKindPresent | layout::kWrite, __ATOMIC_RELEASE);
+    } else {
+      __atomic_store_n(st, s & ~(layout::kLocked | layout::kZapping), __ATOMIC_RELEASE);
+    }
+    noteUnlock(*r);
+  }
+  if (!r->servicer.joinable()) {
+    int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (efd < 0) return false;
+    r->wakeFd = UniqueFd(efd);
+    startNativeServicer(r);
+  }
+  // Faults the dead servicer read but never served: wake their threads so they fault afresh.
+  wake(r->uffd.get(), reinterpret_cast<uint64_t>(r->base), r->length);
+  return true;
 }
 
 // regionCopyOut(region, first, count, device, pfns: Int32Array) -> pages that held data.
@@ -524,6 +563,7 @@ void initRegion(Napi::Env env, Napi::Object exports) {
   exports.Set("regionCreate", Napi::Function::New(env, RegionCreate));
   exports.Set("regionClose", Napi::Function::New(env, RegionClose));
   exports.Set("regionTakeOver", Napi::Function::New(env, RegionTakeOver));
+  exports.Set("regionGuarded", Napi::Function::New(env, RegionGuarded));
   exports.Set("regionComplete", Napi::Function::New(env, RegionComplete));
   exports.Set("regionMigrateSharers", Napi::Function::New(env, RegionMigrateSharers));
   exports.Set("regionCopyIn", Napi::Function::New(env, RegionCopyIn));

@@ -41,7 +41,9 @@ struct RegionState {
   OpenVia via = OpenVia::None;
   bool userModeOnly = false;
   bool inlineMode = false;
-  bool classifyFaults = false;  // look up whether each fault came from inside a system call  // served by the SIGBUS handler: no messages are ever read
+  bool classifyFaults = false;
+  std::atomic<bool> guarded{false};
+  bool forkEvents = false;  // EVENT_FORK granted (it needs CAP_SYS_PTRACE): region.fork works  // a native guard took over from a dead worker servicer  // look up whether each fault came from inside a system call  // served by the SIGBUS handler: no messages are ever read
   int32_t* shared = nullptr;  // region header + page table, in a SharedArrayBuffer
   std::atomic<bool> closed{false};
 
@@ -70,12 +72,27 @@ struct RegionState {
   std::weak_ptr<RegionState> parent;
 };
 
+// The guard: a native servicer thread takes over r's faults with the default policy because its
+// worker servicer died. Releases pages the dead servicer held locked, then wakes every thread blocked
+// in the range so faults it had read are raised again. True if this call did it (once per region).
+bool takeOver(const std::shared_ptr<RegionState>& r);
+
 // True when thread `tid` (of this process) is blocked inside a system call, i.e. its page fault
 // was taken in kernel mode (copy_to_user and friends): /proc/self/task/<tid>/syscall says which.
 bool faultInSyscall(uint32_t tid);
 
-// Every other mapping of the same device pages as r (its parent, its siblings, its children).
-std::vector<std::shared_ptr<RegionState>> sharers(RegionState& r);
+// Calls f(RegionState&) for every other mapping of the same device pages as r (its parent, its
+// siblings, its children), under the family lock. Allocates nothing: it runs on servicer threads,
+// which must never wait for malloc's locks (a fork() in progress holds them; see poller.cc).
+template <class F>
+void forEachSharer(RegionState& r, F f) {
+  std::shared_ptr<RegionState> top = r.parent.lock();
+  RegionState* root = top ? top.get() : &r;
+  if (top) f(*top);
+  std::lock_guard<std::mutex> lock(root->familyMu);
+  for (auto& c : root->children)
+    if (c.get() != &r) f(*c);
+}
 
 // A FORK event's new userfaultfd: region.fork's own child keeps it, any other fork (child_process,
 // exec) gets it closed, which unregisters the child's copy of the range.

@@ -25,6 +25,12 @@ class Registry {
     auto it = map_.find(h);
     return it == map_.end() ? nullptr : it->second;
   }
+  // Calls f(shared_ptr) for each object under the lock; f must not call back into the registry.
+  template <class F>
+  void forEach(F f) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [h, obj] : map_) f(obj);
+  }
   std::shared_ptr<T> remove(int h) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = map_.find(h);

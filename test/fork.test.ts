@@ -3,6 +3,7 @@
 // gets its own copy, and a device page is freed only when no process maps it. Foreign forks
 // (child_process) neither hang nor inherit a userfaultfd.
 import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { expect, it } from 'vitest';
 import { Device, PM_MMAP_EXCLUSIVE, Region } from 'uffd-hmm';
 import { crc32, describeUffd, fillPages, pattern } from './helpers.js';
@@ -102,6 +103,15 @@ describeUffd.each(['worker', 'native'] as const)('fork with the %s servicer', (s
     expect(r.bytes[9 * r.pageSize]).toBe(pattern(9, 0, 4));
     await r.close();
     await d.close();
+  });
+
+  it('forks right after mapping, before the servicer is up, without deadlocking', () => {
+    const fixture = fileURLToPath(new URL('./fixtures/fork-at-start.mjs', import.meta.url));
+    // SIGKILL: a process stuck in fork() waiting for its FORK event ignores anything else.
+    const res = spawnSync(process.execPath, [fixture, servicer], { timeout: 20_000, killSignal: 'SIGKILL', encoding: 'utf8' });
+    expect(res.signal).toBeNull();
+    expect(res.status).toBe(0);
+    expect(JSON.parse(res.stdout)).toEqual({ results: [0], exitCode: 0, spawned: 0 });
   });
 
   it('rejects malformed steps before forking', async () => {

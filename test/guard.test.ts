@@ -1,5 +1,7 @@
 // No fault is ever left unserved: when the worker servicer dies with threads blocked on faults,
 // a native guard takes the region over with the default policy and the failure is reported.
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { expect, it } from 'vitest';
 import { Device, NativeToucher, Region } from 'uffd-hmm';
 import { WorkerServicer } from '../dist/servicer/host.js';
@@ -31,5 +33,13 @@ describeUffd('servicer guard', () => {
     await r2.close();
     await r.close();
     await d.close();
+  });
+
+  it('takes over natively while the main thread is blocked waiting for the dead servicer', () => {
+    const fixture = fileURLToPath(new URL('./fixtures/guard-blocked-main.mjs', import.meta.url));
+    const res = spawnSync(process.execPath, [fixture], { timeout: 30_000, encoding: 'utf8' });
+    expect(res.error).toBeUndefined();
+    expect(res.status).toBe(0);
+    expect(res.stdout).toContain('ok guarded=true used=0');
   });
 });

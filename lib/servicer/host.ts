@@ -14,7 +14,7 @@ export interface ServicedRegion {
   readonly address: bigint;
   readonly pageSize: number;
   reportError(err: Error): void;
-  /** Called before a native guard takes over: release what the dead servicer held. */
+  /** A native guard serves the region now. */
   servicerTakenOver(): void;
 }
 
@@ -67,8 +67,8 @@ export class WorkerServicer {
     for (const [handle, region] of this.#regions) {
       native.pollerRemove(this.poller, handle);
       try {
+        native.regionTakeOver(handle); // usually already done natively as the worker went away
         region.servicerTakenOver();
-        native.regionTakeOver(handle);
       } catch (e) {
         if ((e as { code?: string }).code !== 'ERR_REGION_CLOSED') throw e;
       }

@@ -163,6 +163,7 @@ function retryDeferred(): void {
 }
 
 async function run(): Promise<void> {
+  native.pollerAttach(poller); // if this thread dies, native guards take over its regions
   Atomics.store(ctrl, CTRL_RUNNING, 1);
   for (;;) {
     if (Atomics.load(ctrl, CTRL_MAIL_SEQ) !== seenMail) drainMessages();
