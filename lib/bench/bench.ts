@@ -1,0 +1,256 @@
+// The benchmark itself: plans every available run × variant, measures them in one process with
+// the same pages and orders, and assembles API.md's results plus migration and memory figures.
+import os from 'node:os';
+
+import { PAGE_SIZE } from '../native.js';
+import { probe } from '../probe.js';
+import { accessOrder } from './order.js';
+import { canCollect, readMemory, tableBytesPerPage, type MemoryReading } from './memory.js';
+import { measureMigration } from './migration.js';
+import { progressBar, type Progress } from './progress.js';
+import { MAIN, RATIOS, RUNS, runName, unavailableReason, type RunDef, type Variant } from './runs.js';
+import { LatencyRecorder } from './summary.js';
+import { touchRun } from './touch.js';
+import type { BenchResults, MemoryResult, Pattern, Ratios, RunResult } from './types.js';
+
+export interface BenchOptions {
+  /** Touches (= pages = faults) per run and round. */
+  faults: number;
+  /** Rounds of the main runs, interleaved. */
+  rounds: number;
+  quick: boolean;
+  /** The CPU for 'one-cpu' runs. */
+  cpu: number;
+  /** Region size of the migration measurement; 0 skips it. */
+  migrationBytes: number;
+  /** Pages of the region whose table overhead is measured; 0 skips it. */
+  tablePages: number;
+  /** Draw a progress bar on stderr (when it is a terminal). */
+  progress: boolean;
+}
+
+export interface BenchOutput {
+  results: BenchResults;
+  /** Latency CDF of every run, [µs, fraction] points, for the plot. */
+  cdfs: Map<string, Array<[number, number]>>;
+}
+
+/** Share of each round's first touches left out: cold caches, the servicer's first wake-ups. */
+const WARMUP_FRACTION = 0.02;
+
+interface Step {
+  def: RunDef;
+  variant: Variant;
+  name: string;
+  round: number;
+  weight: number;
+}
+
+/** What a run accumulates over its rounds. */
+interface Tally {
+  step: Step;
+  recorder: LatencyRecorder;
+  wallNs: number;
+  elapsedNs: number;
+  touches: number;
+  warmup: number;
+  served: number | undefined;
+  roundP50: number[];
+}
+
+function sameVariant(a: Variant, b: Variant): boolean {
+  return a.pattern === b.pattern && a.threads === b.threads && a.placement === b.placement;
+}
+
+/**
+ * The main variant's runs come first, in `rounds` interleaved rounds (each starting one run
+ * later), so a disturbance lasting seconds on this shared VM lands on every run a ratio compares,
+ * not on one of them. The other variants follow, one round each, grouped by variant.
+ */
+function plan(defs: RunDef[], faults: number, rounds: number): Step[] {
+  const variants: Variant[] = [];
+  for (const d of defs) for (const v of d.variants) if (!variants.some((x) => sameVariant(x, v))) variants.push(v);
+  variants.sort((a, b) => Number(b === MAIN) - Number(a === MAIN));
+  const steps: Step[] = [];
+  const add = (def: RunDef, variant: Variant, round: number): void => {
+    // Seconds, roughly: cross-CPU wake-ups cost ~4x here; migrating pages out costs ~3 µs each.
+    const touchUs = def.costUs * (variant.placement === 'any' ? 4 : 1) + (def.kind === 'region' ? 3 : 0);
+    steps.push({ def, variant, name: runName(def, variant), round, weight: (faults * touchUs) / 1e6 + 0.05 });
+  };
+  const main = defs.filter((d) => d.variants.includes(MAIN));
+  for (let r = 0; r < rounds; r++) {
+    for (let i = 0; i < main.length; i++) add(main[(i + r) % main.length], MAIN, r);
+  }
+  for (const v of variants) {
+    if (v === MAIN) continue;
+    for (const def of defs) {
+      const own = def.variants.find((x) => sameVariant(x, v));
+      if (own) add(def, own, 0);
+    }
+  }
+  return steps;
+}
+
+function ratiosOf(runs: RunResult[], unavailable: Record<string, string>): Ratios {
+  const byName = new Map(runs.map((r) => [r.name, r]));
+  const base = byName.get('c-baseline');
+  const ratios = {} as Ratios;
+  for (const { key, run, stat, over } of RATIOS) {
+    const r = byName.get(run);
+    if (!base || !r) {
+      ratios[key] = null;
+      unavailable[key] = !base ? 'no c-baseline run' : `needs the '${run}' run: ${unavailable[run] ?? 'not measured'}`;
+      continue;
+    }
+    ratios[key] = r[stat] / base[over];
+  }
+  return ratios;
+}
+
+export async function runBench(opts: BenchOptions): Promise<BenchOutput> {
+  const unavailable: Record<string, string> = {};
+  const defs: RunDef[] = [];
+  for (const def of RUNS) {
+    const why = await unavailableReason(def);
+    if (why === undefined) defs.push(def);
+    else unavailable[def.name] = why;
+  }
+  const steps = plan(defs, opts.faults, opts.rounds);
+  const migrationWeight = (opts.migrationBytes / 1024 ** 3) * 4;
+  const total = steps.reduce((s, x) => s + x.weight, 0) + migrationWeight + 0.5;
+  const progress: Progress = progressBar(process.stderr, opts.progress, total);
+
+  const orders = new Map<Pattern, Int32Array>();
+  const orderFor = (p: Pattern): Int32Array => {
+    let o = orders.get(p);
+    if (!o) orders.set(p, (o = accessOrder(p, opts.faults)));
+    return o;
+  };
+  const warmup = Math.max(1, Math.floor(opts.faults * WARMUP_FRACTION));
+  const tallies = new Map<string, Tally>();
+  const notes: string[] = [];
+  let memBefore: MemoryReading | undefined;
+  let memAfter: MemoryReading | undefined;
+
+  try {
+    for (const step of steps) {
+      const rounds = step.variant === MAIN && opts.rounds > 1 ? ` (round ${step.round + 1}/${opts.rounds})` : '';
+      progress.step(step.name + rounds, step.weight);
+      const watchMemory = step.def.name === 'worker' && step.variant === MAIN && step.round === 0;
+      const started = process.hrtime.bigint();
+      const touched = await touchRun(step.def, step.variant, orderFor(step.variant.pattern), opts.cpu, {
+        progress: (f) => progress.update(f),
+        beforeTouches: watchMemory ? async () => void (memBefore = await readMemory()) : undefined,
+        afterTouches: watchMemory ? async () => void (memAfter = await readMemory()) : undefined,
+      });
+      let t = tallies.get(step.name);
+      if (!t) {
+        const recorder = new LatencyRecorder();
+        t = { step, recorder, wallNs: 0, elapsedNs: 0, touches: 0, warmup: 0, served: undefined, roundP50: [] };
+        tallies.set(step.name, t);
+      }
+      t.recorder.record(touched.latencies, warmup);
+      if (opts.rounds > 1 && step.variant === MAIN) {
+        const round = new LatencyRecorder();
+        round.record(touched.latencies, warmup);
+        t.roundP50.push(round.summary().p50_us);
+      }
+      t.wallNs += touched.wallNs;
+      t.elapsedNs += Number(process.hrtime.bigint() - started);
+      t.touches += opts.faults;
+      t.warmup += warmup;
+      if (touched.served !== undefined) t.served = (t.served ?? 0) + touched.served;
+    }
+
+    const runs: RunResult[] = [];
+    const cdfs = new Map<string, Array<[number, number]>>();
+    for (const [name, t] of tallies) {
+      const { cdf, ...stats } = t.recorder.summary();
+      runs.push({
+        name,
+        base: t.step.def.name,
+        pattern: t.step.variant.pattern,
+        threads: t.step.variant.threads,
+        placement: t.step.variant.placement,
+        timed_in: t.step.def.toucher,
+        ...stats,
+        faults_per_s: t.touches / (t.wallNs / 1e9),
+        elapsed_s: t.elapsedNs / 1e9,
+        warmup: t.warmup,
+        ...(t.served === undefined ? {} : { faults_served: t.served }),
+        ...(t.roundP50.length > 1 ? { round_p50_us: t.roundP50 } : {}),
+      });
+      cdfs.set(name, cdf);
+      // With fault-around, fewer faults than touches is the point; otherwise every touch must fault once.
+      if (t.served !== undefined && (t.step.def.faultAround ?? 1) === 1 && t.served !== t.touches) {
+        notes.push(`${name}: the servicer counted ${t.served} faults for ${t.touches} touches`);
+      }
+    }
+
+    let migration = null;
+    if (opts.migrationBytes > 0) {
+      progress.step(`migration of ${(opts.migrationBytes / 1024 ** 2).toFixed(0)} MiB`, migrationWeight);
+      migration = await measureMigration(opts.migrationBytes, (f) => progress.update(f));
+    }
+
+    let memory: MemoryResult | null = null;
+    if (memBefore && memAfter) {
+      progress.step('page-table overhead', 0.5);
+      memory = {
+        run: 'worker',
+        faults: opts.faults,
+        gc: canCollect(),
+        heap_used_before: memBefore.heapUsed,
+        heap_used_after: memAfter.heapUsed,
+        heap_growth: memAfter.heapUsed - memBefore.heapUsed,
+        rss_before: memBefore.rss,
+        rss_after: memAfter.rss,
+        rss_expected_growth: opts.faults * PAGE_SIZE,
+        table_bytes_per_page: opts.tablePages > 0 ? await tableBytesPerPage(opts.tablePages) : 0,
+        table_pages: opts.tablePages,
+      };
+    }
+
+    notes.push(
+      `Runs named as in API.md are sequential, one faulting thread, with every thread of the process on CPU ${opts.cpu} ` +
+        `('one-cpu'): on this VM a wake-up across vCPUs costs more than the fault itself. '/any-cpu' and '/2t' runs ` +
+        `leave placement to the scheduler.`,
+      `The API.md runs are measured in ${opts.rounds} interleaved round(s) of ${opts.faults} faults, each on a fresh ` +
+        `region, and their faults pooled; every other run is one round.`,
+      `Latencies are timed in the faulting thread: clock_gettime in native toucher threads, except *-js-toucher runs, ` +
+        `timed in JS with performance.now() around each read (timer overhead included).`,
+      `The first ${warmup} touches of each round (${WARMUP_FRACTION * 100}%) are warm-up and left out; faults_per_s counts every touch.`,
+      `c-baseline fills every fault from one hot source page; region runs copy each page from its own device page.`,
+      `plain is a first read of anonymous memory without userfaultfd (maps the zero page); plain-write a first write (allocates a page).`,
+    );
+    if (memory) {
+      notes.push(
+        `memory.heap_* is the main thread's JS heap${memory.gc ? ' after a full GC' : ''}; the worker servicer runs in its ` +
+          `own isolate, which process.memoryUsage() does not report. RSS grows by the pages the faults bring back.`,
+      );
+    }
+
+    const ratios = ratiosOf(runs, unavailable);
+    const results: BenchResults = {
+      kernel: probe().kernel,
+      cpus: os.availableParallelism(),
+      runs,
+      ratios,
+      unavailable,
+      notes,
+      migration,
+      memory,
+      config: {
+        faults: opts.faults,
+        rounds: opts.rounds,
+        quick: opts.quick,
+        cpu: opts.cpu,
+        date: new Date().toISOString(),
+        node: process.version,
+      },
+    };
+    return { results, cdfs };
+  } finally {
+    progress.done();
+  }
+}

@@ -1,0 +1,90 @@
+// The human-readable report: one row per run with its ratio to the c-baseline of the same
+// variant, then API.md's ratios, migration throughput, memory, and what was not measured.
+import type { BenchResults, RunResult } from './types.js';
+
+function num(x: number, digits = 2): string {
+  if (!Number.isFinite(x)) return '-';
+  if (x >= 10000) return x.toExponential(2);
+  if (x >= 100) return x.toFixed(0);
+  if (x >= 10) return x.toFixed(1);
+  return x.toFixed(digits);
+}
+
+function ratio(x: number | null | undefined): string {
+  return x === null || x === undefined || !Number.isFinite(x) ? '-' : `${x.toFixed(2)}x`;
+}
+
+function mib(bytes: number): string {
+  return `${(bytes / 1024 ** 2).toFixed(1)} MiB`;
+}
+
+function grid(header: string[], rows: string[][]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const line = (cells: string[]): string =>
+    cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ').trimEnd();
+  return [line(header), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n');
+}
+
+/** The c-baseline run measured with the same pattern, threads and placement as `r`. */
+function baselineFor(r: RunResult, runs: RunResult[]): RunResult | undefined {
+  return runs.find(
+    (b) => b.base === 'c-baseline' && b.pattern === r.pattern && b.threads === r.threads && b.placement === r.placement,
+  );
+}
+
+export function formatReport(res: BenchResults, files: string[]): string {
+  const out: string[] = [];
+  out.push(`uffd-hmm bench — kernel ${res.kernel}, ${res.cpus} CPUs, ${res.config.faults} faults per run and round, ${res.config.date}`);
+  out.push('');
+  const rows = res.runs.map((r) => {
+    const b = baselineFor(r, res.runs);
+    return [
+      r.name,
+      String(r.faults),
+      num(r.p50_us),
+      num(r.p90_us),
+      num(r.p99_us),
+      num(r.p999_us),
+      num(r.max_us),
+      num(r.mean_us),
+      num(r.faults_per_s, 0),
+      ratio(b ? r.p50_us / b.p50_us : null),
+      ratio(b ? r.p99_us / b.p99_us : null),
+    ];
+  });
+  out.push(grid(['run', 'faults', 'p50 µs', 'p90 µs', 'p99 µs', 'p99.9 µs', 'max µs', 'mean µs', 'faults/s', 'p50/c', 'p99/c'], rows));
+  out.push('');
+  out.push('ratios to c-baseline (API.md):');
+  for (const [k, v] of Object.entries(res.ratios)) {
+    out.push(`  ${k.padEnd(22)} ${v === null ? `n/a — ${res.unavailable[k] ?? 'not measured'}` : ratio(v)}`);
+  }
+  if (res.migration) {
+    const m = res.migration;
+    out.push('');
+    out.push(`migration of ${mib(m.bytes)} (GiB/s):      ours    C memcpy+madvise   ratio`);
+    out.push(`  to device                ${num(m.to_device_gib_s).padStart(7)}   ${num(m.c_to_device_gib_s).padStart(16)}   ${ratio(m.to_device_ratio).padStart(5)}`);
+    out.push(`  back to RAM              ${num(m.to_ram_gib_s).padStart(7)}   ${num(m.c_to_ram_gib_s).padStart(16)}   ${ratio(m.to_ram_ratio).padStart(5)}`);
+  }
+  if (res.memory) {
+    const m = res.memory;
+    out.push('');
+    out.push(`memory around the ${m.run} run (${m.faults} faults${m.gc ? ', after full GCs' : ''}):`);
+    out.push(`  main-thread JS heap      ${mib(m.heap_used_before)} -> ${mib(m.heap_used_after)} (${m.heap_growth >= 0 ? '+' : ''}${(m.heap_growth / 1024).toFixed(0)} KiB)`);
+    out.push(`  RSS                      ${mib(m.rss_before)} -> ${mib(m.rss_after)} (pages faulted back: ${mib(m.rss_expected_growth)})`);
+    if (m.table_pages > 0) out.push(`  page table               ${m.table_bytes_per_page.toFixed(2)} bytes/page (region of ${m.table_pages} pages)`);
+  }
+  const skipped = Object.entries(res.unavailable).filter(([k]) => !(k in res.ratios));
+  if (skipped.length > 0) {
+    out.push('');
+    out.push('not measured:');
+    for (const [k, why] of skipped) out.push(`  ${k}: ${why}`);
+  }
+  out.push('');
+  out.push('notes:');
+  for (const n of res.notes) out.push(`  - ${n}`);
+  if (files.length > 0) {
+    out.push('');
+    out.push(`wrote ${files.join(', ')}`);
+  }
+  return out.join('\n') + '\n';
+}

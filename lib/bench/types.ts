@@ -1,0 +1,93 @@
+// The shapes the benchmark produces: API.md's mandatory JSON (kernel, cpus, runs, ratios) and the
+// extra fields (variants, migration, memory, what could not be measured and why).
+
+/** API.md's per-run record; every latency in µs. */
+export interface LatencySummary {
+  faults: number;
+  p50_us: number;
+  p90_us: number;
+  p99_us: number;
+  p999_us: number;
+  max_us: number;
+  mean_us: number;
+}
+
+export type Pattern = 'sequential' | 'random';
+/** 'one-cpu': the whole process on one CPU; 'any': wherever the scheduler puts each thread. */
+export type Placement = 'one-cpu' | 'any';
+
+export interface RunResult extends LatencySummary {
+  name: string;
+  /** The API.md run this is a variant of (equal to `name` for the main runs). */
+  base: string;
+  pattern: Pattern;
+  threads: number;
+  placement: Placement;
+  /** Where each touch was timed: clock_gettime in native threads, or performance.now() in JS. */
+  timed_in: 'native' | 'js';
+  faults_per_s: number;
+  /** Wall time of the run, setup (mapping, migrating to the device) and teardown included. */
+  elapsed_s: number;
+  /** First touches left out of the statistics. */
+  warmup: number;
+  /** Faults the region's servicer counted (region runs only): equals touches when each touch faulted once. */
+  faults_served?: number;
+  /** p50 of each round, when the run had several: how much the rounds agree. */
+  round_p50_us?: number[];
+}
+
+export interface Ratios {
+  worker_p50: number | null;
+  worker_p99: number | null;
+  native_p50: number | null;
+  native_p99: number | null;
+  fault_around_per_page: number | null;
+  inline_p50: number | null;
+  inline_p99: number | null;
+  inline_js_p50: number | null;
+}
+
+export interface MigrationResult {
+  bytes: number;
+  /** region.migrate of every page, GiB/s. */
+  to_device_gib_s: number;
+  /** region.migrateToRam of every page, GiB/s. */
+  to_ram_gib_s: number;
+  /** C: memcpy into device memory + madvise(MADV_DONTNEED). */
+  c_to_device_gib_s: number;
+  /** C: memcpy back into the freed range. */
+  c_to_ram_gib_s: number;
+  to_device_ratio: number;
+  to_ram_ratio: number;
+}
+
+export interface MemoryResult {
+  /** The run whose hot path was watched. */
+  run: string;
+  faults: number;
+  /** Whether a full GC ran before each reading (heap numbers are then live data, not garbage). */
+  gc: boolean;
+  heap_used_before: number;
+  heap_used_after: number;
+  heap_growth: number;
+  rss_before: number;
+  rss_after: number;
+  /** Region bytes the faults brought back into RAM: the RSS growth that is expected. */
+  rss_expected_growth: number;
+  /** JS-visible bytes a region allocates per page (its shared page table and protection array). */
+  table_bytes_per_page: number;
+  table_pages: number;
+}
+
+export interface BenchResults {
+  kernel: string;
+  cpus: number;
+  runs: RunResult[];
+  ratios: Ratios;
+  /** Runs (and the ratios needing them) that could not be measured, with the reason. */
+  unavailable: Record<string, string>;
+  notes: string[];
+  migration: MigrationResult | null;
+  memory: MemoryResult | null;
+  config: { faults: number; rounds: number; quick: boolean; cpu: number; date: string; node: string };
+}
