@@ -49,3 +49,15 @@ export type { Driver, FaultContext, FaultDecision, PageFreeContext } from './dri
 export { PAGE_SIZE } from './native.js';
 export { NativeToucher, type ToucherOptions } from './toucher.js';
 export type { ChildResult, ChildStep } from './fork.js';
+export {
+  mirrorRead,
+  mirrorWrite,
+  mirrorMigrate,
+  mirrorMigrateToSys,
+  mirrorSnapshot,
+  mirrorExclusive,
+  mirrorCheckExclusive,
+  type MirrorReadResult,
+  type MirrorWriteResult,
+  type MirrorMigrateResult,
+} from './mirror.js';
