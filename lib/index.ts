@@ -5,6 +5,7 @@ export { Device, MAX_DEVICE_CAPACITY, type DeviceOptions, type DeviceStats } fro
 export {
   Region,
   MAX_REGION_PAGES,
+  MAX_FAULT_AROUND,
   HMM_DMIRROR_PROT_ERROR,
   HMM_DMIRROR_PROT_NONE,
   HMM_DMIRROR_PROT_READ,

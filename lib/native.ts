@@ -53,16 +53,17 @@ export interface Addon {
     servicer: 'worker' | 'native' | 'inline',
     allowUserModeOnly: boolean,
     classifyFaults?: boolean,
+    faultAround?: number,
   ): NativeRegion;
   regionClose(handle: number): void;
   regionTakeOver(handle: number): boolean;
   regionGuarded(handle: number): boolean;
-  regionComplete(handle: number, page: number, state: number, freeSlot: number, freePfn: number, stats: number): number;
+  regionComplete(handle: number, page: number, state: number, freeSlot: number, freePfn: number, stats: number, wake?: boolean): number;
   regionMigrateSharers(handle: number, page: number, slot: number, pfn: number): void;
   regionFork(handle: number, steps: Int32Array, childShared: Int32Array, timeoutMs: number): number;
   forkPoll(job: number): NativeForkResult | undefined;
   forkStart(job: number): void;
-  regionCopyIn(handle: number, page: number, slot: number, pfn: number, writeProtect: boolean): number;
+  regionCopyIn(handle: number, page: number, slot: number, pfn: number, writeProtect: boolean, count?: number): number;
   regionZeroFill(handle: number, page: number, write: boolean): number;
   regionWake(handle: number, first: number, count: number): number;
   regionWriteProtect(handle: number, first: number, count: number, protect: boolean, wake: boolean): number;

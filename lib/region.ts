@@ -43,7 +43,11 @@ export interface MapOptions {
   pages: number;
   /** Who serves the faults: 'worker' (default, TypeScript in a worker_thread) or 'native' (a C++ thread, default policy only). */
   servicer?: ServicerKind;
-  /** Pages migrated back per fault (1 = no fault-around). */
+  /**
+   * Fault-around: a fault on a device entry also migrates back up to faultAround − 1 following
+   * pages whose entries name the following device pages (same device, same read/write kind), in
+   * one UFFDIO_COPY. 1 (default) migrates only the faulting page, as the kernel does; at most 512.
+   */
   faultAround?: number;
   /**
    * Tell faults taken inside system calls (write(2) from device pages, read(2) into them) from
@@ -96,6 +100,9 @@ export const PM_UFFD_WP = 1n << 57n;
 export const PM_MMAP_EXCLUSIVE = 1n << 56n;
 export const PM_SOFT_DIRTY = 1n << 55n;
 
+/** The largest faultAround: one PMD's worth of 4 KiB pages. */
+export const MAX_FAULT_AROUND = 512;
+
 /** Pages a region may have: 2^28 pages is 1 TiB of address space with 4 KiB pages. */
 export const MAX_REGION_PAGES = 1 << 28;
 
@@ -128,7 +135,7 @@ export class Region extends EventEmitter implements DeviceHolder {
     if (servicer !== 'worker' && servicer !== 'native' && servicer !== 'inline') {
       throw invalidValue('options.servicer', "'worker', 'native' or 'inline'", servicer);
     }
-    const faultAround = options.faultAround === undefined ? 1 : integer('options.faultAround', options.faultAround, 1, 1);
+    const faultAround = options.faultAround === undefined ? 1 : integer('options.faultAround', options.faultAround, 1, MAX_FAULT_AROUND);
     const p = probe();
     if (!p.available) throw unavailableError();
     const countKernelFaults = optionalBoolean('options.countKernelFaults', options.countKernelFaults) ?? false;
@@ -164,7 +171,7 @@ export class Region extends EventEmitter implements DeviceHolder {
     this.shared = new Int32Array(new SharedArrayBuffer((REGION_HEADER + 2 * pages) * 4));
     let nat: NativeRegion;
     try {
-      nat = native.regionCreate(pages, this.shared, servicer, true, countKernelFaults);
+      nat = native.regionCreate(pages, this.shared, servicer, true, countKernelFaults, faultAround);
     } catch (e) {
       // Native system errors already carry code, errno and syscall; only a refused open needs the fix named.
       if ((e as { syscall?: string }).syscall === 'userfaultfd') throw unavailableError(e);

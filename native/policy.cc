@@ -93,6 +93,21 @@ void zapRange(RegionState& r, uint64_t start, uint64_t end, bool unmapped) {
   }
 }
 
+uint32_t lockNeighbours(RegionState& r, uint32_t page, int32_t s, uint32_t pfn, const DeviceStore& dev) {
+  uint32_t k = 1;
+  const int32_t want = s & ~kLocked;  // same kind, write bit and device: only the pfn differs
+  while (k < r.faultAround && page + k < r.pages && pfn + k < dev.capacity) {
+    int32_t* st = r.state(page + k);
+    int32_t sq = __atomic_load_n(st, __ATOMIC_ACQUIRE);
+    if (sq != want || static_cast<uint32_t>(st[1]) != pfn + k) break;
+    // A page other processes still map must come back for them too: leave it to its own fault.
+    if (__atomic_load_n(&dev.refcount()[pfn + k], __ATOMIC_ACQUIRE) != 1) break;
+    if (!lockPage(st, sq)) break;
+    k++;
+  }
+  return k;
+}
+
 Served serveFaultDefault(RegionState& r, uint32_t page, uint32_t flags) {
   if (page >= r.pages) return Served::Failed;
   int32_t* st = r.state(page);
@@ -118,8 +133,25 @@ Served serveFaultDefault(RegionState& r, uint32_t page, uint32_t flags) {
         return Served::Failed;
       }
       const bool write = s & kWrite;
-      rc = copy(fd, addr, reinterpret_cast<uint64_t>(dev->page(pfn)), r.pageSize,
-                UFFDIO_COPY_MODE_DONTWAKE | (write ? 0 : UFFDIO_COPY_MODE_WP), nullptr);
+      const uint64_t mode = UFFDIO_COPY_MODE_DONTWAKE | (write ? 0 : UFFDIO_COPY_MODE_WP);
+      // Fault-around: neighbours whose device pages follow this one come back in the same COPY.
+      const uint32_t k = r.faultAround > 1 && dev->refcount()[pfn] == 1 ? lockNeighbours(r, page, s, pfn, *dev) : 1;
+      rc = copy(fd, addr, reinterpret_cast<uint64_t>(dev->page(pfn)), uint64_t(k) * r.pageSize, mode, nullptr);
+      if (rc != 0 && k > 1) {
+        for (uint32_t i = 1; i < k; i++) unlockPage(r, r.state(page + i), s & ~kLocked);
+        rc = copy(fd, addr, reinterpret_cast<uint64_t>(dev->page(pfn)), r.pageSize, mode, nullptr);
+      } else if (rc == 0 && k > 1) {
+        next = kKindPresent | (write ? kWrite : 0);
+        for (uint32_t i = 1; i < k; i++) {
+          int32_t* sq = r.state(page + i);
+          sq[1] = 0;
+          unlockPage(r, sq, next);
+          dev->putPage(pfn + i);
+          bump(r, kStatMigratedBack);
+          __atomic_fetch_add(&dev->shared[kDevMigratedToRam], 1, __ATOMIC_RELAXED);
+        }
+        wake(fd, addr + r.pageSize, uint64_t(k - 1) * r.pageSize);
+      }
       if (rc == 0) next = kKindPresent | (write ? kWrite : 0);
     } else if (kind == kKindPresent && wpFault) {
       rc = writeProtect(fd, addr, r.pageSize, false, false);

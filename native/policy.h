@@ -8,12 +8,19 @@
 
 namespace uffdhmm {
 
+struct DeviceStore;
+
 enum class Served { Done, Deferred, Failed };
 
 // Serves one userfaultfd page fault on `page` of `r` from the shared table:
 // device entry -> migrate back (read entries come back write-protected), hole -> zero page,
 // write-protect fault -> un-protect. Deferred when the page is locked or the mm is changing.
 Served serveFaultDefault(RegionState& r, uint32_t page, uint32_t flags);
+
+// Fault-around: locks the pages after `page` (locked already, state s, device page pfn) that hold
+// device entries of the same kind on the following device pages, up to r.faultAround in all;
+// returns how many pages (>= 1) are now locked from `page` on.
+uint32_t lockNeighbours(RegionState& r, uint32_t page, int32_t s, uint32_t pfn, const struct DeviceStore& dev);
 
 // A zap of [start, end) (addresses) reported by EVENT_REMOVE / EVENT_UNMAP. Pages locked by us
 // are our own migration or discard, which keeps its own books; every other page loses its entry:

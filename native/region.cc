@@ -132,6 +132,8 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
   std::string servicer = info[2].As<Napi::String>().Utf8Value();
   bool allowUserModeOnly = argBool(info, 3, "allowUserModeOnly");
   bool classifyFaults = info.Length() > 4 && argBool(info, 4, "classifyFaults");
+  uint32_t faultAround = info.Length() > 5 ? argU32(info, 5, "faultAround") : 1;
+  if (faultAround < 1 || faultAround > 512) throw rangeError(env, "faultAround must be 1..512");
   if (pages == 0) throw rangeError(env, "pages must be at least 1");
   if (words < layout::kRegionHeader + 2 * size_t(pages)) throw rangeError(env, "shared buffer too small for the region");
 
@@ -149,6 +151,7 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
   const bool inlineMode = servicer == "inline";
   r->inlineMode = inlineMode;
   r->classifyFaults = classifyFaults && !inlineMode;
+  r->faultAround = faultAround;
   // Zaps by anyone (madvise, munmap) must drop device references as zap_pte_range does. An inline
   // region has no thread reading messages, so it asks for none: its faults arrive as SIGBUS.
   const uint64_t wanted =
@@ -253,6 +256,7 @@ static Napi::Value RegionComplete(const Napi::CallbackInfo& info) {
   uint32_t freeSlot = argU32(info, 3, "freeSlot");
   uint32_t freePfn = argU32(info, 4, "freePfn");
   uint32_t statMask = argU32(info, 5, "stats");
+  bool wakeup = info.Length() > 6 ? argBool(info, 6, "wake") : true;
   std::shared_ptr<DeviceStore> dev;
   if (freeSlot > 0) {
     dev = devices().get(static_cast<int>(freeSlot));
@@ -268,7 +272,7 @@ static Napi::Value RegionComplete(const Napi::CallbackInfo& info) {
     if (statMask & (1u << i)) __atomic_fetch_add(r->stat(i), 1, __ATOMIC_RELAXED);
   for (int i = 0; i < 8 && dev; i++)
     if (statMask & (1u << (16 + i))) __atomic_fetch_add(&dev->shared[i], 1, __ATOMIC_RELAXED);
-  wake(r->uffd.get(), r->addr(page), r->pageSize);
+  if (wakeup) wake(r->uffd.get(), r->addr(page), r->pageSize);
   return Napi::Number::New(env, freed ? 1 : 0);
 }
 
@@ -284,7 +288,8 @@ static Napi::Value RegionMigrateSharers(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// regionCopyIn(region, page, device, pfn, writeProtect) -> 0 | -errno. The migrate-back fill.
+// regionCopyIn(region, page, device, pfn, writeProtect, count = 1) -> 0 | -errno. The migrate-back
+// fill of `count` pages from consecutive device pages (fault-around).
 static Napi::Value RegionCopyIn(const Napi::CallbackInfo& info) {
   auto r = argRegion(info, 0);
   uint32_t page = argU32(info, 1, "page");
@@ -294,7 +299,10 @@ static Napi::Value RegionCopyIn(const Napi::CallbackInfo& info) {
   uint32_t pfn = argU32(info, 3, "pfn");
   if (pfn >= dev->capacity) throw rangeError(info.Env(), "pfn is outside the device's memory");
   bool wp = argBool(info, 4, "writeProtect");
-  int rc = copy(r->uffd.get(), r->addr(page), reinterpret_cast<uint64_t>(dev->page(pfn)), r->pageSize,
+  uint32_t count = info.Length() > 5 ? argU32(info, 5, "count") : 1;
+  if (count < 1 || !r->contains(page, count) || pfn + uint64_t(count) > dev->capacity)
+    throw rangeError(info.Env(), "page run is outside the region or the device");
+  int rc = copy(r->uffd.get(), r->addr(page), reinterpret_cast<uint64_t>(dev->page(pfn)), uint64_t(count) * r->pageSize,
                 UFFDIO_COPY_MODE_DONTWAKE | (wp ? UFFDIO_COPY_MODE_WP : 0), nullptr);
   return Napi::Number::New(info.Env(), rc);
 }

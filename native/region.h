@@ -42,6 +42,7 @@ struct RegionState {
   bool userModeOnly = false;
   bool inlineMode = false;
   bool classifyFaults = false;
+  uint32_t faultAround = 1;  // pages migrated back per device fault, at most
   std::atomic<bool> guarded{false};
   bool forkEvents = false;  // EVENT_FORK granted (it needs CAP_SYS_PTRACE): region.fork works  // a native guard took over from a dead worker servicer  // look up whether each fault came from inside a system call  // served by the SIGBUS handler: no messages are ever read
   int32_t* shared = nullptr;  // region header + page table, in a SharedArrayBuffer

@@ -47,6 +47,8 @@ export interface RegionInfo {
   handle: number;
   shared: Int32Array;
   pages: number;
+  /** Pages migrated back per device fault, at most (1: just the faulting page). */
+  faultAround: number;
   address: bigint;
   pageSize: number;
 }
@@ -125,6 +127,25 @@ const D_FAULTS = 1 << (16 + DEV_FAULTS);
 const D_TO_RAM = 1 << (16 + DEV_MIGRATED_TO_RAM);
 
 /**
+ * Fault-around: locks the pages after `page` (locked already, state s, device page pfn) whose
+ * entries name the following device pages with the same kind, up to r.faultAround in all, and
+ * returns how many pages from `page` on are locked. native/policy.cc lockNeighbours is its twin.
+ */
+function lockNeighbours(r: RegionInfo, page: number, s: number, pfn: number, dev: DeviceInfo): number {
+  const shared = r.shared;
+  let k = 1;
+  while (k < r.faultAround && page + k < r.pages && pfn + k < dev.capacity) {
+    const idx = stateIndex(page + k);
+    // Same kind, write bit and device (the whole state word), the next device page, mapped once.
+    if (Atomics.load(shared, idx) !== s || shared[idx + 1] !== pfn + k) break;
+    if (devicePageRefcount(dev.shared, pfn + k) !== 1) break;
+    if (Atomics.compareExchange(shared, idx, s, s | LOCKED) !== s) break;
+    k++;
+  }
+  return k;
+}
+
+/**
  * A zap of pages [first, first + count) by anyone (EVENT_REMOVE from madvise, EVENT_UNMAP from
  * munmap), as zap_pte_range treats device entries: the reference is dropped and the device page
  * freed on the last one; every page reads as zero afterwards. Locked pages are our own migration
@@ -180,6 +201,7 @@ export function serveFault(host: PolicyHost, r: RegionInfo, page: number, flags:
     let next = s;
     let dev: DeviceInfo | undefined;
     let pfn = 0;
+    let around = 1; // pages migrated back by this fault, from `page` on
     if (kind === KIND_DEVICE) {
       const slot = (s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT;
       dev = host.devices[slot];
@@ -194,7 +216,13 @@ export function serveFault(host: PolicyHost, r: RegionInfo, page: number, flags:
         if (rc === 0) next = KIND_POISON;
       } else {
         const write = (s & WRITE) !== 0;
-        rc = native.regionCopyIn(h, page, slot, pfn, !write);
+        if (r.faultAround > 1 && devicePageRefcount(dev.shared, pfn) === 1) around = lockNeighbours(r, page, s, pfn, dev);
+        rc = native.regionCopyIn(h, page, slot, pfn, !write, around);
+        if (rc !== 0 && around > 1) {
+          for (let i = 1; i < around; i++) unlockPage(shared, page + i, s);
+          around = 1;
+          rc = native.regionCopyIn(h, page, slot, pfn, !write);
+        }
         if (rc === 0) next = write ? KIND_PRESENT | WRITE : KIND_PRESENT;
       }
     } else if (kind === KIND_PRESENT && (flags & UFFD_PAGEFAULT_FLAG_WP) !== 0) {
@@ -218,7 +246,11 @@ export function serveFault(host: PolicyHost, r: RegionInfo, page: number, flags:
       // Shared with forked children: they get the page back too, as the kernel's rmap walk does.
       if (next !== KIND_POISON && devicePageRefcount(dev.shared, pfn) > 1) native.regionMigrateSharers(h, page, dev.slot, pfn);
       stats |= D_FAULTS | (next === KIND_POISON ? S_POISON : S_BACK | D_TO_RAM);
-      if (native.regionComplete(h, page, next, dev.slot, pfn, stats) === 1) pageFreed(host, dev, pfn);
+      for (let i = 1; i < around; i++) {
+        if (native.regionComplete(h, page + i, next, dev.slot, pfn + i, S_BACK | D_TO_RAM, false) === 1) pageFreed(host, dev, pfn + i);
+      }
+      if (native.regionComplete(h, page, next, dev.slot, pfn, stats, around === 1) === 1) pageFreed(host, dev, pfn);
+      if (around > 1) native.regionWake(h, page, around);
       return SERVED;
     }
     if (kind === KIND_PRESENT && (flags & UFFD_PAGEFAULT_FLAG_WP) !== 0) stats |= S_WP;

@@ -17,6 +17,7 @@ export interface RegionMessage {
   handle: number;
   shared: Int32Array;
   pages: number;
+  faultAround: number;
   address: bigint;
   pageSize: number;
 }

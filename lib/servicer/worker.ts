@@ -75,6 +75,7 @@ function drainMessages(): void {
           handle: msg.handle,
           shared: msg.shared,
           pages: msg.pages,
+          faultAround: msg.faultAround,
           address: msg.address,
           pageSize: msg.pageSize,
         });
