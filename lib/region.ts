@@ -108,6 +108,7 @@ export const MAX_REGION_PAGES = 1 << 28;
 
 const PROT_NONE = 0;
 const PROT_READ = 1;
+const PROT_WRITE = 2;
 const PROT_READWRITE = 3;
 const EAGAIN = -11;
 const EEXIST = -17;
@@ -152,8 +153,11 @@ export class Region extends EventEmitter implements DeviceHolder {
   #address: bigint;
   #buffer: ArrayBuffer;
   #bytes: Uint8Array;
-  /** Per-page protection as last set by mprotect (PROT_* bits). */
-  #prot: Uint8Array;
+  /**
+   * Per-page protection as last set by mprotect (PROT_* bits), allocated on the first mprotect:
+   * until then every page is readwrite, and the table costs its 8 bytes per page alone.
+   */
+  #prot: Uint8Array | undefined;
   readonly #devices = new Set<Device>();
   #closing: Promise<void> | undefined;
   #closed = false;
@@ -182,7 +186,6 @@ export class Region extends EventEmitter implements DeviceHolder {
     this.#buffer = nat.bytes;
     this.#bytes = new Uint8Array(nat.bytes);
     this.userModeOnly = nat.userModeOnly;
-    this.#prot = new Uint8Array(pages).fill(PROT_READWRITE);
     this.#zapEvents = servicer !== 'inline' && probe().features.eventRemove;
     if (servicer === 'worker') {
       this.#servicerHost = WorkerServicer.get();
@@ -245,7 +248,7 @@ export class Region extends EventEmitter implements DeviceHolder {
           onDevice++;
           continue;
         }
-        if (kind === KIND_POISON || (s & UNMAPPED) !== 0 || (this.#prot[page] & PROT_READ) === 0) continue;
+        if (kind === KIND_POISON || (s & UNMAPPED) !== 0 || (this.#protOf(page) & PROT_READ) === 0) continue;
         const pfn = device.allocPage();
         if (pfn < 0) {
           // The device is full: this page and the rest stay where they are.
@@ -291,7 +294,7 @@ export class Region extends EventEmitter implements DeviceHolder {
         continue;
       }
       // As the pte was: writable only if the vma allows writes and the page was writable.
-      const writable = (this.#prot[page] & 2) !== 0;
+      const writable = (this.#protOf(page) & PROT_WRITE) !== 0;
       const write = forceWrite ?? (writable && (kind === KIND_NONE || (s & WRITE) !== 0));
       shared[stateIndex(page) + 1] = pfns[i];
       unlockPage(shared, page, KIND_DEVICE | (write ? WRITE : 0) | (device.slot << DEVICE_SHIFT));
@@ -316,7 +319,7 @@ export class Region extends EventEmitter implements DeviceHolder {
     switch (s & KIND_MASK) {
       case KIND_PRESENT:
         // The pte is writable only if the vma is (mprotect) and the page is not write-protected.
-        return { kind: 'present', write: (s & WRITE) !== 0 && (this.#prot[page] & 2) !== 0 };
+        return { kind: 'present', write: (s & WRITE) !== 0 && (this.#protOf(page) & PROT_WRITE) !== 0 };
       case KIND_DEVICE: {
         const device = deviceBySlot((s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT)!;
         return { kind: 'device', write: (s & WRITE) !== 0, device, pfn: Atomics.load(this.shared, stateIndex(page) + 1) };
@@ -344,7 +347,7 @@ export class Region extends EventEmitter implements DeviceHolder {
       const page = f + i;
       const s = Atomics.load(this.shared, stateIndex(page));
       const rw = (s & WRITE) !== 0 ? HMM_DMIRROR_PROT_WRITE : HMM_DMIRROR_PROT_READ;
-      if ((this.#prot[page] & PROT_READ) === 0 || (s & UNMAPPED) !== 0) {
+      if ((this.#protOf(page) & PROT_READ) === 0 || (s & UNMAPPED) !== 0) {
         out[i] = HMM_DMIRROR_PROT_ERROR;
         continue;
       }
@@ -362,7 +365,7 @@ export class Region extends EventEmitter implements DeviceHolder {
           } else if (zeroPfn !== 0n && (e & ((1n << 55n) - 1n)) === zeroPfn) {
             out[i] = HMM_DMIRROR_PROT_ZERO | HMM_DMIRROR_PROT_READ;
           } else {
-            out[i] = (this.#prot[page] & 2) !== 0 ? rw : HMM_DMIRROR_PROT_READ;
+            out[i] = (this.#protOf(page) & PROT_WRITE) !== 0 ? rw : HMM_DMIRROR_PROT_READ;
           }
           break;
         }
@@ -431,6 +434,7 @@ export class Region extends EventEmitter implements DeviceHolder {
     try {
       this.#forRuns(f, c, (i) => (old[i] & UNMAPPED) === 0, (a, n) => {
         check(native.regionMprotect(this.handle, a, n, bits), 'mprotect');
+        this.#prot ??= new Uint8Array(this.#pages).fill(PROT_READWRITE);
         this.#prot.fill(bits, a, a + n);
         for (let p = a; p < a + n; p++) {
           // change_pte_range: a write device entry becomes a read entry.
@@ -531,9 +535,11 @@ export class Region extends EventEmitter implements DeviceHolder {
     this.#address = moved.address;
     this.shared = next;
     this.#pages = newPages;
-    const prot = new Uint8Array(newPages).fill(PROT_READWRITE);
-    prot.set(this.#prot.subarray(0, kept));
-    this.#prot = prot;
+    if (this.#prot !== undefined) {
+      const prot = new Uint8Array(newPages).fill(PROT_READWRITE);
+      prot.set(this.#prot.subarray(0, kept));
+      this.#prot = prot;
+    }
     this.#servicerHost?.replaceTable(this, next, newPages); // now with the new address, for hook contexts
     for (let p = 0; p < newPages; p++) unlockPage(next, p, p < kept ? states[p] : KIND_NONE);
   }
@@ -608,36 +614,57 @@ export class Region extends EventEmitter implements DeviceHolder {
   #migrateBack(f: number, c: number, only: Device | undefined): number {
     const shared = this.shared;
     let moved = 0;
-    for (let page = f; page < f + c; page++) {
+    for (let page = f; page < f + c; ) {
       const s = lockPage(shared, page);
       const slot = (s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT;
       if ((s & KIND_MASK) !== KIND_DEVICE || (only !== undefined && only.slot !== slot)) {
         unlockPage(shared, page, s);
+        page++;
         continue;
       }
       const device = deviceBySlot(slot)!;
       const pfn = shared[stateIndex(page) + 1];
       const write = (s & WRITE) !== 0;
+      // A run of entries of the same kind naming consecutive device pages comes back in one COPY.
+      let k = 1;
+      while (k < MAX_FAULT_AROUND && page + k < f + c && pfn + k < device.capacity) {
+        const sq = lockPage(shared, page + k);
+        if (sq !== s || shared[stateIndex(page + k) + 1] !== pfn + k) {
+          unlockPage(shared, page + k, sq);
+          break;
+        }
+        k++;
+      }
       try {
         this.#retry(() => {
-          const rc = native.regionCopyIn(this.handle, page, slot, pfn, !write);
+          let rc = native.regionCopyIn(this.handle, page, slot, pfn, !write, k);
+          // Part of the run is there already (cannot happen unless raced): fill page by page.
+          for (let i = 0; rc === EEXIST && k > 1 && i < k; i++) {
+            const one = native.regionCopyIn(this.handle, page + i, slot, pfn + i, !write);
+            if (one !== 0 && one !== EEXIST) return one;
+            if (i === k - 1) rc = 0;
+          }
           return rc === EEXIST ? 0 : rc;
         }, 'ioctl(UFFDIO_COPY)');
       } catch (e) {
-        unlockPage(shared, page, s);
+        for (let i = 0; i < k; i++) unlockPage(shared, page + i, s);
         throw e;
       }
-      shared[stateIndex(page) + 1] = 0;
-      unlockPage(shared, page, KIND_PRESENT | (write ? WRITE : 0));
-      device.putPage(pfn);
-      Atomics.add(shared, STAT_MIGRATED_BACK, 1);
-      Atomics.add(device.shared, DEV_MIGRATED_TO_RAM, 1);
-      // Threads that faulted on this page while it was locked resume only now, on published state.
-      native.regionWake(this.handle, page, 1);
-      moved++;
+      for (let i = 0; i < k; i++) {
+        shared[stateIndex(page + i) + 1] = 0;
+        unlockPage(shared, page + i, KIND_PRESENT | (write ? WRITE : 0));
+        device.putPage(pfn + i);
+      }
+      Atomics.add(shared, STAT_MIGRATED_BACK, k);
+      Atomics.add(device.shared, DEV_MIGRATED_TO_RAM, k);
+      // Threads that faulted on these pages while they were locked resume only now, on published state.
+      native.regionWake(this.handle, page, k);
+      moved += k;
+      page += k;
     }
     return moved;
   }
+
 
   /**
    * MADV_DONTNEED over pages this thread holds locked. The kernel reports it to the servicer as an
@@ -688,6 +715,10 @@ export class Region extends EventEmitter implements DeviceHolder {
       fn(f + i, j - i);
       i = j;
     }
+  }
+
+  #protOf(page: number): number {
+    return this.#prot === undefined ? PROT_READWRITE : this.#prot[page];
   }
 
   #checkOpen(): void {
