@@ -203,6 +203,9 @@ export async function runBench(opts: BenchOptions): Promise<BenchOutput> {
         heap_used_before: memBefore.heapUsed,
         heap_used_after: memAfter.heapUsed,
         heap_growth: memAfter.heapUsed - memBefore.heapUsed,
+        worker_heap_before: memBefore.workerHeapUsed,
+        worker_heap_after: memAfter.workerHeapUsed,
+        worker_heap_growth: memAfter.workerHeapUsed - memBefore.workerHeapUsed,
         rss_before: memBefore.rss,
         rss_after: memAfter.rss,
         rss_expected_growth: opts.faults * PAGE_SIZE,
@@ -225,8 +228,9 @@ export async function runBench(opts: BenchOptions): Promise<BenchOutput> {
     );
     if (memory) {
       notes.push(
-        `memory.heap_* is the main thread's JS heap${memory.gc ? ' after a full GC' : ''}; the worker servicer runs in its ` +
-          `own isolate, which process.memoryUsage() does not report. RSS grows by the pages the faults bring back.`,
+        `memory.heap_* is the main thread's JS heap${memory.gc ? ' after a full GC' : ''}; memory.worker_heap_* the ` +
+          `worker servicer's own isolate, which served every fault (no GC forced there, so garbage would show). ` +
+          `RSS grows by the pages the faults bring back.`,
       );
     }
 

@@ -5,6 +5,7 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 
 import { Region } from '../region.js';
+import { WorkerServicer } from '../servicer/host.js';
 
 /**
  * A full-GC function, so heap readings count live objects rather than garbage waiting for
@@ -25,6 +26,8 @@ const gc: (() => void) | undefined = (() => {
 export interface MemoryReading {
   heapUsed: number;
   rss: number;
+  /** The worker servicer's isolate heap (its hot path is what must not allocate). */
+  workerHeapUsed: number;
 }
 
 export function canCollect(): boolean {
@@ -45,7 +48,7 @@ async function settle(): Promise<void> {
 export async function readMemory(): Promise<MemoryReading> {
   await settle();
   const m = process.memoryUsage();
-  return { heapUsed: m.heapUsed, rss: m.rss };
+  return { heapUsed: m.heapUsed, rss: m.rss, workerHeapUsed: await WorkerServicer.get().heapUsed() };
 }
 
 /**

@@ -70,6 +70,7 @@ export function formatReport(res: BenchResults, files: string[]): string {
     out.push('');
     out.push(`memory around the ${m.run} run (${m.faults} faults${m.gc ? ', after full GCs' : ''}):`);
     out.push(`  main-thread JS heap      ${mib(m.heap_used_before)} -> ${mib(m.heap_used_after)} (${m.heap_growth >= 0 ? '+' : ''}${(m.heap_growth / 1024).toFixed(0)} KiB)`);
+    out.push(`  worker servicer JS heap  ${mib(m.worker_heap_before)} -> ${mib(m.worker_heap_after)} (${m.worker_heap_growth >= 0 ? '+' : ''}${(m.worker_heap_growth / 1024).toFixed(0)} KiB)`);
     out.push(`  RSS                      ${mib(m.rss_before)} -> ${mib(m.rss_after)} (pages faulted back: ${mib(m.rss_expected_growth)})`);
     if (m.table_pages > 0) out.push(`  page table               ${m.table_bytes_per_page.toFixed(2)} bytes/page (region of ${m.table_pages} pages)`);
   }

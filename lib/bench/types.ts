@@ -70,6 +70,10 @@ export interface MemoryResult {
   heap_used_before: number;
   heap_used_after: number;
   heap_growth: number;
+  /** The worker servicer's isolate heap, which serves every fault of the run (no GC forced there). */
+  worker_heap_before: number;
+  worker_heap_after: number;
+  worker_heap_growth: number;
   rss_before: number;
   rss_after: number;
   /** Region bytes the faults brought back into RAM: the RSS growth that is expected. */

@@ -36,6 +36,8 @@ export class WorkerServicer {
   readonly #devices = new Map<number, number>(); // slot -> device id the worker knows
   readonly #deviceObjects = new Map<number, Device>(); // device id -> device
   #failed = false;
+  #nextRequest = 1;
+  readonly #heapRequests = new Map<number, (used: number) => void>();
 
   private constructor() {
     this.poller = native.pollerCreate();
@@ -131,7 +133,28 @@ export class WorkerServicer {
     native.pollerKick(this.poller);
   }
 
+  /** The worker servicer's own JS heap in use (its isolate), e.g. to check that serving allocates nothing. */
+  heapUsed(timeoutMs = 5000): Promise<number> {
+    const id = this.#nextRequest++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#heapRequests.delete(id);
+        reject(new UffdHmmError('ERR_SERVICER_STALLED', `the worker servicer did not answer within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.#heapRequests.set(id, (used) => {
+        clearTimeout(timer);
+        resolve(used);
+      });
+      this.#post({ type: 'heap-request', id });
+    });
+  }
+
   #onMessage(msg: FromWorker): void {
+    if (msg.type === 'heap') {
+      this.#heapRequests.get(msg.id)?.(msg.used);
+      this.#heapRequests.delete(msg.id);
+      return;
+    }
     if (msg.type !== 'error') return;
     const err = new UffdHmmError(msg.code, msg.message, { cause: msg.cause });
     const device = msg.deviceId === undefined ? undefined : this.#deviceObjects.get(msg.deviceId);

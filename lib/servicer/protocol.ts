@@ -39,7 +39,12 @@ export interface DropDeviceMessage {
   slot: number;
   id: number;
 }
-export type ToWorker = RegionMessage | DropRegionMessage | DeviceMessage | DropDeviceMessage;
+/** Asks the worker for its isolate's heap (the servicer's hot path must not allocate). */
+export interface HeapRequestMessage {
+  type: 'heap-request';
+  id: number;
+}
+export type ToWorker = RegionMessage | DropRegionMessage | DeviceMessage | DropDeviceMessage | HeapRequestMessage;
 
 export interface WorkerErrorMessage {
   type: 'error';
@@ -50,4 +55,10 @@ export interface WorkerErrorMessage {
   message: string;
   cause: unknown;
 }
-export type FromWorker = WorkerErrorMessage;
+export interface HeapMessage {
+  type: 'heap';
+  id: number;
+  /** v8.getHeapStatistics().used_heap_size in the worker's isolate. */
+  used: number;
+}
+export type FromWorker = WorkerErrorMessage | HeapMessage;

@@ -1,6 +1,7 @@
 // The worker_thread servicer: reads the faults of every worker-mode region through one native
 // poller and serves each with lib/servicer/policy.ts. Its loop stays synchronous (no event-loop
 // turn per fault); it yields only to await a driver module's import.
+import { getHeapStatistics } from 'node:v8';
 import { workerData, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 
 import { native } from '../native.js';
@@ -91,6 +92,9 @@ function drainMessages(): void {
       }
       case 'drop-device':
         if (host.devices[msg.slot]?.id === msg.id) host.devices[msg.slot] = undefined;
+        break;
+      case 'heap-request':
+        post({ type: 'heap', id: msg.id, used: getHeapStatistics().used_heap_size });
         break;
     }
   }
