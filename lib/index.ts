@@ -62,3 +62,4 @@ export {
   type MirrorWriteResult,
   type MirrorMigrateResult,
 } from './mirror.js';
+export { FaultTrace, type TraceRecord, type TraceColumns, type TraceOutcome } from './trace.js';

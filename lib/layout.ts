@@ -31,6 +31,19 @@ export const ZAPPING = 0x20;
 export const DEVICE_SHIFT = 16;
 export const MAX_DEVICE_SLOT = 0x7fff;
 
+/** Trace buffer (native/trace.h): Int32 header, then records of TRACE_STRIDE float64. */
+export const TRACE_HEADER = 4;
+export const TRACE_ENABLED = 0;
+export const TRACE_NEXT = 1;
+export const TRACE_OVERWRITTEN = 2;
+export const TRACE_CAPACITY = 3;
+export const TRACE_STRIDE = 8;
+export const OUTCOME_MIGRATED = 1;
+export const OUTCOME_ZERO_PAGE = 2;
+export const OUTCOME_UNPROTECTED = 3;
+export const OUTCOME_SIGBUS = 4;
+export const OUTCOME_WOKEN = 5;
+
 /** Int32 words before refcount[capacity] and freeStack[capacity] in a device's shared buffer. */
 export const DEVICE_HEADER = 8;
 export const DEV_LOCK = 0;
@@ -53,7 +66,7 @@ export const UFFD_PAGEFAULT_FLAG_WP = 2;
 export const FAULT_KERNEL = 1 << 16;
 
 // The event records pollerWait writes (native/poller.cc).
-export const EVENT_STRIDE = 5;
+export const EVENT_STRIDE = 6;
 export const EVENT_PAGEFAULT = 1;
 /** MADV_DONTNEED/MADV_REMOVE over [page, page + count) by any thread. */
 export const EVENT_REMOVE = 2;

@@ -58,7 +58,20 @@ export interface Addon {
   regionClose(handle: number): void;
   regionTakeOver(handle: number): boolean;
   regionGuarded(handle: number): boolean;
-  regionComplete(handle: number, page: number, state: number, freeSlot: number, freePfn: number, stats: number, wake?: boolean): number;
+  regionComplete(
+    handle: number,
+    page: number,
+    state: number,
+    freeSlot: number,
+    freePfn: number,
+    stats: number,
+    wake?: boolean,
+    flags?: number,
+    tid?: number,
+    t0Us?: number,
+    outcome?: number,
+  ): number;
+  regionTraceSet(handle: number, buffer: Int32Array | null): void;
   regionMigrateSharers(handle: number, page: number, slot: number, pfn: number): void;
   regionFork(handle: number, steps: Int32Array, childShared: Int32Array, timeoutMs: number): number;
   forkPoll(job: number): NativeForkResult | undefined;

@@ -34,6 +34,7 @@ import { Device, deviceBySlot, type DeviceHolder } from './device.js';
 import { SWP_HWPOISON, makeDeviceEntry } from './entry.js';
 import { probe } from './probe.js';
 import { encodeSteps, forkRegion, type ChildResult, type ChildStep } from './fork.js';
+import { FaultTrace } from './trace.js';
 import { WorkerServicer } from './servicer/host.js';
 
 export type ServicerKind = 'worker' | 'native' | 'inline';
@@ -164,6 +165,7 @@ export class Region extends EventEmitter implements DeviceHolder {
   readonly userModeOnly: boolean;
   #servicerHost: WorkerServicer | undefined;
   #guarded = false;
+  #trace: FaultTrace | undefined;
   /** The kernel reports our own zaps as EVENT_REMOVE (see #zapLocked). */
   readonly #zapEvents: boolean;
 
@@ -544,6 +546,22 @@ export class Region extends EventEmitter implements DeviceHolder {
     for (let p = 0; p < newPages; p++) unlockPage(next, p, p < kept ? states[p] : KIND_NONE);
   }
 
+  /**
+   * Starts recording every fault served on this region (time, page, kind, read/write, thread,
+   * device, outcome, service time) into a bounded ring of `capacity` records in shared memory;
+   * recording allocates nothing and never blocks a fault: when the ring is full the oldest
+   * records are overwritten and counted in `overflow`. A region has at most one trace: starting
+   * one stops the previous.
+   */
+  trace(options?: { capacity?: number }): FaultTrace {
+    this.#checkOpen();
+    const opts = optionsObject('options', options);
+    const capacity = opts.capacity === undefined ? 65536 : integer('options.capacity', opts.capacity, 1, 1 << 24);
+    this.#trace?.stop();
+    this.#trace = new FaultTrace(this.handle, capacity);
+    return this.#trace;
+  }
+
   stats(): RegionStats {
     const s = this.shared;
     return {
@@ -605,6 +623,7 @@ export class Region extends EventEmitter implements DeviceHolder {
     }
     for (const d of this.#devices) d.removeHolder(this);
     this.#devices.clear();
+    this.#trace?.stop();
     this.#closed = true;
     this.#bytes = new Uint8Array(0);
     native.detachArrayBuffer(this.#buffer);

@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <sched.h>
 #include <ucontext.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
@@ -14,6 +15,7 @@
 
 #include "device.h"
 #include "policy.h"
+#include "trace.h"
 
 namespace uffdhmm {
 
@@ -63,6 +65,7 @@ void chain(int sig, siginfo_t* info, void* uctx) {
 
 void onSigbus(int sig, siginfo_t* info, void* uctx) {
   const int savedErrno = errno;
+  const uint64_t t0Ns = monoNs();
   const uint64_t addr = reinterpret_cast<uint64_t>(info->si_addr);
   bool served = false;
   if (info->si_code == BUS_ADRERR) {
@@ -79,7 +82,7 @@ void onSigbus(int sig, siginfo_t* info, void* uctx) {
       uint32_t flags = faultWasWrite(uctx) ? UFFD_PAGEFAULT_FLAG_WRITE : 0;
       if ((s & layout::kKindMask) == layout::kKindPresent) flags |= UFFD_PAGEFAULT_FLAG_WP;
       for (int spins = 0;; spins++) {
-        Served rc = serveFaultDefault(*r, page, flags);
+        Served rc = serveFaultDefault(*r, page, flags, static_cast<uint32_t>(gettid()), t0Ns);
         if (rc == Served::Done) {
           served = true;
           break;

@@ -35,6 +35,20 @@ constexpr int32_t kZapping = 0x20;  // munmapped behind our back (EVENT_UNMAP): 
 constexpr int kDeviceShift = 16;     // device slot in bits 16..30
 constexpr int32_t kMaxDeviceSlot = 0x7fff;
 
+// Trace buffer: kTraceHeader int32 words, then capacity records of kTraceStride doubles:
+// [seq (0 while written), t0 µs (CLOCK_MONOTONIC), page, flags, tid, device slot, outcome, service µs].
+constexpr int kTraceHeader = 4;
+constexpr int kTraceEnabled = 0;
+constexpr int kTraceNext = 1;         // records ever reserved
+constexpr int kTraceOverwritten = 2;  // records lost to the ring wrapping
+constexpr int kTraceCapacity = 3;
+constexpr int kTraceStride = 8;
+constexpr int32_t kOutcomeMigrated = 1;
+constexpr int32_t kOutcomeZeroPage = 2;
+constexpr int32_t kOutcomeUnprotected = 3;
+constexpr int32_t kOutcomeSigbus = 4;
+constexpr int32_t kOutcomeWoken = 5;  // already there (EEXIST): the thread was only woken
+
 // Device shared buffer: kDeviceHeader int32 words, refcount[capacity], freeStack[capacity].
 constexpr int kDeviceHeader = 8;
 constexpr int kDevLock = 0;  // spinlock over the free stack

@@ -25,7 +25,7 @@ std::pair<double*, size_t> argFloat64Array(const Napi::CallbackInfo& info, size_
 
 // Native objects point into SharedArrayBuffers owned by JS; this keeps each buffer alive until
 // its object is destroyed, even if the JS wrapper is collected without close().
-enum class KeepKind { Device, Region, Fork };
+enum class KeepKind { Device, Region, Fork, Trace };
 void keepAlive(Napi::Env env, KeepKind kind, int handle, Napi::Value value);
 void dropKeepAlive(Napi::Env env, KeepKind kind, int handle);
 void initKeepAlive(Napi::Env env);

@@ -7,6 +7,7 @@
 #include <cerrno>
 
 #include "device.h"
+#include "trace.h"
 
 namespace uffdhmm {
 
@@ -108,7 +109,7 @@ uint32_t lockNeighbours(RegionState& r, uint32_t page, int32_t s, uint32_t pfn, 
   return k;
 }
 
-Served serveFaultDefault(RegionState& r, uint32_t page, uint32_t flags) {
+Served serveFaultDefault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, uint64_t t0Ns) {
   if (page >= r.pages) return Served::Failed;
   int32_t* st = r.state(page);
   const int fd = r.uffd.get();
@@ -191,6 +192,14 @@ Served serveFaultDefault(RegionState& r, uint32_t page, uint32_t flags) {
     bump(r, kStatFaults);
     if (flags & kFaultKernel) bump(r, kStatKernelFaults);
     if (flags & UFFD_PAGEFAULT_FLAG_WRITE) bump(r, kStatWriteFaults);
+    if (r.trace) {
+      const int32_t outcome = next == s                                ? kOutcomeWoken
+                              : kind == kKindDevice                    ? kOutcomeMigrated
+                              : kind == kKindPresent && wpFault        ? kOutcomeUnprotected
+                                                                       : kOutcomeZeroPage;
+      traceRecord(r, page, flags, tid, kind == kKindDevice ? (s >> kDeviceShift) & kMaxDeviceSlot : 0, outcome,
+                  t0Ns ? t0Ns : monoNs());
+    }
     wake(fd, addr, r.pageSize);
     return Served::Done;
   }

@@ -15,7 +15,7 @@ enum class Served { Done, Deferred, Failed };
 // Serves one userfaultfd page fault on `page` of `r` from the shared table:
 // device entry -> migrate back (read entries come back write-protected), hole -> zero page,
 // write-protect fault -> un-protect. Deferred when the page is locked or the mm is changing.
-Served serveFaultDefault(RegionState& r, uint32_t page, uint32_t flags);
+Served serveFaultDefault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid = 0, uint64_t t0Ns = 0);
 
 // Fault-around: locks the pages after `page` (locked already, state s, device page pfn) that hold
 // device entries of the same kind on the following device pages, up to r.faultAround in all;

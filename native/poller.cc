@@ -21,6 +21,7 @@
 #include "region.h"
 #include "registry.h"
 #include "servicer_thread.h"
+#include "trace.h"
 
 namespace uffdhmm {
 
@@ -80,7 +81,7 @@ void onWorkerGone(void* arg) {
 constexpr uint64_t kWakeTag = 0;  // epoll data of the eventfd; regions are tagged by handle (>= 1)
 
 // Record layout of one event in the output array; lib/servicer/events.ts mirrors it.
-constexpr int kStride = 5;
+constexpr int kStride = 6;
 constexpr double kEventPagefault = 1;
 constexpr double kEventRemove = 2;
 constexpr double kEventUnmap = 3;
@@ -205,6 +206,7 @@ void record(Poller& p, int h, RegionState& r, const struct uffd_msg& m, double* 
   rec[2] = static_cast<double>(flags);
   rec[3] = static_cast<double>(r.pageOf(m.arg.pagefault.address));
   rec[4] = static_cast<double>(m.arg.pagefault.feat.ptid);
+  rec[5] = r.trace ? double(monoNs()) / 1000.0 : 0;  // read time, µs, for the trace
   written++;
 }
 

@@ -16,6 +16,7 @@
 #include "policy.h"
 #include "inline_servicer.h"
 #include "servicer_thread.h"
+#include "trace.h"
 
 namespace uffdhmm {
 
@@ -221,6 +222,7 @@ static Napi::Value RegionClose(const Napi::CallbackInfo& info) {
   for (int tries = 0; tries < 1000 && unregisterRange(r->uffd.get(), reinterpret_cast<uint64_t>(r->base), r->length) == -EAGAIN; tries++) {
   }
   dropKeepAlive(info.Env(), KeepKind::Region, h);
+  dropKeepAlive(info.Env(), KeepKind::Trace, h);
   return info.Env().Undefined();
 }
 
@@ -233,6 +235,27 @@ static Napi::Value RegionClose(const Napi::CallbackInfo& info) {
 static Napi::Value RegionTakeOver(const Napi::CallbackInfo& info) {
   auto r = argRegion(info, 0);
   return Napi::Boolean::New(info.Env(), takeOver(r));
+}
+
+// regionTraceSet(region, buffer: Int32Array | null): attaches a trace ring (lib/trace.ts), or detaches.
+static Napi::Value RegionTraceSet(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto r = argRegion(info, 0);
+  int h = static_cast<int>(argU32(info, 0, "region"));
+  if (info[1].IsNull() || info[1].IsUndefined()) {
+    // Writers load the pointer once per record and the buffer stays alive (kept below) until the
+    // next attach replaces it, so a record in flight never writes freed memory.
+    __atomic_store_n(&r->trace, static_cast<int32_t*>(nullptr), __ATOMIC_RELEASE);
+    return env.Undefined();
+  }
+  auto [buf, words] = argSharedInt32(info, 1, "buffer");
+  if (words < size_t(layout::kTraceHeader) || buf[layout::kTraceCapacity] <= 0 ||
+      words < layout::kTraceHeader + size_t(buf[layout::kTraceCapacity]) * layout::kTraceStride * 2)
+    throw rangeError(env, "trace buffer too small for its capacity");
+  dropKeepAlive(env, KeepKind::Trace, h);
+  keepAlive(env, KeepKind::Trace, h, info[1]);
+  __atomic_store_n(&r->trace, buf, __ATOMIC_RELEASE);
+  return env.Undefined();
 }
 
 // regionGuarded(region) -> whether a native guard took over (it can happen while JS is blocked).
@@ -257,6 +280,8 @@ static Napi::Value RegionComplete(const Napi::CallbackInfo& info) {
   uint32_t freePfn = argU32(info, 4, "freePfn");
   uint32_t statMask = argU32(info, 5, "stats");
   bool wakeup = info.Length() > 6 ? argBool(info, 6, "wake") : true;
+  // Trace: [flags, tid, t0 µs, outcome] of the fault this completes (outcome 0: nothing to trace).
+  const uint32_t outcome = info.Length() > 10 ? argU32(info, 10, "outcome") : 0;
   std::shared_ptr<DeviceStore> dev;
   if (freeSlot > 0) {
     dev = devices().get(static_cast<int>(freeSlot));
@@ -272,6 +297,11 @@ static Napi::Value RegionComplete(const Napi::CallbackInfo& info) {
     if (statMask & (1u << i)) __atomic_fetch_add(r->stat(i), 1, __ATOMIC_RELAXED);
   for (int i = 0; i < 8 && dev; i++)
     if (statMask & (1u << (16 + i))) __atomic_fetch_add(&dev->shared[i], 1, __ATOMIC_RELAXED);
+  if (outcome != 0 && r->trace) {
+    const double t0Us = info[9].As<Napi::Number>().DoubleValue();
+    traceRecord(*r, page, argU32(info, 7, "flags"), argU32(info, 8, "tid"), static_cast<int32_t>(freeSlot),
+                static_cast<int32_t>(outcome), static_cast<uint64_t>(t0Us * 1000.0));
+  }
   if (wakeup) wake(r->uffd.get(), r->addr(page), r->pageSize);
   return Napi::Number::New(env, freed ? 1 : 0);
 }
@@ -572,6 +602,7 @@ void initRegion(Napi::Env env, Napi::Object exports) {
   exports.Set("regionClose", Napi::Function::New(env, RegionClose));
   exports.Set("regionTakeOver", Napi::Function::New(env, RegionTakeOver));
   exports.Set("regionGuarded", Napi::Function::New(env, RegionGuarded));
+  exports.Set("regionTraceSet", Napi::Function::New(env, RegionTraceSet));
   exports.Set("regionComplete", Napi::Function::New(env, RegionComplete));
   exports.Set("regionMigrateSharers", Napi::Function::New(env, RegionMigrateSharers));
   exports.Set("regionCopyIn", Napi::Function::New(env, RegionCopyIn));

@@ -46,6 +46,7 @@ struct RegionState {
   std::atomic<bool> guarded{false};
   bool forkEvents = false;  // EVENT_FORK granted (it needs CAP_SYS_PTRACE): region.fork works  // a native guard took over from a dead worker servicer  // look up whether each fault came from inside a system call  // served by the SIGBUS handler: no messages are ever read
   int32_t* shared = nullptr;  // region header + page table, in a SharedArrayBuffer
+  int32_t* trace = nullptr;   // the fault trace ring, when one is attached (native/trace.h)
   std::atomic<bool> closed{false};
 
   // The native servicer, when this region uses one.

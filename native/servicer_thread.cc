@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "policy.h"
+#include "trace.h"
 
 namespace uffdhmm {
 
@@ -27,14 +28,16 @@ namespace {
 struct Pending {
   uint64_t address;  // translated when served: a remap may move the region meanwhile
   uint32_t flags;
+  uint32_t tid;
+  uint64_t t0Ns;  // when the fault was read, for the trace
 };
 
 // Deferred when the page is locked, or when the address is not (yet) ours: a fault at a remap's
 // new address can be queued before the EVENT_REMAP that moves our base there.
-Served serveAt(RegionState& r, uint64_t address, uint32_t flags) {
+Served serveAt(RegionState& r, uint64_t address, uint32_t flags, uint32_t tid, uint64_t t0Ns) {
   int64_t page = r.pageOf(address);
   if (page < 0) return r.expectingRemap.load(std::memory_order_acquire) ? Served::Deferred : Served::Failed;
-  return serveFaultDefault(r, static_cast<uint32_t>(page), flags);
+  return serveFaultDefault(r, static_cast<uint32_t>(page), flags, tid, t0Ns);
 }
 
 void serviceLoop(std::shared_ptr<RegionState> r) {
@@ -48,7 +51,8 @@ void serviceLoop(std::shared_ptr<RegionState> r) {
     // Retry faults on pages that were locked; keep the ones still locked.
     int kept = 0;
     for (int i = 0; i < npending; i++) {
-      if (serveAt(*r, pending[i].address, pending[i].flags) == Served::Deferred) pending[kept++] = pending[i];
+      if (serveAt(*r, pending[i].address, pending[i].flags, pending[i].tid, pending[i].t0Ns) == Served::Deferred)
+        pending[kept++] = pending[i];
     }
     npending = kept;
     if (npending > 0) {
@@ -68,6 +72,7 @@ void serviceLoop(std::shared_ptr<RegionState> r) {
     }
     if (!(fds[0].revents & POLLIN) || npending >= kMaxPending) continue;
     int n = readMessages(r->uffd.get(), msgs, kBatch);
+    const uint64_t readNs = r->trace ? monoNs() : 0;
     for (int i = 0; i < n; i++) {
       if (msgs[i].event == UFFD_EVENT_REMAP) {
         r->applyRemap(msgs[i].arg.remap.from);
@@ -85,8 +90,9 @@ void serviceLoop(std::shared_ptr<RegionState> r) {
       uint64_t addr = msgs[i].arg.pagefault.address;
       uint32_t flags = static_cast<uint32_t>(msgs[i].arg.pagefault.flags);
       if (r->classifyFaults && faultInSyscall(msgs[i].arg.pagefault.feat.ptid)) flags |= layout::kFaultKernel;
-      Served rc = serveAt(*r, addr, flags);
-      if (rc == Served::Deferred && npending < kMaxPending) pending[npending++] = {addr, flags};
+      const uint32_t tid = msgs[i].arg.pagefault.feat.ptid;
+      Served rc = serveAt(*r, addr, flags, tid, readNs);
+      if (rc == Served::Deferred && npending < kMaxPending) pending[npending++] = {addr, flags, tid, readNs};
       // Never leave a thread blocked on a fault we could not serve: it retries and faults afresh.
       if (rc == Served::Failed) wake(r->uffd.get(), addr & ~uint64_t(r->pageSize - 1), r->pageSize);
     }

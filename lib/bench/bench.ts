@@ -235,6 +235,13 @@ export async function runBench(opts: BenchOptions): Promise<BenchOutput> {
     }
 
     const ratios = ratiosOf(runs, unavailable);
+    const p50 = (name: string) => runs.find((x) => x.name === name)?.p50_us;
+    const overhead = (traced: string, plain: string) => {
+      const a = p50(traced);
+      const b = p50(plain);
+      return a !== undefined && b !== undefined && b > 0 ? a / b : null;
+    };
+    const trace_overhead = { worker_p50: overhead('worker-traced', 'worker'), native_p50: overhead('native-traced', 'native') };
     const results: BenchResults = {
       kernel: probe().kernel,
       cpus: os.availableParallelism(),
@@ -244,6 +251,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchOutput> {
       notes,
       migration,
       memory,
+      trace_overhead,
       config: {
         faults: opts.faults,
         rounds: opts.rounds,

@@ -18,6 +18,8 @@ export interface RunDef {
   /** Region runs: the servicer and fault-around to map with. */
   servicer?: ServicerKind;
   faultAround?: number;
+  /** Region runs: record every fault in a trace (its cost is what the run measures). */
+  trace?: boolean;
   /** Plain runs: write instead of read (allocating a page, as UFFDIO_COPY does). */
   write?: boolean;
   /** Who touches: native threads timing with clock_gettime, or JS on the main thread. */
@@ -47,6 +49,8 @@ export const RUNS: readonly RunDef[] = [
   { name: 'c-baseline', kind: 'c-baseline', toucher: 'native', variants: ALL, costUs: 10 },
   { name: 'native', kind: 'region', servicer: 'native', toucher: 'native', variants: ALL, costUs: 10 },
   { name: 'worker', kind: 'region', servicer: 'worker', toucher: 'native', variants: ALL, costUs: 12 },
+  { name: 'worker-traced', kind: 'region', servicer: 'worker', trace: true, toucher: 'native', variants: [MAIN], costUs: 12 },
+  { name: 'native-traced', kind: 'region', servicer: 'native', trace: true, toucher: 'native', variants: [MAIN], costUs: 10 },
   { name: 'worker-js-toucher', kind: 'region', servicer: 'worker', toucher: 'js', variants: JS, costUs: 12 },
   { name: 'fault-around-16', kind: 'region', servicer: 'worker', faultAround: 16, toucher: 'native', variants: [MAIN], costUs: 2 },
   { name: 'inline', kind: 'region', servicer: 'inline', toucher: 'native', variants: ALL, costUs: 10 },

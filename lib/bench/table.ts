@@ -65,6 +65,12 @@ export function formatReport(res: BenchResults, files: string[]): string {
     out.push(`  to device                ${num(m.to_device_gib_s).padStart(7)}   ${num(m.c_to_device_gib_s).padStart(16)}   ${ratio(m.to_device_ratio).padStart(5)}`);
     out.push(`  back to RAM              ${num(m.to_ram_gib_s).padStart(7)}   ${num(m.c_to_ram_gib_s).padStart(16)}   ${ratio(m.to_ram_ratio).padStart(5)}`);
   }
+  const to = res.trace_overhead;
+  if (to.worker_p50 !== null || to.native_p50 !== null) {
+    out.push('');
+    const fmt = (r: number | null) => (r === null ? 'n/a' : `${((r - 1) * 100).toFixed(1)}%`);
+    out.push(`trace overhead at p50 (traced ÷ untraced, same run): worker ${fmt(to.worker_p50)}, native ${fmt(to.native_p50)}`);
+  }
   if (res.memory) {
     const m = res.memory;
     out.push('');

@@ -47,6 +47,8 @@ export async function touchRun(def: RunDef, v: Variant, order: Int32Array, cpu: 
   const region = Region.map({ pages: n, servicer: def.servicer, faultAround: def.faultAround });
   const device = new Device({ name: `bench-${def.name}`, capacity: n });
   try {
+    // The ring holds every fault of the run, so tracing costs its recording only, never an overflow path.
+    const trace = def.trace ? region.trace({ capacity: n }) : undefined;
     const moved = region.migrate(0, n, device);
     if (moved !== n) throw new Error(`only ${moved} of ${n} pages reached the device`);
     await hooks.beforeTouches?.(region);
@@ -74,6 +76,7 @@ export async function touchRun(def: RunDef, v: Variant, order: Int32Array, cpu: 
       }
     });
     await hooks.afterTouches?.(region);
+    if (trace && trace.recorded < n) throw new Error(`the trace recorded ${trace.recorded} of ${n} faults`);
     return { latencies, wallNs: Number(wall), served: region.stats().faults };
   } finally {
     await region.close();

@@ -93,5 +93,7 @@ export interface BenchResults {
   notes: string[];
   migration: MigrationResult | null;
   memory: MemoryResult | null;
+  /** Cost of region.trace(): the traced run's p50 ÷ the same servicer's untraced p50, same invocation. */
+  trace_overhead: { worker_p50: number | null; native_p50: number | null };
   config: { faults: number; rounds: number; quick: boolean; cpu: number; date: string; node: string };
 }

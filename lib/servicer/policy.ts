@@ -23,6 +23,11 @@ import {
   STAT_WRITE_FAULTS,
   STAT_ZERO_FILLS,
   UNLOCK_SEQ,
+  OUTCOME_MIGRATED,
+  OUTCOME_SIGBUS,
+  OUTCOME_UNPROTECTED,
+  OUTCOME_WOKEN,
+  OUTCOME_ZERO_PAGE,
   UNMAPPED,
   ZAPPING,
   UFFD_PAGEFAULT_FLAG_WP,
@@ -187,7 +192,7 @@ export function zapRange(host: PolicyHost, r: RegionInfo, first: number, count: 
  * without waking the thread; the new state is published, then the thread is woken, so it never
  * resumes ahead of the table (the kernel updates the pte before the fault returns).
  */
-export function serveFault(host: PolicyHost, r: RegionInfo, page: number, flags: number): number {
+export function serveFault(host: PolicyHost, r: RegionInfo, page: number, flags: number, tid = 0, t0Us = 0): number {
   if (page >= r.pages) return FAILED;
   const shared = r.shared;
   const idx = stateIndex(page);
@@ -249,13 +254,22 @@ export function serveFault(host: PolicyHost, r: RegionInfo, page: number, flags:
       for (let i = 1; i < around; i++) {
         if (native.regionComplete(h, page + i, next, dev.slot, pfn + i, S_BACK | D_TO_RAM, false) === 1) pageFreed(host, dev, pfn + i);
       }
-      if (native.regionComplete(h, page, next, dev.slot, pfn, stats, around === 1) === 1) pageFreed(host, dev, pfn);
+      const outcome = next === KIND_POISON ? OUTCOME_SIGBUS : OUTCOME_MIGRATED;
+      if (native.regionComplete(h, page, next, dev.slot, pfn, stats, around === 1, flags, tid, t0Us, outcome) === 1) {
+        pageFreed(host, dev, pfn);
+      }
       if (around > 1) native.regionWake(h, page, around);
       return SERVED;
     }
-    if (kind === KIND_PRESENT && (flags & UFFD_PAGEFAULT_FLAG_WP) !== 0) stats |= S_WP;
-    else if (kind === KIND_NONE && next !== s) stats |= S_ZERO;
-    native.regionComplete(h, page, next, 0, 0, stats);
+    let outcome = OUTCOME_WOKEN;
+    if (kind === KIND_PRESENT && (flags & UFFD_PAGEFAULT_FLAG_WP) !== 0) {
+      stats |= S_WP;
+      outcome = OUTCOME_UNPROTECTED;
+    } else if (next !== s) {
+      if (kind === KIND_NONE) stats |= S_ZERO;
+      outcome = OUTCOME_ZERO_PAGE;
+    }
+    native.regionComplete(h, page, next, 0, 0, stats, true, flags, tid, t0Us, outcome);
     return SERVED;
   }
 }

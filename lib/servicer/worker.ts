@@ -21,8 +21,9 @@ const BATCH = 64;
 const MAX_DEFERRED = 4096;
 const events = new Float64Array(BATCH * EVENT_STRIDE);
 const regions = new Map<number, RegionInfo>();
-// Deferred faults: region handle, page, flags; retried until their page is unlocked.
-const deferred = new Float64Array(MAX_DEFERRED * 3);
+// Deferred faults: region handle, page, flags, tid, read time; retried until their page is unlocked.
+const DEFER_STRIDE = 5;
+const deferred = new Float64Array(MAX_DEFERRED * DEFER_STRIDE);
 let ndeferred = 0;
 let seenMail = 0;
 const pendingImports: Promise<void>[] = [];
@@ -100,16 +101,18 @@ function drainMessages(): void {
   }
 }
 
-function defer(region: number, page: number, flags: number): void {
+function defer(region: number, page: number, flags: number, tid: number, t0Us: number): void {
   if (ndeferred === MAX_DEFERRED) return; // cannot happen: at most one fault per blocked thread
-  const at = ndeferred * 3;
+  const at = ndeferred * DEFER_STRIDE;
   deferred[at] = region;
   deferred[at + 1] = page;
   deferred[at + 2] = flags;
+  deferred[at + 3] = tid;
+  deferred[at + 4] = t0Us;
   ndeferred++;
 }
 
-function serve(handle: number, page: number, flags: number): number {
+function serve(handle: number, page: number, flags: number, tid: number, t0Us: number): number {
   let r = regions.get(handle);
   if (r === undefined) {
     drainMessages();
@@ -117,10 +120,10 @@ function serve(handle: number, page: number, flags: number): number {
     if (r === undefined) return SERVED; // closed: its faults were woken by the unregister
   }
   try {
-    let rc = serveFault(host, r, page, flags);
+    let rc = serveFault(host, r, page, flags, tid, t0Us);
     if (rc === UNKNOWN_DEVICE) {
       drainMessages();
-      rc = serveFault(host, r, page, flags);
+      rc = serveFault(host, r, page, flags, tid, t0Us);
     }
     if (rc === FAILED) {
       // Never leave a thread blocked: wake it, so it retries the access and faults afresh.
@@ -154,13 +157,10 @@ function zap(handle: number, first: number, count: number, unmapped: boolean): v
 function retryDeferred(): void {
   let kept = 0;
   for (let i = 0; i < ndeferred; i++) {
-    const at = i * 3;
-    const rc = serve(deferred[at], deferred[at + 1], deferred[at + 2]);
+    const at = i * DEFER_STRIDE;
+    const rc = serve(deferred[at], deferred[at + 1], deferred[at + 2], deferred[at + 3], deferred[at + 4]);
     if (rc === DEFERRED || rc === UNKNOWN_DEVICE) {
-      const to = kept * 3;
-      deferred[to] = deferred[at];
-      deferred[to + 1] = deferred[at + 1];
-      deferred[to + 2] = deferred[at + 2];
+      deferred.copyWithin(kept * DEFER_STRIDE, at, at + DEFER_STRIDE);
       kept++;
     }
   }
@@ -191,8 +191,10 @@ async function run(): Promise<void> {
       const handle = events[at];
       const flags = events[at + 2];
       const page = events[at + 3];
-      const rc = serve(handle, page, flags);
-      if (rc === DEFERRED || rc === UNKNOWN_DEVICE) defer(handle, page, flags);
+      const tid = events[at + 4];
+      const t0Us = events[at + 5];
+      const rc = serve(handle, page, flags, tid, t0Us);
+      if (rc === DEFERRED || rc === UNKNOWN_DEVICE) defer(handle, page, flags, tid, t0Us);
     }
   }
   Atomics.store(ctrl, CTRL_RUNNING, 0);
