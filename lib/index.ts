@@ -63,3 +63,4 @@ export {
   type MirrorMigrateResult,
 } from './mirror.js';
 export { FaultTrace, type TraceRecord, type TraceColumns, type TraceOutcome } from './trace.js';
+export { configureServicers } from './servicer/host.js';

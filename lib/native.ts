@@ -95,6 +95,8 @@ export interface Addon {
   pollerKick(poller: number): void;
   pollerWait(poller: number, out: Float64Array, timeoutMs: number): number;
   pollerAttach(poller: number): void;
+  pollerWatch(poller: number, deadlineMs: number): void;
+  pollerDead(poller: number): boolean;
 
   benchTouch(region: number, order: Int32Array, threads: number, out: Float64Array, write: boolean): void;
   benchPlain(pages: number, order: Int32Array, threads: number, out: Float64Array): void;

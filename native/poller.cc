@@ -2,6 +2,7 @@
 // serves, plus an eventfd so the owner can wake it. Events land in a caller-owned Float64Array,
 // already translated from addresses to (region, page), so the JS hot path allocates nothing.
 #include <napi.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 
@@ -14,6 +15,7 @@
 #include <chrono>
 #include <cstdint>
 #include <mutex>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -49,11 +51,57 @@ struct Poller {
   std::atomic<bool> hasMembers{false};
   std::mutex mu;             // guards members
   std::vector<int> members;  // handles of the regions in the epoll set
+
+  // The stall watchdog (pollerWatch): the worker bumps `beat` on every pollerWait; if it stays out
+  // of pollerWait for longer than the deadline, native guards take its regions over and the
+  // poller is dead: pollerWait then returns -2 at once.
+  std::atomic<uint64_t> beat{0};
+  std::atomic<bool> inWait{false};
+  std::atomic<bool> dead{false};
+  std::thread watchdog;
 };
 
 Registry<Poller>& pollers() {
   static auto* registry = new Registry<Poller>;  // never destroyed: threads may still use it during exit()
   return *registry;
+}
+
+// Hands every region of p to a native guard, so that no fault waits for a worker that is gone.
+void takeOverAll(Poller& p) {
+  std::vector<int> members;
+  {
+    std::lock_guard<std::mutex> lock(p.mu);
+    members = p.members;
+  }
+  for (int h : members) {
+    auto r = regions().get(h);
+    if (r) {
+      ::epoll_ctl(p.epoll.get(), EPOLL_CTL_DEL, r->uffd.get(), nullptr);
+      takeOver(r);
+    }
+  }
+}
+
+void watchLoop(std::shared_ptr<Poller> p, uint32_t deadlineMs) {
+  uint64_t lastBeat = p->beat.load();
+  auto since = std::chrono::steady_clock::now();
+  const auto tick = std::chrono::milliseconds(std::max<uint32_t>(10, std::min<uint32_t>(100, deadlineMs / 4)));
+  while (!p->dead.load()) {
+    std::this_thread::sleep_for(tick);
+    uint64_t b = p->beat.load();
+    auto now = std::chrono::steady_clock::now();
+    // Waiting in pollerWait is idle, not stuck; before its first pollerWait the worker is starting.
+    if (b != lastBeat || b == 0 || p->inWait.load()) {
+      lastBeat = b;
+      since = now;
+      continue;
+    }
+    // Out of pollerWait that long, the worker is stuck serving what it read (a hook that hangs):
+    // those faults, and every later one, would wait for it forever.
+    if (now - since < std::chrono::milliseconds(deadlineMs)) continue;
+    p->dead.store(true);
+    takeOverAll(*p);
+  }
 }
 
 // Runs when the worker's environment goes away (terminated, crashed, or at process exit) on the
@@ -63,18 +111,8 @@ void onWorkerGone(void* arg) {
   int handle = static_cast<int>(reinterpret_cast<intptr_t>(arg));
   auto p = pollers().get(handle);
   if (!p) return;
-  std::vector<int> members;
-  {
-    std::lock_guard<std::mutex> lock(p->mu);
-    members = p->members;
-  }
-  for (int h : members) {
-    auto r = regions().get(h);
-    if (r) {
-      ::epoll_ctl(p->epoll.get(), EPOLL_CTL_DEL, r->uffd.get(), nullptr);
-      takeOver(r);
-    }
-  }
+  p->dead.store(true);
+  takeOverAll(*p);
 }
 
 
@@ -154,6 +192,24 @@ Napi::Value PollerRemove(const Napi::CallbackInfo& info) {
     }
   p->hasMembers.store(!p->members.empty());
   return info.Env().Undefined();
+}
+
+// pollerWatch(poller, deadlineMs): starts the stall watchdog (once). pollerDead(poller) says
+// whether it (or the worker's exit) has handed the poller's regions to native guards.
+Napi::Value PollerWatch(const Napi::CallbackInfo& info) {
+  auto p = argPoller(info, 0);
+  uint32_t deadline = argU32(info, 1, "deadlineMs");
+  if (deadline < 10) throw rangeError(info.Env(), "deadlineMs must be at least 10");
+  if (!p->watchdog.joinable()) {
+    p->watchdog = std::thread(watchLoop, p, deadline);
+    p->watchdog.detach();  // it ends by itself once the poller is dead; never joined at exit
+  }
+  return info.Env().Undefined();
+}
+
+Napi::Value PollerDead(const Napi::CallbackInfo& info) {
+  auto p = argPoller(info, 0);
+  return Napi::Boolean::New(info.Env(), p->dead.load());
 }
 
 // pollerKick(poller): wakes a pollerWait in progress (new messages, or stop).
@@ -302,6 +358,9 @@ Napi::Value PollerWait(const Napi::CallbackInfo& info) {
   const int capacity = static_cast<int>(len / kStride);
   if (capacity < 1) throw rangeError(env, "out must hold at least one event");
 
+  if (p->dead.load()) return Napi::Number::New(env, -2);  // guards serve these regions now
+  p->beat.fetch_add(1, std::memory_order_relaxed);
+  p->inWait.store(true, std::memory_order_relaxed);
   int written = 0;
   p->kicked = false;
   unpark(*p, out, capacity, written);
@@ -312,6 +371,8 @@ Napi::Value PollerWait(const Napi::CallbackInfo& info) {
     pump(*p, out, capacity, written, 1);
   }
   p->holding.store(false, std::memory_order_release);
+  p->beat.fetch_add(1, std::memory_order_relaxed);
+  p->inWait.store(false, std::memory_order_relaxed);
   return Napi::Number::New(env, written == 0 && p->kicked ? -1 : written);
 }
 
@@ -326,6 +387,8 @@ void initPoller(Napi::Env env, Napi::Object exports) {
   exports.Set("pollerKick", Napi::Function::New(env, PollerKick));
   exports.Set("pollerWait", Napi::Function::New(env, PollerWait));
   exports.Set("pollerAttach", Napi::Function::New(env, PollerAttach));
+  exports.Set("pollerWatch", Napi::Function::New(env, PollerWatch));
+  exports.Set("pollerDead", Napi::Function::New(env, PollerDead));
 }
 
 }  // namespace uffdhmm

@@ -3,9 +3,12 @@
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { expect, it } from 'vitest';
-import { Device, NativeToucher, Region } from 'uffd-hmm';
+import { Device, NativeToucher, Region, configureServicers } from 'uffd-hmm';
 import { WorkerServicer } from '../dist/servicer/host.js';
 import { checkPages, describeUffd, fillPages } from './helpers.js';
+
+// Every worker servicer this file starts gives up on a stalled worker after 300 ms.
+configureServicers({ stallDeadlineMs: 300 });
 
 describeUffd('servicer guard', () => {
   it('takes over when the worker is terminated mid-fault; every byte comes back', async () => {
@@ -41,5 +44,27 @@ describeUffd('servicer guard', () => {
     expect(res.error).toBeUndefined();
     expect(res.status).toBe(0);
     expect(res.stdout).toContain('ok guarded=true used=0');
+  });
+
+  it('takes over when a driver hook stalls the worker past the deadline, and says so', async () => {
+    const pages = 32;
+    const d = new Device({ capacity: pages, driver: new URL('./fixtures/stalling-driver.mjs', import.meta.url) });
+    const r = Region.map({ pages });
+    fillPages(r, 0, pages, 21);
+    r.migrate(0, pages, d);
+    const errors: Error[] = [];
+    r.on('error', (e: Error) => errors.push(e));
+    const started = Date.now();
+    const t = new NativeToucher(r, { threads: 2, iterations: 5000, mode: 'read' });
+    await t.finished(20_000);
+    expect(Date.now() - started).toBeLessThan(10_000);
+    expect(r.guarded).toBe(true);
+    expect(checkPages(r, 0, pages, 21)).toBeNull();
+    expect(d.used).toBe(0);
+    const deadline = Date.now() + 5000;
+    while (errors.length === 0 && Date.now() < deadline) await new Promise((res) => setTimeout(res, 20));
+    expect(errors[0]).toMatchObject({ code: 'ERR_SERVICER_STALLED' });
+    await r.close();
+    await d.close();
   });
 });

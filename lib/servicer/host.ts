@@ -4,6 +4,7 @@ import { MessageChannel, Worker } from 'node:worker_threads';
 
 import { native } from '../native.js';
 import { UffdHmmError } from '../errors.js';
+import { integer, optionsObject } from '../validate.js';
 import type { Device } from '../device.js';
 import { CTRL_MAIL_SEQ, CTRL_WORDS, type FromWorker, type ToWorker } from './protocol.js';
 
@@ -17,6 +18,18 @@ export interface ServicedRegion {
   reportError(err: Error): void;
   /** A native guard serves the region now. */
   servicerTakenOver(): void;
+}
+
+let stallDeadlineMs = 5000;
+
+/**
+ * How long the worker servicer may stay away from reading faults while some wait, before native
+ * guards take its regions over (a driver hook that hangs, a worker stuck in a loop). Applies to
+ * worker servicers started afterwards. Default 5000 ms.
+ */
+export function configureServicers(options: { stallDeadlineMs?: number }): void {
+  const opts = optionsObject('options', options);
+  if (opts.stallDeadlineMs !== undefined) stallDeadlineMs = integer('options.stallDeadlineMs', opts.stallDeadlineMs, 10, 3_600_000);
 }
 
 export class WorkerServicer {
@@ -36,6 +49,8 @@ export class WorkerServicer {
   readonly #devices = new Map<number, number>(); // slot -> device id the worker knows
   readonly #deviceObjects = new Map<number, Device>(); // device id -> device
   #failed = false;
+  #exited = false;
+  #watch: NodeJS.Timeout | undefined;
   #nextRequest = 1;
   readonly #heapRequests = new Map<number, (used: number) => void>();
 
@@ -55,8 +70,25 @@ export class WorkerServicer {
     this.#port.unref(); // after on('message'), which refs the port again
     this.#worker.on('error', (err) => this.#fail(new UffdHmmError('ERR_SERVICER_FAILED', 'the worker servicer crashed', { cause: err })));
     this.#worker.on('exit', (code) => {
+      this.#exited = true;
       this.#fail(new UffdHmmError('ERR_SERVICER_FAILED', `the worker servicer exited (code ${code})`));
     });
+    // The watchdog is native (it must act while this thread is blocked in a fault or a fork); this
+    // timer only reports what it did, and stops the stuck worker.
+    native.pollerWatch(this.poller, stallDeadlineMs);
+    const deadline = stallDeadlineMs;
+    this.#watch = setInterval(() => {
+      if (this.#exited || !native.pollerDead(this.poller)) return;
+      this.#fail(
+        new UffdHmmError(
+          'ERR_SERVICER_STALLED',
+          `the worker servicer stayed away from reading faults for over ${deadline} ms (a driver hook that does not return?); ` +
+            'native guards serve its regions with the default policy now',
+        ),
+      );
+      void this.#worker.terminate();
+    }, Math.min(250, deadline));
+    this.#watch.unref();
   }
 
   /**
@@ -66,6 +98,7 @@ export class WorkerServicer {
   #fail(err: Error): void {
     if (this.#failed) return;
     this.#failed = true;
+    clearInterval(this.#watch);
     if (WorkerServicer.#instance === this) WorkerServicer.#instance = undefined;
     for (const [handle, region] of this.#regions) {
       native.pollerRemove(this.poller, handle);

@@ -180,6 +180,7 @@ async function run(): Promise<void> {
       if (ndeferred > 0) Atomics.wait(ctrl, CTRL_NAP, 0, 0.05);
     }
     const n = native.pollerWait(poller, events, ndeferred > 0 ? 0 : 250);
+    if (n === -2) break; // the stall watchdog handed our regions to native guards: we are done
     for (let i = 0; i < n; i++) {
       const at = i * EVENT_STRIDE;
       const type = events[at + 1];
