@@ -104,8 +104,11 @@ export const PM_SOFT_DIRTY = 1n << 55n;
 /** The largest faultAround: one PMD's worth of 4 KiB pages. */
 export const MAX_FAULT_AROUND = 512;
 
-/** Pages a region may have: 2^28 pages is 1 TiB of address space with 4 KiB pages. */
-export const MAX_REGION_PAGES = 1 << 28;
+/**
+ * Pages a region may have: 2^20 pages is 4 GiB with 4 KiB pages, the largest external ArrayBuffer
+ * Node 20 creates (`region.bytes` must cover the whole region).
+ */
+export const MAX_REGION_PAGES = 1 << 20;
 
 const PROT_NONE = 0;
 const PROT_READ = 1;
@@ -186,12 +189,20 @@ export class Region extends EventEmitter implements DeviceHolder {
     this.handle = nat.handle;
     this.#address = nat.address;
     this.#buffer = nat.bytes;
-    this.#bytes = new Uint8Array(nat.bytes);
     this.userModeOnly = nat.userModeOnly;
-    this.#zapEvents = servicer !== 'inline' && probe().features.eventRemove;
-    if (servicer === 'worker') {
-      this.#servicerHost = WorkerServicer.get();
-      this.#servicerHost.addRegion(this);
+    try {
+      this.#bytes = new Uint8Array(nat.bytes);
+      this.#zapEvents = servicer !== 'inline' && probe().features.eventRemove;
+      if (servicer === 'worker') {
+        this.#servicerHost = WorkerServicer.get();
+        this.#servicerHost.addRegion(this);
+      }
+    } catch (e) {
+      // Never leave a registered region that nobody serves: its next fork event would hang fork().
+      this.#servicerHost?.removeRegion(this.handle);
+      native.detachArrayBuffer(nat.bytes);
+      native.regionClose(this.handle);
+      throw e;
     }
   }
 

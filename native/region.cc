@@ -190,18 +190,16 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
     if (efd < 0) throw systemError(env, errno, "eventfd");
     r->wakeFd = UniqueFd(efd);
   }
+  // Everything that can still fail comes before the region is published: a region left registered
+  // with nobody reading its messages would hold up the next fork() of the process forever.
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("bytes", Napi::ArrayBuffer::New(env, r->base, r->length));
+  if (inlineMode && !inlineAdd(r))
+    throw codedError(env, "ERR_TOO_MANY_INLINE_REGIONS", "at most 64 inline regions may be open at once");
   int handle = regions().add(r);
   keepAlive(env, KeepKind::Region, handle, info[1]);
   if (servicer == "native") startNativeServicer(r);
-  if (inlineMode && !inlineAdd(r)) {
-    regions().remove(handle);
-    dropKeepAlive(env, KeepKind::Region, handle);
-    throw codedError(env, "ERR_TOO_MANY_INLINE_REGIONS", "at most 64 inline regions may be open at once");
-  }
-
-  Napi::Object out = Napi::Object::New(env);
   out.Set("handle", handle);
-  out.Set("bytes", Napi::ArrayBuffer::New(env, r->base, r->length));
   out.Set("address", Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(r->base))));
   out.Set("pageSize", Napi::Number::New(env, static_cast<double>(r->pageSize)));
   out.Set("via", viaName(r->via));
