@@ -1,7 +1,7 @@
 // The core behaviours of SEMANTICS.md S1, S2, S11, S12 on real faults, run against every servicer:
 // migrate then read back, fault back page by page, read entries and write-protect faults, device
 // writes, repeated migration, two devices, capacity, device removal and region teardown.
-import { afterEach, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import {
   Device,
   HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL,
@@ -15,17 +15,9 @@ import {
   Region,
   SWP_DEVICE_WRITE,
 } from 'uffd-hmm';
-import { SERVICERS, checkPages, crc32, describeUffd, fillPages, pattern } from './helpers.js';
+import { checkPages, closeAfterEach, crc32, describeUffd, fillPages, pattern, SERVICERS } from './helpers.js';
 
-const open: { close(): Promise<void> }[] = [];
-function track<T extends { close(): Promise<void> }>(x: T): T {
-  open.push(x);
-  return x;
-}
-afterEach(async () => {
-  // Regions first (they drop device references), then devices.
-  for (const x of open.splice(0).reverse()) await x.close();
-});
+const track = closeAfterEach();
 
 describeUffd.each(SERVICERS)('core with the %s servicer', (servicer) => {
   const map = (pages: number) => track(Region.map({ pages, servicer }));

@@ -1,6 +1,6 @@
 // Shared test helpers: which servicers to run every behaviour against, and small utilities for
 // checking bytes without copying whole regions.
-import { describe } from 'vitest';
+import { afterEach, describe } from 'vitest';
 import { probe, type Region } from 'uffd-hmm';
 
 export const uffdAvailable = probe().available;
@@ -41,4 +41,24 @@ export function crc32(data: Uint8Array): number {
     for (let k = 0; k < 8; k++) crc = crc & 1 ? (crc >>> 1) ^ 0xedb88320 : crc >>> 1;
   }
   return ~crc >>> 0;
+}
+
+/** Something a test opens and must close: a Region, a Device, or any resource with close(). */
+export interface Closable {
+  close(): Promise<void>;
+}
+
+/**
+ * Returns track(x): x is closed after the current test, whatever its outcome, last opened first
+ * (so regions drop their device references before their devices close).
+ */
+export function closeAfterEach(): <T extends Closable>(x: T) => T {
+  const open: Closable[] = [];
+  afterEach(async () => {
+    for (const x of open.splice(0).reverse()) await x.close();
+  });
+  return (x) => {
+    open.push(x);
+    return x;
+  };
 }

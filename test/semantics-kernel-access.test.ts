@@ -4,21 +4,14 @@ import { closeSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, write
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterEach, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { Device, Region, type RegionStats } from 'uffd-hmm';
-import { describeUffd, fillPages, pattern } from './helpers.js';
+import { closeAfterEach, describeUffd, fillPages, pattern } from './helpers.js';
 import { describeOutcome, jsonLines, runChild } from './fixtures/semantics/run-child.js';
 
 const userModeOnlyChild = fileURLToPath(new URL('./fixtures/semantics/kernel-access-user-mode-only.mjs', import.meta.url));
 
-const open: { close(): Promise<void> }[] = [];
-function track<T extends { close(): Promise<void> }>(x: T): T {
-  open.push(x);
-  return x;
-}
-afterEach(async () => {
-  for (const x of open.splice(0).reverse()) await x.close();
-});
+const track = closeAfterEach();
 /** A fresh temporary directory, removed after the test. */
 function tempDir(): string {
   const dir = mkdtempSync(path.join(tmpdir(), 'uffd-hmm-kernel-access-'));

@@ -1,7 +1,7 @@
 // S5 mprotect (change_pte_range) over device entries, on real faults: write entries become read
 // entries, so the next write after 'read' → 'readwrite' costs one write-protect fault; 'read' and 'none' fault as for any page.
 import { fileURLToPath } from 'node:url';
-import { afterEach, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import {
   Device,
   HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL,
@@ -16,19 +16,12 @@ import {
   SWP_DEVICE_WRITE,
   type RegionStats,
 } from 'uffd-hmm';
-import { SERVICERS, checkPages, describeUffd, fillPages, pattern } from './helpers.js';
+import { checkPages, closeAfterEach, describeUffd, fillPages, pattern, SERVICERS } from './helpers.js';
 import { describeOutcome, jsonLines, runChild } from './fixtures/semantics/run-child.js';
 
 const child = fileURLToPath(new URL('./fixtures/semantics/mprotect-child.mjs', import.meta.url));
 
-const open: { close(): Promise<void> }[] = [];
-function track<T extends { close(): Promise<void> }>(x: T): T {
-  open.push(x);
-  return x;
-}
-afterEach(async () => {
-  for (const x of open.splice(0).reverse()) await x.close();
-});
+const track = closeAfterEach();
 
 /** The swap type a region's pagemap word carries for a device entry (low 5 bits). */
 const pmType = (r: Region, page: number): number => Number(r.pagemap(page, 1)[0] & 31n);

@@ -1,7 +1,7 @@
 // S6 pagemap (pte_to_pagemap_entry): region.pagemap shows device entries as the seed kernel would,
 // PM_SWAP | swp_type | pfn << 5, and present or never-touched pages exactly as /proc/self/pagemap does.
 import { closeSync, openSync, readSync } from 'node:fs';
-import { afterEach, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import {
   Device,
   PM_FILE,
@@ -17,16 +17,9 @@ import {
   swpOffset,
   swpType,
 } from 'uffd-hmm';
-import { SERVICERS, checkPages, describeUffd, fillPages } from './helpers.js';
+import { checkPages, closeAfterEach, describeUffd, fillPages, SERVICERS } from './helpers.js';
 
-const open: { close(): Promise<void> }[] = [];
-function track<T extends { close(): Promise<void> }>(x: T): T {
-  open.push(x);
-  return x;
-}
-afterEach(async () => {
-  for (const x of open.splice(0).reverse()) await x.close();
-});
+const track = closeAfterEach();
 
 const FRAME = (1n << 55n) - 1n;
 

@@ -1,23 +1,16 @@
 // S2 (driver refusal) and S8 (poison), plus the driver hooks around them: a refusing `fault` hook
 // kills the faulting thread with SIGBUS, a throwing one is reported but the fault is still served, pageFree sees every free.
 import { fileURLToPath } from 'node:url';
-import { afterEach, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { Device, HMM_DMIRROR_PROT_ERROR, Region } from 'uffd-hmm';
-import { checkPages, describeUffd, fillPages } from './helpers.js';
+import { checkPages, closeAfterEach, describeUffd, fillPages } from './helpers.js';
 import { describeOutcome, jsonLines, runChild } from './fixtures/semantics/run-child.js';
 
 const child = fileURLToPath(new URL('./fixtures/semantics/sigbus-child.mjs', import.meta.url));
 const driver = (name: string) => new URL(`./fixtures/semantics/drivers/${name}`, import.meta.url);
 const CHANNEL = 'uffd-hmm-semantics-recording-driver'; // as in drivers/recording.mjs
 
-const open: { close(): Promise<void> }[] = [];
-function track<T extends { close(): Promise<void> }>(x: T): T {
-  open.push(x);
-  return x;
-}
-afterEach(async () => {
-  for (const x of open.splice(0).reverse()) await x.close();
-});
+const track = closeAfterEach();
 
 /** Polls until cond() holds; every wait has a deadline. */
 async function until(cond: () => boolean, what: string, ms = 5_000): Promise<void> {

@@ -1,18 +1,11 @@
 // S7 smaps (smaps_pte_entry): region.smaps() counts device entries as resident anonymous memory,
 // never as swap, and agrees with the kernel's own /proc/self/smaps for the CPU pages.
 import { readFileSync } from 'node:fs';
-import { afterEach, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { Device, PM_PRESENT, Region } from 'uffd-hmm';
-import { SERVICERS, checkPages, describeUffd, fillPages } from './helpers.js';
+import { checkPages, closeAfterEach, describeUffd, fillPages, SERVICERS } from './helpers.js';
 
-const open: { close(): Promise<void> }[] = [];
-function track<T extends { close(): Promise<void> }>(x: T): T {
-  open.push(x);
-  return x;
-}
-afterEach(async () => {
-  for (const x of open.splice(0).reverse()) await x.close();
-});
+const track = closeAfterEach();
 
 /** Rss/Anonymous/Swap in bytes of the vma that starts at the region, parsed here, not by the library. */
 function kernelSmaps(r: Region): { rss: number; anonymous: number; swap: number } {
