@@ -177,7 +177,8 @@ export class Device extends EventEmitter {
   /** @internal Reports a driver error where the user will see it. */
   reportError(err: unknown): void {
     if (this.listenerCount('error') > 0) this.emit('error', err);
-    else process.emitWarning(err instanceof Error ? err : new Error(String(err)), { code: 'UFFD_HMM_DRIVER_ERROR' });
+    // Unheard, it still must not be swallowed: a process warning prints it with its code.
+    else process.emitWarning(err instanceof Error ? err : new Error(String(err)));
   }
 
   #pageFree(pfn: number): void {

@@ -12,8 +12,8 @@ export interface FaultContext {
   /** The access was a write. */
   readonly write: boolean;
   /**
-   * The access came from inside a system call. userfaultfd does not report this, so the worker
-   * servicer reports false; it is true only where a servicer can tell.
+   * The access came from inside a system call (write(2) from the page, read(2) into it). userfaultfd
+   * does not say so: it is told only for regions mapped with countKernelFaults, false otherwise.
    */
   readonly kernelMode: boolean;
 }

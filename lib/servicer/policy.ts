@@ -70,7 +70,7 @@ export interface DeviceInfo {
 
 export interface PolicyHost {
   devices: (DeviceInfo | undefined)[];
-  /** A driver hook threw: the fault is still served, and this reports the error. */
+  /** A driver hook threw or answered wrongly: the fault is still served, and this reports the error. */
   hookError(device: DeviceInfo, hook: 'fault' | 'pageFree', err: unknown): void;
 }
 
@@ -99,12 +99,23 @@ function askDriver(host: PolicyHost, dev: DeviceInfo, r: RegionInfo, page: numbe
   hookCtx.kernelMode = (flags & FAULT_KERNEL) !== 0;
   hookCtx.base = r.address;
   hookCtx.pageSize = r.pageSize;
+  let decision: unknown;
   try {
-    return hook(hookCtx) === 'sigbus';
+    decision = hook(hookCtx);
   } catch (e) {
     host.hookError(dev, 'fault', e);
     return false;
   }
+  if (decision === 'sigbus') return true;
+  if (decision === undefined || decision === 'migrate') return false;
+  // A driver bug, reported rather than guessed at: the fault migrates back (the default).
+  if (decision !== null && typeof (decision as { then?: unknown }).then === 'function') {
+    (decision as Promise<unknown>).then(undefined, () => {}); // its rejection is this report, not a crash
+    host.hookError(dev, 'fault', new TypeError("a fault hook must decide synchronously: it returned a Promise (is it async?)"));
+  } else {
+    host.hookError(dev, 'fault', new TypeError(`a fault hook must return 'migrate' or 'sigbus', not ${String(decision)}`));
+  }
+  return false;
 }
 
 /** Calls the driver's pageFree hook for a device page whose last reference just went. */

@@ -40,7 +40,10 @@ const host: PolicyHost = {
       deviceSlot: device.slot,
       deviceId: device.id,
       code: 'ERR_DRIVER_HOOK',
-      message: `driver ${hook} hook of ${device.name} threw; the fault was served by the default policy`,
+      message:
+        hook === 'fault'
+          ? `driver fault hook of ${device.name} failed; the fault was served by the default policy (migrated back)`
+          : `driver pageFree hook of ${device.name} threw`,
       cause: err,
     });
   },
