@@ -34,7 +34,7 @@ export function encodeSteps(steps: unknown, pages: number, pageSize: number): In
   steps.forEach((step: unknown, i) => {
     if (step === null || typeof step !== 'object') throw invalidType(`steps[${i}]`, 'a step object', step);
     const s = step as Record<string, unknown>;
-    const op = OPS[s.op as keyof typeof OPS];
+    const op = typeof s.op === 'string' && Object.hasOwn(OPS, s.op) ? OPS[s.op as keyof typeof OPS] : undefined;
     if (op === undefined) throw invalidValue(`steps[${i}].op`, "'read', 'write', 'checksum' or 'sleep'", s.op);
     out[i * 4] = op;
     if (s.op === 'read' || s.op === 'write') {

@@ -549,7 +549,8 @@ export class Region extends EventEmitter implements DeviceHolder {
     this.shared = next;
     this.#pages = newPages;
     if (this.#prot !== undefined) {
-      const prot = new Uint8Array(newPages).fill(PROT_READWRITE);
+      // Growing extends the last vma, so the new pages have the last kept page's protection.
+      const prot = new Uint8Array(newPages).fill(this.#prot[kept - 1]);
       prot.set(this.#prot.subarray(0, kept));
       this.#prot = prot;
     }
@@ -667,14 +668,15 @@ export class Region extends EventEmitter implements DeviceHolder {
       }
       try {
         this.#retry(() => {
-          let rc = native.regionCopyIn(this.handle, page, slot, pfn, !write, k);
-          // Part of the run is there already (cannot happen unless raced): fill page by page.
-          for (let i = 0; rc === EEXIST && k > 1 && i < k; i++) {
+          const rc = native.regionCopyIn(this.handle, page, slot, pfn, !write, k);
+          if (rc === 0 || rc === EAGAIN || k === 1) return rc === EEXIST ? 0 : rc;
+          // The run crosses a vma boundary (mprotect split it: ENOENT) or part of it is there
+          // already (EEXIST): fill it page by page, which each vma accepts.
+          for (let i = 0; i < k; i++) {
             const one = native.regionCopyIn(this.handle, page + i, slot, pfn + i, !write);
             if (one !== 0 && one !== EEXIST) return one;
-            if (i === k - 1) rc = 0;
           }
-          return rc === EEXIST ? 0 : rc;
+          return 0;
         }, 'ioctl(UFFDIO_COPY)');
       } catch (e) {
         for (let i = 0; i < k; i++) unlockPage(shared, page + i, s);

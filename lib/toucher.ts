@@ -42,6 +42,9 @@ export class NativeToucher {
       pages = Int32Array.from({ length: region.pages }, (_, i) => i);
     } else {
       const list = opts.pages as ArrayLike<number>;
+      if (list === null || typeof list !== 'object' || typeof list.length !== 'number') {
+        throw invalidType('options.pages', 'an array of page numbers', list);
+      }
       pages = new Int32Array(list.length);
       for (let i = 0; i < list.length; i++) pages[i] = integer('options.pages[i]', list[i], 0, region.pages - 1);
     }

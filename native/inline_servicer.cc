@@ -29,6 +29,30 @@ auto* gOwners = new std::shared_ptr<RegionState>[kMaxInline];
 std::atomic<int> gInFlight{0};                      // handlers currently using a slot's region
 std::mutex gMu;
 struct sigaction gPrevious;
+
+// Ranges of inline regions closed lately. A SIGBUS raised just before a region was unregistered can
+// reach the handler after its slot is gone: the access must then simply be retried (it is an
+// ordinary fault now, or a SIGSEGV once unmapped), not treated as foreign and fatal. Each range
+// absorbs a bounded number of such signals, so a genuine SIGBUS on a later mapping that reuses the
+// addresses still ends up at the default action.
+struct ClosedRange {
+  std::atomic<uint64_t> base{0};
+  std::atomic<uint64_t> length{0};
+  std::atomic<int> budget{0};
+};
+constexpr int kMaxClosed = 64;
+ClosedRange gClosed[kMaxClosed];
+std::atomic<unsigned> gClosedNext{0};
+
+bool recentlyClosed(uint64_t addr) {
+  for (int i = 0; i < kMaxClosed; i++) {
+    const uint64_t b = gClosed[i].base.load(std::memory_order_acquire);
+    if (addr >= b && addr < b + gClosed[i].length.load(std::memory_order_acquire) &&
+        gClosed[i].budget.fetch_sub(1, std::memory_order_acq_rel) > 0)
+      return true;
+  }
+  return false;
+}
 bool gInstalled = false;
 
 // x86-64 page-fault error code bit 1: the access was a write.
@@ -87,7 +111,12 @@ void onSigbus(int sig, siginfo_t* info, void* uctx) {
           served = true;
           break;
         }
-        if (rc == Served::Failed) break;
+        if (rc == Served::Failed) {
+          // Closing: the range was unregistered after this SIGBUS was raised; retrying the access
+          // is now an ordinary fault.
+          served = r->closed.load(std::memory_order_acquire);
+          break;
+        }
         // Locked by a migration in progress on another thread, or the mm is changing: wait it out.
         if (spins > 64) sched_yield();
         s = __atomic_load_n(r->state(page), __ATOMIC_ACQUIRE);
@@ -97,6 +126,7 @@ void onSigbus(int sig, siginfo_t* info, void* uctx) {
       break;
     }
     gInFlight.fetch_sub(1, std::memory_order_acq_rel);
+    if (!served && recentlyClosed(addr)) served = true;
   }
   if (!served) chain(sig, info, uctx);
   errno = savedErrno;
@@ -131,6 +161,11 @@ void inlineRemove(RegionState* r) {
     std::lock_guard<std::mutex> lock(gMu);
     for (int i = 0; i < kMaxInline; i++) {
       if (gSlots[i].load() == r) {
+        ClosedRange& c = gClosed[gClosedNext.fetch_add(1) % kMaxClosed];
+        c.budget.store(0, std::memory_order_release);
+        c.base.store(reinterpret_cast<uint64_t>(r->base), std::memory_order_release);
+        c.length.store(r->length, std::memory_order_release);
+        c.budget.store(1000, std::memory_order_release);
         gSlots[i].store(nullptr, std::memory_order_release);
         owner = std::move(gOwners[i]);
       }

@@ -59,8 +59,8 @@ void migrateSharers(RegionState& r, uint32_t page, int32_t slot, uint32_t pfn) {
     st[1] = 0;
     unlockPage(m, st, kKindPresent);
     dev->putPage(pfn);
+    // That mapping's page came back; the device page migrated once (counted by the faulting side).
     bump(m, kStatMigratedBack);
-    __atomic_fetch_add(&dev->shared[kDevMigratedToRam], 1, __ATOMIC_RELAXED);
     wake(m.uffd.get(), addr, m.pageSize);
   });
 }

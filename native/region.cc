@@ -215,10 +215,12 @@ static Napi::Value RegionClose(const Napi::CallbackInfo& info) {
   auto r = regions().remove(h);
   if (!r) return info.Env().Undefined();
   r->closed.store(true, std::memory_order_release);
-  inlineRemove(r.get());
-  stopNativeServicer(*r);
+  // Unregister first: from then on a touch is a plain fault. An inline region that stopped being
+  // served while still registered would turn a touch into a fatal SIGBUS.
   for (int tries = 0; tries < 1000 && unregisterRange(r->uffd.get(), reinterpret_cast<uint64_t>(r->base), r->length) == -EAGAIN; tries++) {
   }
+  inlineRemove(r.get());
+  stopNativeServicer(*r);
   dropKeepAlive(info.Env(), KeepKind::Region, h);
   dropKeepAlive(info.Env(), KeepKind::Trace, h);
   return info.Env().Undefined();

@@ -1,0 +1,316 @@
+// A pure-TypeScript reference model of the kernel rules uffd-hmm emulates (SEMANTICS.md S1-S5, S11,
+// S12): page entries, device pages with refcounts, stats and every byte. No I/O, no library code.
+//
+// The model is written from the semantics, not from the implementation: where the two disagree
+// the differential test (model.test.ts) reports it. Device page numbers here are ids that are never
+// reused; the test compares them with the real pfns only up to a consistent renaming.
+
+export const PAGE_SIZE = 4096;
+
+export type Prot = 'none' | 'read' | 'readwrite';
+
+export type MEntry =
+  | { kind: 'none' }
+  /**
+   * write: not write-protected (the pte is writable if the vma allows it too); zero: the shared
+   * zero page is mapped (a read of a hole), so the snapshot says ZERO.
+   */
+  | { kind: 'present'; write: boolean; zero: boolean }
+  | { kind: 'device'; write: boolean; dev: number; id: number };
+
+export interface MDevicePage {
+  bytes: Uint8Array;
+  refs: number;
+}
+
+export interface MDevice {
+  open: boolean;
+  capacity: number;
+  pages: Map<number, MDevicePage>;
+  stats: { faults: number; migratedToDevice: number; migratedToRam: number; freed: number };
+}
+
+export interface MRegionStats {
+  faults: number;
+  writeFaults: number;
+  wpFaults: number;
+  kernelFaults: number;
+  migratedBack: number;
+}
+
+export interface MRegion {
+  open: boolean;
+  pages: number;
+  entries: MEntry[];
+  prot: Prot[];
+  /** What the CPU would read from each page (device pages: see the device's bytes). */
+  bytes: Uint8Array[];
+  stats: MRegionStats;
+}
+
+export type MChildStep =
+  | { op: 'read'; page: number; offset: number }
+  | { op: 'write'; page: number; offset: number; value: number }
+  | { op: 'checksum'; first: number; count: number };
+
+let nextId = 1;
+
+
+export class Model {
+  readonly devices: MDevice[] = [];
+  region: MRegion;
+
+  constructor(pages: number, capacities: number[]) {
+    for (const capacity of capacities) this.devices.push(Model.newDevice(capacity));
+    this.region = Model.newRegion(pages);
+  }
+
+  static newDevice(capacity: number): MDevice {
+    return { open: true, capacity, pages: new Map(), stats: { faults: 0, migratedToDevice: 0, migratedToRam: 0, freed: 0 } };
+  }
+
+  static newRegion(pages: number): MRegion {
+    return {
+      open: true,
+      pages,
+      entries: Array.from({ length: pages }, () => ({ kind: 'none' }) as MEntry),
+      prot: Array.from({ length: pages }, () => 'readwrite' as Prot),
+      bytes: Array.from({ length: pages }, () => new Uint8Array(PAGE_SIZE)),
+      stats: { faults: 0, writeFaults: 0, wpFaults: 0, kernelFaults: 0, migratedBack: 0 },
+    };
+  }
+
+  used(dev: number): number {
+    return this.devices[dev].pages.size;
+  }
+
+  /** The bytes a page holds wherever it lives. */
+  content(page: number): Uint8Array {
+    const e = this.region.entries[page];
+    if (e.kind === 'device') return this.devices[e.dev].pages.get(e.id)!.bytes;
+    return this.region.bytes[page];
+  }
+
+  // Device page lifetime (S11): allocate within capacity, drop a reference, free on the last.
+  #alloc(dev: number, bytes: Uint8Array): number | undefined {
+    const d = this.devices[dev];
+    if (d.pages.size >= d.capacity) return undefined;
+    const id = nextId++;
+    d.pages.set(id, { bytes: bytes.slice(), refs: 1 });
+    return id;
+  }
+
+  #put(dev: number, id: number): void {
+    const d = this.devices[dev];
+    const p = d.pages.get(id)!;
+    if (--p.refs === 0) {
+      d.pages.delete(id);
+      d.stats.freed++;
+    }
+  }
+
+  /**
+   * S1 migrate_vma, best effort: page by page until the device is full. A page already on this
+   * device counts (a forced read downgrades it, make_device_entry_read); a page the vma cannot read
+   * stays. The entry is a write entry when the page was writable (or as forced).
+   */
+  migrate(first: number, count: number, dev: number, write: boolean | undefined): number {
+    const r = this.region;
+    let on = 0;
+    let moved = 0;
+    for (let page = first; page < first + count; page++) {
+      const e = r.entries[page];
+      if (e.kind === 'device' && e.dev === dev) {
+        on++;
+        if (write === false) e.write = false;
+        continue;
+      }
+      if (r.prot[page] === 'none') continue;
+      const id = this.#alloc(dev, this.content(page));
+      if (id === undefined) break;
+      const writable = r.prot[page] === 'readwrite' && (e.kind === 'none' || e.write);
+      if (e.kind === 'device') this.#put(e.dev, e.id);
+      r.entries[page] = { kind: 'device', write: write ?? writable, dev, id };
+      r.bytes[page].fill(0); // no CPU page remains
+      moved++;
+    }
+    this.devices[dev].stats.migratedToDevice += moved;
+    return on + moved;
+  }
+
+  /** Brings a device page back (S2 migrate back): read entries come back write-protected. */
+  #back(page: number, fault: boolean): void {
+    const r = this.region;
+    const e = r.entries[page];
+    if (e.kind !== 'device') throw new Error('not a device entry');
+    const d = this.devices[e.dev];
+    r.bytes[page] = d.pages.get(e.id)!.bytes.slice();
+    r.entries[page] = { kind: 'present', write: e.write, zero: false };
+    this.#put(e.dev, e.id);
+    r.stats.migratedBack++;
+    d.stats.migratedToRam++;
+    if (fault) d.stats.faults++;
+  }
+
+  migrateToRam(first: number, count: number, only?: number): number {
+    let moved = 0;
+    for (let page = first; page < first + count; page++) {
+      const e = this.region.entries[page];
+      if (e.kind !== 'device' || (only !== undefined && e.dev !== only)) continue;
+      this.#back(page, false);
+      moved++;
+    }
+    return moved;
+  }
+
+  /** A CPU read (user mode): a hole maps the zero page; a device entry faults the page back. */
+  read(page: number, offset: number): number {
+    const r = this.region;
+    const e = r.entries[page];
+    if (r.prot[page] === 'none') throw new Error('model: read under PROT_NONE is a SIGSEGV');
+    if (e.kind === 'none') {
+      r.entries[page] = { kind: 'present', write: true, zero: true };
+      r.stats.faults++;
+    } else if (e.kind === 'device') {
+      r.stats.faults++;
+      this.#back(page, true);
+    }
+    return r.bytes[page][offset];
+  }
+
+  /** A CPU write: faults a hole in as a private zeroed page, a device entry back, then write-protect faults. */
+  write(page: number, offset: number, value: number): void {
+    const r = this.region;
+    if (r.prot[page] !== 'readwrite') throw new Error('model: write without PROT_WRITE is a SIGSEGV');
+    let e = r.entries[page];
+    if (e.kind === 'none') {
+      r.entries[page] = e = { kind: 'present', write: true, zero: false };
+      r.stats.faults++;
+      r.stats.writeFaults++;
+    } else if (e.kind === 'device') {
+      r.stats.faults++;
+      r.stats.writeFaults++;
+      this.#back(page, true);
+      e = r.entries[page];
+    }
+    if (e.kind === 'present' && !e.write) {
+      e.write = true;
+      r.stats.faults++;
+      r.stats.writeFaults++;
+      r.stats.wpFaults++;
+    }
+    if (e.kind === 'present') e.zero = false;
+    r.bytes[page][offset] = value;
+  }
+
+  /** The device's own write to its page (a GPU kernel). */
+  deviceWrite(page: number, offset: number, value: number): void {
+    const e = this.region.entries[page];
+    if (e.kind !== 'device') throw new Error('not a device entry');
+    this.devices[e.dev].pages.get(e.id)!.bytes[offset] = value;
+  }
+
+  /** S4 zap (MADV_DONTNEED): every page reads zero, device references go. */
+  discard(first: number, count: number): void {
+    const r = this.region;
+    for (let page = first; page < first + count; page++) {
+      const e = r.entries[page];
+      if (e.kind === 'device') this.#put(e.dev, e.id);
+      r.entries[page] = { kind: 'none' };
+      r.bytes[page].fill(0);
+    }
+  }
+
+  /** S5 change_pte_range: write device entries become read entries; the vma's protection changes. */
+  mprotect(first: number, count: number, prot: Prot): void {
+    const r = this.region;
+    for (let page = first; page < first + count; page++) {
+      const e = r.entries[page];
+      if (e.kind === 'device') e.write = false;
+      r.prot[page] = prot;
+    }
+  }
+
+  /**
+   * S3 fork + a child running `steps`, then exiting. Device entries are shared (read entries in both
+   * processes); a child access to a shared device page migrates it back for both, the parent's copy
+   * write-protected; the child's writes stay in the child. Returns the child's results.
+   */
+  fork(steps: MChildStep[]): number[] {
+    const r = this.region;
+    for (const e of r.entries) {
+      if (e.kind !== 'device') continue;
+      e.write = false;
+      this.devices[e.dev].pages.get(e.id)!.refs++; // the child maps it too
+    }
+    // The child's view: its own entries and bytes, copied at fork time.
+    const child = r.entries.map((e) => ({ ...e }));
+    const childBytes = r.entries.map((_, p) => this.content(p).slice());
+    const touchChild = (page: number, write: boolean): void => {
+      const e = child[page];
+      if (e.kind === 'device') {
+        // Migrated back for every process that maps it: the parent gets it read-only too.
+        const d = this.devices[e.dev];
+        const pe = r.entries[page];
+        if (pe.kind === 'device' && pe.id === e.id) {
+          r.bytes[page] = d.pages.get(e.id)!.bytes.slice();
+          r.entries[page] = { kind: 'present', write: false, zero: false };
+          this.#put(e.dev, e.id);
+          r.stats.migratedBack++;
+        }
+        this.#put(e.dev, e.id);
+        d.stats.faults++;
+        d.stats.migratedToRam++;
+        child[page] = { kind: 'present', write: false, zero: false };
+      } else if (e.kind === 'none') {
+        child[page] = { kind: 'present', write: true, zero: !write };
+      }
+      if (write) child[page] = { kind: 'present', write: true, zero: false };
+    };
+    const results: number[] = [];
+    for (const s of steps) {
+      if (s.op === 'read') {
+        touchChild(s.page, false);
+        results.push(childBytes[s.page][s.offset]);
+      } else if (s.op === 'write') {
+        touchChild(s.page, true);
+        childBytes[s.page][s.offset] = s.value;
+        results.push(0);
+      } else {
+        for (let p = s.first; p < s.first + s.count; p++) touchChild(p, false);
+        results.push(crc32(childBytes.slice(s.first, s.first + s.count)));
+      }
+    }
+    // The child exits: the device pages it still mapped lose its reference.
+    for (const e of child) if (e.kind === 'device') this.#put(e.dev, e.id);
+    return results;
+  }
+
+  /** S12 device removal: every page on it comes back first. */
+  closeDevice(dev: number): void {
+    if (this.region.open) this.migrateToRam(0, this.region.pages, dev);
+    this.devices[dev].open = false;
+  }
+
+  /** munmap: device references go; the region is gone. */
+  closeRegion(): void {
+    const r = this.region;
+    for (const e of r.entries) if (e.kind === 'device') this.#put(e.dev, e.id);
+    r.open = false;
+  }
+}
+
+let table: Uint32Array | undefined;
+export function crc32(chunks: Uint8Array[]): number {
+  if (!table) {
+    table = new Uint32Array(256);
+    for (let n = 0; n < 256; n++) {
+      let c = n;
+      for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0xedb88320 : c >>> 1;
+      table[n] = c >>> 0;
+    }
+  }
+  let crc = ~0;
+  for (const data of chunks) for (let i = 0; i < data.length; i++) crc = table[(crc ^ data[i]) & 0xff] ^ (crc >>> 8);
+  return ~crc >>> 0;
+}

@@ -1,0 +1,111 @@
+// Shrunk counterexamples from the differential model test, kept as explicit cases: each runs the
+// scenario against the strict model (no tolerated divergences), or a child that once hung.
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { expect, it } from 'vitest';
+import { describeUffd } from '../helpers.js';
+import { runScenario, warmWorkerServicer, type Op, type Scenario } from './runner.js';
+
+const forkFirst = fileURLToPath(new URL('./fixtures/fork-first.mjs', import.meta.url));
+
+const scenario = (servicer: Scenario['servicer'], pages: number, capacities: [number, number], ops: Op[]): Scenario => ({
+  servicer,
+  pages,
+  capacities,
+  ops,
+});
+
+/** Runs a fixture with a hard deadline; a hung child is SIGKILLed (it ignores SIGTERM in fork). */
+function child(args: string[], timeoutMs: number): Promise<{ code: number | null; signal: string | null; out: string; timedOut: boolean }> {
+  return new Promise((resolve, reject) => {
+    const env = { ...process.env };
+    delete env.NODE_OPTIONS;
+    const c = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let timedOut = false;
+    c.stdout.setEncoding('utf8').on('data', (s: string) => (out += s));
+    c.stderr.setEncoding('utf8').on('data', (s: string) => (out += s));
+    const timer = setTimeout(() => {
+      timedOut = true;
+      c.kill('SIGKILL');
+    }, timeoutMs);
+    c.on('error', reject);
+    c.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, out, timedOut });
+    });
+  });
+}
+
+describeUffd('model regressions', () => {
+  // Found with the worker servicer: the first fork after the first worker-mode Region.map hung
+  // the process for ever (main thread in D state in dup_userfaultfd_complete). glibc's fork()
+  // holds every malloc arena lock across clone(); the kernel blocks that clone until the region's
+  // EVENT_FORK is read; the worker thread that reads it was still starting up and blocked in
+  // malloc on one of those arena locks. SIGTERM cannot end it; only SIGKILL.
+  it.each(['region-fork', 'spawnSync'])('a fork (%s) right after the first worker region neither hangs nor fails', async (how) => {
+    const res = await child([forkFirst, how], 15_000);
+    expect({ timedOut: res.timedOut, code: res.code, signal: res.signal }, res.out).toEqual({ timedOut: false, code: 0, signal: null });
+    expect(res.out).toContain('done');
+  }, 20_000);
+
+  it.each(['worker', 'native'] as const)(
+    '%s: a device page shared with a forked child and faulted back by it counts as one page migrated to RAM',
+    async (servicer) => {
+      await warmWorkerServicer();
+      // The kernel migrates the one device page once and repoints both ptes at the new page;
+      // device.stats() must not count it twice (migratedToRam 2 for migratedToDevice 1).
+      await runScenario(
+        scenario(servicer, 1, [1, 1], [
+          { op: 'write', page: 0, offset: 0, value: 1 },
+          { op: 'migrate', first: 0, count: 1, dev: 0 },
+          { op: 'fork', steps: [{ op: 'read', page: 0, offset: 0 }] },
+        ]),
+      );
+    },
+  );
+
+  // A run of device pages that spans two vmas (mprotect split the mapping) came back in one
+  // UFFDIO_COPY, which the kernel refuses with ENOENT (the range must lie in one vma):
+  // migrateToRam threw and device.close() rejected with the pages still on the device.
+  it.each(['worker', 'native', 'inline'] as const)('%s: pages on a device across an mprotect boundary come back (migrateToRam, device.close)', async (servicer) => {
+    for (const last of [{ op: 'migrateToRam', first: 0, count: 2 } as Op, { op: 'closeDevice', dev: 0 } as Op]) {
+      await runScenario(
+        scenario(servicer, 2, [2, 1], [
+          { op: 'mprotect', first: 0, count: 1, prot: 'read' },
+          { op: 'migrate', first: 0, count: 2, dev: 0, write: false },
+          last,
+        ]),
+      );
+    }
+  });
+
+  // The cases below once failed only because the model or the comparison was wrong; they stay
+  // as regressions of the paths they exercise.
+  it.each(['worker', 'native'] as const)('%s: a child that exits leaves untouched device pages to the parent, as read entries', async (servicer) => {
+    await warmWorkerServicer();
+    await runScenario(
+      scenario(servicer, 14, [4, 4], [
+        { op: 'write', page: 5, offset: 4085, value: 247 },
+        { op: 'read', page: 1, offset: 1 },
+        { op: 'migrate', first: 13, count: 1, dev: 0 },
+        { op: 'fork', steps: [{ op: 'read', page: 0, offset: 0 }] },
+        { op: 'write', page: 13, offset: 9, value: 3 },
+      ]),
+    );
+  });
+
+  it.each(['worker', 'native', 'inline'] as const)('%s: PROT_NONE shows as ERROR in snapshots, whatever the entry', async (servicer) => {
+    await runScenario(
+      scenario(servicer, 4, [2, 2], [
+        { op: 'write', page: 0, offset: 0, value: 9 },
+        { op: 'read', page: 1, offset: 0 },
+        { op: 'migrate', first: 2, count: 1, dev: 1, write: false },
+        { op: 'mprotect', first: 0, count: 4, prot: 'none' },
+        { op: 'mprotect', first: 0, count: 4, prot: 'readwrite' },
+        { op: 'read', page: 2, offset: 0 },
+        { op: 'write', page: 2, offset: 0, value: 1 },
+      ]),
+    );
+  });
+});

@@ -1,0 +1,344 @@
+// Runs one sequence of operations against a real Region and the reference model side by side and,
+// after every step, compares every entry, every byte, refcounts, device.used and the stats.
+import {
+  Device,
+  HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL,
+  HMM_DMIRROR_PROT_DEV_PRIVATE_REMOTE,
+  HMM_DMIRROR_PROT_ERROR,
+  HMM_DMIRROR_PROT_NONE,
+  HMM_DMIRROR_PROT_READ,
+  HMM_DMIRROR_PROT_WRITE,
+  HMM_DMIRROR_PROT_ZERO,
+  PM_MMAP_EXCLUSIVE,
+  PM_PRESENT,
+  PM_SWAP,
+  Region,
+  SWP_DEVICE,
+  SWP_DEVICE_WRITE,
+  type ServicerKind,
+} from 'uffd-hmm';
+import { appendFileSync } from 'node:fs';
+import { Model, PAGE_SIZE, type MChildStep, type Prot } from './model.js';
+
+// UFFD_HMM_MODEL_TRACE=<file> appends every scenario and step as it starts: the last line written
+// before a hang names the step that hung.
+const trace = process.env.UFFD_HMM_MODEL_TRACE;
+
+export type Op =
+  | { op: 'migrate'; first: number; count: number; dev: number; write?: boolean }
+  | { op: 'migrateToRam'; first: number; count: number }
+  | { op: 'read'; page: number; offset: number }
+  | { op: 'write'; page: number; offset: number; value: number }
+  | { op: 'deviceWrite'; page: number; offset: number; value: number }
+  | { op: 'discard'; first: number; count: number }
+  | { op: 'mprotect'; first: number; count: number; prot: Prot }
+  | { op: 'fork'; steps: MChildStep[] }
+  | { op: 'closeDevice'; dev: number }
+  | { op: 'openDevice'; dev: number }
+  | { op: 'closeRegion' }
+  | { op: 'map' };
+
+export interface Scenario {
+  servicer: ServicerKind;
+  pages: number;
+  capacities: [number, number];
+  ops: Op[];
+}
+
+/** Thrown when real and model disagree: names the step and what differed. */
+export class Divergence extends Error {}
+
+const codeOf = (e: unknown): string => (e as { code?: string }).code ?? String(e);
+
+/** Clamps a generated range into the region, so shrinking never produces an invalid call. */
+function range(first: number, count: number, pages: number): [number, number] {
+  const f = first % pages;
+  return [f, Math.min(count, pages - f)];
+}
+
+/**
+ * Executes `s` on a fresh region and devices. Operations the current state makes illegal or
+ * undefined (touching a page under PROT_NONE, a device write to a page not on a device) are skipped,
+ * so every shrunk sequence is still a valid program. Returns the executed steps, for messages.
+ */
+export async function runScenario(s: Scenario): Promise<string[]> {
+  if (trace) appendFileSync(trace, `scenario ${JSON.stringify({ ...s, ops: undefined })}\n`);
+  const model = new Model(s.pages, s.capacities);
+  const devices = s.capacities.map((capacity, i) => new Device({ capacity, name: `model-dev${i}` }));
+  let region = Region.map({ pages: s.pages, servicer: s.servicer });
+  const errors: unknown[] = [];
+  region.on('error', (e) => errors.push(e));
+  // Per device: model page id -> real pfn, the consistent renaming of device page numbers.
+  const rename = devices.map(() => new Map<number, number>());
+  const log: string[] = [];
+  const fail = (msg: string): never => {
+    throw new Divergence(`${msg}\n  after steps:\n    ${log.join('\n    ')}`);
+  };
+  const same = (what: string, real: unknown, want: unknown): void => {
+    if (JSON.stringify(real) !== JSON.stringify(want)) fail(`${what}: real ${JSON.stringify(real)}, model ${JSON.stringify(want)}`);
+  };
+  /** Runs `fn` expecting it to throw `code`. */
+  const throws = async (what: string, code: string, fn: () => unknown): Promise<void> => {
+    try {
+      await fn();
+    } catch (e) {
+      if (codeOf(e) === code) return;
+      fail(`${what}: threw ${codeOf(e)} (${(e as Error).message}), expected ${code}`);
+    }
+    fail(`${what}: returned, expected ${code}`);
+  };
+
+  try {
+    for (const op of s.ops) {
+      const m = model.region;
+      const n = s.pages;
+      const desc = JSON.stringify(op);
+      if (trace) appendFileSync(trace, `  ${desc}\n`);
+      if (op.op === 'map') {
+        if (m.open) continue;
+        log.push(desc);
+        region = Region.map({ pages: n, servicer: s.servicer });
+        region.on('error', (e) => errors.push(e));
+        model.region = Model.newRegion(n);
+      } else if (op.op === 'openDevice') {
+        if (model.devices[op.dev].open) continue;
+        log.push(desc);
+        devices[op.dev] = new Device({ capacity: s.capacities[op.dev], name: `model-dev${op.dev}` });
+        rename[op.dev] = new Map();
+        model.devices[op.dev] = Model.newDevice(s.capacities[op.dev]);
+      } else if (op.op === 'closeDevice') {
+        if (!model.devices[op.dev].open) continue;
+        log.push(desc);
+        await devices[op.dev].close();
+        model.closeDevice(op.dev);
+      } else if (!m.open) {
+        // Every region operation on a closed region is refused with a coded error; its bytes view
+        // is detached (length 0), so a CPU access reaches no memory at all.
+        if (op.op === 'closeRegion') continue;
+        if (op.op === 'read' || op.op === 'write') {
+          same('bytes of a closed region', region.bytes.length, 0);
+          continue;
+        }
+        log.push(desc);
+        await throws(desc, 'ERR_REGION_CLOSED', () => apply(op));
+        continue;
+      } else if (op.op === 'closeRegion') {
+        log.push(desc);
+        await region.close();
+        model.closeRegion();
+        same('bytes after close', region.bytes.length, 0);
+      } else {
+        if (!applicable(op)) continue;
+        log.push(desc);
+        if (op.op === 'migrate' && !model.devices[op.dev].open) {
+          await throws(desc, 'ERR_DEVICE_CLOSED', () => apply(op));
+        } else if (op.op === 'fork' && s.servicer === 'inline') {
+          await throws(desc, 'ERR_SERVICER_UNSUPPORTED', () => apply(op));
+        } else {
+          const got = await apply(op);
+          const want = applyModel(op);
+          same(`result of ${desc}`, got, want);
+        }
+      }
+      compare();
+      if (errors.length) fail(`the region reported errors: ${errors.map((e) => codeOf(e)).join(', ')}`);
+    }
+  } finally {
+    if (!region.closed) await region.close();
+    for (const d of devices) if (!d.closed) await d.close();
+  }
+  return log;
+
+  function applicable(op: Op): boolean {
+    const m = model.region;
+    switch (op.op) {
+      case 'read':
+        return m.prot[op.page % s.pages] !== 'none';
+      case 'write':
+        return m.prot[op.page % s.pages] === 'readwrite';
+      case 'deviceWrite':
+        return m.entries[op.page % s.pages].kind === 'device';
+      default:
+        return true;
+    }
+  }
+
+  /** Child steps that would crash the child (PROT_NONE, a write to a read-only page) are left out. */
+  function childSteps(steps: MChildStep[]): MChildStep[] {
+    const m = model.region;
+    return steps
+      .map((st): MChildStep => {
+        if (st.op === 'checksum') {
+          const [first, count] = range(st.first, st.count, s.pages);
+          return { op: 'checksum', first, count };
+        }
+        return { ...st, page: st.page % s.pages };
+      })
+      .filter((st) => {
+        if (st.op === 'checksum') return m.prot.slice(st.first, st.first + st.count).every((p) => p !== 'none');
+        return st.op === 'read' ? m.prot[st.page] !== 'none' : m.prot[st.page] === 'readwrite';
+      });
+  }
+
+  async function apply(op: Op): Promise<unknown> {
+    const n = s.pages;
+    switch (op.op) {
+      case 'migrate': {
+        const [f, c] = range(op.first, op.count, n);
+        return region.migrate(f, c, devices[op.dev], op.write === undefined ? undefined : { write: op.write });
+      }
+      case 'migrateToRam':
+        return region.migrateToRam(...range(op.first, op.count, n));
+      case 'read':
+        return region.bytes[(op.page % n) * PAGE_SIZE + op.offset];
+      case 'write':
+        region.bytes[(op.page % n) * PAGE_SIZE + op.offset] = op.value;
+        return undefined;
+      case 'deviceWrite': {
+        const e = region.entry(op.page % n);
+        if (e.kind !== 'device') return fail(`deviceWrite: page ${op.page % n} is ${e.kind} in the real region`);
+        e.device.write(e.pfn, new Uint8Array([op.value]), op.offset);
+        return undefined;
+      }
+      case 'discard':
+        region.discard(...range(op.first, op.count, n));
+        return undefined;
+      case 'mprotect': {
+        const [f, c] = range(op.first, op.count, n);
+        region.mprotect(f, c, op.prot);
+        return undefined;
+      }
+      case 'fork': {
+        const res = await region.fork(childSteps(op.steps), { timeoutMs: 20_000 });
+        return { results: res.results, exitCode: res.exitCode, signal: res.signal };
+      }
+      default:
+        return fail(`apply: unexpected ${op.op}`);
+    }
+  }
+
+  function applyModel(op: Op): unknown {
+    const n = s.pages;
+    switch (op.op) {
+      case 'migrate': {
+        const [f, c] = range(op.first, op.count, n);
+        return model.migrate(f, c, op.dev, op.write);
+      }
+      case 'migrateToRam':
+        return model.migrateToRam(...range(op.first, op.count, n));
+      case 'read':
+        return model.read(op.page % n, op.offset);
+      case 'write':
+        model.write(op.page % n, op.offset, op.value);
+        return undefined;
+      case 'deviceWrite':
+        model.deviceWrite(op.page % n, op.offset, op.value);
+        return undefined;
+      case 'discard':
+        model.discard(...range(op.first, op.count, n));
+        return undefined;
+      case 'mprotect': {
+        const [f, c] = range(op.first, op.count, n);
+        model.mprotect(f, c, op.prot);
+        return undefined;
+      }
+      case 'fork':
+        return { results: model.fork(childSteps(op.steps)), exitCode: 0, signal: null };
+      default:
+        return fail(`model: unexpected ${op.op}`);
+    }
+  }
+
+  /** Every observable of the real region and devices against the model. */
+  function compare(): void {
+    const m = model.region;
+    const n = s.pages;
+    for (let i = 0; i < devices.length; i++) {
+      same(`device ${i} used`, devices[i].used, model.used(i));
+      same(`device ${i} stats`, devices[i].stats(), model.devices[i].stats);
+      // Forget renamings of pages the model freed: the real pfn may be handed out again.
+      for (const id of rename[i].keys()) if (!model.devices[i].pages.has(id)) rename[i].delete(id);
+    }
+    if (!m.open) return;
+    same('region stats', region.stats(), m.stats);
+    const pm = region.pagemap(0, n);
+    const snap = region.snapshot(0, n);
+    const snapLocal0 = region.snapshot(0, n, devices[0]);
+    const view = Buffer.from(region.bytes.buffer, region.bytes.byteOffset, region.bytes.byteLength);
+    for (let p = 0; p < n; p++) {
+      const want = m.entries[p];
+      const real = region.entry(p);
+      const at = `page ${p}`;
+      same(`${at} kind`, real.kind, want.kind);
+      const prot = m.prot[p];
+      let wantSnap: number;
+      if (want.kind === 'device' && real.kind === 'device') {
+        same(`${at} write`, real.write, want.write);
+        if (real.device !== devices[want.dev]) fail(`${at}: on ${real.device.name}, model says model-dev${want.dev}`);
+        // pfn up to renaming: the same model page always shows as the same real pfn, and no two
+        // live model pages share one.
+        const map = rename[want.dev];
+        const known = map.get(want.id);
+        if (known === undefined) {
+          for (const [id, pfn] of map) if (pfn === real.pfn && id !== want.id) fail(`${at}: pfn ${real.pfn} already names another device page`);
+          map.set(want.id, real.pfn);
+        } else if (known !== real.pfn) {
+          fail(`${at}: device page moved from pfn ${known} to ${real.pfn} without a migration`);
+        }
+        const dev = devices[want.dev];
+        same(`${at} refcount`, dev.refcount(real.pfn), model.devices[want.dev].pages.get(want.id)!.refs);
+        if (!Buffer.from(dev.read(real.pfn)).equals(model.content(p))) fail(`${at}: device page bytes differ (${diffAt(dev.read(real.pfn), model.content(p))})`);
+        // pagemap shows the device swap entry (S6), exclusive while mapped once.
+        const e = pm[p];
+        if ((e & PM_SWAP) === 0n || (e & PM_PRESENT) !== 0n) fail(`${at}: pagemap 0x${e.toString(16)} is not a swap entry`);
+        same(`${at} pagemap type`, Number(e & 31n), want.write ? SWP_DEVICE_WRITE : SWP_DEVICE);
+        same(`${at} pagemap offset`, Number((e >> 5n) & ((1n << 50n) - 1n)), real.pfn);
+        same(`${at} pagemap exclusive`, (e & PM_MMAP_EXCLUSIVE) !== 0n, true);
+        const rw = want.write ? HMM_DMIRROR_PROT_WRITE : HMM_DMIRROR_PROT_READ;
+        wantSnap = HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL | rw;
+        same(
+          `${at} snapshot for dev0`,
+          snapLocal0[p],
+          prot === 'none' ? HMM_DMIRROR_PROT_ERROR : (want.dev === 0 ? HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL : HMM_DMIRROR_PROT_DEV_PRIVATE_REMOTE) | rw,
+        );
+      } else if (want.kind === 'present' && real.kind === 'present') {
+        // The pte is writable when the page is not write-protected and the vma allows writes.
+        same(`${at} write`, real.write, want.write && prot === 'readwrite');
+        if ((pm[p] & PM_PRESENT) === 0n) fail(`${at}: present in the table but not in pagemap (0x${pm[p].toString(16)})`);
+        // Readable without a fault (present), unless PROT_NONE, where touching it is a SIGSEGV.
+        if (prot !== 'none') {
+          const got = view.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE);
+          if (!got.equals(m.bytes[p])) fail(`${at}: bytes differ (${diffAt(got, m.bytes[p])})`);
+        }
+        wantSnap = want.zero
+          ? HMM_DMIRROR_PROT_ZERO | HMM_DMIRROR_PROT_READ
+          : prot === 'readwrite'
+            ? want.write
+              ? HMM_DMIRROR_PROT_WRITE
+              : HMM_DMIRROR_PROT_READ
+            : HMM_DMIRROR_PROT_READ;
+      } else {
+        if ((pm[p] & (PM_PRESENT | PM_SWAP)) !== 0n) fail(`${at}: none in the table but pagemap 0x${pm[p].toString(16)}`);
+        wantSnap = HMM_DMIRROR_PROT_NONE;
+      }
+      if (prot === 'none') wantSnap = HMM_DMIRROR_PROT_ERROR;
+      same(`${at} snapshot`, snap[p], wantSnap);
+    }
+  }
+}
+
+function diffAt(a: Uint8Array, b: Uint8Array): string {
+  for (let i = 0; i < Math.max(a.length, b.length); i++) if (a[i] !== b[i]) return `first at offset ${i}: real ${a[i]}, model ${b[i]}`;
+  return 'lengths differ';
+}
+
+/**
+ * Starts the process's worker servicer and waits until it serves a fault. A fork while that
+ * worker is still starting deadlocks the process (see regressions.test.ts, "fork right after the
+ * first worker region"); the property test is about the model, so it steps around that bug.
+ */
+export async function warmWorkerServicer(): Promise<void> {
+  const r = Region.map({ pages: 1, servicer: 'worker' });
+  r.bytes[0] = 1; // returns only once the worker served the fault
+  await r.close();
+}
