@@ -219,6 +219,11 @@ static Napi::Value RegionClose(const Napi::CallbackInfo& info) {
   // served while still registered would turn a touch into a fatal SIGBUS.
   for (int tries = 0; tries < 1000 && unregisterRange(r->uffd.get(), reinterpret_cast<uint64_t>(r->base), r->length) == -EAGAIN; tries++) {
   }
+  // UNREGISTER wakes the threads already waiting on the range, but a thread that was entering
+  // handle_userfault under its per-VMA lock can queue itself just after that wake (seen under
+  // load: a toucher asleep on an unregistered range for good). Unregister has waited for that
+  // lock, so such a thread is queued by now: wake the whole range once more.
+  wake(r->uffd.get(), reinterpret_cast<uint64_t>(r->base), r->length);
   inlineRemove(r.get());
   stopNativeServicer(*r);
   dropKeepAlive(info.Env(), KeepKind::Region, h);

@@ -1,7 +1,9 @@
 // Privileges: as user nobody, with vm.unprivileged_userfaultfd 0/1, /dev/userfaultfd 0600/0666/absent
 // and userfaultfd(2) refused: probe() and Region.map name what is missing and the fix.
 import { spawn } from 'node:child_process';
-import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { describeUffd } from './helpers.js';
@@ -9,21 +11,22 @@ import { describeUffd } from './helpers.js';
 const fixture = fileURLToPath(new URL('./fixtures/priv-probe.mjs', import.meta.url));
 const SYSCTL = '/proc/sys/vm/unprivileged_userfaultfd';
 
-// Each child runs in its own mount namespace, where /tmp is a private tmpfs (the child writes only
-// there, never into the repository) and /dev/userfaultfd is replaced by a fresh device node of the
-// wanted mode, or /dev by a minimal tmpfs without it. That changes nothing outside the child: a
+// Each child runs in its own mount namespace, where a fresh scratch directory is a private tmpfs
+// (its TMPDIR: the child writes only there, never into the repository; a tmpfs over all of /tmp
+// would hide a checkout that lives under /tmp) and /dev/userfaultfd is replaced by a fresh device
+// node of the wanted mode, or /dev by a minimal tmpfs without it. That changes nothing outside the child: a
 // chmod of the real node would also change what every other test process on the machine sees.
 // Only the sysctl is global; it is set just around the child that needs it and always restored.
 const NAMESPACE_SETUP = `
 set -e
-mount -t tmpfs -o mode=1777 uffd-hmm-priv /tmp
+mount -t tmpfs -o mode=1777 uffd-hmm-priv "$SCRATCH"
 if [ "$DEV_MODE" = absent ]; then
   mount -t tmpfs -o mode=755 uffd-hmm-dev /dev
   mknod -m 666 /dev/null c 1 3; mknod -m 666 /dev/zero c 1 5
   mknod -m 666 /dev/random c 1 8; mknod -m 666 /dev/urandom c 1 9
 else
-  mknod -m "$DEV_MODE" /tmp/.userfaultfd c "$DEV_MAJOR" "$DEV_MINOR"
-  mount --bind /tmp/.userfaultfd /dev/userfaultfd
+  mknod -m "$DEV_MODE" "$SCRATCH/.userfaultfd" c "$DEV_MAJOR" "$DEV_MINOR"
+  mount --bind "$SCRATCH/.userfaultfd" /dev/userfaultfd
 fi
 exec "$@"
 `;
@@ -71,7 +74,15 @@ async function runAsNobody(s: Setting): Promise<Report> {
   const rdev = statSync('/dev/userfaultfd').rdev;
   const major = (rdev >> 8) & 0xfff;
   const minor = (rdev & 0xff) | ((rdev >> 12) & 0xfff00);
-  const env: NodeJS.ProcessEnv = { ...process.env, DEV_MODE: s.dev, DEV_MAJOR: String(major), DEV_MINOR: String(minor) };
+  const scratch = mkdtempSync(join(tmpdir(), 'uffd-hmm-priv-'));
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    DEV_MODE: s.dev,
+    DEV_MAJOR: String(major),
+    DEV_MINOR: String(minor),
+    SCRATCH: scratch,
+    TMPDIR: scratch,
+  };
   delete env.NODE_OPTIONS;
   const argv = [
     'unshare', '--mount', '--propagation', 'private', 'sh', '-c', NAMESPACE_SETUP, 'setup',
@@ -102,6 +113,7 @@ async function runAsNobody(s: Setting): Promise<Report> {
     return JSON.parse(o.out.trim().split('\n').pop()!) as Report;
   } finally {
     setSysctl(original);
+    rmSync(scratch, { recursive: true, force: true });
   }
 }
 
