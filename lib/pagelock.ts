@@ -29,16 +29,6 @@ export function lockPage(shared: Int32Array, page: number): number {
   }
 }
 
-/** Tries to lock without waiting; returns the old state word, or -1 if the page is locked. */
-export function tryLockPage(shared: Int32Array, page: number): number {
-  const idx = stateIndex(page);
-  for (;;) {
-    const s = Atomics.load(shared, idx);
-    if ((s & LOCKED) !== 0) return -1;
-    if (Atomics.compareExchange(shared, idx, s, s | LOCKED) === s) return s;
-  }
-}
-
 /** Publishes the page's new state (LOCKED clear) and wakes anyone waiting for an unlock. */
 export function unlockPage(shared: Int32Array, page: number, state: number): void {
   Atomics.store(shared, stateIndex(page), state & ~LOCKED);
