@@ -4,7 +4,7 @@
 import { native } from './native.js';
 import { UffdHmmError, invalidType } from './errors.js';
 import { integer, optionsObject } from './validate.js';
-import type { Region } from './region.js';
+import { Region } from './region.js';
 
 export interface ToucherOptions {
   /** Threads to start (1..64). Default 1. */
@@ -28,9 +28,10 @@ export class NativeToucher {
   readonly #counts: Float64Array;
 
   constructor(region: Region, options: ToucherOptions) {
-    if (region === null || typeof region !== 'object' || typeof (region as { handle?: unknown }).handle !== 'number') {
-      throw invalidType('region', 'a Region', region);
-    }
+    // A Region, not anything with a numeric handle: a forged handle would aim the threads at
+    // whichever region has that handle, mprotected or moving under them.
+    if (!(region instanceof Region)) throw invalidType('region', 'a Region', region);
+    if (region.closed) throw new UffdHmmError('ERR_REGION_CLOSED', 'the region is closed');
     const opts = optionsObject('options', options);
     this.threads = opts.threads === undefined ? 1 : integer('options.threads', opts.threads, 1, 64);
     this.iterations = integer('options.iterations', opts.iterations, 0, 0xffffffff);

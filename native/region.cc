@@ -537,6 +537,8 @@ static Napi::Value RegionRemap(const Napi::CallbackInfo& info) {
   if (pages == 0) throw rangeError(env, "pages must be at least 1");
   if (words < layout::kRegionHeader + 2 * size_t(pages)) throw rangeError(env, "shared buffer too small for the region");
   if (r->inlineMode) throw codedError(env, "ERR_SERVICER_UNSUPPORTED", "an inline region reads no EVENT_REMAP, so it cannot be remapped");
+  if (r->activeTouchers.load() > 0)
+    throw codedError(env, "ERR_REGION_BUSY", "native touchers are running on this region: stop them (and wait) before remapping it");
   if (!(kernelFeatures().features & UFFD_FEATURE_EVENT_REMAP))
     throw codedError(env, "ERR_UFFD_FEATURE_MISSING", "this kernel lacks UFFD_FEATURE_EVENT_REMAP");
   const size_t newLength = size_t(pages) * r->pageSize;

@@ -44,7 +44,10 @@ struct RegionState {
   bool classifyFaults = false;
   uint32_t faultAround = 1;  // pages migrated back per device fault, at most
   std::atomic<bool> guarded{false};
-  bool forkEvents = false;  // EVENT_FORK granted (it needs CAP_SYS_PTRACE): region.fork works  // a native guard took over from a dead worker servicer  // look up whether each fault came from inside a system call  // served by the SIGBUS handler: no messages are ever read
+  bool forkEvents = false;
+  // Native toucher sets running on this region: they compute addresses from base and pages, so
+  // the region must not move (remap) under them.
+  std::atomic<int> activeTouchers{0};  // EVENT_FORK granted (it needs CAP_SYS_PTRACE): region.fork works  // a native guard took over from a dead worker servicer  // look up whether each fault came from inside a system call  // served by the SIGBUS handler: no messages are ever read
   int32_t* shared = nullptr;  // region header + page table, in a SharedArrayBuffer
   int32_t* trace = nullptr;   // the fault trace ring, when one is attached (native/trace.h)
   std::atomic<bool> closed{false};

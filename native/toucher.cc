@@ -66,6 +66,7 @@ Napi::Value ToucherStart(const Napi::CallbackInfo& info) {
   auto t = std::make_shared<Toucher>();
   t->region = r;
   t->running = static_cast<int>(nthreads);
+  r->activeTouchers.fetch_add(1);
   t->counts.assign(nthreads, 0);
   Toucher* tp = t.get();
   RegionState* rp = r.get();
@@ -85,7 +86,10 @@ Napi::Value ToucherStart(const Napi::CallbackInfo& info) {
       }
       tp->counts[k] = done;
       std::lock_guard<std::mutex> lock(tp->mu);
-      if (--tp->running == 0) tp->cv.notify_all();
+      if (--tp->running == 0) {
+        rp->activeTouchers.fetch_sub(1);
+        tp->cv.notify_all();
+      }
     });
   }
   return Napi::Number::New(env, touchers().add(t));

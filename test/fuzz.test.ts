@@ -1,51 +1,23 @@
 // Bad input: a child makes >= 10^5 random calls to every public function and method with wrong,
 // edge and valid arguments; each must succeed or throw a coded error, never crash or hang.
-import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { readdirSync } from 'node:fs';
 import path from 'node:path';
 import { expect, it } from 'vitest';
 import { NativeToucher, Region } from 'uffd-hmm';
-import { describeUffd } from './helpers.js';
+import { describeUffd, runNode, type NodeOutcome } from './helpers.js';
 
 const fixture = fileURLToPath(new URL('./fixtures/fuzz-child.mjs', import.meta.url));
 const CALLS = 100_000;
 // A new seed each run explores new sequences; UFFD_HMM_FUZZ_SEED replays a failing one.
 const SEED = Number(process.env.UFFD_HMM_FUZZ_SEED ?? (Date.now() % 0x7fffffff) + 1);
 
-interface Outcome {
-  code: number | null;
-  signal: string | null;
-  stdout: string;
-  stderr: string;
-  timedOut: boolean;
-}
-
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
-function run(args: string[], timeoutMs: number, inline?: string): Promise<Outcome> {
-  return new Promise((resolve, reject) => {
-    const env = { ...process.env };
-    delete env.NODE_OPTIONS;
-    delete env.FUZZ_AVOID; // the test always runs the whole fuzz
-    const argv = inline === undefined ? [fixture, ...args] : ['--input-type=module', '-e', inline];
-    const child = spawn(process.execPath, argv, { cwd: repo, env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    let timedOut = false;
-    child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
-    child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
-    // SIGKILL: a process hung in fork(2) waiting for a userfaultfd event ignores SIGTERM.
-    const timer = setTimeout(() => {
-      timedOut = true;
-      child.kill('SIGKILL');
-    }, timeoutMs);
-    child.on('error', reject);
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, stdout, stderr, timedOut });
-    });
-  });
+function run(args: string[], timeoutMs: number, inline?: string): Promise<NodeOutcome> {
+  const argv = inline === undefined ? [fixture, ...args] : ['--input-type=module', '-e', inline];
+  // The test always runs the whole fuzz: no FUZZ_AVOID from the environment.
+  return runNode(argv, { cwd: repo, timeoutMs, env: { FUZZ_AVOID: undefined } });
 }
 
 describeUffd('bad-input fuzz', () => {

@@ -1,5 +1,6 @@
 // Shared test helpers: which servicers to run every behaviour against, and small utilities for
 // checking bytes without copying whole regions.
+import { spawn } from 'node:child_process';
 import { afterEach, describe } from 'vitest';
 import { probe, type Region } from 'uffd-hmm';
 
@@ -61,4 +62,65 @@ export function closeAfterEach(): <T extends Closable>(x: T) => T {
     open.push(x);
     return x;
   };
+}
+
+export interface NodeOutcome {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  /** stdout and stderr as they arrived, for assertion messages. */
+  out: string;
+  /** The deadline passed and the child was SIGKILLed: a hang, which no test should accept. */
+  timedOut: boolean;
+  ms: number;
+}
+
+export interface NodeRunOptions {
+  timeoutMs?: number;
+  cwd?: string;
+  /** Variables to set (a value of undefined removes one) over this process's environment. */
+  env?: Record<string, string | undefined>;
+  /** A command that runs node for us, e.g. setpriv to drop to another user. */
+  wrapper?: string[];
+}
+
+/**
+ * Runs `node <nodeArgs>` in a child process with a hard deadline, for cases that must crash with a
+ * signal, run as another user, or could hang: none of that can take the test runner down. SIGKILL
+ * at the deadline, since a process stuck in fork(2) waiting for a userfaultfd event ignores the rest.
+ */
+export function runNode(nodeArgs: string[], opts: NodeRunOptions = {}): Promise<NodeOutcome> {
+  // The runner's own NODE_OPTIONS (loaders, inspector flags) must not leak into the child.
+  const env: Record<string, string | undefined> = { ...process.env, NODE_OPTIONS: undefined, ...opts.env };
+  for (const k of Object.keys(env)) if (env[k] === undefined) delete env[k];
+  const argv = [...(opts.wrapper ?? []), process.execPath, ...nodeArgs];
+  const started = Date.now();
+  return new Promise((resolve, reject) => {
+    const child = spawn(argv[0], argv.slice(1), { cwd: opts.cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    let out = '';
+    let timedOut = false;
+    child.stdout.setEncoding('utf8').on('data', (s: string) => {
+      stdout += s;
+      out += s;
+    });
+    child.stderr.setEncoding('utf8').on('data', (s: string) => {
+      stderr += s;
+      out += s;
+    });
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill('SIGKILL');
+    }, opts.timeoutMs ?? 15_000);
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout, stderr, out, timedOut, ms: Date.now() - started });
+    });
+  });
 }

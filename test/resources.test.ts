@@ -1,6 +1,6 @@
 // Resources: every fd is O_CLOEXEC (an exec'd child holds no userfaultfd), 1,000 map/migrate/close
 // cycles leave fds, mappings, threads, RSS and device.used as they were, and exit stays prompt.
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -8,7 +8,7 @@ import v8 from 'node:v8';
 import vm from 'node:vm';
 import { expect, it } from 'vitest';
 import { Device, NativeToucher, Region } from 'uffd-hmm';
-import { SERVICERS, checkPages, describeUffd, fillPages } from './helpers.js';
+import { SERVICERS, checkPages, describeUffd, fillPages, runNode } from './helpers.js';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const O_CLOEXEC = 0o2000000;
@@ -123,25 +123,8 @@ describeUffd('resources', () => {
           ${servicer === 'native' ? 'process.exit(0);' : ''}
         }, 200);
       `;
-      const env = { ...process.env };
-      delete env.NODE_OPTIONS;
       const started = Date.now();
-      const res = await new Promise<{ code: number | null; signal: string | null; out: string; timedOut: boolean }>((resolve, reject) => {
-        const c = spawn(process.execPath, ['--input-type=module', '-e', code], { cwd: repo, env, stdio: ['ignore', 'pipe', 'pipe'] });
-        let out = '';
-        let timedOut = false;
-        c.stdout.setEncoding('utf8').on('data', (s: string) => (out += s));
-        c.stderr.setEncoding('utf8').on('data', (s: string) => (out += s));
-        const timer = setTimeout(() => {
-          timedOut = true;
-          c.kill('SIGKILL');
-        }, 15_000);
-        c.on('error', reject);
-        c.on('close', (code, signal) => {
-          clearTimeout(timer);
-          resolve({ code, signal, out, timedOut });
-        });
-      });
+      const res = await runNode(['--input-type=module', '-e', code], { cwd: repo, timeoutMs: 15_000 });
       const ms = Date.now() - started;
       expect({ code: res.code, signal: res.signal, timedOut: res.timedOut }, res.out).toEqual({ code: 0, signal: null, timedOut: false });
       const m = /faults (\d+) on device (\d+)/.exec(res.out);

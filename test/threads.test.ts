@@ -1,13 +1,12 @@
 // Threads: regions faulted from worker_threads and native threads at once, regions on different
 // servicers side by side, and region.close() while other threads fault on it: data, never a hang.
-import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { expect, it } from 'vitest';
 import { Device, NativeToucher, Region, type ServicerKind } from 'uffd-hmm';
-import { SERVICERS, checkPages, describeUffd, fillPages } from './helpers.js';
+import { SERVICERS, checkPages, describeUffd, fillPages, runNode } from './helpers.js';
 
 // region.bytes is an external ArrayBuffer over the mapping: it cannot be transferred or cloned to
 // another thread (cloning would read, i.e. fault in, every page). So a worker_thread faults on a
@@ -155,24 +154,7 @@ describeUffd('threads', () => {
       }
       console.log(JSON.stringify({ reads, faultsBeforeClose }));
     `;
-    const env = { ...process.env };
-    delete env.NODE_OPTIONS;
-    const res = await new Promise<{ code: number | null; signal: string | null; out: string; timedOut: boolean }>((resolve, reject) => {
-      const c = spawn(process.execPath, ['--input-type=module', '-e', code], { cwd: repo, env, stdio: ['ignore', 'pipe', 'pipe'] });
-      let out = '';
-      let timedOut = false;
-      c.stdout.setEncoding('utf8').on('data', (x: string) => (out += x));
-      c.stderr.setEncoding('utf8').on('data', (x: string) => (out += x));
-      const timer = setTimeout(() => {
-        timedOut = true;
-        c.kill('SIGKILL');
-      }, 40_000);
-      c.on('error', reject);
-      c.on('close', (code, signal) => {
-        clearTimeout(timer);
-        resolve({ code, signal, out, timedOut });
-      });
-    });
+    const res = await runNode(['--input-type=module', '-e', code], { cwd: repo, timeoutMs: 40_000 });
     expect({ code: res.code, signal: res.signal, timedOut: res.timedOut }, res.out).toEqual({ code: 0, signal: null, timedOut: false });
     const { reads, faultsBeforeClose } = JSON.parse(res.out.trim().split('\n').pop()!) as { reads: number; faultsBeforeClose: number };
     expect(faultsBeforeClose).toBeGreaterThan(150);

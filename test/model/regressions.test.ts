@@ -1,9 +1,8 @@
 // Shrunk counterexamples from the differential model test, kept as explicit cases: each runs the
 // scenario against the strict model (no tolerated divergences), or a child that once hung.
-import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { expect, it } from 'vitest';
-import { describeUffd } from '../helpers.js';
+import { describeUffd, runNode } from '../helpers.js';
 import { runScenario, warmWorkerServicer, type Op, type Scenario } from './runner.js';
 
 const forkFirst = fileURLToPath(new URL('./fixtures/fork-first.mjs', import.meta.url));
@@ -16,25 +15,8 @@ const scenario = (servicer: Scenario['servicer'], pages: number, capacities: [nu
 });
 
 /** Runs a fixture with a hard deadline; a hung child is SIGKILLed (it ignores SIGTERM in fork). */
-function child(args: string[], timeoutMs: number): Promise<{ code: number | null; signal: string | null; out: string; timedOut: boolean }> {
-  return new Promise((resolve, reject) => {
-    const env = { ...process.env };
-    delete env.NODE_OPTIONS;
-    const c = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let timedOut = false;
-    c.stdout.setEncoding('utf8').on('data', (s: string) => (out += s));
-    c.stderr.setEncoding('utf8').on('data', (s: string) => (out += s));
-    const timer = setTimeout(() => {
-      timedOut = true;
-      c.kill('SIGKILL');
-    }, timeoutMs);
-    c.on('error', reject);
-    c.on('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, out, timedOut });
-    });
-  });
+function child(args: string[], timeoutMs: number) {
+  return runNode(args, { timeoutMs });
 }
 
 describeUffd('model regressions', () => {
