@@ -144,7 +144,9 @@ export class Region extends EventEmitter implements DeviceHolder {
     const p = probe();
     if (!p.available) throw unavailableError();
     const countKernelFaults = optionalBoolean('options.countKernelFaults', options.countKernelFaults) ?? false;
-    return new Region(pages, servicer, faultAround, countKernelFaults);
+    // Our own zaps come back as EVENT_REMOVE (see #zapLocked) on regions whose servicer reads events.
+    const zapEvents = servicer !== 'inline' && p.features.eventRemove;
+    return new Region(pages, servicer, faultAround, countKernelFaults, zapEvents);
   }
 
   #pages: number;
@@ -172,7 +174,7 @@ export class Region extends EventEmitter implements DeviceHolder {
   /** The kernel reports our own zaps as EVENT_REMOVE (see #zapLocked). */
   readonly #zapEvents: boolean;
 
-  private constructor(pages: number, servicer: ServicerKind, faultAround: number, countKernelFaults: boolean) {
+  private constructor(pages: number, servicer: ServicerKind, faultAround: number, countKernelFaults: boolean, zapEvents: boolean) {
     super();
     this.#pages = pages;
     this.servicer = servicer;
@@ -190,9 +192,9 @@ export class Region extends EventEmitter implements DeviceHolder {
     this.#address = nat.address;
     this.#buffer = nat.bytes;
     this.userModeOnly = nat.userModeOnly;
+    this.#zapEvents = zapEvents;
     try {
       this.#bytes = new Uint8Array(nat.bytes);
-      this.#zapEvents = servicer !== 'inline' && probe().features.eventRemove;
       if (servicer === 'worker') {
         this.#servicerHost = WorkerServicer.get();
         this.#servicerHost.addRegion(this);

@@ -1,7 +1,6 @@
 // Bad input: a child makes >= 10^5 random calls to every public function and method with wrong,
 // edge and valid arguments; each must succeed or throw a coded error, never crash or hang.
 import { fileURLToPath } from 'node:url';
-import { readdirSync } from 'node:fs';
 import path from 'node:path';
 import { expect, it } from 'vitest';
 import { NativeToucher, Region } from 'uffd-hmm';

@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import { expect, it } from 'vitest';
-import { Device, NativeToucher, Region } from 'uffd-hmm';
+import { Device, Region } from 'uffd-hmm';
 import { SERVICERS, checkPages, describeUffd, fillPages, runNode } from './helpers.js';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
