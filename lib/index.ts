@@ -24,6 +24,8 @@ export {
   type Entry,
   type MapOptions,
   type MigrateOptions,
+  type DiscardOptions,
+  type RegionMapping,
   type RegionStats,
   type ServicerKind,
 } from './region.js';

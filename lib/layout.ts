@@ -43,6 +43,7 @@ export const OUTCOME_ZERO_PAGE = 2;
 export const OUTCOME_UNPROTECTED = 3;
 export const OUTCOME_SIGBUS = 4;
 export const OUTCOME_WOKEN = 5;
+export const OUTCOME_PAGE_CACHE = 6;
 
 /** Int32 words before refcount[capacity] and freeStack[capacity] in a device's shared buffer. */
 export const DEVICE_HEADER = 8;
@@ -62,6 +63,8 @@ export function stateIndex(page: number): number {
 // userfaultfd page-fault flags (linux/userfaultfd.h).
 export const UFFD_PAGEFAULT_FLAG_WRITE = 1;
 export const UFFD_PAGEFAULT_FLAG_WP = 2;
+/** A minor fault: the page cache has the page, the pte does not (private file regions only). */
+export const UFFD_PAGEFAULT_FLAG_MINOR = 4;
 /** Ours, beside the kernel's flags: the fault was taken inside a system call (kernel mode). */
 export const FAULT_KERNEL = 1 << 16;
 

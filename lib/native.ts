@@ -54,8 +54,13 @@ export interface Addon {
     allowUserModeOnly: boolean,
     classifyFaults?: boolean,
     faultAround?: number,
+    mapShared?: boolean,
+    fd?: number,
+    offset?: number,
   ): NativeRegion;
   regionClose(handle: number): void;
+  /** UFFDIO_CONTINUE (DONTWAKE) at a minor fault, or a zero fill if the file lost the page: 0 or -errno. */
+  regionContinue(handle: number, page: number): number;
   regionTakeOver(handle: number): boolean;
   regionGuarded(handle: number): boolean;
   regionComplete(
@@ -83,7 +88,7 @@ export interface Addon {
   regionPoison(handle: number, page: number): number;
   regionCopyOut(handle: number, first: number, count: number, slot: number, pfns: Int32Array): number;
   regionPagemap(handle: number, first: number, count: number, out: BigUint64Array): void;
-  regionDiscard(handle: number, first: number, count: number): number;
+  regionDiscard(handle: number, first: number, count: number, free?: boolean): number;
   regionMprotect(handle: number, first: number, count: number, prot: number): number;
   regionUnmap(handle: number, first: number, count: number): number;
   regionRemap(handle: number, pages: number, shared: Int32Array): { bytes: ArrayBuffer; address: bigint };

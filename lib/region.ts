@@ -1,10 +1,10 @@
 // A Region: real anonymous memory under userfaultfd, the emulated vma. It owns the page table
 // (the device entries) in shared memory and performs the main-thread side of every migration.
 import { EventEmitter } from 'node:events';
-import { readFileSync } from 'node:fs';
+import { fstatSync, readFileSync } from 'node:fs';
 
 import { native, PAGE_SIZE, type NativeRegion } from './native.js';
-import { UffdHmmError, check, invalidType, invalidValue } from './errors.js';
+import { UffdHmmError, check, invalidType, invalidValue, outOfRange } from './errors.js';
 import { integer, optionalBoolean, optionsObject, pageRange } from './validate.js';
 import {
   DEVICE_SHIFT,
@@ -56,6 +56,36 @@ export interface MapOptions {
    * /proc/self/task/<tid>/syscall per fault (a few µs), so it is off by default. Not for 'inline'.
    */
   countKernelFaults?: boolean;
+  /**
+   * MAP_SHARED instead of MAP_PRIVATE: the memory (anonymous shmem, or `file`) is shared with
+   * forked children, and, as in the kernel, never migrates to a device (`migrate` moves nothing:
+   * migrate_vma takes anonymous pages only). Not for 'inline'.
+   */
+  shared?: boolean;
+  /**
+   * Map a file instead of anonymous memory: an fd (offset 0) or `{ fd, offset }` (bytes, a multiple
+   * of the page size). userfaultfd serves shmem files only (tmpfs such as /dev/shm, memfd); the file
+   * must already be at least offset + pages × pageSize long. A private file region (shared unset)
+   * migrates the pages the CPU has written (their private copies are anonymous memory, as
+   * migrate_file_private in hmm-tests.c expects); pages still backed by the file stay. Not for
+   * 'inline'. The fd may be closed once the region is mapped; truncating the file under a live
+   * region makes touches past the new end SIGBUS, as it does for any mapping.
+   */
+  file?: number | { fd: number; offset?: number };
+}
+
+/** What backs a region, as mmap(2) was asked for it. */
+export type RegionMapping = 'private-anonymous' | 'shared-anonymous' | 'private-file' | 'shared-file';
+
+/** Options of `region.discard`. */
+export interface DiscardOptions {
+  /**
+   * MADV_FREE instead of MADV_DONTNEED: the CPU pages are freed only if memory runs short before
+   * they are written again (then they read as zeroes); device entries stay where they are, as
+   * madvise_free_pte_range skips non-present entries. Private anonymous regions only (EINVAL
+   * otherwise, as madvise(2) says).
+   */
+  free?: boolean;
 }
 
 export type Entry =
@@ -144,15 +174,18 @@ export class Region extends EventEmitter implements DeviceHolder {
     const p = probe();
     if (!p.available) throw unavailableError();
     const countKernelFaults = optionalBoolean('options.countKernelFaults', options.countKernelFaults) ?? false;
+    const backing = mapBacking(options, pages, servicer);
     // Our own zaps come back as EVENT_REMOVE (see #zapLocked) on regions whose servicer reads events.
     const zapEvents = servicer !== 'inline' && p.features.eventRemove;
-    return new Region(pages, servicer, faultAround, countKernelFaults, zapEvents);
+    return new Region(pages, servicer, faultAround, countKernelFaults, zapEvents, backing);
   }
 
   #pages: number;
   readonly pageSize = PAGE_SIZE;
   readonly servicer: ServicerKind;
   readonly faultAround: number;
+  /** What backs the region: private or shared, anonymous memory or a file (MapOptions.shared/file). */
+  readonly mapping: RegionMapping;
   /** @internal */ readonly handle: number;
   /** @internal Region header and page table, shared with the servicer (replaced by remap). */
   shared: Int32Array;
@@ -174,15 +207,23 @@ export class Region extends EventEmitter implements DeviceHolder {
   /** The kernel reports our own zaps as EVENT_REMOVE (see #zapLocked). */
   readonly #zapEvents: boolean;
 
-  private constructor(pages: number, servicer: ServicerKind, faultAround: number, countKernelFaults: boolean, zapEvents: boolean) {
+  private constructor(
+    pages: number,
+    servicer: ServicerKind,
+    faultAround: number,
+    countKernelFaults: boolean,
+    zapEvents: boolean,
+    backing: Backing,
+  ) {
     super();
     this.#pages = pages;
     this.servicer = servicer;
     this.faultAround = faultAround;
+    this.mapping = backing.mapping;
     this.shared = new Int32Array(new SharedArrayBuffer((REGION_HEADER + 2 * pages) * 4));
     let nat: NativeRegion;
     try {
-      nat = native.regionCreate(pages, this.shared, servicer, true, countKernelFaults, faultAround);
+      nat = native.regionCreate(pages, this.shared, servicer, true, countKernelFaults, faultAround, backing.shared, backing.fd, backing.offset);
     } catch (e) {
       // Native system errors already carry code, errno and syscall; only a refused open needs the fix named.
       if ((e as { syscall?: string }).syscall === 'userfaultfd') throw unavailableError(e);
@@ -243,7 +284,15 @@ export class Region extends EventEmitter implements DeviceHolder {
     if (device.closed) throw new UffdHmmError('ERR_DEVICE_CLOSED', `device ${device.name} is closed`);
     const opts = optionsObject('options', options);
     const forceWrite = optionalBoolean('options.write', opts.write);
-    if (c === 0) return 0;
+    // Shared memory never migrates (migrate_vma_pages keeps pages that have a mapping).
+    if (c === 0 || this.mapping === 'shared-anonymous' || this.mapping === 'shared-file') return 0;
+    // In a private file mapping only anonymous pages (the CPU's private copies) migrate; holes and
+    // pages still backed by the file are skipped (migrate_vma_collect_hole, page_mapping()).
+    let kernelView: BigUint64Array | undefined;
+    if (this.mapping === 'private-file') {
+      kernelView = new BigUint64Array(c);
+      native.regionPagemap(this.handle, f, c, kernelView);
+    }
     this.#servicerHost?.ensureDevice(device);
     this.#devices.add(device);
     device.addHolder(this);
@@ -264,6 +313,16 @@ export class Region extends EventEmitter implements DeviceHolder {
           continue;
         }
         if (kind === KIND_POISON || (s & UNMAPPED) !== 0 || (this.#protOf(page) & PROT_READ) === 0) continue;
+        if (kernelView !== undefined && kind !== KIND_DEVICE) {
+          const e = kernelView[locked];
+          if ((e & PM_PRESENT) === 0n || (e & PM_FILE) !== 0n) continue;
+          // A private copy the kernel made without asking us (a write to a page the file backs, or
+          // to one we mapped read-only from it): from here on the table knows it, writable unless
+          // we write-protected it ourselves.
+          if (kind === KIND_NONE || ((s & WRITE) === 0 && (e & PM_UFFD_WP) === 0n)) {
+            old[locked] = KIND_PRESENT | WRITE | (s & ~KIND_MASK);
+          }
+        }
         const pfn = device.allocPage();
         if (pfn < 0) {
           // The device is full: this page and the rest stay where they are.
@@ -341,8 +400,15 @@ export class Region extends EventEmitter implements DeviceHolder {
       }
       case KIND_POISON:
         return { kind: 'poison' };
-      default:
-        return { kind: 'none' };
+      default: {
+        if (this.mapping === 'private-anonymous' || (s & UNMAPPED) !== 0) return { kind: 'none' };
+        // Shared and file pages can be mapped from the page cache without a fault reaching us.
+        const pm = new BigUint64Array(1);
+        native.regionPagemap(this.handle, page, 1, pm);
+        if ((pm[0] & PM_PRESENT) === 0n) return { kind: 'none' };
+        const fileBacked = (pm[0] & PM_FILE) !== 0n && this.mapping === 'private-file';
+        return { kind: 'present', write: !fileBacked && (this.#protOf(page) & PROT_WRITE) !== 0 };
+      }
     }
   }
 
@@ -387,8 +453,14 @@ export class Region extends EventEmitter implements DeviceHolder {
         case KIND_POISON:
           out[i] = HMM_DMIRROR_PROT_ERROR;
           break;
-        default:
-          out[i] = HMM_DMIRROR_PROT_NONE;
+        default: {
+          // Shared and file pages can be mapped straight from the page cache, without a fault
+          // reaching us: the kernel's pagemap tells (a file page is mapped read-only until COW).
+          const e = this.mapping === 'private-anonymous' ? 0n : pm[i];
+          if ((e & PM_PRESENT) === 0n) out[i] = HMM_DMIRROR_PROT_NONE;
+          else if ((e & PM_FILE) !== 0n && this.mapping === 'private-file') out[i] = HMM_DMIRROR_PROT_READ;
+          else out[i] = (this.#protOf(page) & PROT_WRITE) !== 0 ? HMM_DMIRROR_PROT_WRITE : HMM_DMIRROR_PROT_READ;
+        }
       }
     }
     return out;
@@ -465,12 +537,24 @@ export class Region extends EventEmitter implements DeviceHolder {
    * MADV_DONTNEED over the range (zap_pte_range): device entries drop their reference (the device
    * page is freed, through pageFree, when it was the last), CPU pages are freed, all read as zero.
    */
-  discard(first: number, count: number): void {
+  discard(first: number, count: number, options?: DiscardOptions): void {
     this.#checkOpen();
     const [f, c] = pageRange(first, count, this.pages);
+    const free = optionalBoolean('options.free', optionsObject('options', options).free) ?? false;
     if (c === 0) return;
     const old = new Int32Array(c);
     for (let i = 0; i < c; i++) old[i] = lockPage(this.shared, f + i);
+    if (free) {
+      // The table does not change: device entries stay, and a CPU page that reclaim frees meanwhile
+      // comes back through a missing fault on a 'present' page, which reads zeroes (serveFault).
+      // The kernel still sends EVENT_REMOVE for it: the zap handshake keeps the servicer off.
+      try {
+        this.#forRuns(f, c, (i) => (old[i] & UNMAPPED) === 0, (a, n) => this.#zapLocked(a, n, true));
+      } finally {
+        for (let i = 0; i < c; i++) unlockPage(this.shared, f + i, old[i]);
+      }
+      return;
+    }
     try {
       // madvise only what is still mapped: pages someone munmapped have nothing left to zap.
       this.#forRuns(f, c, (i) => (old[i] & UNMAPPED) === 0, (a, n) =>
@@ -515,6 +599,13 @@ export class Region extends EventEmitter implements DeviceHolder {
   remap(pages: number): void {
     this.#checkOpen();
     const newPages = integer('pages', pages, 1, MAX_REGION_PAGES);
+    if ((this.mapping === 'private-file' || this.mapping === 'shared-file') && newPages > this.#pages) {
+      // The file's length was checked at map time only; growing could reach past its end (SIGBUS).
+      throw new UffdHmmError(
+        'ERR_BACKING_UNSUPPORTED',
+        `a file-backed region cannot grow (${this.#pages} → ${newPages} pages); map a new region over a longer file instead`,
+      );
+    }
     if (this.servicer === 'inline') {
       throw new UffdHmmError('ERR_SERVICER_UNSUPPORTED', "an 'inline' region reads no EVENT_REMAP, so it cannot be remapped; use 'worker' or 'native'");
     }
@@ -706,10 +797,15 @@ export class Region extends EventEmitter implements DeviceHolder {
    * each page is flagged ZAPPING, and the lock is kept until the servicer has seen the event and
    * cleared the flag.
    */
-  #zapLocked(first: number, count: number): void {
+  #zapLocked(first: number, count: number, free = false): void {
     const shared = this.shared;
     if (this.#zapEvents) for (let p = first; p < first + count; p++) Atomics.or(shared, stateIndex(p), ZAPPING);
-    check(native.regionDiscard(this.handle, first, count), 'madvise(MADV_DONTNEED)');
+    const rc = native.regionDiscard(this.handle, first, count, free);
+    if (rc !== 0) {
+      // No event will come to clear the marks.
+      if (this.#zapEvents) for (let p = first; p < first + count; p++) Atomics.and(shared, stateIndex(p), ~ZAPPING);
+      check(rc, free ? 'madvise(MADV_FREE)' : 'madvise(MADV_DONTNEED)', `pages ${first}..${first + count - 1}`);
+    }
     if (!this.#zapEvents) return;
     const deadline = Date.now() + LOCK_DEADLINE_MS;
     for (let p = first, spins = 0; p < first + count; ) {
@@ -758,6 +854,51 @@ export class Region extends EventEmitter implements DeviceHolder {
   #checkOpen(): void {
     if (this.#closed || this.#closing) throw new UffdHmmError('ERR_REGION_CLOSED', 'the region is closed');
   }
+}
+
+interface Backing {
+  mapping: RegionMapping;
+  shared: boolean;
+  fd: number;
+  offset: number;
+}
+
+/** Validates MapOptions.shared and .file; the file's type and length are checked by the addon. */
+function mapBacking(options: MapOptions, pages: number, servicer: ServicerKind): Backing {
+  const shared = optionalBoolean('options.shared', options.shared) ?? false;
+  let fd = -1;
+  let offset = 0;
+  if (options.file !== undefined) {
+    const file = options.file;
+    if (typeof file === 'number') {
+      fd = integer('options.file', file, 0, 0x7fffffff);
+    } else if (file !== null && typeof file === 'object') {
+      fd = integer('options.file.fd', file.fd, 0, 0x7fffffff);
+      offset = file.offset === undefined ? 0 : integer('options.file.offset', file.offset, 0, Number.MAX_SAFE_INTEGER);
+      if (offset % PAGE_SIZE !== 0) throw outOfRange('options.file.offset', `a multiple of the page size (${PAGE_SIZE})`, offset);
+    } else {
+      throw invalidType('options.file', 'an fd or { fd, offset }', file);
+    }
+  }
+  if (fd >= 0) {
+    // Checked here for clear errors; the addon checks again before it maps.
+    const st = fstatSync(fd);
+    if (!st.isFile()) {
+      throw new UffdHmmError('ERR_BACKING_UNSUPPORTED', `options.file (fd ${fd}) is not a regular file; pass an fd of a file on tmpfs (e.g. /dev/shm)`);
+    }
+    const need = offset + pages * PAGE_SIZE;
+    if (st.size < need) {
+      throw outOfRange('options.file', `a file of at least offset + pages × ${PAGE_SIZE} = ${need} bytes (ftruncate it first)`, `${st.size} bytes`);
+    }
+  }
+  const mapping: RegionMapping = fd >= 0 ? (shared ? 'shared-file' : 'private-file') : shared ? 'shared-anonymous' : 'private-anonymous';
+  if (mapping !== 'private-anonymous' && servicer === 'inline') {
+    throw new UffdHmmError(
+      'ERR_SERVICER_UNSUPPORTED',
+      `an 'inline' region must be private anonymous memory (asked for ${mapping}); use servicer 'worker' or 'native'`,
+    );
+  }
+  return { mapping, shared, fd, offset };
 }
 
 let zeroPfnCache: bigint | undefined;

@@ -9,18 +9,20 @@ import {
   OUTCOME_UNPROTECTED,
   OUTCOME_WOKEN,
   OUTCOME_ZERO_PAGE,
+  OUTCOME_PAGE_CACHE,
   TRACE_CAPACITY,
   TRACE_ENABLED,
   TRACE_HEADER,
   TRACE_NEXT,
   TRACE_OVERWRITTEN,
   TRACE_STRIDE,
+  UFFD_PAGEFAULT_FLAG_MINOR,
   UFFD_PAGEFAULT_FLAG_WP,
   UFFD_PAGEFAULT_FLAG_WRITE,
 } from './layout.js';
 import { deviceBySlot, type Device } from './device.js';
 
-export type TraceOutcome = 'migrated' | 'zero-page' | 'unprotected' | 'sigbus' | 'woken';
+export type TraceOutcome = 'migrated' | 'zero-page' | 'page-cache' | 'unprotected' | 'sigbus' | 'woken';
 
 export interface TraceRecord {
   /** 1-based position in the stream of recorded faults. */
@@ -28,8 +30,11 @@ export interface TraceRecord {
   /** When the fault was read (or raised, inline), in µs of CLOCK_MONOTONIC. */
   time: number;
   page: number;
-  /** 'missing': no CPU page (a device entry or a hole); 'wp': a write to a write-protected page. */
-  kind: 'missing' | 'wp';
+  /**
+   * 'missing': no CPU page (a device entry or a hole); 'wp': a write to a write-protected page;
+   * 'minor': a private file region's page that the page cache has but the pte does not.
+   */
+  kind: 'missing' | 'wp' | 'minor';
   /** Taken inside a system call (only known with countKernelFaults). */
   kernel: boolean;
   write: boolean;
@@ -57,6 +62,7 @@ export interface TraceColumns {
 const OUTCOMES: Record<number, TraceOutcome> = {
   [OUTCOME_MIGRATED]: 'migrated',
   [OUTCOME_ZERO_PAGE]: 'zero-page',
+  [OUTCOME_PAGE_CACHE]: 'page-cache',
   [OUTCOME_UNPROTECTED]: 'unprotected',
   [OUTCOME_SIGBUS]: 'sigbus',
   [OUTCOME_WOKEN]: 'woken',
@@ -106,7 +112,7 @@ export class FaultTrace {
         seq: c.seq[i],
         time: c.time[i],
         page: c.page[i],
-        kind: (flags & UFFD_PAGEFAULT_FLAG_WP) !== 0 ? 'wp' : 'missing',
+        kind: (flags & UFFD_PAGEFAULT_FLAG_WP) !== 0 ? 'wp' : (flags & UFFD_PAGEFAULT_FLAG_MINOR) !== 0 ? 'minor' : 'missing',
         kernel: (flags & FAULT_KERNEL) !== 0,
         write: (flags & UFFD_PAGEFAULT_FLAG_WRITE) !== 0,
         tid: c.tid[i],

@@ -47,6 +47,7 @@ constexpr int32_t kOutcomeMigrated = 1;
 constexpr int32_t kOutcomeZeroPage = 2;
 constexpr int32_t kOutcomeUnprotected = 3;
 constexpr int32_t kOutcomeSigbus = 4;
+constexpr int32_t kOutcomePageCache = 6;  // a minor fault: the file's own page mapped (UFFDIO_CONTINUE)
 constexpr int32_t kOutcomeWoken = 5;  // already there (EEXIST): the thread was only woken
 
 // Device shared buffer: kDeviceHeader int32 words, refcount[capacity], freeStack[capacity].

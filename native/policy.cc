@@ -109,6 +109,13 @@ uint32_t lockNeighbours(RegionState& r, uint32_t page, int32_t s, uint32_t pfn, 
   return k;
 }
 
+int continueOrZero(RegionState& r, uint32_t page) {
+  const int fd = r.uffd.get();
+  int rc = continueRange(fd, r.addr(page), r.pageSize, UFFDIO_CONTINUE_MODE_DONTWAKE);
+  if (rc == -EFAULT) rc = zeropage(fd, r.addr(page), r.pageSize, UFFDIO_ZEROPAGE_MODE_DONTWAKE, nullptr);
+  return rc;
+}
+
 Served serveFaultDefault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, uint64_t t0Ns) {
   if (page >= r.pages) return Served::Failed;
   int32_t* st = r.state(page);
@@ -159,6 +166,9 @@ Served serveFaultDefault(RegionState& r, uint32_t page, uint32_t flags, uint32_t
       if (rc == 0) next = kKindPresent | kWrite;
     } else if (kind == kKindPoison) {
       rc = poison(fd, addr, r.pageSize, kPoisonModeDontwake, nullptr);
+    } else if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
+      rc = continueOrZero(r, page);
+      if (rc == 0) next = kKindPresent;
     } else {
       // A hole (or a CPU page that was zapped behind our back): it reads as zeroes.
       if (flags & UFFD_PAGEFAULT_FLAG_WRITE)
@@ -187,7 +197,7 @@ Served serveFaultDefault(RegionState& r, uint32_t page, uint32_t flags, uint32_t
     } else {
       unlockPage(r, st, next);
       if (kind == kKindPresent && wpFault) bump(r, kStatWpFaults);
-      else if (kind == kKindNone && next != s) bump(r, kStatZeroFills);
+      else if (kind == kKindNone && next != s && !(flags & UFFD_PAGEFAULT_FLAG_MINOR)) bump(r, kStatZeroFills);
     }
     bump(r, kStatFaults);
     if (flags & kFaultKernel) bump(r, kStatKernelFaults);
@@ -196,6 +206,7 @@ Served serveFaultDefault(RegionState& r, uint32_t page, uint32_t flags, uint32_t
       const int32_t outcome = next == s                                ? kOutcomeWoken
                               : kind == kKindDevice                    ? kOutcomeMigrated
                               : kind == kKindPresent && wpFault        ? kOutcomeUnprotected
+                              : (flags & UFFD_PAGEFAULT_FLAG_MINOR)    ? kOutcomePageCache
                                                                        : kOutcomeZeroPage;
       traceRecord(r, page, flags, tid, kind == kKindDevice ? (s >> kDeviceShift) & kMaxDeviceSlot : 0, outcome,
                   t0Ns ? t0Ns : monoNs());

@@ -25,6 +25,10 @@ uint32_t lockNeighbours(RegionState& r, uint32_t page, int32_t s, uint32_t pfn, 
 // A zap of [start, end) (addresses) reported by EVENT_REMOVE / EVENT_UNMAP. Pages locked by us
 // are our own migration or discard, which keeps its own books; every other page loses its entry:
 // a device entry drops its reference (the device page is freed on the last), all read as zero.
+// A minor fault (private file mapping) on a page with no private copy: UFFDIO_CONTINUE maps the
+// page cache's page; a page the file no longer has reads as zeroes. Never wakes. 0 or -errno.
+int continueOrZero(RegionState& r, uint32_t page);
+
 void zapRange(RegionState& r, uint64_t start, uint64_t end, bool unmapped);
 
 // After `page` of r came back from device page (slot, pfn) that other processes still map (after

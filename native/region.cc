@@ -6,6 +6,7 @@
 #include <napi.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/utsname.h>
 
 #include <chrono>
@@ -125,7 +126,8 @@ static void checkRange(const Napi::CallbackInfo& info, const RegionState& r, uin
   if (!r.contains(first, count)) throw rangeError(info.Env(), "page range is outside the region");
 }
 
-// regionCreate(pages, shared: Int32Array, servicer: 'worker'|'native', allowUserModeOnly)
+// regionCreate(pages, shared: Int32Array, servicer: 'worker'|'native', allowUserModeOnly,
+//              classifyFaults, faultAround, mapShared, fd (-1: anonymous), offset (bytes))
 static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint32_t pages = argU32(info, 0, "pages");
@@ -137,12 +139,30 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
   if (faultAround < 1 || faultAround > 512) throw rangeError(env, "faultAround must be 1..512");
   if (pages == 0) throw rangeError(env, "pages must be at least 1");
   if (words < layout::kRegionHeader + 2 * size_t(pages)) throw rangeError(env, "shared buffer too small for the region");
+  const bool mapShared = info.Length() > 6 && argBool(info, 6, "mapShared");
+  const int fileFd = info.Length() > 7 ? info[7].As<Napi::Number>().Int32Value() : -1;
+  const double offsetArg = info.Length() > 8 ? info[8].As<Napi::Number>().DoubleValue() : 0;
+  const size_t pageSize = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  if (fileFd >= 0) {
+    // The mapping must lie inside the file: a touch past its end is a SIGBUS, in our code too.
+    struct stat st;
+    if (::fstat(fileFd, &st) != 0) throw systemError(env, errno, "fstat");
+    if (!S_ISREG(st.st_mode)) throw codedError(env, "ERR_BACKING_UNSUPPORTED", "the file to map is not a regular file");
+    if (!(offsetArg >= 0) || offsetArg > 9007199254740991.0 || static_cast<uint64_t>(offsetArg) % pageSize != 0)
+      throw rangeError(env, "offset must be a non-negative multiple of the page size");
+    if (static_cast<uint64_t>(offsetArg) + uint64_t(pages) * pageSize > static_cast<uint64_t>(st.st_size))
+      throw rangeError(env, "the file is shorter than offset + pages * pageSize");
+  }
 
   auto r = std::make_shared<RegionState>();
   r->pageSize = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
   r->pages = pages;
   r->length = size_t(pages) * r->pageSize;
   r->shared = shared;
+  r->mapShared = mapShared;
+  r->fileBacked = fileFd >= 0;
+  const bool anonPrivate = !mapShared && fileFd < 0;
+  const bool minorFaults = !mapShared && fileFd >= 0;
 
   OpenResult o = openUffd(allowUserModeOnly);
   if (!o.fd.valid()) throw systemError(env, o.err, "userfaultfd");
@@ -155,11 +175,23 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
   r->faultAround = faultAround;
   // Zaps by anyone (madvise, munmap) must drop device references as zap_pte_range does. An inline
   // region has no thread reading messages, so it asks for none: its faults arrive as SIGBUS.
+  // shmem (a shared mapping, or any file mapping: userfaultfd serves only shmem files) needs its own
+  // feature bits for missing faults, write protection (migration entries) and minor faults.
+  const uint64_t shmemNeeded =
+      anonPrivate ? 0
+                  : UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_WP_HUGETLBFS_SHMEM | (minorFaults ? UFFD_FEATURE_MINOR_SHMEM : 0);
+  if (inlineMode && !anonPrivate)
+    throw codedError(env, "ERR_SERVICER_UNSUPPORTED", "the inline servicer serves private anonymous regions only");
+  if ((kernelFeatures().features & shmemNeeded) != shmemNeeded)
+    throw codedError(env, "ERR_UFFD_FEATURE_MISSING",
+                     "this kernel's userfaultfd lacks the shmem features a shared or file-backed region needs "
+                     "(MISSING_SHMEM, WP_HUGETLBFS_SHMEM, MINOR_SHMEM: Linux 5.19+); map a private anonymous region instead");
   const uint64_t wanted =
       inlineMode ? UFFD_FEATURE_SIGBUS
-                 : kernelFeatures().features & (UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_EVENT_REMOVE |
-                                                UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_FORK |
-                                                UFFD_FEATURE_EVENT_REMAP);
+                 : (kernelFeatures().features & (UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_EVENT_REMOVE |
+                                                 UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_FORK |
+                                                 UFFD_FEATURE_EVENT_REMAP)) |
+                       shmemNeeded;
   if (inlineMode && !(kernelFeatures().features & UFFD_FEATURE_SIGBUS))
     throw codedError(env, "ERR_UFFD_FEATURE_MISSING", "this kernel lacks UFFD_FEATURE_SIGBUS (Linux 4.14+), needed by the inline servicer");
   int rc = apiHandshake(r->uffd.get(), wanted, nullptr, nullptr);
@@ -175,14 +207,20 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
   }
   if (rc != 0) throw systemError(env, -rc, "ioctl(UFFDIO_API)");
 
-  void* mem = ::mmap(nullptr, r->length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  const int mapFlags = (mapShared ? MAP_SHARED : MAP_PRIVATE) | (fileFd >= 0 ? 0 : MAP_ANONYMOUS) | MAP_NORESERVE;
+  void* mem = ::mmap(nullptr, r->length, PROT_READ | PROT_WRITE, mapFlags, fileFd, fileFd >= 0 ? static_cast<off_t>(offsetArg) : 0);
   if (mem == MAP_FAILED) throw systemError(env, errno, "mmap");
   r->base = static_cast<uint8_t*>(mem);
   // Device pages and holes must fault one 4 KiB page at a time, as a pte would.
   ::madvise(mem, r->length, MADV_NOHUGEPAGE);
   uint64_t ioctls = 0;
   rc = registerRange(r->uffd.get(), reinterpret_cast<uint64_t>(mem), r->length,
-                     UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP, &ioctls);
+                     UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP | (minorFaults ? UFFDIO_REGISTER_MODE_MINOR : 0),
+                     &ioctls);
+  if (rc == -EINVAL && fileFd >= 0)
+    throw codedError(env, "ERR_BACKING_UNSUPPORTED",
+                     "userfaultfd cannot register a mapping of this file: it serves shmem files only; "
+                     "put the file on tmpfs (e.g. /dev/shm) or use an anonymous region");
   if (rc != 0) throw systemError(env, -rc, "ioctl(UFFDIO_REGISTER)");
 
   if (servicer == "native") {
@@ -355,6 +393,16 @@ static Napi::Value RegionZeroFill(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), rc);
 }
 
+// regionContinue(region, page) -> 0 | -errno: a minor fault on a private file page whose private
+// copy is gone: map the page cache's page (the file's bytes), as the kernel's fault would. If the
+// file lost the page meanwhile (a hole punched), fill the hole with zeroes instead.
+static Napi::Value RegionContinue(const Napi::CallbackInfo& info) {
+  auto r = argRegion(info, 0);
+  uint32_t page = argU32(info, 1, "page");
+  checkRange(info, *r, page, 1);
+  return Napi::Number::New(info.Env(), continueOrZero(*r, page));
+}
+
 // regionWake(region, first, count) -> 0 | -errno
 static Napi::Value RegionWake(const Napi::CallbackInfo& info) {
   auto r = argRegion(info, 0);
@@ -504,13 +552,15 @@ static Napi::Value RegionPagemap(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// regionDiscard(region, first, count) -> 0 | -errno: MADV_DONTNEED, the CPU pages are freed.
+// regionDiscard(region, first, count, free?) -> 0 | -errno: MADV_DONTNEED, the CPU pages are freed;
+// with free, MADV_FREE: they are freed only if reclaim needs them before they are written again.
 static Napi::Value RegionDiscard(const Napi::CallbackInfo& info) {
   auto r = argRegion(info, 0);
   uint32_t first = argU32(info, 1, "first");
   uint32_t count = argU32(info, 2, "count");
   checkRange(info, *r, first, count);
-  int rc = ::madvise(r->base + size_t(first) * r->pageSize, size_t(count) * r->pageSize, MADV_DONTNEED) == 0 ? 0 : -errno;
+  const int advice = info.Length() > 3 && argBool(info, 3, "free") ? MADV_FREE : MADV_DONTNEED;
+  int rc = ::madvise(r->base + size_t(first) * r->pageSize, size_t(count) * r->pageSize, advice) == 0 ? 0 : -errno;
   return Napi::Number::New(info.Env(), rc);
 }
 
@@ -615,6 +665,7 @@ void initRegion(Napi::Env env, Napi::Object exports) {
   exports.Set("regionCopyIn", Napi::Function::New(env, RegionCopyIn));
   exports.Set("regionZeroFill", Napi::Function::New(env, RegionZeroFill));
   exports.Set("regionWake", Napi::Function::New(env, RegionWake));
+  exports.Set("regionContinue", Napi::Function::New(env, RegionContinue));
   exports.Set("regionWriteProtect", Napi::Function::New(env, RegionWriteProtect));
   exports.Set("regionPoison", Napi::Function::New(env, RegionPoison));
   exports.Set("regionCopyOut", Napi::Function::New(env, RegionCopyOut));

@@ -114,4 +114,12 @@ int poison(int fd, uint64_t start, uint64_t len, uint64_t mode, int64_t* done) {
   return rc;
 }
 
+int continueRange(int fd, uint64_t start, uint64_t len, uint64_t mode) {
+  struct uffdio_continue c = {};
+  c.range.start = start;
+  c.range.len = len;
+  c.mode = mode;
+  return ::ioctl(fd, UFFDIO_CONTINUE, &c) == 0 ? 0 : -errno;
+}
+
 }  // namespace uffdhmm

@@ -29,6 +29,21 @@
 #ifndef _UFFDIO_POISON
 #define _UFFDIO_POISON (0x08)
 #endif
+#ifndef UFFD_FEATURE_MISSING_SHMEM
+#define UFFD_FEATURE_MISSING_SHMEM (1 << 5)
+#endif
+#ifndef UFFD_FEATURE_MINOR_SHMEM
+#define UFFD_FEATURE_MINOR_SHMEM (1 << 10)
+#endif
+#ifndef UFFD_FEATURE_WP_HUGETLBFS_SHMEM
+#define UFFD_FEATURE_WP_HUGETLBFS_SHMEM (1 << 12)
+#endif
+#ifndef UFFDIO_REGISTER_MODE_MINOR
+#define UFFDIO_REGISTER_MODE_MINOR ((__u64)1 << 2)
+#endif
+#ifndef UFFD_PAGEFAULT_FLAG_MINOR
+#define UFFD_PAGEFAULT_FLAG_MINOR (1 << 2)
+#endif
 #ifndef USERFAULTFD_IOC_NEW
 #define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00)
 #endif
@@ -101,5 +116,7 @@ int zeropage(int fd, uint64_t dst, uint64_t len, uint64_t mode, int64_t* done);
 int wake(int fd, uint64_t start, uint64_t len);
 int writeProtect(int fd, uint64_t start, uint64_t len, bool protect, bool wakeup);
 int poison(int fd, uint64_t start, uint64_t len, uint64_t mode, int64_t* done);
+// UFFDIO_CONTINUE: maps the page cache's own page at a minor fault (shmem-backed ranges only).
+int continueRange(int fd, uint64_t start, uint64_t len, uint64_t mode);
 
 }  // namespace uffdhmm

@@ -28,8 +28,10 @@ import {
   OUTCOME_UNPROTECTED,
   OUTCOME_WOKEN,
   OUTCOME_ZERO_PAGE,
+  OUTCOME_PAGE_CACHE,
   UNMAPPED,
   ZAPPING,
+  UFFD_PAGEFAULT_FLAG_MINOR,
   UFFD_PAGEFAULT_FLAG_WP,
   UFFD_PAGEFAULT_FLAG_WRITE,
   WRITE,
@@ -246,6 +248,10 @@ export function serveFault(host: PolicyHost, r: RegionInfo, page: number, flags:
       if (rc === 0) next = KIND_PRESENT | WRITE;
     } else if (kind === KIND_POISON) {
       rc = native.regionPoison(h, page);
+    } else if ((flags & UFFD_PAGEFAULT_FLAG_MINOR) !== 0) {
+      // A private file page with no private copy: the file's own bytes, mapped read-only.
+      rc = native.regionContinue(h, page);
+      if (rc === 0) next = KIND_PRESENT;
     } else {
       // A hole, or a CPU page zapped behind our back: it reads as zeroes.
       rc = native.regionZeroFill(h, page, (flags & UFFD_PAGEFAULT_FLAG_WRITE) !== 0);
@@ -276,6 +282,8 @@ export function serveFault(host: PolicyHost, r: RegionInfo, page: number, flags:
     if (kind === KIND_PRESENT && (flags & UFFD_PAGEFAULT_FLAG_WP) !== 0) {
       stats |= S_WP;
       outcome = OUTCOME_UNPROTECTED;
+    } else if (next !== s && (flags & UFFD_PAGEFAULT_FLAG_MINOR) !== 0) {
+      outcome = OUTCOME_PAGE_CACHE;
     } else if (next !== s) {
       if (kind === KIND_NONE) stats |= S_ZERO;
       outcome = OUTCOME_ZERO_PAGE;
