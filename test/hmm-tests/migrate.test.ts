@@ -239,6 +239,25 @@ describeUffd('hmm-tests.c: migration to device private memory', () => {
     expect(r.entry(0)).toMatchObject({ kind: 'device', write: false });
   });
 
+  it('migrate_anon_huge_free', () => {
+    // Migrate a PMD-sized range, then madvise(MADV_FREE) it: the kernel test asserts only that the
+    // call succeeds. madvise_free_pte_range skips non-present entries, so the device entries stay
+    // (no pageFree, device.used unchanged) and the data still faults back intact.
+    const r = track(Region.map({ pages: PMD_PAGES, servicer }));
+    const d = track(new Device({ capacity: PMD_PAGES }));
+    const ptr = ints(r);
+    fillInts(ptr);
+    const res = mirrorMigrate(r, 0, PMD_PAGES, d);
+    expect(res.cpages).toBe(PMD_PAGES);
+    expect(firstIntMismatchIn(res.data)).toBe(-1);
+    r.discard(0, PMD_PAGES, { free: true });
+    expect(d.used).toBe(PMD_PAGES);
+    expect(d.stats().freed).toBe(0);
+    for (const p of [0, PMD_PAGES >> 1, PMD_PAGES - 1]) expect(r.entry(p)).toMatchObject({ kind: 'device', device: d });
+    expect(firstIntMismatch(ptr)).toBe(-1);
+    expect(d.used).toBe(0);
+  });
+
   it('migrate_anon_huge_zero', () => {
     // A PMD-sized PROT_READ range whose first read maps the zero page (the huge zero page in the
     // kernel; one 4 KiB zero page here, the rest untouched).
