@@ -344,6 +344,8 @@ function systemRuns(region: Region, first: number, count: number, op: string, fn
  */
 export function mirrorMigrate(region: Region, first: number, count: number, device: Device): MirrorMigrateResult {
   const [r, f, c, d] = checkArgs(region, first, count, device);
+  // migrate_vma_setup refuses a hugetlb vma outright.
+  if (r.mapping === 'private-hugetlb' || r.mapping === 'shared-hugetlb') throw mirrorError(EINVAL, 'MIGRATE_TO_DEV', 'the range is hugetlb memory');
   systemRuns(r, f, c, 'MIGRATE_TO_DEV', (a, n) => {
     r.migrate(a, n, d);
   });

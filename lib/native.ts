@@ -57,6 +57,7 @@ export interface Addon {
     mapShared?: boolean,
     fd?: number,
     offset?: number,
+    hugetlb?: boolean,
   ): NativeRegion;
   regionClose(handle: number): void;
   /** UFFDIO_CONTINUE (DONTWAKE) at a minor fault, or a zero fill if the file lost the page: 0 or -errno. */

@@ -72,10 +72,26 @@ export interface MapOptions {
    * region makes touches past the new end SIGBUS, as it does for any mapping.
    */
   file?: number | { fd: number; offset?: number };
+  /**
+   * MAP_HUGETLB: anonymous memory in huge pages of the default size (`hugePageSize()`), from the
+   * pool reserved with `sysctl vm.nr_hugepages`; `pages` must be a multiple of a huge page. The
+   * kernel never migrates hugetlb pages to a device (migrate_vma_setup refuses hugetlb vmas), so
+   * the range is not registered with userfaultfd at all: every fault in it is the kernel's,
+   * `migrate` moves nothing, and the region exists for the device to read, write and snapshot it
+   * (HMM_DMIRROR_PROT_PMD/PUD). discard and mprotect take whole huge pages; fork and remap are
+   * refused. Not for 'inline'.
+   */
+  hugetlb?: boolean;
 }
 
 /** What backs a region, as mmap(2) was asked for it. */
-export type RegionMapping = 'private-anonymous' | 'shared-anonymous' | 'private-file' | 'shared-file';
+export type RegionMapping =
+  | 'private-anonymous'
+  | 'shared-anonymous'
+  | 'private-file'
+  | 'shared-file'
+  | 'private-hugetlb'
+  | 'shared-hugetlb';
 
 /** Options of `region.discard`. */
 export interface DiscardOptions {
@@ -176,7 +192,8 @@ export class Region extends EventEmitter implements DeviceHolder {
     const countKernelFaults = optionalBoolean('options.countKernelFaults', options.countKernelFaults) ?? false;
     const backing = mapBacking(options, pages, servicer);
     // Our own zaps come back as EVENT_REMOVE (see #zapLocked) on regions whose servicer reads events.
-    const zapEvents = servicer !== 'inline' && p.features.eventRemove;
+    // A hugetlb region is not registered, so nothing reports zaps there.
+    const zapEvents = servicer !== 'inline' && p.features.eventRemove && !backing.hugetlb;
     return new Region(pages, servicer, faultAround, countKernelFaults, zapEvents, backing);
   }
 
@@ -223,7 +240,18 @@ export class Region extends EventEmitter implements DeviceHolder {
     this.shared = new Int32Array(new SharedArrayBuffer((REGION_HEADER + 2 * pages) * 4));
     let nat: NativeRegion;
     try {
-      nat = native.regionCreate(pages, this.shared, servicer, true, countKernelFaults, faultAround, backing.shared, backing.fd, backing.offset);
+      nat = native.regionCreate(
+        pages,
+        this.shared,
+        servicer,
+        true,
+        countKernelFaults,
+        faultAround,
+        backing.shared,
+        backing.fd,
+        backing.offset,
+        backing.hugetlb,
+      );
     } catch (e) {
       // Native system errors already carry code, errno and syscall; only a refused open needs the fix named.
       if ((e as { syscall?: string }).syscall === 'userfaultfd') throw unavailableError(e);
@@ -284,8 +312,9 @@ export class Region extends EventEmitter implements DeviceHolder {
     if (device.closed) throw new UffdHmmError('ERR_DEVICE_CLOSED', `device ${device.name} is closed`);
     const opts = optionsObject('options', options);
     const forceWrite = optionalBoolean('options.write', opts.write);
-    // Shared memory never migrates (migrate_vma_pages keeps pages that have a mapping).
-    if (c === 0 || this.mapping === 'shared-anonymous' || this.mapping === 'shared-file') return 0;
+    // Shared memory never migrates (migrate_vma_pages keeps pages that have a mapping), nor does
+    // hugetlb memory (migrate_vma_setup refuses the vma).
+    if (c === 0 || this.mapping !== 'private-anonymous' && this.mapping !== 'private-file') return 0;
     // In a private file mapping only anonymous pages (the CPU's private copies) migrate; holes and
     // pages still backed by the file are skipped (migrate_vma_collect_hole, page_mapping()).
     let kernelView: BigUint64Array | undefined;
@@ -459,7 +488,7 @@ export class Region extends EventEmitter implements DeviceHolder {
           const e = this.mapping === 'private-anonymous' ? 0n : pm[i];
           if ((e & PM_PRESENT) === 0n) out[i] = HMM_DMIRROR_PROT_NONE;
           else if ((e & PM_FILE) !== 0n && this.mapping === 'private-file') out[i] = HMM_DMIRROR_PROT_READ;
-          else out[i] = (this.#protOf(page) & PROT_WRITE) !== 0 ? HMM_DMIRROR_PROT_WRITE : HMM_DMIRROR_PROT_READ;
+          else out[i] = ((this.#protOf(page) & PROT_WRITE) !== 0 ? HMM_DMIRROR_PROT_WRITE : HMM_DMIRROR_PROT_READ) | this.#hugeLevel();
         }
       }
     }
@@ -512,6 +541,7 @@ export class Region extends EventEmitter implements DeviceHolder {
   mprotect(first: number, count: number, prot: 'none' | 'read' | 'readwrite'): void {
     this.#checkOpen();
     const [f, c] = pageRange(first, count, this.pages);
+    this.#checkHugeAligned('mprotect', f, c);
     const bits = prot === 'none' ? PROT_NONE : prot === 'read' ? PROT_READ : prot === 'readwrite' ? PROT_READWRITE : -1;
     if (bits < 0) throw invalidValue('prot', "'none', 'read' or 'readwrite'", prot);
     // Only what is still mapped (someone may have munmapped pages): mprotect(2) over a hole would
@@ -541,6 +571,7 @@ export class Region extends EventEmitter implements DeviceHolder {
     this.#checkOpen();
     const [f, c] = pageRange(first, count, this.pages);
     const free = optionalBoolean('options.free', optionsObject('options', options).free) ?? false;
+    this.#checkHugeAligned('discard', f, c);
     if (c === 0) return;
     const old = new Int32Array(c);
     for (let i = 0; i < c; i++) old[i] = lockPage(this.shared, f + i);
@@ -555,13 +586,18 @@ export class Region extends EventEmitter implements DeviceHolder {
       }
       return;
     }
+    let zapped = 0; // pages [f, f+zapped) are zapped (or were never mapped)
     try {
       // madvise only what is still mapped: pages someone munmapped have nothing left to zap.
-      this.#forRuns(f, c, (i) => (old[i] & UNMAPPED) === 0, (a, n) =>
-        this.#zapLocked(a, n),
-      );
+      this.#forRuns(f, c, (i) => (old[i] & UNMAPPED) === 0, (a, n) => {
+        this.#zapLocked(a, n);
+        zapped = a + n - f;
+      });
+      zapped = c;
     } finally {
-      for (let i = 0; i < c; i++) {
+      // A run madvise refused keeps its entries (the kernel changed nothing there).
+      for (let i = zapped; i < c; i++) unlockPage(this.shared, f + i, old[i]);
+      for (let i = 0; i < zapped; i++) {
         const s = old[i];
         if ((s & KIND_MASK) === KIND_DEVICE) {
           deviceBySlot((s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT)!.putPage(this.shared[stateIndex(f + i) + 1]);
@@ -585,6 +621,7 @@ export class Region extends EventEmitter implements DeviceHolder {
     if (this.servicer === 'inline') {
       throw new UffdHmmError('ERR_SERVICER_UNSUPPORTED', "region.fork needs EVENT_FORK, which the 'inline' servicer cannot read; use 'worker' or 'native'");
     }
+    this.#refuseHugetlb('region.fork');
     const opts = optionsObject('options', options);
     const timeoutMs = opts.timeoutMs === undefined ? 30_000 : integer('options.timeoutMs', opts.timeoutMs, 1, 600_000);
     return forkRegion(this.handle, this.shared, this.pages, encodeSteps(steps, this.pages, this.pageSize), timeoutMs);
@@ -599,6 +636,7 @@ export class Region extends EventEmitter implements DeviceHolder {
   remap(pages: number): void {
     this.#checkOpen();
     const newPages = integer('pages', pages, 1, MAX_REGION_PAGES);
+    this.#refuseHugetlb('region.remap');
     if ((this.mapping === 'private-file' || this.mapping === 'shared-file') && newPages > this.#pages) {
       // The file's length was checked at map time only; growing could reach past its end (SIGBUS).
       throw new UffdHmmError(
@@ -823,6 +861,31 @@ export class Region extends EventEmitter implements DeviceHolder {
     }
   }
 
+  /** The snapshot flag of a huge mapping's level (hmm_vma_walk_hugetlb_entry), 0 otherwise. */
+  #hugeLevel(): number {
+    if (this.mapping !== 'private-hugetlb' && this.mapping !== 'shared-hugetlb') return 0;
+    return hugePageSize() >= 1 << 30 ? HMM_DMIRROR_PROT_PUD : HMM_DMIRROR_PROT_PMD;
+  }
+
+  /** fork and remap wait for userfaultfd events, which an unregistered (hugetlb) region never gets. */
+  #refuseHugetlb(what: string): void {
+    if (this.mapping === 'private-hugetlb' || this.mapping === 'shared-hugetlb') {
+      throw new UffdHmmError(
+        'ERR_BACKING_UNSUPPORTED',
+        `${what} needs userfaultfd events, and a hugetlb region is not registered (no device entry can exist in it); use an anonymous region`,
+      );
+    }
+  }
+
+  /** Whole huge pages only, as the kernel requires of madvise and mprotect on hugetlb vmas. */
+  #checkHugeAligned(what: string, f: number, c: number): void {
+    if (this.mapping !== 'private-hugetlb' && this.mapping !== 'shared-hugetlb') return;
+    const huge = hugePageSize() / PAGE_SIZE;
+    if (f % huge !== 0 || c % huge !== 0) {
+      throw outOfRange(`${what} range`, `whole huge pages (first and count multiples of ${huge}) on a hugetlb region`, `${f}+${c}`);
+    }
+  }
+
   /** Calls a native operation until it stops failing with EAGAIN (the mm is changing). */
   #retry(op: () => number, syscall: string): void {
     for (let i = 0; ; i++) {
@@ -861,6 +924,7 @@ interface Backing {
   shared: boolean;
   fd: number;
   offset: number;
+  hugetlb: boolean;
 }
 
 /** Validates MapOptions.shared and .file; the file's type and length are checked by the addon. */
@@ -880,6 +944,12 @@ function mapBacking(options: MapOptions, pages: number, servicer: ServicerKind):
       throw invalidType('options.file', 'an fd or { fd, offset }', file);
     }
   }
+  const hugetlb = optionalBoolean('options.hugetlb', options.hugetlb) ?? false;
+  if (hugetlb) {
+    if (fd >= 0) throw invalidValue('options.hugetlb', 'unset when options.file is given (a hugetlb region is anonymous)', true);
+    const huge = hugePageSize() / PAGE_SIZE;
+    if (pages % huge !== 0) throw outOfRange('options.pages', `a multiple of ${huge} (one ${hugePageSize() >> 10} KiB huge page) for a hugetlb region`, pages);
+  }
   if (fd >= 0) {
     // Checked here for clear errors; the addon checks again before it maps.
     const st = fstatSync(fd);
@@ -891,14 +961,24 @@ function mapBacking(options: MapOptions, pages: number, servicer: ServicerKind):
       throw outOfRange('options.file', `a file of at least offset + pages × ${PAGE_SIZE} = ${need} bytes (ftruncate it first)`, `${st.size} bytes`);
     }
   }
-  const mapping: RegionMapping = fd >= 0 ? (shared ? 'shared-file' : 'private-file') : shared ? 'shared-anonymous' : 'private-anonymous';
+  const mapping: RegionMapping = hugetlb ? (shared ? 'shared-hugetlb' : 'private-hugetlb') : fd >= 0 ? (shared ? 'shared-file' : 'private-file') : shared ? 'shared-anonymous' : 'private-anonymous';
   if (mapping !== 'private-anonymous' && servicer === 'inline') {
     throw new UffdHmmError(
       'ERR_SERVICER_UNSUPPORTED',
       `an 'inline' region must be private anonymous memory (asked for ${mapping}); use servicer 'worker' or 'native'`,
     );
   }
-  return { mapping, shared, fd, offset };
+  return { mapping, shared, fd, offset, hugetlb };
+}
+
+let hugePageBytes: number | undefined;
+/** The default huge page size in bytes (/proc/meminfo Hugepagesize), as MAP_HUGETLB uses it. */
+export function hugePageSize(): number {
+  if (hugePageBytes === undefined) {
+    const m = /^Hugepagesize:\s+(\d+) kB/m.exec(readFileSync('/proc/meminfo', 'utf8'));
+    hugePageBytes = m ? Number(m[1]) * 1024 : 2 << 20;
+  }
+  return hugePageBytes;
 }
 
 let zeroPfnCache: bigint | undefined;

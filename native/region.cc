@@ -7,6 +7,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <sys/utsname.h>
 
 #include <chrono>
@@ -142,7 +143,9 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
   const bool mapShared = info.Length() > 6 && argBool(info, 6, "mapShared");
   const int fileFd = info.Length() > 7 ? info[7].As<Napi::Number>().Int32Value() : -1;
   const double offsetArg = info.Length() > 8 ? info[8].As<Napi::Number>().DoubleValue() : 0;
+  const bool hugetlb = info.Length() > 9 && argBool(info, 9, "hugetlb");
   const size_t pageSize = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  if (hugetlb && fileFd >= 0) throw codedError(env, "ERR_BACKING_UNSUPPORTED", "a hugetlb region is anonymous: give hugetlb or file, not both");
   if (fileFd >= 0) {
     // The mapping must lie inside the file: a touch past its end is a SIGBUS, in our code too.
     struct stat st;
@@ -152,6 +155,9 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
       throw rangeError(env, "offset must be a non-negative multiple of the page size");
     if (static_cast<uint64_t>(offsetArg) + uint64_t(pages) * pageSize > static_cast<uint64_t>(st.st_size))
       throw rangeError(env, "the file is shorter than offset + pages * pageSize");
+    struct statfs fs;
+    if (::fstatfs(fileFd, &fs) == 0 && static_cast<unsigned long>(fs.f_type) == 0x958458f6UL)  // HUGETLBFS_MAGIC
+      throw codedError(env, "ERR_BACKING_UNSUPPORTED", "a hugetlbfs file cannot back a region; map one with hugetlb: true instead");
   }
 
   auto r = std::make_shared<RegionState>();
@@ -161,7 +167,7 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
   r->shared = shared;
   r->mapShared = mapShared;
   r->fileBacked = fileFd >= 0;
-  const bool anonPrivate = !mapShared && fileFd < 0;
+  const bool anonPrivate = !mapShared && fileFd < 0 && !hugetlb;
   const bool minorFaults = !mapShared && fileFd >= 0;
 
   OpenResult o = openUffd(allowUserModeOnly);
@@ -178,7 +184,7 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
   // shmem (a shared mapping, or any file mapping: userfaultfd serves only shmem files) needs its own
   // feature bits for missing faults, write protection (migration entries) and minor faults.
   const uint64_t shmemNeeded =
-      anonPrivate ? 0
+      anonPrivate || hugetlb ? 0
                   : UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_WP_HUGETLBFS_SHMEM | (minorFaults ? UFFD_FEATURE_MINOR_SHMEM : 0);
   if (inlineMode && !anonPrivate)
     throw codedError(env, "ERR_SERVICER_UNSUPPORTED", "the inline servicer serves private anonymous regions only");
@@ -203,25 +209,35 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
     r->uffd = std::move(again.fd);
     rc = apiHandshake(r->uffd.get(), wanted & ~uint64_t(UFFD_FEATURE_EVENT_FORK), nullptr, nullptr);
   } else {
-    r->forkEvents = (wanted & UFFD_FEATURE_EVENT_FORK) != 0;
+    r->forkEvents = (wanted & UFFD_FEATURE_EVENT_FORK) != 0 && !hugetlb;
   }
   if (rc != 0) throw systemError(env, -rc, "ioctl(UFFDIO_API)");
 
-  const int mapFlags = (mapShared ? MAP_SHARED : MAP_PRIVATE) | (fileFd >= 0 ? 0 : MAP_ANONYMOUS) | MAP_NORESERVE;
+  const int mapFlags = (mapShared ? MAP_SHARED : MAP_PRIVATE) | (fileFd >= 0 ? 0 : MAP_ANONYMOUS) |
+                       (hugetlb ? MAP_HUGETLB : MAP_NORESERVE);
   void* mem = ::mmap(nullptr, r->length, PROT_READ | PROT_WRITE, mapFlags, fileFd, fileFd >= 0 ? static_cast<off_t>(offsetArg) : 0);
+  if (mem == MAP_FAILED && hugetlb && errno == ENOMEM)
+    throw codedError(env, "ERR_NO_HUGE_PAGES",
+                     "mmap(MAP_HUGETLB) found too few free huge pages; reserve some first, e.g. as root: "
+                     "sysctl vm.nr_hugepages=<count> (see /proc/meminfo HugePages_Free)");
   if (mem == MAP_FAILED) throw systemError(env, errno, "mmap");
   r->base = static_cast<uint8_t*>(mem);
-  // Device pages and holes must fault one 4 KiB page at a time, as a pte would.
-  ::madvise(mem, r->length, MADV_NOHUGEPAGE);
+  r->hugetlb = hugetlb;
   uint64_t ioctls = 0;
-  rc = registerRange(r->uffd.get(), reinterpret_cast<uint64_t>(mem), r->length,
-                     UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP | (minorFaults ? UFFDIO_REGISTER_MODE_MINOR : 0),
-                     &ioctls);
-  if (rc == -EINVAL && fileFd >= 0)
-    throw codedError(env, "ERR_BACKING_UNSUPPORTED",
-                     "userfaultfd cannot register a mapping of this file: it serves shmem files only; "
-                     "put the file on tmpfs (e.g. /dev/shm) or use an anonymous region");
-  if (rc != 0) throw systemError(env, -rc, "ioctl(UFFDIO_REGISTER)");
+  // hugetlb: migrate_vma_setup refuses hugetlb vmas, so no device entry can ever exist there and
+  // no fault needs us. The range stays unregistered: every fault in it is the kernel's own.
+  if (!hugetlb) {
+    // Device pages and holes must fault one 4 KiB page at a time, as a pte would.
+    ::madvise(mem, r->length, MADV_NOHUGEPAGE);
+    rc = registerRange(r->uffd.get(), reinterpret_cast<uint64_t>(mem), r->length,
+                       UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP | (minorFaults ? UFFDIO_REGISTER_MODE_MINOR : 0),
+                       &ioctls);
+    if (rc == -EINVAL && fileFd >= 0)
+      throw codedError(env, "ERR_BACKING_UNSUPPORTED",
+                       "userfaultfd cannot register a mapping of this file: it serves shmem files only; "
+                       "put the file on tmpfs (e.g. /dev/shm) or use an anonymous region");
+    if (rc != 0) throw systemError(env, -rc, "ioctl(UFFDIO_REGISTER)");
+  }
 
   if (servicer == "native") {
     int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
