@@ -8,13 +8,14 @@ import { native, PAGE_SIZE } from './native.js';
 import { UffdHmmError, invalidType, outOfRange } from './errors.js';
 import { integer, optionsObject } from './validate.js';
 import {
+  DEV_FAIL_ALLOC,
   DEV_FAULTS,
   DEV_FREED,
   DEV_MIGRATED_TO_DEVICE,
   DEV_MIGRATED_TO_RAM,
   DEV_USED,
 } from './layout.js';
-import { allocDevicePage, deviceSharedWords, devicePageRefcount, initDevicePages, putDevicePage } from './devicepages.js';
+import { allocDevicePage, allocHugeDevicePages, deviceSharedWords, devicePageRefcount, initDevicePages, putDevicePage } from './devicepages.js';
 import type { Driver, PageFreeContext } from './driver.js';
 
 export interface DeviceOptions {
@@ -165,6 +166,26 @@ export class Device extends EventEmitter {
   /** @internal Allocates a zeroed-on-copy device page, or -1 when full. */
   allocPage(): number {
     return allocDevicePage(this.shared, this.capacity);
+  }
+
+  /**
+   * @internal A huge device page: `n` aligned consecutive pages, or -1 when none is free or the
+   * allocation was made to fail (`failNextHugeAllocation`, consumed here).
+   */
+  allocHugePage(n: number): number {
+    if (Atomics.exchange(this.shared, DEV_FAIL_ALLOC, 0) !== 0) return -1;
+    return allocHugeDevicePages(this.shared, this.capacity, n);
+  }
+
+  /**
+   * Makes the next huge (PMD-sized) allocation fail, once: dmirror's HMM_DMIRROR_FLAG_FAIL_ALLOC.
+   * If the next one is the device's (a THP migrating to it), the THP is split and migrates as base
+   * pages; if it is the CPU's (a huge device entry coming back on a fault), only the faulting page
+   * comes back and the huge entry is split. Either way nothing is lost: this tests the fallbacks.
+   */
+  failNextHugeAllocation(): void {
+    if (this.#closed) throw new UffdHmmError('ERR_DEVICE_CLOSED', `device ${this.name} is closed; open a new Device`);
+    Atomics.store(this.shared, DEV_FAIL_ALLOC, 1);
   }
 
   /** @internal Drops a reference; on the last, frees the page and calls the driver's pageFree. */

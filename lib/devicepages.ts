@@ -45,6 +45,38 @@ export function allocDevicePage(shared: Int32Array, capacity: number): number {
   return pfn;
 }
 
+/**
+ * Takes `n` free device pages forming one naturally aligned block (a huge device page, for a THP
+ * migrated whole), each with refcount 1; returns the first pfn, or -1 when no such block is free.
+ * O(capacity) under the lock: huge allocations are rare, base-page ones never wait on a scan.
+ */
+export function allocHugeDevicePages(shared: Int32Array, capacity: number, n: number): number {
+  spinLock(shared);
+  const stack = DEVICE_HEADER + capacity;
+  const top = shared[DEV_FREE_TOP];
+  const free = new Uint8Array(capacity);
+  for (let i = 0; i < top; i++) free[shared[stack + i]] = 1;
+  let base = -1;
+  for (let b = 0; b + n <= capacity && base < 0; b += n) {
+    let i = 0;
+    while (i < n && free[b + i] === 1) i++;
+    if (i === n) base = b;
+  }
+  if (base >= 0) {
+    // Drop the block from the free stack, keeping the order of the rest.
+    let w = 0;
+    for (let i = 0; i < top; i++) {
+      const pfn = shared[stack + i];
+      if (pfn < base || pfn >= base + n) shared[stack + w++] = pfn;
+    }
+    shared[DEV_FREE_TOP] = w;
+    for (let i = 0; i < n; i++) Atomics.store(shared, DEVICE_HEADER + base + i, 1);
+    Atomics.add(shared, DEV_USED, n);
+  }
+  spinUnlock(shared);
+  return base;
+}
+
 /** Adds a reference (a second mapping of the same device page, as after fork). */
 export function getDevicePage(shared: Int32Array, pfn: number): void {
   Atomics.add(shared, DEVICE_HEADER + pfn, 1);

@@ -61,6 +61,8 @@ export {
   mirrorSnapshot,
   mirrorExclusive,
   mirrorCheckExclusive,
+  mirrorFlags,
+  HMM_DMIRROR_FLAG_FAIL_ALLOC,
   type MirrorReadResult,
   type MirrorWriteResult,
   type MirrorMigrateResult,

@@ -28,6 +28,13 @@ export const UNMAPPED = 0x10;
  * someone else's zap.
  */
 export const ZAPPING = 0x20;
+/**
+ * Part of a huge device entry: a THP migrated whole into one huge device page (the PMD-level
+ * device-private entry). It holds while all entries of its PMD-aligned block stay alike.
+ */
+export const HUGE = 0x40;
+/** A PMD's span (x86-64, and arm64 with 4 KiB pages): the size of a THP and of a huge device entry. */
+export const PMD_SIZE = 2 << 20;
 export const DEVICE_SHIFT = 16;
 export const MAX_DEVICE_SLOT = 0x7fff;
 
@@ -54,6 +61,8 @@ export const DEV_FAULTS = 3;
 export const DEV_MIGRATED_TO_DEVICE = 4;
 export const DEV_MIGRATED_TO_RAM = 5;
 export const DEV_FREED = 6;
+/** HMM_DMIRROR_FLAG_FAIL_ALLOC: the next huge (PMD-sized) allocation fails, once. */
+export const DEV_FAIL_ALLOC = 7;
 
 /** Index of a page's state word in the region's Int32Array; its pfn word follows it. */
 export function stateIndex(page: number): number {

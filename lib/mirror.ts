@@ -449,3 +449,17 @@ export function mirrorCheckExclusive(region: Region, first: number, count: numbe
     map.delete(p); // revoked: the kernel's notifier dropped it from the device page table
   }
 }
+
+/** HMM_DMIRROR_FLAG_FAIL_ALLOC: the next huge allocation fails (see `Device.failNextHugeAllocation`). */
+export const HMM_DMIRROR_FLAG_FAIL_ALLOC = 0x1;
+
+/**
+ * HMM_DMIRROR_FLAGS: sets dmirror's one-shot test flags on `device`. The only flag is
+ * HMM_DMIRROR_FLAG_FAIL_ALLOC; other bits are EINVAL, as the driver answers unknown ones.
+ */
+export function mirrorFlags(device: Device, flags: number): void {
+  if (!(device instanceof Device)) throw invalidType('device', 'a Device', device);
+  const f = integer('flags', flags, 0, 0x7fffffff);
+  if ((f & ~HMM_DMIRROR_FLAG_FAIL_ALLOC) !== 0) throw mirrorError(EINVAL, 'FLAGS', `unknown flags 0x${f.toString(16)}`);
+  if ((f & HMM_DMIRROR_FLAG_FAIL_ALLOC) !== 0) device.failNextHugeAllocation();
+}

@@ -58,7 +58,10 @@ export interface Addon {
     fd?: number,
     offset?: number,
     hugetlb?: boolean,
+    thp?: boolean,
   ): NativeRegion;
+  /** MADV_COLLAPSE over the range: 0 or -errno. */
+  regionCollapse(handle: number, first: number, count: number): number;
   regionClose(handle: number): void;
   /** UFFDIO_CONTINUE (DONTWAKE) at a minor fault, or a zero fill if the file lost the page: 0 or -errno. */
   regionContinue(handle: number, page: number): number;

@@ -1,7 +1,7 @@
 // A Region: real anonymous memory under userfaultfd, the emulated vma. It owns the page table
 // (the device entries) in shared memory and performs the main-thread side of every migration.
 import { EventEmitter } from 'node:events';
-import { fstatSync, readFileSync } from 'node:fs';
+import { fstatSync, openSync, readFileSync, readSync } from 'node:fs';
 
 import { native, PAGE_SIZE, type NativeRegion } from './native.js';
 import { UffdHmmError, check, invalidType, invalidValue, outOfRange } from './errors.js';
@@ -10,6 +10,7 @@ import {
   DEVICE_SHIFT,
   DEV_MIGRATED_TO_DEVICE,
   DEV_MIGRATED_TO_RAM,
+  HUGE,
   KIND_DEVICE,
   KIND_MASK,
   KIND_NONE,
@@ -17,6 +18,7 @@ import {
   KIND_PRESENT,
   LOCKED,
   MAX_DEVICE_SLOT,
+  PMD_SIZE,
   REGION_HEADER,
   STAT_FAULTS,
   STAT_KERNEL_FAULTS,
@@ -82,6 +84,17 @@ export interface MapOptions {
    * refused. Not for 'inline'.
    */
   hugetlb?: boolean;
+  /**
+   * Transparent huge pages: the region starts on a PMD boundary and is MADV_HUGEPAGE instead of
+   * MADV_NOHUGEPAGE. Faults are still filled 4 KiB at a time (UFFDIO_COPY has no PMD form), so a
+   * THP forms only from a fully populated PMD, by `region.collapse()` (MADV_COLLAPSE) or
+   * khugepaged. `migrate` moves a THP whole into one huge device page (a PMD-level device entry:
+   * snapshot PMD flag), and a fault on it brings all of it back, as the kernel's device-private THP
+   * migration does; `device.failNextHugeAllocation()` tests the split fallbacks. Seeing a THP takes
+   * /proc/kpageflags and pagemap frame numbers (root); without them THPs migrate as base pages.
+   * Private anonymous regions only.
+   */
+  thp?: boolean;
 }
 
 /** What backs a region, as mmap(2) was asked for it. */
@@ -203,6 +216,8 @@ export class Region extends EventEmitter implements DeviceHolder {
   readonly faultAround: number;
   /** What backs the region: private or shared, anonymous memory or a file (MapOptions.shared/file). */
   readonly mapping: RegionMapping;
+  /** MapOptions.thp: THPs may back the region and migrate whole. */
+  readonly thp: boolean;
   /** @internal */ readonly handle: number;
   /** @internal Region header and page table, shared with the servicer (replaced by remap). */
   shared: Int32Array;
@@ -237,6 +252,7 @@ export class Region extends EventEmitter implements DeviceHolder {
     this.servicer = servicer;
     this.faultAround = faultAround;
     this.mapping = backing.mapping;
+    this.thp = backing.thp;
     this.shared = new Int32Array(new SharedArrayBuffer((REGION_HEADER + 2 * pages) * 4));
     let nat: NativeRegion;
     try {
@@ -251,6 +267,7 @@ export class Region extends EventEmitter implements DeviceHolder {
         backing.fd,
         backing.offset,
         backing.hugetlb,
+        backing.thp,
       );
     } catch (e) {
       // Native system errors already carry code, errno and syscall; only a refused open needs the fix named.
@@ -331,6 +348,29 @@ export class Region extends EventEmitter implements DeviceHolder {
     const old = new Int32Array(c); // state word before the lock
     let locked = 0; // pages [f, f+locked) are locked
     let onDevice = 0;
+    // THPs move whole into a huge device page each (block's first page → its first pfn); a THP the
+    // device cannot take whole is split and moves as base pages (migrate_vma's fallback).
+    const hugeN = PMD_SIZE / PAGE_SIZE;
+    const hugeBase = new Map<number, number>();
+    if (this.thp) {
+      for (const b of thpBlocks(this.handle, this.#address, f, c)) {
+        const base = device.allocHugePage(hugeN);
+        if (base >= 0) hugeBase.set(b, base);
+      }
+    }
+    const hugeBlockOf = (page: number): number => page - ((Number(this.#address / BigInt(PAGE_SIZE) % BigInt(hugeN)) + page) % hugeN);
+    /** Gives back the pfns of huge device pages that did not get their whole block. */
+    const releaseHuge = (keep: boolean): Set<number> => {
+      const whole = new Set<number>();
+      for (const [b, base] of hugeBase) {
+        let all = keep;
+        for (let i = 0; i < hugeN && all; i++) all = b + i - f < locked && pfns[b + i - f] === base + i;
+        if (all) whole.add(b);
+        else for (let i = 0; i < hugeN; i++) if (!(keep && b + i - f < locked && pfns[b + i - f] === base + i)) device.putPage(base + i);
+      }
+      return whole;
+    };
+    let hugeWhole = new Set<number>();
     try {
       for (; locked < c; locked++) {
         const page = f + locked;
@@ -352,7 +392,8 @@ export class Region extends EventEmitter implements DeviceHolder {
             old[locked] = KIND_PRESENT | WRITE | (s & ~KIND_MASK);
           }
         }
-        const pfn = device.allocPage();
+        const hb = hugeBase.size > 0 ? hugeBase.get(hugeBlockOf(page)) : undefined;
+        const pfn = hb !== undefined ? hb + (page - hugeBlockOf(page)) : device.allocPage();
         if (pfn < 0) {
           // The device is full: this page and the rest stay where they are.
           unlockPage(shared, page, s);
@@ -379,11 +420,14 @@ export class Region extends EventEmitter implements DeviceHolder {
       this.#forRuns(f, locked, (i) => pfns[i] >= 0 && (old[i] & KIND_MASK) === KIND_PRESENT, (a, n) =>
         this.#zapLocked(a, n),
       );
+      hugeWhole = releaseHuge(true);
     } catch (e) {
       for (let i = 0; i < locked; i++) {
-        if (pfns[i] >= 0) device.putPage(pfns[i]);
+        // Pages of a huge device page are all given back by releaseHuge.
+        if (pfns[i] >= 0 && !hugeBase.has(hugeBlockOf(f + i))) device.putPage(pfns[i]);
         unlockPage(shared, f + i, old[i]);
       }
+      releaseHuge(false);
       throw e;
     }
     let moved = 0;
@@ -400,7 +444,8 @@ export class Region extends EventEmitter implements DeviceHolder {
       const writable = (this.#protOf(page) & PROT_WRITE) !== 0;
       const write = forceWrite ?? (writable && (kind === KIND_NONE || (s & WRITE) !== 0));
       shared[stateIndex(page) + 1] = pfns[i];
-      unlockPage(shared, page, KIND_DEVICE | (write ? WRITE : 0) | (device.slot << DEVICE_SHIFT));
+      const huge = hugeWhole.size > 0 && hugeWhole.has(hugeBlockOf(page)) ? HUGE : 0;
+      unlockPage(shared, page, KIND_DEVICE | (write ? WRITE : 0) | huge | (device.slot << DEVICE_SHIFT));
       moved++;
     }
     Atomics.add(device.shared, DEV_MIGRATED_TO_DEVICE, moved);
@@ -453,6 +498,7 @@ export class Region extends EventEmitter implements DeviceHolder {
     const pm = new BigUint64Array(c);
     if (c > 0) native.regionPagemap(this.handle, f, c, pm);
     const zeroPfn = zeroPagePfn();
+    const hugeSeen = new Map<number, boolean>();
     for (let i = 0; i < c; i++) {
       const page = f + i;
       const s = Atomics.load(this.shared, stateIndex(page));
@@ -466,6 +512,7 @@ export class Region extends EventEmitter implements DeviceHolder {
           const slot = (s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT;
           const local = device === undefined || device.slot === slot;
           out[i] = (local ? HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL : HMM_DMIRROR_PROT_DEV_PRIVATE_REMOTE) | rw;
+          if ((s & HUGE) !== 0 && this.#hugeEntryAt(page, hugeSeen)) out[i] |= HMM_DMIRROR_PROT_PMD;
           break;
         }
         case KIND_PRESENT: {
@@ -606,6 +653,19 @@ export class Region extends EventEmitter implements DeviceHolder {
         unlockPage(this.shared, f + i, KIND_NONE | (s & UNMAPPED));
       }
     }
+  }
+
+  /**
+   * MADV_COLLAPSE over the range: each PMD of it that is fully populated becomes a THP, which a
+   * later `migrate` moves whole into one huge device page. Needs MapOptions.thp (else EINVAL, as
+   * for a MADV_NOHUGEPAGE vma); the kernel refuses a PMD with missing, device or write-protected
+   * pages (EAGAIN/EINVAL, as madvise(2) says). The bytes do not change.
+   */
+  collapse(first: number, count: number): void {
+    this.#checkOpen();
+    const [f, c] = pageRange(first, count, this.pages);
+    if (c === 0) return;
+    check(native.regionCollapse(this.handle, f, c), 'madvise(MADV_COLLAPSE)', `pages ${f}..${f + c - 1}`);
   }
 
   /**
@@ -867,6 +927,28 @@ export class Region extends EventEmitter implements DeviceHolder {
     return hugePageSize() >= 1 << 30 ? HMM_DMIRROR_PROT_PUD : HMM_DMIRROR_PROT_PMD;
   }
 
+  /**
+   * Whether `page` (a HUGE device entry) is still part of a whole huge entry: every entry of its
+   * PMD-aligned block alike, naming the pfns of one aligned huge device page. Otherwise it was
+   * split (partly discarded, protected or faulted back) into PTE-level entries. Cached per block.
+   */
+  #hugeEntryAt(page: number, seen: Map<number, boolean>): boolean {
+    const n = PMD_SIZE / PAGE_SIZE;
+    const first = page - ((Number(this.#address / BigInt(PAGE_SIZE) % BigInt(n)) + page) % n);
+    let whole = seen.get(first);
+    if (whole === undefined) {
+      const shared = this.shared;
+      const s0 = Atomics.load(shared, stateIndex(first)) & ~LOCKED;
+      const pfn0 = shared[stateIndex(first) + 1];
+      whole = first >= 0 && first + n <= this.pages && (s0 & HUGE) !== 0 && pfn0 % n === 0;
+      for (let i = 1; i < n && whole; i++) {
+        whole = (Atomics.load(shared, stateIndex(first + i)) & ~LOCKED) === s0 && shared[stateIndex(first + i) + 1] === pfn0 + i;
+      }
+      seen.set(first, whole);
+    }
+    return whole;
+  }
+
   /** fork and remap wait for userfaultfd events, which an unregistered (hugetlb) region never gets. */
   #refuseHugetlb(what: string): void {
     if (this.mapping === 'private-hugetlb' || this.mapping === 'shared-hugetlb') {
@@ -925,6 +1007,7 @@ interface Backing {
   fd: number;
   offset: number;
   hugetlb: boolean;
+  thp: boolean;
 }
 
 /** Validates MapOptions.shared and .file; the file's type and length are checked by the addon. */
@@ -968,7 +1051,9 @@ function mapBacking(options: MapOptions, pages: number, servicer: ServicerKind):
       `an 'inline' region must be private anonymous memory (asked for ${mapping}); use servicer 'worker' or 'native'`,
     );
   }
-  return { mapping, shared, fd, offset, hugetlb };
+  const thp = optionalBoolean('options.thp', options.thp) ?? false;
+  if (thp && mapping !== 'private-anonymous') throw invalidValue('options.thp', `unset for a ${mapping} region (THPs back private anonymous memory)`, true);
+  return { mapping, shared, fd, offset, hugetlb, thp };
 }
 
 let hugePageBytes: number | undefined;
@@ -979,6 +1064,43 @@ export function hugePageSize(): number {
     hugePageBytes = m ? Number(m[1]) * 1024 : 2 << 20;
   }
   return hugePageBytes;
+}
+
+let kpageflags: number | undefined;
+const KPF_THP = 1n << 22n;
+const PFN_MASK = (1n << 55n) - 1n;
+
+/**
+ * First pages of the PMD-aligned blocks inside [f, f+c) that one THP backs whole: all present,
+ * consecutive frames from an aligned head that /proc/kpageflags marks KPF_THP. Empty without
+ * CAP_SYS_ADMIN (pagemap hides frames, kpageflags is root's).
+ */
+function thpBlocks(handle: number, address: bigint, f: number, c: number): number[] {
+  const n = PMD_SIZE / PAGE_SIZE;
+  const out: number[] = [];
+  let b = f + ((n - ((Number(address / BigInt(PAGE_SIZE) % BigInt(n)) + f) % n)) % n);
+  if (b + n > f + c) return out;
+  if (kpageflags === undefined) {
+    try {
+      kpageflags = openSync('/proc/kpageflags', 'r');
+    } catch {
+      kpageflags = -1;
+    }
+  }
+  if (kpageflags < 0) return out;
+  const pm = new BigUint64Array(n);
+  const flags = new BigUint64Array(1);
+  for (; b + n <= f + c; b += n) {
+    native.regionPagemap(handle, b, n, pm);
+    const head = pm[0] & PFN_MASK;
+    if ((pm[0] & PM_PRESENT) === 0n || head === 0n || head % BigInt(n) !== 0n) continue;
+    let i = 1;
+    while (i < n && (pm[i] & PM_PRESENT) !== 0n && (pm[i] & PFN_MASK) === head + BigInt(i)) i++;
+    if (i < n) continue;
+    if (readSync(kpageflags, new Uint8Array(flags.buffer), 0, 8, Number(head) * 8) !== 8) continue;
+    if ((flags[0] & KPF_THP) !== 0n) out.push(b);
+  }
+  return out;
 }
 
 let zeroPfnCache: bigint | undefined;

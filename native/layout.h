@@ -28,10 +28,15 @@ constexpr int32_t kKindDevice = 2;   // a device entry (swp_entry(SWP_DEVICE[_WR
 constexpr int32_t kKindPoison = 3;   // hwpoison entry: any access gets SIGBUS
 constexpr int32_t kWrite = 0x4;      // write device entry / writable CPU page
 constexpr int32_t kLocked = 0x8;     // a migration entry: the page is being moved, faults wait
-constexpr int32_t kUnmapped = 0x10;
+constexpr int32_t kUnmapped = 0x10;  // munmapped behind our back (EVENT_UNMAP): no page, no access
 // Set by the thread that holds the page locked and is zapping it itself: the servicer clears it when
 // the resulting EVENT_REMOVE arrives, which tells that thread its own event has been dealt with.
-constexpr int32_t kZapping = 0x20;  // munmapped behind our back (EVENT_UNMAP): no page, no access
+constexpr int32_t kZapping = 0x20;
+// Part of a huge device entry: a THP migrated whole into one huge device page (the PMD-level
+// device-private entry). It holds while all entries of its PMD-aligned block stay alike.
+constexpr int32_t kHuge = 0x40;
+// A PMD's span (x86-64, and arm64 with 4 KiB pages): the size of a THP and of a huge device entry.
+constexpr size_t kPmdSize = size_t(2) << 20;
 constexpr int kDeviceShift = 16;     // device slot in bits 16..30
 constexpr int32_t kMaxDeviceSlot = 0x7fff;
 
@@ -59,5 +64,6 @@ constexpr int kDevFaults = 3;
 constexpr int kDevMigratedToDevice = 4;
 constexpr int kDevMigratedToRam = 5;
 constexpr int kDevFreed = 6;
+constexpr int kDevFailAlloc = 7;  // HMM_DMIRROR_FLAG_FAIL_ALLOC: the next huge allocation fails (one-shot)
 
 }  // namespace uffdhmm::layout

@@ -109,6 +109,38 @@ uint32_t lockNeighbours(RegionState& r, uint32_t page, int32_t s, uint32_t pfn, 
   return k;
 }
 
+// A huge device entry comes back whole, as the kernel migrates the folio back (migrate_to_ram of a
+// PMD device entry): locks the other entries of page's PMD-aligned block if they still make one
+// huge entry with it (same state word, the matching pfns of one aligned huge device page, mapped
+// once) and returns the block's first page with *count set to its size. Otherwise (the block was
+// split: part of it discarded, protected or faulted back; or the CPU side's huge allocation is
+// made to fail, HMM_DMIRROR_FLAG_FAIL_ALLOC) only `page` comes back: returns page, *count 1.
+static uint32_t lockHugeBlock(RegionState& r, uint32_t page, int32_t s, uint32_t pfn, DeviceStore& dev, uint32_t* count) {
+  *count = 1;
+  const uint32_t n = static_cast<uint32_t>(kPmdSize / r.pageSize);
+  const uint32_t off = static_cast<uint32_t>((r.addr(page) / r.pageSize) % n);
+  if (off > page || page - off + n > r.pages || off > pfn || (pfn - off) % n != 0 || pfn - off + n > dev.capacity) return page;
+  const uint32_t first = page - off;
+  const uint32_t pfn0 = pfn - off;
+  const int32_t want = s & ~kLocked;
+  uint32_t i = 0;
+  for (; i < n; i++) {
+    if (i == off) continue;
+    int32_t* st = r.state(first + i);
+    if (__atomic_load_n(st, __ATOMIC_ACQUIRE) != want || static_cast<uint32_t>(st[1]) != pfn0 + i) break;
+    if (__atomic_load_n(&dev.refcount()[pfn0 + i], __ATOMIC_ACQUIRE) != 1) break;
+    if (!lockPage(st, want)) break;
+  }
+  const bool whole = i == n && __atomic_exchange_n(&dev.shared[kDevFailAlloc], 0, __ATOMIC_ACQ_REL) == 0;
+  if (!whole) {
+    for (uint32_t j = 0; j < i; j++)
+      if (j != off) unlockPage(r, r.state(first + j), want);
+    return page;
+  }
+  *count = n;
+  return first;
+}
+
 int continueOrZero(RegionState& r, uint32_t page) {
   const int fd = r.uffd.get();
   int rc = continueRange(fd, r.addr(page), r.pageSize, UFFDIO_CONTINUE_MODE_DONTWAKE);
@@ -142,23 +174,33 @@ Served serveFaultDefault(RegionState& r, uint32_t page, uint32_t flags, uint32_t
       }
       const bool write = s & kWrite;
       const uint64_t mode = UFFDIO_COPY_MODE_DONTWAKE | (write ? 0 : UFFDIO_COPY_MODE_WP);
-      // Fault-around: neighbours whose device pages follow this one come back in the same COPY.
-      const uint32_t k = r.faultAround > 1 && dev->refcount()[pfn] == 1 ? lockNeighbours(r, page, s, pfn, *dev) : 1;
-      rc = copy(fd, addr, reinterpret_cast<uint64_t>(dev->page(pfn)), uint64_t(k) * r.pageSize, mode, nullptr);
+      // The pages [first, first + k) come back in one COPY: a whole huge entry, or fault-around
+      // (neighbours whose device pages follow this one).
+      uint32_t first = page, k = 1;
+      if (s & kHuge)
+        first = lockHugeBlock(r, page, s, pfn, *dev, &k);
+      else if (r.faultAround > 1 && dev->refcount()[pfn] == 1)
+        k = lockNeighbours(r, page, s, pfn, *dev);
+      const uint32_t pfn0 = pfn - (page - first);
+      rc = copy(fd, r.addr(first), reinterpret_cast<uint64_t>(dev->page(pfn0)), uint64_t(k) * r.pageSize, mode, nullptr);
       if (rc != 0 && k > 1) {
-        for (uint32_t i = 1; i < k; i++) unlockPage(r, r.state(page + i), s & ~kLocked);
+        for (uint32_t i = 0; i < k; i++)
+          if (first + i != page) unlockPage(r, r.state(first + i), s & ~kLocked);
         rc = copy(fd, addr, reinterpret_cast<uint64_t>(dev->page(pfn)), r.pageSize, mode, nullptr);
       } else if (rc == 0 && k > 1) {
         next = kKindPresent | (write ? kWrite : 0);
-        for (uint32_t i = 1; i < k; i++) {
-          int32_t* sq = r.state(page + i);
+        for (uint32_t i = 0; i < k; i++) {
+          if (first + i == page) continue;
+          int32_t* sq = r.state(first + i);
           sq[1] = 0;
           unlockPage(r, sq, next);
-          dev->putPage(pfn + i);
+          dev->putPage(pfn0 + i);
           bump(r, kStatMigratedBack);
           __atomic_fetch_add(&dev->shared[kDevMigratedToRam], 1, __ATOMIC_RELAXED);
         }
-        wake(fd, addr + r.pageSize, uint64_t(k - 1) * r.pageSize);
+        // Everyone but the faulting thread: it is woken last, once its own page is published.
+        if (page > first) wake(fd, r.addr(first), uint64_t(page - first) * r.pageSize);
+        if (first + k > page + 1) wake(fd, addr + r.pageSize, uint64_t(first + k - page - 1) * r.pageSize);
       }
       if (rc == 0) next = kKindPresent | (write ? kWrite : 0);
     } else if (kind == kKindPresent && wpFault) {

@@ -22,6 +22,12 @@
 
 namespace uffdhmm {
 
+#ifdef MADV_COLLAPSE
+constexpr int kMadvCollapse = MADV_COLLAPSE;
+#else
+constexpr int kMadvCollapse = 25;  // Linux 6.1; older libc headers lack it
+#endif
+
 Registry<RegionState>& regions() {
   static auto* registry = new Registry<RegionState>;  // never destroyed: threads may still use it during exit()
   return *registry;
@@ -127,6 +133,18 @@ static void checkRange(const Napi::CallbackInfo& info, const RegionState& r, uin
   if (!r.contains(first, count)) throw rangeError(info.Env(), "page range is outside the region");
 }
 
+// An anonymous private mapping of `length` bytes starting on a PMD boundary, so THPs can back it.
+static void* mmapPmdAligned(size_t length) {
+  const size_t pmd = layout::kPmdSize;
+  void* raw = ::mmap(nullptr, length + pmd, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (raw == MAP_FAILED) return raw;
+  const uintptr_t start = (reinterpret_cast<uintptr_t>(raw) + pmd - 1) & ~(pmd - 1);
+  const size_t head = start - reinterpret_cast<uintptr_t>(raw);
+  if (head) ::munmap(raw, head);
+  if (pmd - head) ::munmap(reinterpret_cast<void*>(start + length), pmd - head);
+  return reinterpret_cast<void*>(start);
+}
+
 // regionCreate(pages, shared: Int32Array, servicer: 'worker'|'native', allowUserModeOnly,
 //              classifyFaults, faultAround, mapShared, fd (-1: anonymous), offset (bytes))
 static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
@@ -144,6 +162,9 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
   const int fileFd = info.Length() > 7 ? info[7].As<Napi::Number>().Int32Value() : -1;
   const double offsetArg = info.Length() > 8 ? info[8].As<Napi::Number>().DoubleValue() : 0;
   const bool hugetlb = info.Length() > 9 && argBool(info, 9, "hugetlb");
+  const bool thp = info.Length() > 10 && argBool(info, 10, "thp");
+  if (thp && (hugetlb || fileFd >= 0 || mapShared))
+    throw codedError(env, "ERR_BACKING_UNSUPPORTED", "thp applies to private anonymous regions only");
   const size_t pageSize = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
   if (hugetlb && fileFd >= 0) throw codedError(env, "ERR_BACKING_UNSUPPORTED", "a hugetlb region is anonymous: give hugetlb or file, not both");
   if (fileFd >= 0) {
@@ -215,7 +236,8 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
 
   const int mapFlags = (mapShared ? MAP_SHARED : MAP_PRIVATE) | (fileFd >= 0 ? 0 : MAP_ANONYMOUS) |
                        (hugetlb ? MAP_HUGETLB : MAP_NORESERVE);
-  void* mem = ::mmap(nullptr, r->length, PROT_READ | PROT_WRITE, mapFlags, fileFd, fileFd >= 0 ? static_cast<off_t>(offsetArg) : 0);
+  void* mem = thp ? mmapPmdAligned(r->length)
+                  : ::mmap(nullptr, r->length, PROT_READ | PROT_WRITE, mapFlags, fileFd, fileFd >= 0 ? static_cast<off_t>(offsetArg) : 0);
   if (mem == MAP_FAILED && hugetlb && errno == ENOMEM)
     throw codedError(env, "ERR_NO_HUGE_PAGES",
                      "mmap(MAP_HUGETLB) found too few free huge pages; reserve some first, e.g. as root: "
@@ -227,8 +249,10 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
   // hugetlb: migrate_vma_setup refuses hugetlb vmas, so no device entry can ever exist there and
   // no fault needs us. The range stays unregistered: every fault in it is the kernel's own.
   if (!hugetlb) {
-    // Device pages and holes must fault one 4 KiB page at a time, as a pte would.
-    ::madvise(mem, r->length, MADV_NOHUGEPAGE);
+    // Without thp, no THP ever backs the range (khugepaged included): pages are 4 KiB, as our
+    // fills are. With it, a fully populated PMD may become a THP (region.collapse, khugepaged),
+    // which migrate then moves whole into a huge device page.
+    ::madvise(mem, r->length, thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
     rc = registerRange(r->uffd.get(), reinterpret_cast<uint64_t>(mem), r->length,
                        UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP | (minorFaults ? UFFDIO_REGISTER_MODE_MINOR : 0),
                        &ioctls);
@@ -580,6 +604,17 @@ static Napi::Value RegionDiscard(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), rc);
 }
 
+// regionCollapse(region, first, count) -> 0 | -errno: MADV_COLLAPSE, a THP made of each fully
+// populated PMD of the range (thp regions; the kernel refuses write-protected or missing pages).
+static Napi::Value RegionCollapse(const Napi::CallbackInfo& info) {
+  auto r = argRegion(info, 0);
+  uint32_t first = argU32(info, 1, "first");
+  uint32_t count = argU32(info, 2, "count");
+  checkRange(info, *r, first, count);
+  int rc = ::madvise(r->base + size_t(first) * r->pageSize, size_t(count) * r->pageSize, kMadvCollapse) == 0 ? 0 : -errno;
+  return Napi::Number::New(info.Env(), rc);
+}
+
 // regionUnmap(region, first, count) -> 0 | -errno: munmap of part of the region. The rest of the
 // mapping stays; the whole range is unmapped again (harmlessly) when the region is destroyed.
 static Napi::Value RegionUnmap(const Napi::CallbackInfo& info) {
@@ -689,6 +724,7 @@ void initRegion(Napi::Env env, Napi::Object exports) {
   exports.Set("regionDiscard", Napi::Function::New(env, RegionDiscard));
   exports.Set("regionMprotect", Napi::Function::New(env, RegionMprotect));
   exports.Set("regionUnmap", Napi::Function::New(env, RegionUnmap));
+  exports.Set("regionCollapse", Napi::Function::New(env, RegionCollapse));
   exports.Set("regionRemap", Napi::Function::New(env, RegionRemap));
   exports.Set("detachArrayBuffer", Napi::Function::New(env, DetachArrayBuffer));
   exports.Set("errnoName", Napi::Function::New(env, ErrnoName));

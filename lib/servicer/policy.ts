@@ -31,6 +31,9 @@ import {
   OUTCOME_PAGE_CACHE,
   UNMAPPED,
   ZAPPING,
+  HUGE,
+  PMD_SIZE,
+  DEV_FAIL_ALLOC,
   UFFD_PAGEFAULT_FLAG_MINOR,
   UFFD_PAGEFAULT_FLAG_WP,
   UFFD_PAGEFAULT_FLAG_WRITE,
@@ -164,6 +167,33 @@ function lockNeighbours(r: RegionInfo, page: number, s: number, pfn: number, dev
 }
 
 /**
+ * A huge device entry comes back whole, as the kernel migrates the folio back: locks the other
+ * entries of page's PMD-aligned block if they still make one huge entry with it (same state word,
+ * the matching pfns of one aligned huge device page, mapped once) and returns the block's first
+ * page. Otherwise (split meanwhile, or the CPU side's huge allocation made to fail with
+ * HMM_DMIRROR_FLAG_FAIL_ALLOC) returns -1 and only `page` comes back. Twin of native/policy.cc.
+ */
+function lockHugeBlock(r: RegionInfo, page: number, s: number, pfn: number, dev: DeviceInfo): number {
+  const n = PMD_SIZE / r.pageSize;
+  const off = (Number((r.address / BigInt(r.pageSize)) % BigInt(n)) + page) % n;
+  const first = page - off;
+  const pfn0 = pfn - off;
+  if (first < 0 || first + n > r.pages || pfn0 < 0 || pfn0 % n !== 0 || pfn0 + n > dev.capacity) return -1;
+  const shared = r.shared;
+  let i = 0;
+  for (; i < n; i++) {
+    if (i === off) continue;
+    const idx = stateIndex(first + i);
+    if (Atomics.load(shared, idx) !== s || shared[idx + 1] !== pfn0 + i) break;
+    if (devicePageRefcount(dev.shared, pfn0 + i) !== 1) break;
+    if (Atomics.compareExchange(shared, idx, s, s | LOCKED) !== s) break;
+  }
+  if (i === n && Atomics.exchange(dev.shared, DEV_FAIL_ALLOC, 0) === 0) return first;
+  for (let j = 0; j < i; j++) if (j !== off) unlockPage(shared, first + j, s);
+  return -1;
+}
+
+/**
  * A zap of pages [first, first + count) by anyone (EVENT_REMOVE from madvise, EVENT_UNMAP from
  * munmap), as zap_pte_range treats device entries: the reference is dropped and the device page
  * freed on the last one; every page reads as zero afterwards. Locked pages are our own migration
@@ -219,7 +249,8 @@ export function serveFault(host: PolicyHost, r: RegionInfo, page: number, flags:
     let next = s;
     let dev: DeviceInfo | undefined;
     let pfn = 0;
-    let around = 1; // pages migrated back by this fault, from `page` on
+    let around = 1; // pages migrated back by this fault, from `first` on
+    let first = page;
     if (kind === KIND_DEVICE) {
       const slot = (s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT;
       dev = host.devices[slot];
@@ -234,11 +265,20 @@ export function serveFault(host: PolicyHost, r: RegionInfo, page: number, flags:
         if (rc === 0) next = KIND_POISON;
       } else {
         const write = (s & WRITE) !== 0;
-        if (r.faultAround > 1 && devicePageRefcount(dev.shared, pfn) === 1) around = lockNeighbours(r, page, s, pfn, dev);
-        rc = native.regionCopyIn(h, page, slot, pfn, !write, around);
+        if ((s & HUGE) !== 0) {
+          const start = lockHugeBlock(r, page, s, pfn, dev);
+          if (start >= 0) {
+            first = start;
+            around = PMD_SIZE / r.pageSize;
+          }
+        } else if (r.faultAround > 1 && devicePageRefcount(dev.shared, pfn) === 1) {
+          around = lockNeighbours(r, page, s, pfn, dev);
+        }
+        rc = native.regionCopyIn(h, first, slot, pfn - (page - first), !write, around);
         if (rc !== 0 && around > 1) {
-          for (let i = 1; i < around; i++) unlockPage(shared, page + i, s);
+          for (let i = 0; i < around; i++) if (first + i !== page) unlockPage(shared, first + i, s);
           around = 1;
+          first = page;
           rc = native.regionCopyIn(h, page, slot, pfn, !write);
         }
         if (rc === 0) next = write ? KIND_PRESENT | WRITE : KIND_PRESENT;
@@ -268,14 +308,16 @@ export function serveFault(host: PolicyHost, r: RegionInfo, page: number, flags:
       // Shared with forked children: they get the page back too, as the kernel's rmap walk does.
       if (next !== KIND_POISON && devicePageRefcount(dev.shared, pfn) > 1) native.regionMigrateSharers(h, page, dev.slot, pfn);
       stats |= D_FAULTS | (next === KIND_POISON ? S_POISON : S_BACK | D_TO_RAM);
-      for (let i = 1; i < around; i++) {
-        if (native.regionComplete(h, page + i, next, dev.slot, pfn + i, S_BACK | D_TO_RAM, false) === 1) pageFreed(host, dev, pfn + i);
+      const pfn0 = pfn - (page - first);
+      for (let i = 0; i < around; i++) {
+        if (first + i === page) continue;
+        if (native.regionComplete(h, first + i, next, dev.slot, pfn0 + i, S_BACK | D_TO_RAM, false) === 1) pageFreed(host, dev, pfn0 + i);
       }
       const outcome = next === KIND_POISON ? OUTCOME_SIGBUS : OUTCOME_MIGRATED;
       if (native.regionComplete(h, page, next, dev.slot, pfn, stats, around === 1, flags, tid, t0Us, outcome) === 1) {
         pageFreed(host, dev, pfn);
       }
-      if (around > 1) native.regionWake(h, page, around);
+      if (around > 1) native.regionWake(h, first, around);
       return SERVED;
     }
     let outcome = OUTCOME_WOKEN;

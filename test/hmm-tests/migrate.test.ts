@@ -16,7 +16,7 @@ import {
   Region,
 } from 'uffd-hmm';
 import { native } from '../../dist/native.js';
-import { mirrorMigrate, mirrorSnapshot } from 'uffd-hmm';
+import { HMM_DMIRROR_FLAG_FAIL_ALLOC, mirrorFlags, mirrorMigrate, mirrorMigrateToSys, mirrorSnapshot } from 'uffd-hmm';
 import { describeUffd } from '../helpers.js';
 import { INTS, NPAGES, NTIMES, PMD_PAGES, fillInts, firstIntMismatch, firstIntMismatchIn, ints, track, until } from './fixtures/common.js';
 
@@ -275,25 +275,103 @@ describeUffd('hmm-tests.c: migration to device private memory', () => {
   });
 
   it('migrate_anon_huge_fault', () => {
-    // DIVERGES (docs/PARITY.md): MADV_COLLAPSE cannot make a THP of a userfaultfd range, so the
-    // device entries are 4 KiB and the snapshot lacks HMM_DMIRROR_PROT_PMD. Everything else holds.
-    const r = track(Region.map({ pages: PMD_PAGES, servicer }));
+    // A PMD-aligned THP region: the writes fill it 4 KiB at a time (UFFDIO_COPY has no PMD form),
+    // MADV_COLLAPSE makes the THP, and migration moves it whole into one huge device page.
+    const r = track(Region.map({ pages: PMD_PAGES, servicer, thp: true }));
     const d = track(new Device({ capacity: PMD_PAGES }));
     const ptr = ints(r);
     fillInts(ptr);
+    r.collapse(0, PMD_PAGES);
     const res = mirrorMigrate(r, 0, PMD_PAGES, d);
     expect(res.cpages).toBe(PMD_PAGES);
     expect(firstIntMismatchIn(res.data)).toBe(-1);
 
     const m = mirrorSnapshot(r, 0, PMD_PAGES, d);
-    const want = HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL | HMM_DMIRROR_PROT_WRITE; // the kernel: | HMM_DMIRROR_PROT_PMD
+    const want = HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL | HMM_DMIRROR_PROT_WRITE | HMM_DMIRROR_PROT_PMD;
     for (let i = 0; i < PMD_PAGES; i++) if (m[i] !== want) expect.fail(`page ${i}: snapshot ${m[i].toString(16)}`);
-    expect(m[0] & HMM_DMIRROR_PROT_PMD).toBe(0);
     const pm = r.pagemap();
     for (let i = 0; i < PMD_PAGES; i++) {
       if ((pm[i] & PM_SWAP) === 0n || (pm[i] & PM_PRESENT) !== 0n) expect.fail(`page ${i}: pagemap ${pm[i].toString(16)}`);
     }
-    // Fault pages back to system memory and check them.
+    // Fault pages back to system memory and check them: the first fault brings the whole THP back.
+    expect(ptr[0]).toBe(0);
+    expect(d.used).toBe(0);
     expect(firstIntMismatch(ptr)).toBe(-1);
+    expect(r.stats().migratedBack).toBe(PMD_PAGES);
+  });
+
+  it('migrate_anon_huge_err', () => {
+    // Part 1: the device's huge allocation fails (HMM_DMIRROR_FLAG_FAIL_ALLOC), so the THP is split
+    // and migrates as base pages; faulting one page back brings back just that page.
+    const r1 = track(Region.map({ pages: PMD_PAGES, servicer, thp: true }));
+    const d = track(new Device({ capacity: PMD_PAGES }));
+    let ptr = ints(r1);
+    fillInts(ptr);
+    r1.collapse(0, PMD_PAGES);
+    mirrorFlags(d, HMM_DMIRROR_FLAG_FAIL_ALLOC);
+    let res = mirrorMigrate(r1, 0, PMD_PAGES, d);
+    expect(res.cpages).toBe(PMD_PAGES);
+    expect(firstIntMismatchIn(res.data)).toBe(-1);
+    expect(mirrorSnapshot(r1, 0, 1, d)[0] & HMM_DMIRROR_PROT_PMD).toBe(0); // beyond the kernel test
+    // Try faulting back a single (PAGE_SIZE) page.
+    expect(ptr[2048]).toBe(2048);
+    expect(d.used).toBe(PMD_PAGES - 1);
+
+    // Part 2 ("unmap and remap the region to reset things"): the THP migrates whole, and the CPU
+    // side's huge allocation is made to fail on the way back, which splits it.
+    const r2 = track(Region.map({ pages: PMD_PAGES, servicer, thp: true }));
+    const d2 = track(new Device({ capacity: PMD_PAGES }));
+    ptr = ints(r2);
+    fillInts(ptr);
+    r2.collapse(0, PMD_PAGES);
+    res = mirrorMigrate(r2, 0, PMD_PAGES, d2);
+    expect(res.cpages).toBe(PMD_PAGES);
+    expect(mirrorSnapshot(r2, 0, 1, d2)[0] & HMM_DMIRROR_PROT_PMD).toBe(HMM_DMIRROR_PROT_PMD);
+    mirrorFlags(d2, HMM_DMIRROR_FLAG_FAIL_ALLOC);
+    expect(mirrorMigrateToSys(r2, 0, PMD_PAGES, d2).cpages).toBe(PMD_PAGES);
+    expect(ptr[2048]).toBe(2048);
+    expect(firstIntMismatch(ptr)).toBe(-1);
+    expect(d2.used).toBe(0);
+  });
+
+  it('migrate_anon_huge_err: a split on the fault path (beyond the kernel test)', () => {
+    // The fault-path twin of part 2: a CPU fault on a huge entry whose huge allocation fails
+    // brings back only the faulting page, and the rest stays on the device as base entries.
+    const r = track(Region.map({ pages: PMD_PAGES, servicer, thp: true }));
+    const d = track(new Device({ capacity: PMD_PAGES }));
+    const ptr = ints(r);
+    fillInts(ptr);
+    r.collapse(0, PMD_PAGES);
+    expect(r.migrate(0, PMD_PAGES, d)).toBe(PMD_PAGES);
+    d.failNextHugeAllocation();
+    expect(ptr[2048]).toBe(2048);
+    expect(d.used).toBe(PMD_PAGES - 1);
+    expect(mirrorSnapshot(r, 0, 1, d)[0]).toBe(HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL | HMM_DMIRROR_PROT_WRITE);
+    expect(firstIntMismatch(ptr)).toBe(-1);
+    expect(d.used).toBe(0);
+  });
+
+  it('migrate_anon_huge_zero_err', () => {
+    // Part 1: a never-touched PROT_READ PMD, FAIL_ALLOC, migrate: zeroes on the device; one page
+    // faults back as zero. (The kernel migrates an empty PMD as a huge device page, which the flag
+    // splits; here an empty PMD always migrates as base pages, so the flag stays unused.)
+    const r1 = track(Region.map({ pages: PMD_PAGES, servicer, thp: true }));
+    const d = track(new Device({ capacity: 2 * PMD_PAGES }));
+    r1.mprotect(0, PMD_PAGES, 'read');
+    mirrorFlags(d, HMM_DMIRROR_FLAG_FAIL_ALLOC);
+    let res = mirrorMigrate(r1, 0, PMD_PAGES, d);
+    expect(res.cpages).toBe(PMD_PAGES);
+    expect(res.data.every((b) => b === 0)).toBe(true);
+    expect(ints(r1)[2048]).toBe(0);
+
+    // Part 2: the zero page mapped by a read, FAIL_ALLOC, migrate, fault everything back.
+    const r2 = track(Region.map({ pages: PMD_PAGES, servicer, thp: true }));
+    r2.mprotect(0, PMD_PAGES, 'read');
+    const ptr = ints(r2);
+    expect(ptr[0]).toBe(0);
+    mirrorFlags(d, HMM_DMIRROR_FLAG_FAIL_ALLOC);
+    res = mirrorMigrate(r2, 0, PMD_PAGES, d);
+    expect(res.cpages).toBe(PMD_PAGES);
+    for (let i = 0; i < ptr.length; i++) if (ptr[i] !== 0) expect.fail(`int ${i} is ${ptr[i]}`);
   });
 });
