@@ -38,7 +38,10 @@ export interface DeviceStats {
 /** The largest capacity a device may have: pfns live in 32-bit words. */
 export const MAX_DEVICE_CAPACITY = 1 << 24;
 
-/** What a region needs from a device without importing region.ts (which imports this file). */
+/**
+ * @internal What a device needs from the regions that hold its pages (to evict them on close),
+ * without importing region.ts (which imports this file). Not exported from the package.
+ */
 export interface DeviceHolder {
   evictDevice(device: Device): void;
 }
