@@ -54,6 +54,8 @@ export class UffdHmmError extends Error {
   /** The stable error code, `ERR_…` (see the class description for the list). */
   readonly code: string;
   /**
+   * Creates an error with a stable code; `name` is `'UffdHmmError'`.
+   *
    * @param code - the stable `ERR_…` code.
    * @param message - what went wrong, for people.
    * @param options - `cause`: the underlying error, kept as `error.cause`.
@@ -79,6 +81,9 @@ export class UffdSystemError extends Error implements SystemErrorFields {
   /** The system call or ioctl that failed, e.g. `'ioctl(UFFDIO_COPY)'`. */
   readonly syscall: string;
   /**
+   * Creates the error of a failed call; `code` is the errno's name and the message reads
+   * `<syscall> failed: <code> (<context>)`.
+   *
    * @param negErrno - the errno, negative as native calls return it (a positive one is accepted too).
    * @param syscall - the call that failed, named as the message and `syscall` will show it.
    * @param context - optional detail appended to the message in parentheses.
