@@ -18,19 +18,34 @@ import {
 import { allocDevicePage, allocHugeDevicePages, deviceSharedWords, devicePageRefcount, initDevicePages, putDevicePage } from './devicepages.js';
 import type { Driver, PageFreeContext } from './driver.js';
 
+/** Options of `new` {@link Device}. */
 export interface DeviceOptions {
-  /** Shown in errors, snapshots and hook contexts. Default `device<N>`. */
+  /** Shown in errors, snapshots and hook contexts (`ctx.deviceName`). Default `device<N>`. */
   name?: string;
-  /** Device memory in pages. Default 65536 (256 MiB of 4 KiB pages). */
+  /**
+   * Device memory in pages (of {@link PAGE_SIZE} bytes), 1 to {@link MAX_DEVICE_CAPACITY}.
+   * Default 65536 (256 MiB of 4 KiB pages). The memory is reserved, not committed: a page costs
+   * RAM only once something migrates into it, plus 8 bytes of bookkeeping per page up front.
+   */
   capacity?: number;
-  /** An ES module (path or URL) exporting the driver hooks `fault` and `pageFree`. */
+  /**
+   * An ES module exporting the driver hooks (see {@link Driver}): a URL (best:
+   * `new URL('./driver.mjs', import.meta.url)`), a `file:` or other URL string, or a path, which
+   * is resolved against `process.cwd()`, not against the calling module. The module is imported
+   * lazily, by the worker servicer on the first fault it serves for this device and by the main
+   * thread on the first page it frees; a module that fails to load is reported as `'error'`
+   * (`ERR_DRIVER_LOAD`) and the default policy applies.
+   */
   driver?: string | URL;
 }
 
+/** Counters of {@link Device#stats}: they only go up, from 0 when the device was created. */
 export interface DeviceStats {
   /** CPU faults on this device's entries that migrated a page back. */
   faults: number;
+  /** Pages migrated to this device, from system memory or from another device. */
   migratedToDevice: number;
+  /** Pages migrated back from this device to system memory: by faults, `migrateToRam` and eviction. */
   migratedToRam: number;
   /** Device pages freed (their last reference dropped). */
   freed: number;
@@ -39,7 +54,10 @@ export interface DeviceStats {
 /** The largest capacity a device may have: pfns live in 32-bit words. */
 export const MAX_DEVICE_CAPACITY = 1 << 24;
 
-/** What a region needs from a device without importing region.ts (which imports this file). */
+/**
+ * @internal What a device needs from the regions that hold its pages (to evict them on close),
+ * without importing region.ts (which imports this file). Not exported from the package.
+ */
 export interface DeviceHolder {
   evictDevice(device: Device): void;
 }
@@ -61,8 +79,40 @@ function driverUrl(driver: unknown): string | undefined {
   return pathToFileURL(path.resolve(driver)).href;
 }
 
+/**
+ * An emulated device with its own memory: the kernel's `struct dev_pagemap` of device-private
+ * pages plus the dmirror driver of lib/test_hmm.c. Its memory is `capacity` pages, addressed by
+ * pfn (0 to capacity − 1); each page has a refcount (the page-table entries that name it) and goes
+ * back to the free list when the last goes, calling the driver's `pageFree`. Pages get here
+ * through {@link Region#migrate}, and leave by a CPU fault, {@link Region#migrateToRam}, a
+ * discard or unmap of the region, or {@link Device#close}.
+ *
+ * The device computes on its pages with {@link Device#read} and {@link Device#write} (what a
+ * GPU kernel would do); the CPU sees the result after the page migrates back.
+ *
+ * Events: `'error'` (an `Error` with code `ERR_DRIVER_HOOK` or `ERR_DRIVER_LOAD`: the driver hook
+ * threw or would not load; the fault was still served, and without a listener the error becomes
+ * a process warning) and `'close'` (after {@link Device#close} evicted everything).
+ *
+ * @example
+ * ```ts
+ * import { Device, Region } from 'uffd-hmm';
+ *
+ * const gpu = new Device({ name: 'gpu0', capacity: 1024 });     // 1024 pages of device memory
+ * const region = Region.map({ pages: 16 });
+ * region.bytes.fill(7);
+ * region.migrate(0, 16, gpu);                                   // 16 device pages in use
+ * const e = region.entry(3);                                    // { kind: 'device', pfn, … }
+ * if (e.kind === 'device') gpu.write(e.pfn, new Uint8Array([42])); // the device writes its copy
+ * console.log(region.bytes[3 * region.pageSize]);               // a real fault migrates it back: 42
+ * await region.close();
+ * await gpu.close();
+ * ```
+ */
 export class Device extends EventEmitter {
+  /** The name given in {@link DeviceOptions.name}, or `device<N>`. */
   readonly name: string;
+  /** Device memory in pages; pfns run from 0 to capacity − 1. */
   readonly capacity: number;
   /** @internal Slot in the native registry; also the device id in page-state words. */
   readonly slot: number;
@@ -77,6 +127,15 @@ export class Device extends EventEmitter {
   #closed = false;
   #closing: Promise<void> | undefined;
 
+  /**
+   * Creates the device and reserves its memory; it has no pages in use yet.
+   *
+   * @param options - name, capacity (pages) and driver module; all optional.
+   * @throws `TypeError` (`ERR_INVALID_ARG_TYPE`) for options of the wrong type, `RangeError`
+   * (`ERR_OUT_OF_RANGE`) for a capacity outside 1 to {@link MAX_DEVICE_CAPACITY}, an `Error` with
+   * code `ERR_TOO_MANY_DEVICES` past 32767 open devices, a SystemError (`syscall: 'mmap'`) when the
+   * memory cannot be reserved.
+   */
   constructor(options?: DeviceOptions) {
     super();
     const opts = optionsObject('options', options);
@@ -92,16 +151,24 @@ export class Device extends EventEmitter {
     bySlot.set(this.slot, this);
   }
 
-  /** Device pages currently allocated. */
+  /** Device pages currently allocated (referenced by at least one entry), 0 to {@link Device.capacity}. */
   get used(): number {
     return Atomics.load(this.shared, DEV_USED);
   }
 
+  /** True once {@link Device#close} has evicted everything; read, write and migrations to it then throw `ERR_DEVICE_CLOSED`. */
   get closed(): boolean {
     return this.#closed;
   }
 
-  /** The device reading its own page (a copy). */
+  /**
+   * The device reading its own page: a copy of the {@link PAGE_SIZE} bytes of device page `pfn`,
+   * as they are in device memory now. Does not fault or migrate anything.
+   *
+   * @param pfn - an allocated device page, e.g. `region.entry(page).pfn` of a device entry.
+   * @throws `ERR_DEVICE_CLOSED` after close; `RangeError` (`ERR_OUT_OF_RANGE`) for a pfn outside
+   * the device; `ERR_DEVICE_PAGE_FREE` for a page no entry references.
+   */
   read(pfn: number): Uint8Array {
     this.#checkPage(pfn);
     const out = new Uint8Array(PAGE_SIZE);
@@ -109,7 +176,18 @@ export class Device extends EventEmitter {
     return out;
   }
 
-  /** The device writing its own page, as a GPU kernel would; the CPU sees it after migrating back. */
+  /**
+   * The device writing its own page, as a GPU kernel would: copies `data` into device page `pfn`
+   * at byte `offset`. The CPU sees it once the page migrates back (its next fault, or
+   * {@link Region#migrateToRam}); every region sharing the page (after a fork) sees it.
+   *
+   * @param pfn - an allocated device page.
+   * @param data - the bytes to write (any typed array or DataView); at most PAGE_SIZE − offset bytes.
+   * @param offset - byte offset in the page, default 0.
+   * @throws `ERR_DEVICE_CLOSED`, `ERR_DEVICE_PAGE_FREE` and `RangeError` (`ERR_OUT_OF_RANGE`) as
+   * {@link Device#read} does, and for an offset or length past the page; `TypeError`
+   * (`ERR_INVALID_ARG_TYPE`) when `data` is not an ArrayBufferView.
+   */
   write(pfn: number, data: ArrayBufferView, offset = 0): void {
     this.#checkPage(pfn);
     if (!ArrayBuffer.isView(data)) throw invalidType('data', 'an ArrayBufferView', data);
@@ -120,6 +198,7 @@ export class Device extends EventEmitter {
     native.deviceWrite(this.slot, pfn, data, offset);
   }
 
+  /** A snapshot of this device's counters (faults served from it, pages migrated in, out and freed). */
   stats(): DeviceStats {
     const s = this.shared;
     return {
@@ -130,7 +209,12 @@ export class Device extends EventEmitter {
     };
   }
 
-  /** How many page-table entries reference device page `pfn` (0 when free). */
+  /**
+   * How many page-table entries reference device page `pfn` (0 when free): 1 normally, more after
+   * {@link Region#fork} shared it with a child.
+   *
+   * @throws `RangeError` (`ERR_OUT_OF_RANGE`) for a pfn outside the device.
+   */
   refcount(pfn: number): number {
     integer('pfn', pfn, 0, this.capacity - 1);
     return devicePageRefcount(this.shared, pfn);
@@ -138,7 +222,13 @@ export class Device extends EventEmitter {
 
   /**
    * Device removal (dmirror_device_evict_chunk): every page this device holds is migrated back to
-   * its owner first, then the device's memory is released. Nothing is lost.
+   * the regions that reference it, then the device's memory is released and `'close'` is emitted.
+   * Nothing is lost: the data is in system memory afterwards. Calling it again returns the same
+   * promise. Close regions first when you do not need their data: that frees pages rather than
+   * copying them back.
+   *
+   * @returns a promise that resolves once the device is gone; it rejects only if migrating a page
+   * back failed (a SystemError naming the ioctl).
    */
   close(): Promise<void> {
     if (this.#closing) return this.#closing;

@@ -1,7 +1,12 @@
 // What a device driver module may export: the dev_pagemap callbacks of the seed patch.
 
-/** Passed to a driver's `fault` hook (dev_pagemap.fault / migrate_to_ram). Valid only during the call. */
+/**
+ * Passed to a driver's `fault` hook (dev_pagemap.fault / migrate_to_ram). Valid only during the
+ * call: the servicer reuses one object for every fault (the hot path allocates nothing), so copy
+ * what you want to keep.
+ */
 export interface FaultContext {
+  /** The {@link Device.name} of the device that holds the page. */
   readonly deviceName: string;
   /** The device page the entry names. */
   readonly pfn: number;
@@ -18,17 +23,57 @@ export interface FaultContext {
   readonly kernelMode: boolean;
 }
 
-/** Passed to a driver's `pageFree` hook (free_devpage / page_free) when a device page's last reference goes. */
+/**
+ * Passed to a driver's `pageFree` hook (free_devpage / page_free) when a device page's last
+ * reference goes. Like {@link FaultContext}, it may be reused: copy what you keep.
+ */
 export interface PageFreeContext {
+  /** The {@link Device.name} of the device whose page was freed. */
   readonly deviceName: string;
+  /** The device page now free; the device may hand it out again on the next migration. */
   readonly pfn: number;
 }
 
 /** The decision of a `fault` hook: migrate the page back (the default) or refuse with SIGBUS. */
 export type FaultDecision = 'migrate' | 'sigbus';
 
-/** A driver module: an ES module exporting any of these. */
+/**
+ * A driver module: an ES module, named by {@link DeviceOptions.driver}, exporting any of these
+ * hooks, the seed patch's `dev_pagemap` callbacks. `fault` runs in the worker servicer's thread,
+ * for `'worker'` regions only (`'native'` and `'inline'` regions apply the default policy: migrate
+ * back); `pageFree` runs where the page was freed (below). A hook that throws, or a `fault` hook
+ * that returns anything but a {@link FaultDecision} (a Promise included: it must decide
+ * synchronously), is a driver bug: the fault is still served by the default policy and the Device
+ * emits `'error'` with code `ERR_DRIVER_HOOK` (a process warning when nobody listens), never
+ * swallowed. docs/DRIVERS.md is the guide.
+ *
+ * @example
+ * ```js
+ * // my-driver.mjs: refuses writes to odd pages, lets everything else migrate back.
+ * export function fault(ctx) {
+ *   return ctx.write && ctx.page % 2 === 1 ? 'sigbus' : 'migrate';
+ * }
+ * export function pageFree(ctx) {
+ *   // ctx.pfn of ctx.deviceName lost its last reference: release driver state kept for it.
+ * }
+ * ```
+ */
 export interface Driver {
+  /**
+   * dev_pagemap.fault (migrate_to_ram): the CPU touched a page whose entry names this device.
+   * Return `'migrate'` (or nothing) to migrate it back, the default; `'sigbus'` to refuse: the
+   * page is poisoned (UFFDIO_POISON), its device page freed, and the faulting thread gets SIGBUS.
+   * Runs synchronously while the faulting thread waits, so keep it short: a hook that hangs past
+   * the stall deadline ({@link configureServicers}) has its regions taken over by native guards.
+   */
   fault?(ctx: FaultContext): FaultDecision | void;
+  /**
+   * free_devpage (page_free): a device page lost its last reference (migrated back, discarded,
+   * unmapped, or its region closed). Runs in the worker thread for pages the worker servicer
+   * frees, and on the main thread, asynchronously, for pages freed from JS (`region.close`,
+   * `discard`, `migrateToRam`, a shrinking `remap`, `device.close`, a migration to another
+   * device); not for pages a `'native'` or `'inline'` servicer frees while serving a fault. The two
+   * threads each import their own instance of the module: module-level state is not shared.
+   */
   pageFree?(ctx: PageFreeContext): void;
 }

@@ -2,14 +2,64 @@
 // (code, errno, syscall) for system-call failures.
 import { native } from './native.js';
 
+/**
+ * The fields Node's own SystemError carries, which every failed system call of this package
+ * reports (see {@link UffdSystemError}): test `code` to branch on the cause, read `syscall` to
+ * know which call or ioctl failed.
+ */
 export interface SystemErrorFields {
+  /** The errno name, as Node spells it: `'EEXIST'`, `'EPERM'`, `'EFAULT'`, … */
   code: string;
+  /** The errno, negative as Node reports it (`-17` for EEXIST). */
   errno: number;
+  /** The call that failed, with the ioctl named: `'mmap'`, `'ioctl(UFFDIO_COPY)'`, `'ioctl(HMM_DMIRROR_READ)'`, … */
   syscall: string;
 }
 
+/**
+ * The error the TypeScript layer throws for everything that is not an argument error or a failed
+ * system call: a closed object, a missing privilege or kernel feature, a servicer failure, a
+ * driver bug. Branch on `code`, which is stable, never on the class or the message: errors raised
+ * inside the native addon carry the same kind of `code` on a plain `Error`.
+ *
+ * The codes: `ERR_UFFD_UNAVAILABLE` (no userfaultfd for this process: the message names the fix),
+ * `ERR_UFFD_FEATURE_MISSING` (the kernel lacks a userfaultfd feature the call needs),
+ * `ERR_REGION_CLOSED`, `ERR_DEVICE_CLOSED`, `ERR_DEVICE_PAGE_FREE` (a device page that is not
+ * allocated), `ERR_SERVICER_UNSUPPORTED` (the region's servicer cannot do this, e.g. fork an
+ * `'inline'` region), `ERR_SERVICER_FAILED` / `ERR_SERVICER_STALLED` (the worker servicer died or
+ * hung: emitted as `'error'` on the region, which a native guard serves from then on),
+ * `ERR_PAGE_LOCK_TIMEOUT`, `ERR_DRIVER_HOOK` / `ERR_DRIVER_LOAD` (a driver hook threw or returned
+ * something other than a decision, or its module would not load: emitted as `'error'` on the
+ * Device, with the original error as `cause`), `ERR_TOO_MANY_DEVICES`,
+ * `ERR_TOO_MANY_INLINE_REGIONS`, `ERR_REGION_BUSY`, `ERR_TRACE_STOPPED`, `ERR_TOUCHER_RUNNING`,
+ * `ERR_TOUCHER_TIMEOUT`, `ERR_FORK_EVENT`, `ERR_SMAPS`, and `ERR_UFFD_ADDON_LOAD` /
+ * `ERR_UFFD_UNSUPPORTED_PLATFORM` (the native addon could not be loaded, at import time).
+ *
+ * Argument errors are a `TypeError` (`code: 'ERR_INVALID_ARG_TYPE'`, or `'ERR_INVALID_ARG_VALUE'`
+ * for a value outside an enumeration) or a `RangeError` (`code: 'ERR_OUT_OF_RANGE'`), as Node's
+ * own are; failed system calls are {@link UffdSystemError}s (or, from the addon, plain `Error`s
+ * with the same `code`, `errno` and `syscall`).
+ *
+ * @example
+ * ```ts
+ * try {
+ *   Region.map({ pages: 16 });
+ * } catch (e) {
+ *   if ((e as UffdHmmError).code === 'ERR_UFFD_UNAVAILABLE') console.error((e as Error).message); // names the fix
+ *   else throw e;
+ * }
+ * ```
+ */
 export class UffdHmmError extends Error {
+  /** The stable error code, `ERR_…` (see the class description for the list). */
   readonly code: string;
+  /**
+   * Creates an error with a stable code; `name` is `'UffdHmmError'`.
+   *
+   * @param code - the stable `ERR_…` code.
+   * @param message - what went wrong, for people.
+   * @param options - `cause`: the underlying error, kept as `error.cause`.
+   */
   constructor(code: string, message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.name = 'UffdHmmError';
@@ -17,10 +67,27 @@ export class UffdHmmError extends Error {
   }
 }
 
+/**
+ * A failed system call or ioctl, shaped like Node's SystemError: `code` is the errno name,
+ * `errno` the negative errno, `syscall` the call (`'ioctl(UFFDIO_COPY)'`, `'mmap'`, …), and its
+ * `name` is `'SystemError'`. The mirror functions ({@link mirrorRead} and the others) throw it with
+ * the errno dmirror returns (`EFAULT`, `EPERM`, `EINVAL`, `ENOENT`, `ENOMEM`).
+ */
 export class UffdSystemError extends Error implements SystemErrorFields {
+  /** The errno name: `'EFAULT'`, `'EPERM'`, … */
   readonly code: string;
+  /** The errno, negative as Node reports it. */
   readonly errno: number;
+  /** The system call or ioctl that failed, e.g. `'ioctl(UFFDIO_COPY)'`. */
   readonly syscall: string;
+  /**
+   * Creates the error of a failed call; `code` is the errno's name and the message reads
+   * `<syscall> failed: <code> (<context>)`.
+   *
+   * @param negErrno - the errno, negative as native calls return it (a positive one is accepted too).
+   * @param syscall - the call that failed, named as the message and `syscall` will show it.
+   * @param context - optional detail appended to the message in parentheses.
+   */
   constructor(negErrno: number, syscall: string, context?: string) {
     const errno = negErrno < 0 ? negErrno : -negErrno;
     const code = native.errnoName(-errno);

@@ -8,20 +8,69 @@ import { lockPage, unlockPage } from './pagelock.js';
 import { getDevicePage } from './devicepages.js';
 import { deviceBySlot } from './device.js';
 
+/**
+ * One step of a {@link Region#fork} child, run in native code in the child process (a forked
+ * Node process cannot run JS). Each step's result lands in {@link ChildResult.results}:
+ * - `read`: reads the byte at `offset` of `page`; result: the byte.
+ * - `write`: writes `value` at `offset` of `page`; result 0.
+ * - `checksum`: CRC32 of the bytes of pages `first` to `first + count − 1`; result: the CRC32.
+ * - `sleep`: sleeps `ms` milliseconds (an extension), so the parent can inspect shared state while
+ *   the child lives; result 0.
+ *
+ * Touching a device-resident page is a real fault in the child too, served by the parent.
+ */
 export type ChildStep =
-  | { op: 'read'; page: number; offset?: number }
-  | { op: 'write'; page: number; offset?: number; value: number }
-  | { op: 'checksum'; first: number; count: number }
+  | {
+      /** Read one byte. */
+      op: 'read';
+      /** Page index in the region. */
+      page: number;
+      /** Byte offset in the page, default 0. */
+      offset?: number;
+    }
+  | {
+      /** Write one byte. */
+      op: 'write';
+      /** Page index in the region. */
+      page: number;
+      /** Byte offset in the page, default 0. */
+      offset?: number;
+      /** The byte to write, 0 to 255. */
+      value: number;
+    }
+  | {
+      /** CRC32 of a range of pages. */
+      op: 'checksum';
+      /** First page of the range. */
+      first: number;
+      /** Pages in the range. */
+      count: number;
+    }
   /** Extension: the child sleeps, so the parent can look at shared state while it lives. */
-  | { op: 'sleep'; ms: number };
+  | {
+      /** Sleep. */
+      op: 'sleep';
+      /** Milliseconds, 0 to 60000. */
+      ms: number;
+    };
 
+/** What a {@link Region#fork} child did, once it has exited. */
 export interface ChildResult {
-  /** One number per step: the byte read, the CRC32, or 0. */
+  /** One number per step that completed: the byte read, the CRC32, or 0. Shorter when the child died early. */
   results: number[];
+  /** The signal that killed the child (`'SIGBUS'` from a poisoned page, `'SIGKILL'` after the timeout, …), or null. */
   signal: string | null;
+  /** The child's exit code when it exited normally (0 after all steps), or null when a signal killed it. */
   exitCode: number | null;
   /** Extension: the child's faults, as served by the parent on the child's userfaultfd. */
-  stats: { faults: number; wpFaults: number; migratedBack: number };
+  stats: {
+    /** Faults served for the child. */
+    faults: number;
+    /** Of those, write-protect faults (first writes to pages that came back write-protected). */
+    wpFaults: number;
+    /** Pages migrated back from a device into the child. */
+    migratedBack: number;
+  };
 }
 
 const OPS = { read: 1, write: 2, checksum: 3, sleep: 4 } as const;

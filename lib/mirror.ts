@@ -33,6 +33,7 @@ import {
   Region,
 } from './region.js';
 
+/** What {@link mirrorWrite} reports, as dmirror fills `struct hmm_dmirror_cmd`. */
 export interface MirrorWriteResult {
   /** Pages the device wrote (cmd.cpages). */
   cpages: number;
@@ -40,11 +41,13 @@ export interface MirrorWriteResult {
   faults: number;
 }
 
+/** What {@link mirrorRead} reports: the command's counters and the bytes the device read. */
 export interface MirrorReadResult extends MirrorWriteResult {
   /** What the device read: `count` pages, as the dmirror bounce buffer. */
   data: Uint8Array;
 }
 
+/** What {@link mirrorMigrate} and {@link mirrorExclusive} report: the pages the device maps, and their bytes. */
 export interface MirrorMigrateResult {
   /** Pages of the range the device now maps (cmd.cpages). */
   cpages: number;
@@ -229,7 +232,19 @@ function walk(
  * HMM_DMIRROR_READ: the device reads `count` pages of the region it mirrors. Pages on `device` are
  * read in device memory and stay there; every other page is faulted in through the CPU page table
  * (a hole maps the zero page, a page on another device migrates back). A page without VM_READ (or
- * without a vma) fails the call with EFAULT, as hmm_range_fault does.
+ * without a vma) fails the call with EFAULT, as hmm_range_fault does. Needs a `'worker'` or
+ * `'native'` region on a full (not user-mode-only) userfaultfd: `ERR_SERVICER_UNSUPPORTED` otherwise.
+ *
+ * @example
+ * ```ts
+ * // hmm-tests.c's "anon_read": the device reads what the CPU wrote.
+ * region.bytes.fill(1);
+ * const { data, cpages, faults } = mirrorRead(region, 0, region.pages, gpu);  // cpages === pages, faults === 1
+ * ```
+ *
+ * @throws `TypeError` (`ERR_INVALID_ARG_TYPE`) / `RangeError` (`ERR_OUT_OF_RANGE`) for bad
+ * arguments (an empty range included, as the ioctl refuses it), `ERR_REGION_CLOSED` /
+ * `ERR_DEVICE_CLOSED`, and the SystemErrors above (`syscall: 'ioctl(HMM_DMIRROR_…)'`).
  */
 export function mirrorRead(region: Region, first: number, count: number, device: Device): MirrorReadResult {
   const [r, f, c, d] = checkArgs(region, first, count, device);
@@ -262,7 +277,12 @@ export function mirrorRead(region: Region, first: number, count: number, device:
  * HMM_DMIRROR_WRITE: the device writes `data` (count pages) into the region it mirrors. A page on
  * `device` with a write entry is written in device memory; everything else is faulted in for
  * writing through the CPU page table (a read entry migrates back and takes its write-protect
- * fault). EFAULT for a page without VM_READ or vma, EPERM for one without VM_WRITE.
+ * fault). EFAULT for a page without VM_READ or vma, EPERM for one without VM_WRITE. Needs a
+ * `'worker'` or `'native'` region on a full userfaultfd, as {@link mirrorRead} does.
+ *
+ * @throws `TypeError` (`ERR_INVALID_ARG_TYPE`) / `RangeError` (`ERR_OUT_OF_RANGE`) for bad
+ * arguments (an empty range included, as the ioctl refuses it), `ERR_REGION_CLOSED` /
+ * `ERR_DEVICE_CLOSED`, and the SystemErrors above (`syscall: 'ioctl(HMM_DMIRROR_…)'`).
  */
 export function mirrorWrite(region: Region, first: number, count: number, device: Device, data: ArrayBufferView): MirrorWriteResult {
   const [r, f, c, d] = checkArgs(region, first, count, device);
@@ -341,6 +361,10 @@ function systemRuns(region: Region, first: number, count: number, op: string, fn
  * MIGRATE_VMA_SELECT_SYSTEM: pages already on a device, this one or another, are left where they
  * are, as dmirror_migrate_alloc_and_copy does), then reads back what the device maps. EINVAL at a
  * page without VM_READ or vma; ENOENT when a page of the range is not on `device` afterwards.
+ *
+ * @throws `TypeError` (`ERR_INVALID_ARG_TYPE`) / `RangeError` (`ERR_OUT_OF_RANGE`) for bad
+ * arguments (an empty range included, as the ioctl refuses it), `ERR_REGION_CLOSED` /
+ * `ERR_DEVICE_CLOSED`, and the SystemErrors above (`syscall: 'ioctl(HMM_DMIRROR_…)'`).
  */
 export function mirrorMigrate(region: Region, first: number, count: number, device: Device): MirrorMigrateResult {
   const [r, f, c, d] = checkArgs(region, first, count, device);
@@ -355,8 +379,21 @@ export function mirrorMigrate(region: Region, first: number, count: number, devi
 /**
  * HMM_DMIRROR_MIGRATE_TO_SYS: migrates the range's pages that are on `device` back to system memory
  * (MIGRATE_VMA_SELECT_DEVICE_PRIVATE with this device as pgmap_owner); returns how many moved.
+ * EINVAL at a page without VM_READ or vma, as dmirror's vma_lookup check does.
+ *
+ * @throws `TypeError` (`ERR_INVALID_ARG_TYPE`) / `RangeError` (`ERR_OUT_OF_RANGE`) for bad
+ * arguments (an empty range included, as the ioctl refuses it), `ERR_REGION_CLOSED` /
+ * `ERR_DEVICE_CLOSED`, and the SystemErrors above (`syscall: 'ioctl(HMM_DMIRROR_…)'`).
  */
-export function mirrorMigrateToSys(region: Region, first: number, count: number, device: Device): { cpages: number } {
+export function mirrorMigrateToSys(
+  region: Region,
+  first: number,
+  count: number,
+  device: Device,
+): {
+  /** Pages migrated back to system memory (cmd.cpages). */
+  cpages: number;
+} {
   const [r, f, c, d] = checkArgs(region, first, count, device);
   const flags = vmaFlags(r, f, c);
   let cpages = 0;
@@ -380,7 +417,11 @@ export function mirrorMigrateToSys(region: Region, first: number, count: number,
  * HMM_DMIRROR_SNAPSHOT: the CPU page table as hmm_range_fault reports it to `device` without
  * faulting. It is region.snapshot() seen through dev_private_owner: hmm_range_fault hands a driver
  * only its own device-private pages, so a page on another device reads as NONE here, where
- * region.snapshot() (a page-table dump) shows it DEV_PRIVATE_REMOTE.
+ * region.snapshot() (a page-table dump) shows it DEV_PRIVATE_REMOTE. Faults and moves nothing.
+ *
+ * @throws `TypeError` (`ERR_INVALID_ARG_TYPE`) / `RangeError` (`ERR_OUT_OF_RANGE`) for bad
+ * arguments (an empty range included, as the ioctl refuses it), `ERR_REGION_CLOSED` /
+ * `ERR_DEVICE_CLOSED`.
  */
 export function mirrorSnapshot(region: Region, first: number, count: number, device: Device): Uint8Array {
   const [r, f, c, d] = checkArgs(region, first, count, device);
@@ -405,6 +446,10 @@ const atomicMaps = new WeakMap<Device, WeakMap<Region, Map<number, { state: numb
  * and so revokes the atomic mapping; fork and mprotect turn it into a read entry, which revokes it
  * too (the kernel's mmu notifier fires for both). EFAULT without VM_READ and VM_WRITE (the
  * FOLL_WRITE get_user_pages fails), ENOMEM when the device is full.
+ *
+ * @throws `TypeError` (`ERR_INVALID_ARG_TYPE`) / `RangeError` (`ERR_OUT_OF_RANGE`) for bad
+ * arguments (an empty range included, as the ioctl refuses it), `ERR_REGION_CLOSED` /
+ * `ERR_DEVICE_CLOSED`, and the SystemErrors above (`syscall: 'ioctl(HMM_DMIRROR_…)'`).
  */
 export function mirrorExclusive(region: Region, first: number, count: number, device: Device): MirrorMigrateResult {
   const [r, f, c, d] = checkArgs(region, first, count, device);
@@ -434,6 +479,10 @@ export function mirrorExclusive(region: Region, first: number, count: number, de
 /**
  * HMM_DMIRROR_CHECK_EXCLUSIVE: EPERM while the device still holds atomic access to a page of the
  * range (its entry unchanged since mirrorExclusive), nothing once the CPU has revoked it everywhere.
+ *
+ * @throws `TypeError` (`ERR_INVALID_ARG_TYPE`) / `RangeError` (`ERR_OUT_OF_RANGE`) for bad
+ * arguments (an empty range included, as the ioctl refuses it), `ERR_REGION_CLOSED` /
+ * `ERR_DEVICE_CLOSED`, and the SystemErrors above (`syscall: 'ioctl(HMM_DMIRROR_…)'`).
  */
 export function mirrorCheckExclusive(region: Region, first: number, count: number, device: Device): void {
   const [r, f, c, d] = checkArgs(region, first, count, device);

@@ -4,6 +4,16 @@ import { readFileSync } from 'node:fs';
 
 import { native, type NativeProbe } from './native.js';
 
+/**
+ * A userfaultfd feature that {@link probe} reports, named after its `UFFD_FEATURE_*` bit:
+ * `wp` (write-protect faults on anonymous memory, Linux 5.7+: read device entries need it),
+ * `wpAsync` and `move` (UFFD_FEATURE_WP_ASYNC, UFFDIO_MOVE: reported for information only),
+ * `poison` (UFFDIO_POISON, 6.6+: a driver's `'sigbus'` needs it),
+ * `zeropage` (UFFDIO_ZEROPAGE), `eventFork` (`region.fork` needs it, and the kernel grants it only
+ * with CAP_SYS_PTRACE), `eventRemove` / `eventUnmap` (madvise and munmap behind the library's
+ * back), `eventRemap` (`region.remap`), `threadId` (the faulting thread's id in traces) and
+ * `sigbus` (UFFD_FEATURE_SIGBUS, 4.14+: the `'inline'` servicer needs it).
+ */
 export type FeatureName =
   | 'wp'
   | 'wpAsync'
@@ -17,14 +27,21 @@ export type FeatureName =
   | 'threadId'
   | 'sigbus';
 
+/** What {@link probe} found: whether this process can use userfaultfd, how, and with which features. */
 export interface Probe {
-  /** Can this process register userfaultfd ranges? */
+  /** Can this process register userfaultfd ranges? When false, {@link Region.map} throws `ERR_UFFD_UNAVAILABLE`. */
   available: boolean;
+  /**
+   * How the userfaultfd was obtained: by opening `/dev/userfaultfd` (Linux 6.1+, governed by the
+   * device node's permissions), by the `userfaultfd(2)` system call (governed by
+   * `vm.unprivileged_userfaultfd` and CAP_SYS_PTRACE), or `null` when neither worked.
+   */
   via: 'dev-userfaultfd' | 'syscall' | null;
   /** Only UFFD_USER_MODE_ONLY worked: faults from inside system calls cannot be served. */
   userModeOnly: boolean;
   /** uname release. */
   kernel: string;
+  /** Which userfaultfd features the kernel grants this process (all false when not available). */
   features: Record<FeatureName, boolean>;
   /** When not available (or user-mode only): what is missing. */
   problem?: string;
@@ -96,6 +113,23 @@ function diagnose(n: NativeProbe): { problem?: string; fix?: string } {
   return { problem: `userfaultfd is not permitted for this process: ${why || 'unknown reason'}`, fix: FIX_PRIVILEGE };
 }
 
+/**
+ * What this kernel and process allow: whether userfaultfd can be used at all, through which door,
+ * whether only user-mode faults can be served, and which features are there. When something is
+ * missing, `problem` says what and `fix` gives the command or setting that fixes it (the same text
+ * `npx uffd-hmm info` prints). Never throws: a failure of the probe itself is reported as
+ * `available: false` with its reason.
+ *
+ * @returns a fresh {@link Probe}; each call asks the kernel again.
+ * @example
+ * ```ts
+ * import { probe } from 'uffd-hmm';
+ *
+ * const p = probe();
+ * if (!p.available) console.error(`${p.problem}\nfix: ${p.fix}`);
+ * else if (!p.features.eventFork) console.warn('region.fork() needs CAP_SYS_PTRACE here');
+ * ```
+ */
 export function probe(): Probe {
   let n: NativeProbe;
   try {

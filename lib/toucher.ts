@@ -6,10 +6,11 @@ import { UffdHmmError, invalidType } from './errors.js';
 import { integer, optionsObject } from './validate.js';
 import { Region } from './region.js';
 
+/** Options of `new` {@link NativeToucher}. */
 export interface ToucherOptions {
   /** Threads to start (1..64). Default 1. */
   threads?: number;
-  /** Touches per thread; 0 runs until stop(). */
+  /** Touches per thread, 0 to 2^32 − 1; 0 runs until stop(). */
   iterations: number;
   /** 'read' reads one byte; 'increment' adds 1 to the page's uint32 at offset 4 × thread index. */
   mode?: 'read' | 'increment';
@@ -19,14 +20,38 @@ export interface ToucherOptions {
   seed?: number;
 }
 
-/** Threads that touch a region's pages while JS keeps running. */
+/**
+ * Native threads that touch a region's pages (real CPU loads and stores, not JS) while JS keeps
+ * running: for tests of concurrency (a write racing a migration, many threads faulting the same
+ * page) and for a faulting thread that does not block the event loop. Each touch of a
+ * device-resident page is a real fault, served by the region's servicer whatever it is.
+ *
+ * @example
+ * ```ts
+ * const t = new NativeToucher(region, { threads: 4, iterations: 10_000, mode: 'increment' });
+ * region.migrate(0, region.pages, gpu);  // races the touchers: every increment survives
+ * await t.finished(30_000);
+ * t.counts();                            // [10000, 10000, 10000, 10000]
+ * ```
+ */
 export class NativeToucher {
   readonly #handle: number;
   #done = false;
+  /** Threads started. */
   readonly threads: number;
+  /** Touches per thread (0: until {@link NativeToucher#stop}). */
   readonly iterations: number;
   readonly #counts: Float64Array;
 
+  /**
+   * Starts the threads at once; they run until they made `iterations` touches or are stopped.
+   *
+   * @param region - an open {@link Region} (any servicer).
+   * @param options - threads, iterations (required), mode, pages, seed.
+   * @throws `ERR_REGION_CLOSED` for a closed region; `TypeError` (`ERR_INVALID_ARG_TYPE`) when
+   * `region` is not a Region or an option has the wrong type or mode; `RangeError`
+   * (`ERR_OUT_OF_RANGE`) for values out of range (a page outside the region included).
+   */
   constructor(region: Region, options: ToucherOptions) {
     // A Region, not anything with a numeric handle: a forged handle would aim the threads at
     // whichever region has that handle, mprotected or moving under them.
@@ -53,7 +78,12 @@ export class NativeToucher {
     this.#handle = native.toucherStart(region.handle, this.threads, this.iterations, mode === 'read' ? 0 : 1, seed, pages);
   }
 
-  /** Waits up to `timeoutMs` for every thread to finish; true when they did. */
+  /**
+   * Waits up to `timeoutMs` for every thread to finish; true when they did. Blocks the calling
+   * thread, event loop included: use {@link NativeToucher#finished} to wait without blocking.
+   *
+   * @throws `RangeError` (`ERR_OUT_OF_RANGE`) for a timeout outside 0 to 600000 ms.
+   */
   wait(timeoutMs: number): boolean {
     integer('timeoutMs', timeoutMs, 0, 600_000);
     if (this.#done) return true;
@@ -66,13 +96,22 @@ export class NativeToucher {
     if (!this.#done) native.toucherStop(this.#handle);
   }
 
-  /** Touches each thread made; valid once wait() returned true. */
+  /**
+   * Touches each thread made, one number per thread.
+   *
+   * @throws `ERR_TOUCHER_RUNNING` until {@link NativeToucher#wait} returned true (or `finished` resolved).
+   */
   counts(): number[] {
     if (!this.#done) throw new UffdHmmError('ERR_TOUCHER_RUNNING', 'the touchers are still running: wait() first');
     return [...this.#counts];
   }
 
-  /** Polls without blocking the event loop; rejects after `timeoutMs`. */
+  /**
+   * Waits for every thread to finish without blocking the event loop (it polls every 5 ms).
+   *
+   * @throws (rejects with) `ERR_TOUCHER_TIMEOUT` when they have not finished after `timeoutMs`;
+   * `RangeError` (`ERR_OUT_OF_RANGE`) for a timeout outside 0 to 600000 ms.
+   */
   async finished(timeoutMs: number): Promise<void> {
     const deadline = Date.now() + integer('timeoutMs', timeoutMs, 0, 600_000);
     while (!this.wait(0)) {

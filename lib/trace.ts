@@ -22,13 +22,29 @@ import {
 } from './layout.js';
 import { deviceBySlot, type Device } from './device.js';
 
+/**
+ * How a servicer resolved a fault:
+ * - `'migrated'`: a device entry; the page was migrated back (with fault-around, the pages after
+ *   it too; a huge entry, its whole PMD).
+ * - `'zero-page'`: a hole (`'none'`); a zero page (a read) or a fresh zeroed page (a write) was
+ *   mapped.
+ * - `'page-cache'`: a minor fault in a private file region; the file's own page was mapped
+ *   (UFFDIO_CONTINUE).
+ * - `'unprotected'`: a write-protect fault; the page was made writable in place (do_wp_page).
+ * - `'sigbus'`: the driver refused (`fault` returned `'sigbus'`); the page was poisoned and the
+ *   thread got SIGBUS.
+ * - `'woken'`: the page had been resolved meanwhile (by another fault or a migration); the
+ *   thread was only woken to retry.
+ */
 export type TraceOutcome = 'migrated' | 'zero-page' | 'page-cache' | 'unprotected' | 'sigbus' | 'woken';
 
+/** One served fault, as {@link FaultTrace#records} returns it. */
 export interface TraceRecord {
   /** 1-based position in the stream of recorded faults. */
   seq: number;
   /** When the fault was read (or raised, inline), in µs of CLOCK_MONOTONIC. */
   time: number;
+  /** Page index in the region. */
   page: number;
   /**
    * 'missing': no CPU page (a device entry or a hole); 'wp': a write to a write-protected page;
@@ -37,25 +53,38 @@ export interface TraceRecord {
   kind: 'missing' | 'wp' | 'minor';
   /** Taken inside a system call (only known with countKernelFaults). */
   kernel: boolean;
+  /** The access was a write (a read otherwise). */
   write: boolean;
   /** The faulting thread's id (0 where the servicer cannot tell). */
   tid: number;
   /** The device the page came back from, for 'migrated' and 'sigbus'. */
   device: Device | null;
+  /** How the fault was resolved. */
   outcome: TraceOutcome;
   /** From the fault being read to the thread being woken, µs. */
   serviceUs: number;
 }
 
-/** The same data as parallel columns, for large traces. */
+/**
+ * The same data as {@link TraceRecord}s, as parallel columns (one entry per record, oldest first),
+ * for large traces: no object per fault. Numbers are raw, as the ring holds them.
+ */
 export interface TraceColumns {
+  /** {@link TraceRecord.seq}. */
   seq: Float64Array;
+  /** {@link TraceRecord.time}, µs of CLOCK_MONOTONIC. */
   time: Float64Array;
+  /** {@link TraceRecord.page}. */
   page: Float64Array;
+  /** The fault's flags: bit 0 write (UFFD_PAGEFAULT_FLAG_WRITE), bit 1 write-protect (UFFD_PAGEFAULT_FLAG_WP), bit 16 taken in a system call. */
   flags: Float64Array;
+  /** {@link TraceRecord.tid}. */
   tid: Float64Array;
+  /** The device's internal slot (0: none); {@link FaultTrace#records} turns it into the Device. */
   deviceSlot: Float64Array;
+  /** The outcome as a number: 1 migrated, 2 zero-page, 3 unprotected, 4 sigbus, 5 woken. */
   outcome: Float64Array;
+  /** {@link TraceRecord.serviceUs}, µs. */
   serviceUs: Float64Array;
 }
 
@@ -68,8 +97,24 @@ const OUTCOMES: Record<number, TraceOutcome> = {
   [OUTCOME_WOKEN]: 'woken',
 };
 
-/** A fault trace attached to one region; see Region.trace. */
+/**
+ * A fault trace attached to one region, from {@link Region#trace}: a bounded ring in shared memory
+ * that every servicer writes without locks or allocation, so recording never blocks or slows a
+ * fault noticeably; when it is full the oldest records are overwritten (counted in
+ * {@link FaultTrace#overflow}). The `uffd-hmm/vitest` matcher `toHaveFaulted` reads it.
+ *
+ * @example
+ * ```ts
+ * const trace = region.trace({ capacity: 1024 });
+ * region.migrate(0, 8, gpu);
+ * region.bytes.fill(1, 0, 8 * region.pageSize);           // 8 write faults, migrated back
+ * const slow = trace.records().filter((r) => r.serviceUs > 50);
+ * const { page, serviceUs } = trace.columns();            // the same, as Float64Arrays
+ * trace.stop();
+ * ```
+ */
 export class FaultTrace {
+  /** Records the ring holds; older ones are overwritten past this. */
   readonly capacity: number;
   readonly #header: Int32Array;
   readonly #records: Float64Array;
@@ -98,6 +143,7 @@ export class FaultTrace {
     return Atomics.load(this.#header, TRACE_OVERWRITTEN) >>> 0;
   }
 
+  /** True once {@link FaultTrace#stop} was called, by you, by a newer `region.trace()`, or by the region's close. */
   get stopped(): boolean {
     return this.#stopped;
   }

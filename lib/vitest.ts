@@ -1,20 +1,59 @@
 // uffd-hmm/vitest: fixtures that hand each test fresh devices and regions and always clean them up
 // (even when the test fails), and matchers for entries and fault traces.
+
+/**
+ * `uffd-hmm/vitest`: vitest's `test` (also as `it`) with fixtures that hand each test fresh
+ * devices and regions and always close them, even when the test fails, and `expect` with three
+ * matchers for entries and fault traces. Needs vitest 3 (an optional peer dependency).
+ *
+ * The matchers, registered on vitest's `expect` when this module is imported:
+ * - `expect(region).toHaveDeviceEntry(page, { write?, device?, pfn? })`: the page holds a device
+ *   entry (of that kind, on that device, at that pfn). See {@link DeviceEntryExpectation}.
+ * - `expect(region).toBePresent(page, { write? })`: the page is a CPU page (writable or
+ *   write-protected). See {@link PresentExpectation}.
+ * - `expect(trace).toHaveFaulted(page, { kind?, write?, outcome?, times? })`: a
+ *   {@link FaultTrace} recorded a fault on the page (of that kind, access and outcome; exactly
+ *   `times` of them). See {@link FaultExpectation}.
+ *
+ * Each works with `.not`, and a failure says what the page holds instead (or which faults it took).
+ *
+ * @example
+ * ```ts
+ * import { expect, test } from 'uffd-hmm/vitest';
+ *
+ * test('the kernel faults my page back once', ({ region, device }) => {
+ *   region.bytes[0] = 1;
+ *   region.migrate(0, 1, device);
+ *   expect(region).toHaveDeviceEntry(0, { write: true, device });
+ *   const trace = region.trace();
+ *   void region.bytes[0];
+ *   expect(trace).toHaveFaulted(0, { kind: 'missing', outcome: 'migrated', times: 1 });
+ *   expect(region).toBePresent(0, { write: true });
+ * });
+ * ```
+ *
+ * @packageDocumentation
+ */
 import { expect, test as base } from 'vitest';
 
 import { Device, type DeviceOptions } from './device.js';
 import { Region, type MapOptions } from './region.js';
 import type { FaultTrace, TraceRecord } from './trace.js';
 
-/** Creates devices and regions for one test and closes them all when it ends. */
+/**
+ * The `uffd` fixture: creates devices and regions for one test and closes them all when it ends
+ * (regions first, then devices), whether the test passed or failed.
+ */
 export interface UffdFixture {
-  /** Region.map with these defaults: 64 pages, the worker servicer. */
+  /** {@link Region.map} with these defaults: 64 pages, the worker servicer. Any option can be overridden. */
   map(options?: Partial<MapOptions>): Region;
-  /** new Device with these defaults: 1024 pages. */
+  /** `new` {@link Device} with these defaults: 1024 pages. Any option can be overridden. */
   device(options?: DeviceOptions): Device;
 }
 
+/** The fixtures {@link test} adds to vitest's test context; destructure the ones a test needs. */
 export interface UffdFixtures {
+  /** Makes as many regions and devices as the test needs, with any options; all closed after the test. */
   uffd: UffdFixture;
   /** A Device of 1024 pages, closed after the test. */
   device: Device;
@@ -22,7 +61,25 @@ export interface UffdFixtures {
   region: Region;
 }
 
-/** vitest's `test`, extended with the `uffd`, `device` and `region` fixtures. */
+/**
+ * vitest's `test`, extended with the `uffd`, `device` and `region` fixtures ({@link UffdFixtures}).
+ * A fixture is created only when the test destructures it, and closed after the test even when
+ * it fails. `test.skip`, `test.each`, `test.fails` and the rest work as in vitest.
+ *
+ * @example
+ * ```ts
+ * import { expect, test } from 'uffd-hmm/vitest';
+ *
+ * test('two devices', ({ uffd }) => {
+ *   const a = uffd.device({ name: 'a', capacity: 4 });
+ *   const b = uffd.device({ name: 'b', capacity: 4 });
+ *   const r = uffd.map({ pages: 4, servicer: 'native' });
+ *   r.migrate(0, 4, a);
+ *   r.migrate(0, 4, b);                       // device to device
+ *   expect(r).toHaveDeviceEntry(0, { device: b });
+ * });
+ * ```
+ */
 export const test = base.extend<UffdFixtures>({
   // eslint-disable-next-line no-empty-pattern
   uffd: async ({}, use) => {
@@ -57,21 +114,38 @@ export const test = base.extend<UffdFixtures>({
 });
 
 export { expect };
+/** The same as {@link test}, under vitest's other name. */
 export const it = test;
 
+/**
+ * What `expect(region).toHaveDeviceEntry(page, want)` checks besides "the page holds a device
+ * entry"; each field left out matches anything.
+ */
 export interface DeviceEntryExpectation {
+  /** A write entry (true) or a read entry (false). */
   write?: boolean;
+  /** The device the entry names (compared by identity). */
   device?: Device;
+  /** The device page the entry names. */
   pfn?: number;
 }
 
+/** What `expect(region).toBePresent(page, want)` checks besides "the page is a CPU page". */
 export interface PresentExpectation {
+  /** The pte is writable (true) or write-protected / read-only (false). */
   write?: boolean;
 }
 
+/**
+ * Which faults `expect(trace).toHaveFaulted(page, want)` counts: those on `page` that match every
+ * given field. It passes when there is at least one, or exactly `times`.
+ */
 export interface FaultExpectation {
+  /** `'missing'` (no CPU page: a device entry or a hole) or `'wp'` (a write-protect fault). */
   kind?: TraceRecord['kind'];
+  /** The access was a write (true) or a read (false). */
   write?: boolean;
+  /** How the fault was resolved, e.g. `'migrated'`; see {@link TraceRecord.outcome}. */
   outcome?: TraceRecord['outcome'];
   /** Exactly this many matching faults (default: at least one). */
   times?: number;

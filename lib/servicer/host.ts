@@ -26,6 +26,22 @@ let stallDeadlineMs = 5000;
  * How long the worker servicer may stay away from reading faults while some wait, before native
  * guards take its regions over (a driver hook that hangs, a worker stuck in a loop). Applies to
  * worker servicers started afterwards. Default 5000 ms.
+ *
+ * The process has one worker servicer, started by the first `'worker'` {@link Region.map}: call
+ * this before that (or after the worker failed, for its successor). When the deadline passes, each
+ * region it served emits `'error'` with code `ERR_SERVICER_STALLED` and is served by a native
+ * guard with the default policy from then on ({@link Region#guarded}). `'native'` and `'inline'`
+ * regions have no such deadline: they run no hooks.
+ *
+ * @param options - `stallDeadlineMs`: 10 to 3600000 ms.
+ * @throws `TypeError` (`ERR_INVALID_ARG_TYPE`) / `RangeError` (`ERR_OUT_OF_RANGE`) for a bad value.
+ * @example
+ * ```ts
+ * // A test of a driver whose hook may hang: fail over after 200 ms, not 5 s.
+ * configureServicers({ stallDeadlineMs: 200 });
+ * const region = Region.map({ pages: 4 });
+ * region.on('error', (e) => console.warn(e.code)); // 'ERR_SERVICER_STALLED' if a hook hangs
+ * ```
  */
 export function configureServicers(options: { stallDeadlineMs?: number }): void {
   const opts = optionsObject('options', options);
