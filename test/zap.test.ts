@@ -2,7 +2,7 @@
 // madvise/munmap the library did not make) drops their references and frees unreferenced device
 // pages; the range reads zeroes afterwards. Raw zaps arrive as EVENT_REMOVE / EVENT_UNMAP.
 import { afterEach, expect, it } from 'vitest';
-import { Device, Region } from 'uffd-hmm';
+import { Device, HMM_DMIRROR_PROT_ERROR, Region } from 'uffd-hmm';
 import { native } from '../dist/native.js';
 import { checkPages, describeUffd, fillPages } from './helpers.js';
 
@@ -51,6 +51,26 @@ describeUffd.each(['worker', 'native'] as const)('zap with the %s servicer', (se
     expect(r.bytes[0]).toBe(0);
     expect(r.bytes[3 * r.pageSize + 9]).toBe(0);
     expect(checkPages(r, 4, 4)).toBeNull();
+  });
+
+  it('mprotect over a range someone munmapped part of changes only what is still mapped', async () => {
+    // mprotect(2) over the hole would fail with ENOMEM after changing the vmas before it, leaving
+    // the table and the kernel apart (found porting migrate_mixed, docs/PARITY.md).
+    const r = Region.map({ pages: 3, servicer });
+    const d = new Device({ capacity: 3 });
+    open.push(d, r);
+    r.bytes[0] = 1;
+    r.bytes[2 * r.pageSize] = 3;
+    r.migrate(2, 1, d);
+    expect(native.regionUnmap(r.handle, 1, 1)).toBe(0);
+    await until(() => r.snapshot(1, 1)[0] === HMM_DMIRROR_PROT_ERROR, 'EVENT_UNMAP');
+    r.mprotect(0, 3, 'read');
+    expect(r.entry(0)).toEqual({ kind: 'present', write: false });
+    expect(r.entry(2)).toMatchObject({ kind: 'device', write: false });
+    r.migrate(0, 1, d);
+    expect(r.entry(0)).toMatchObject({ kind: 'device', write: false });
+    expect(r.bytes[0]).toBe(1);
+    expect(r.bytes[2 * r.pageSize]).toBe(3);
   });
 
   it('munmap of half a range with pages on the device, then fault the other half (migrate_partial_unmap_fault)', async () => {
