@@ -19,6 +19,8 @@ import {
   MAX_DEVICE_SLOT,
   REGION_HEADER,
   STAT_FAULTS,
+  STAT_FILL_RACED,
+  STAT_FILL_RETRIES,
   STAT_KERNEL_FAULTS,
   STAT_MIGRATED_BACK,
   STAT_WP_FAULTS,
@@ -671,12 +673,14 @@ export class Region extends EventEmitter implements DeviceHolder {
       try {
         this.#retry(() => {
           const rc = native.regionCopyIn(this.handle, page, slot, pfn, !write, k);
+          if (rc === EEXIST && k === 1) Atomics.add(shared, STAT_FILL_RACED, 1);
           if (rc === 0 || rc === EAGAIN || k === 1) return rc === EEXIST ? 0 : rc;
           // The run crosses a vma boundary (mprotect split it: ENOENT) or part of it is there
           // already (EEXIST): fill it page by page, which each vma accepts.
           for (let i = 0; i < k; i++) {
             const one = native.regionCopyIn(this.handle, page + i, slot, pfn + i, !write);
-            if (one !== 0 && one !== EEXIST) return one;
+            if (one === EEXIST) Atomics.add(shared, STAT_FILL_RACED, 1);
+            else if (one !== 0) return one;
           }
           return 0;
         }, 'ioctl(UFFDIO_COPY)');
@@ -732,6 +736,7 @@ export class Region extends EventEmitter implements DeviceHolder {
     for (let i = 0; ; i++) {
       const rc = op();
       if (rc !== EAGAIN) return check(rc, syscall);
+      Atomics.add(this.shared, STAT_FILL_RETRIES, 1);
       if (i > 100_000) check(rc, syscall, 'still EAGAIN after 100000 tries');
     }
   }

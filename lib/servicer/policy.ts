@@ -15,6 +15,8 @@ import {
   LOCKED,
   MAX_DEVICE_SLOT,
   STAT_FAULTS,
+  STAT_FILL_RACED,
+  STAT_FILL_RETRIES,
   STAT_KERNEL_FAULTS,
   FAULT_KERNEL,
   STAT_MIGRATED_BACK,
@@ -139,6 +141,7 @@ const S_KERNEL = 1 << STAT_KERNEL_FAULTS;
 const S_BACK = 1 << STAT_MIGRATED_BACK;
 const S_ZERO = 1 << STAT_ZERO_FILLS;
 const S_POISON = 1 << STAT_POISONED;
+const S_RACED = 1 << STAT_FILL_RACED;
 const D_FAULTS = 1 << (16 + DEV_FAULTS);
 const D_TO_RAM = 1 << (16 + DEV_MIGRATED_TO_RAM);
 
@@ -251,13 +254,21 @@ export function serveFault(host: PolicyHost, r: RegionInfo, page: number, flags:
       rc = native.regionZeroFill(h, page, (flags & UFFD_PAGEFAULT_FLAG_WRITE) !== 0);
       if (rc === 0) next = KIND_PRESENT | WRITE;
     }
-    if (rc === EEXIST) rc = 0; // another path filled it first: keep the state, just wake
+    let raced = 0;
+    if (rc === EEXIST) {
+      rc = 0; // another path filled it first: keep the state, just wake
+      raced = S_RACED;
+    }
     if (rc !== 0) {
       unlockPage(shared, page, s);
-      return rc === EAGAIN ? DEFERRED : FAILED;
+      if (rc !== EAGAIN) return FAILED;
+      // The mm is changing: an event (REMOVE, UNMAP, REMAP, FORK) waits to be read, and the kernel
+      // refuses every fill until it is. The worker reads it, then serves this fault again.
+      Atomics.add(shared, STAT_FILL_RETRIES, 1);
+      return DEFERRED;
     }
     // Publish, count and wake in one native call: a worker terminated here leaves no half-done state.
-    let stats = S_FAULTS | ((flags & UFFD_PAGEFAULT_FLAG_WRITE) !== 0 ? S_WRITE : 0) | ((flags & FAULT_KERNEL) !== 0 ? S_KERNEL : 0);
+    let stats = S_FAULTS | raced | ((flags & UFFD_PAGEFAULT_FLAG_WRITE) !== 0 ? S_WRITE : 0) | ((flags & FAULT_KERNEL) !== 0 ? S_KERNEL : 0);
     if (dev !== undefined && next !== s) {
       // Shared with forked children: they get the page back too, as the kernel's rmap walk does.
       if (next !== KIND_POISON && devicePageRefcount(dev.shared, pfn) > 1) native.regionMigrateSharers(h, page, dev.slot, pfn);
