@@ -72,6 +72,7 @@ void serviceLoop(std::shared_ptr<RegionState> r) {
     }
     if (!(fds[0].revents & POLLIN) || npending >= kMaxPending) continue;
     int n = readMessages(r->uffd.get(), msgs, kBatch);
+    if (n > 0) testHoldPoint(*r, r->stopServicer);  // test only: see RegionState::testHoldBatches
     const uint64_t readNs = r->trace ? monoNs() : 0;
     for (int i = 0; i < n; i++) {
       if (msgs[i].event == UFFD_EVENT_REMAP) {
