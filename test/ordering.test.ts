@@ -1,0 +1,249 @@
+// Ordering and retries (issue #6): while an EVENT_REMOVE is unread the kernel refuses every fill
+// with EAGAIN; it hands out faults before events, so a fault can be read before the REMOVE that
+// explains it; and a second fill of a page gets EEXIST. Each case is forced here on real faults.
+//
+// How: native toucher threads fault, a worker_thread madvise(MADV_DONTNEED)s behind the library's
+// back (it blocks in the kernel until the servicer reads its REMOVE), /proc/self/task/*/wchan shows
+// who is blocked where, and a test-only hold (native/region.h, RegionState::testHoldBatches) stops
+// the servicer between reading a batch of messages and serving it. Counters in the region header
+// (STAT_FILL_RETRIES, STAT_FILL_RACED) prove that the case was hit, not merely survived.
+import { readFileSync, readdirSync } from 'node:fs';
+import { pathToFileURL } from 'node:url';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import { expect, it } from 'vitest';
+import { Device, NativeToucher, Region } from 'uffd-hmm';
+import { native } from '../dist/native.js';
+import { STAT_FILL_RACED, STAT_FILL_RETRIES } from '../dist/layout.js';
+import { closeAfterEach, describeUffd, fillPages, checkPages, pattern } from './helpers.js';
+
+const track = closeAfterEach();
+const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const nativeUrl = pathToFileURL(path.join(repo, 'dist', 'native.js')).href;
+
+/** Every wait in this file ends by this deadline. */
+const WAIT_MS = 5000;
+/** A held batch goes on by itself after this long, so a failing test can never hang the servicer. */
+const HOLD_MS = 5000;
+
+async function until(cond: () => boolean, what: string, ms = WAIT_MS): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((res) => setTimeout(res, 1));
+  }
+}
+
+/** Threads of this process blocked in the kernel function `wchan`. */
+function blockedIn(wchan: string): number {
+  let n = 0;
+  for (const tid of readdirSync('/proc/self/task')) {
+    try {
+      if (readFileSync(`/proc/self/task/${tid}/wchan`, 'utf8') === wchan) n++;
+    } catch {
+      // the thread exited meanwhile
+    }
+  }
+  return n;
+}
+/** A thread blocked on a userfaultfd page fault. */
+const IN_FAULT = 'handle_userfault';
+/** A thread blocked in madvise/munmap until its EVENT_REMOVE/UNMAP is read. */
+const IN_EVENT = 'userfaultfd_event_wait_completion';
+
+function stat(r: Region, index: number): number {
+  return Atomics.load(r.shared, index);
+}
+
+/**
+ * A worker_thread that calls madvise(MADV_DONTNEED) straight through the addon, bypassing the
+ * table, as any other code in the process could: only the servicer's EVENT_REMOVE tells the library.
+ */
+class Zapper {
+  readonly #worker: Worker;
+  #tid = '';
+  readonly #results: number[] = [];
+
+  constructor() {
+    this.#worker = new Worker(
+      `const { parentPort, workerData } = require('node:worker_threads');
+       const tid = require('node:fs').readlinkSync('/proc/thread-self').split('/').pop();
+       import(workerData.nativeUrl).then(({ native }) => {
+         parentPort.on('message', ({ handle, first, count }) => parentPort.postMessage({ rc: native.regionDiscard(handle, first, count) }));
+         parentPort.postMessage({ tid });
+       });`,
+      { eval: true, workerData: { nativeUrl } },
+    );
+    this.#worker.on('message', (m: { tid?: string; rc?: number }) => {
+      if (m.tid !== undefined) this.#tid = m.tid;
+      else this.#results.push(m.rc!);
+    });
+  }
+
+  async ready(): Promise<void> {
+    await until(() => this.#tid !== '', 'the zapper thread to start');
+  }
+
+  /** Starts MADV_DONTNEED over the pages and waits until it blocks on its unread EVENT_REMOVE. */
+  async discard(r: Region, first: number, count: number): Promise<void> {
+    const done = this.#results.length;
+    this.#worker.postMessage({ handle: r.handle, first, count });
+    await until(() => this.blocked() || this.#results.length > done, 'madvise to block on its EVENT_REMOVE');
+    expect(this.blocked(), 'madvise returned before its REMOVE was read').toBe(true);
+  }
+
+  blocked(): boolean {
+    try {
+      return readFileSync(`/proc/self/task/${this.#tid}/wchan`, 'utf8') === IN_EVENT;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Waits for the madvise in progress to return; its result. */
+  async finished(): Promise<number> {
+    await until(() => this.#results.length > 0, 'madvise to return');
+    return this.#results.shift()!;
+  }
+
+  async close(): Promise<void> {
+    await this.#worker.terminate();
+  }
+}
+
+/** Holds the region's servicer after each of its next `batches` reads (each for HOLD_MS at most). */
+function hold(r: Region, batches: number): number {
+  return native.testHoldServicer(r.handle, batches, HOLD_MS);
+}
+function held(r: Region): number {
+  return native.testHoldServicer(r.handle, 0, 0);
+}
+/** Lets every batch held so far go on; holds still to come stay. */
+function release(r: Region): void {
+  native.testReleaseServicer(r.handle, held(r));
+}
+
+/** The uint32 word `k` of a page, as a native toucher thread k increments it. */
+function word(r: Region, page: number, k: number): number {
+  return new DataView(r.bytes.buffer, r.bytes.byteOffset + page * r.pageSize + 4 * k, 4).getUint32(0, true);
+}
+/** What word k of page p holds after fillPages(seed). */
+function patternWord(page: number, k: number, seed: number): number {
+  let v = 0;
+  for (let i = 3; i >= 0; i--) v = v * 256 + pattern(page, 4 * k + i, seed);
+  return v;
+}
+/** Bytes [from, pageSize) of the page are as fillPages(seed) wrote them. */
+function restIsPattern(r: Region, page: number, from: number, seed: number): boolean {
+  for (let o = from; o < r.pageSize; o++) if (r.bytes[page * r.pageSize + o] !== pattern(page, o, seed)) return false;
+  return true;
+}
+function zeroes(r: Region, page: number): boolean {
+  return r.bytes.subarray(page * r.pageSize, (page + 1) * r.pageSize).every((b) => b === 0);
+}
+
+describeUffd.each(['worker', 'native'] as const)('ordering and retries with the %s servicer', (servicer) => {
+  it('EAGAIN: a fill (COPY, ZEROPAGE, WRITEPROTECT) issued while a REMOVE is unread is retried after it, with the right data', async () => {
+    const r = track(Region.map({ pages: 8, servicer }));
+    const d = track(new Device({ capacity: 8 }));
+    const z = track(new Zapper());
+    await z.ready();
+    fillPages(r, 0, 8, 1);
+    expect(r.migrate(0, 8, d)).toBe(8);
+    r.discard(2, 1); // page 2: a hole
+    void r.bytes[3 * r.pageSize]; // page 3: back from the device below, write-protected
+    expect(r.migrate(3, 1, d, { write: false })).toBe(1);
+    void r.bytes[3 * r.pageSize];
+    expect(r.entry(3)).toEqual({ kind: 'present', write: false });
+
+    // Each round: a fault is read and held; someone zaps page 7 (its REMOVE is queued, unread);
+    // released, the servicer's fill finds the mm changing (EAGAIN) and must come back to it.
+    const rounds = [
+      { page: 0, mode: 'increment', fill: 'UFFDIO_COPY' },
+      { page: 2, mode: 'read', fill: 'UFFDIO_ZEROPAGE' },
+      { page: 3, mode: 'increment', fill: 'UFFDIO_WRITEPROTECT' },
+    ] as const;
+    for (const { page, mode, fill } of rounds) {
+      const before = stat(r, STAT_FILL_RETRIES);
+      const h = held(r);
+      hold(r, 1);
+      const t = new NativeToucher(r, { threads: 1, iterations: 1, mode, pages: [page] });
+      await until(() => held(r) > h, 'the servicer to read the fault');
+      // Page 7 is a device page the first time, a hole afterwards: a REMOVE all the same.
+      await z.discard(r, 7, 1);
+      expect(blockedIn(IN_FAULT), 'the toucher is blocked on its fault').toBeGreaterThanOrEqual(1);
+      release(r);
+      await t.finished(WAIT_MS);
+      expect(await z.finished()).toBe(0);
+      expect(stat(r, STAT_FILL_RETRIES) - before, `${fill} was refused with EAGAIN and retried`).toBeGreaterThanOrEqual(1);
+    }
+    // The faults got their data: the device's (+1 from the toucher), zeroes, the write.
+    expect(word(r, 0, 0)).toBe((patternWord(0, 0, 1) + 1) >>> 0);
+    expect(checkPages(r, 1, 1, 1)).toBeNull();
+    expect(zeroes(r, 2)).toBe(true);
+    expect(word(r, 3, 0)).toBe((patternWord(3, 0, 1) + 1) >>> 0);
+    expect(r.entry(3)).toEqual({ kind: 'present', write: true });
+    // And the zap happened as zap_pte_range does it: entry gone, device page freed, zeroes.
+    expect(r.entry(7)).toEqual({ kind: 'none' });
+    expect(zeroes(r, 7)).toBe(true);
+    expect(checkPages(r, 4, 3, 1)).toBeNull(); // faults the rest back
+    expect(d.used).toBe(0);
+  });
+
+  it('EEXIST: two threads fault the same device page, read in one batch: the device data once, the second only woken', async () => {
+    const r = track(Region.map({ pages: 4, servicer }));
+    const d = track(new Device({ capacity: 4 }));
+    fillPages(r, 0, 4, 4);
+    expect(r.migrate(0, 4, d)).toBe(4);
+    const trace = r.trace();
+    hold(r, 1);
+    const t0 = new NativeToucher(r, { threads: 1, iterations: 1, mode: 'read', pages: [0] });
+    await until(() => held(r) === 1, 'the servicer to read the first fault');
+    // Two threads fault on page 1 behind it: both faults are read together, after the release.
+    const t1 = new NativeToucher(r, { threads: 2, iterations: 1, mode: 'increment', pages: [1] });
+    await until(() => blockedIn(IN_FAULT) === 3, 'both faults on page 1 to wait, unread');
+    release(r);
+    await t0.finished(WAIT_MS);
+    await t1.finished(WAIT_MS);
+    // The first fill's wake lets both threads go on: the second fault is served after that.
+    await until(() => trace.records().filter((x) => x.page === 1).length === 2, 'the second fault on page 1 to be served');
+    expect(stat(r, STAT_FILL_RACED), 'the second fill got EEXIST').toBe(1);
+    // Each thread's +1 landed on the device's bytes; the second fill wrote nothing over them.
+    expect(word(r, 1, 0)).toBe((patternWord(1, 0, 4) + 1) >>> 0);
+    expect(word(r, 1, 1)).toBe((patternWord(1, 1, 4) + 1) >>> 0);
+    expect(restIsPattern(r, 1, 8, 4)).toBe(true);
+    const page1 = trace.records().filter((x) => x.page === 1);
+    expect(page1.map((x) => x.outcome).sort()).toEqual(['migrated', 'woken']);
+    expect(r.stats().migratedBack).toBe(2); // pages 0 and 1, once each
+    expect(d.stats().freed).toBe(2);
+    expect(checkPages(r, 2, 2, 4)).toBeNull();
+    expect(d.used).toBe(0);
+  });
+
+  it('EEXIST: migrateToRam brings back a page whose fault was read but not served yet', async () => {
+    const r = track(Region.map({ pages: 4, servicer }));
+    const d = track(new Device({ capacity: 4 }));
+    fillPages(r, 0, 4, 5);
+    expect(r.migrate(0, 4, d)).toBe(4);
+    const trace = r.trace();
+    hold(r, 1);
+    const t = new NativeToucher(r, { threads: 1, iterations: 1, mode: 'increment', pages: [2] });
+    await until(() => held(r) === 1, 'the servicer to read the fault');
+    // The page comes back by the main thread; that wakes the toucher, whose fault is still queued
+    // in the servicer. Served afterwards, it finds the page there.
+    expect(r.migrateToRam(2, 1)).toBe(1);
+    await t.finished(WAIT_MS);
+    release(r);
+    await until(() => trace.records().some((x) => x.page === 2), 'the servicer to serve the held fault');
+    expect(trace.records().filter((x) => x.page === 2).map((x) => x.outcome)).toEqual(['woken']);
+    expect(stat(r, STAT_FILL_RACED)).toBe(1);
+    expect(word(r, 2, 0)).toBe((patternWord(2, 0, 5) + 1) >>> 0);
+    expect(restIsPattern(r, 2, 4, 5)).toBe(true);
+    expect(r.entry(2)).toEqual({ kind: 'present', write: true });
+    expect(d.stats().freed).toBe(1);
+    expect(checkPages(r, 0, 2, 5)).toBeNull();
+    expect(checkPages(r, 3, 1, 5)).toBeNull();
+    expect(d.used).toBe(0);
+  });
+});
