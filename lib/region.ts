@@ -731,13 +731,25 @@ export class Region extends EventEmitter implements DeviceHolder {
     }
   }
 
-  /** Calls a native operation until it stops failing with EAGAIN (the mm is changing). */
+  /**
+   * Calls a native operation until it stops failing with EAGAIN. EAGAIN means the mm is changing:
+   * an event (REMOVE, UNMAP, REMAP, FORK) waits to be read, and the kernel refuses every fill until
+   * the servicer has read it, however often we ask. That lasts as long as the servicer is busy (a
+   * slow driver hook, a loaded machine), so wait for it by time, with the deadline of a locked page,
+   * napping between tries; counting tries gave up after ~100 ms of a busy servicer.
+   */
   #retry(op: () => number, syscall: string): void {
+    let deadline = 0;
     for (let i = 0; ; i++) {
       const rc = op();
       if (rc !== EAGAIN) return check(rc, syscall);
       Atomics.add(this.shared, STAT_FILL_RETRIES, 1);
-      if (i > 100_000) check(rc, syscall, 'still EAGAIN after 100000 tries');
+      if (i < 64) continue;
+      if (deadline === 0) deadline = Date.now() + LOCK_DEADLINE_MS;
+      else if (Date.now() > deadline) {
+        check(rc, syscall, `the mm kept changing for over ${LOCK_DEADLINE_MS} ms: the servicer left an event unread`);
+      }
+      Atomics.wait(nap, 0, 0, 0.05);
     }
   }
 
@@ -764,6 +776,9 @@ export class Region extends EventEmitter implements DeviceHolder {
     if (this.#closed || this.#closing) throw new UffdHmmError('ERR_REGION_CLOSED', 'the region is closed');
   }
 }
+
+/** Nothing ever notifies it: Atomics.wait on it is a short sleep. */
+const nap = new Int32Array(new SharedArrayBuffer(4));
 
 let zeroPfnCache: bigint | undefined;
 /** The shared zero page's frame (0n when pagemap hides frames, i.e. without CAP_SYS_ADMIN). */

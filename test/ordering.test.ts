@@ -191,6 +191,39 @@ describeUffd.each(['worker', 'native'] as const)('ordering and retries with the 
     expect(d.used).toBe(0);
   });
 
+  it('EAGAIN: migrateToRam and migrate wait out a REMOVE the servicer is slow to read, instead of failing', async () => {
+    const r = track(Region.map({ pages: 8, servicer }));
+    const d = track(new Device({ capacity: 8 }));
+    const z = track(new Zapper());
+    await z.ready();
+    fillPages(r, 0, 8, 2);
+    expect(r.migrate(0, 6, d)).toBe(6);
+    for (const op of ['migrateToRam', 'migrate'] as const) {
+      // The servicer is held (for 300 ms) on a fault it read; a REMOVE waits behind it. Every fill
+      // meanwhile gets EAGAIN, however often it is tried: the main thread must wait, not give up.
+      const before = stat(r, STAT_FILL_RETRIES);
+      const h = held(r);
+      native.testHoldServicer(r.handle, 1, 300);
+      const t = new NativeToucher(r, { threads: 1, iterations: 1, mode: 'read', pages: [op === 'migrateToRam' ? 0 : 1] });
+      await until(() => held(r) > h, 'the servicer to read the fault');
+      await z.discard(r, 5, 1);
+      const started = Date.now();
+      if (op === 'migrateToRam') expect(r.migrateToRam(2, 1)).toBe(1); // UFFDIO_COPY
+      else expect(r.migrate(6, 1, d)).toBe(1); // UFFDIO_WRITEPROTECT of a CPU page
+      expect(Date.now() - started).toBeGreaterThanOrEqual(100);
+      expect(stat(r, STAT_FILL_RETRIES) - before, `${op} was refused with EAGAIN and retried`).toBeGreaterThanOrEqual(1);
+      await t.finished(WAIT_MS);
+      expect(await z.finished()).toBe(0);
+    }
+    expect(r.entry(2)).toEqual({ kind: 'present', write: true });
+    expect(r.entry(6)).toMatchObject({ kind: 'device', write: true });
+    expect(r.entry(5)).toEqual({ kind: 'none' });
+    expect(checkPages(r, 0, 5, 2)).toBeNull();
+    expect(checkPages(r, 6, 2, 2)).toBeNull();
+    expect(zeroes(r, 5)).toBe(true);
+    expect(d.used).toBe(0);
+  });
+
   it('EEXIST: two threads fault the same device page, read in one batch: the device data once, the second only woken', async () => {
     const r = track(Region.map({ pages: 4, servicer }));
     const d = track(new Device({ capacity: 4 }));
