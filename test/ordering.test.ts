@@ -224,6 +224,41 @@ describeUffd.each(['worker', 'native'] as const)('ordering and retries with the 
     expect(d.used).toBe(0);
   });
 
+  it('out of order: a fault read with the REMOVE that explains it gets zeroes, never the zapped device data', async () => {
+    const r = track(Region.map({ pages: 8, servicer }));
+    const d = track(new Device({ capacity: 8 }));
+    const z = track(new Zapper());
+    await z.ready();
+    fillPages(r, 0, 8, 3);
+    expect(r.migrate(0, 8, d)).toBe(8);
+    const freedBefore = d.stats().freed;
+    // Batch 1: a fault on page 0, held. Behind it, a thread faults on page 1 while another zaps
+    // page 1: the fault and the REMOVE wait in the kernel, and read() returns the fault first.
+    hold(r, 2);
+    const t0 = new NativeToucher(r, { threads: 1, iterations: 1, mode: 'increment', pages: [0] });
+    await until(() => held(r) === 1, 'the servicer to read the first fault');
+    const t1 = new NativeToucher(r, { threads: 1, iterations: 1, mode: 'increment', pages: [1] });
+    await until(() => blockedIn(IN_FAULT) === 2, 'the second fault to wait, unread');
+    await z.discard(r, 1, 1);
+    // Batch 2 is [fault on page 1, REMOVE of page 1], held until the madvise has returned: the
+    // kernel has zapped page 1 by then, and the servicer has not served anything of batch 2.
+    release(r);
+    await until(() => held(r) === 2, 'the servicer to read the fault and the REMOVE together');
+    expect(await z.finished()).toBe(0);
+    release(r);
+    await t0.finished(WAIT_MS);
+    await t1.finished(WAIT_MS);
+    // Page 1 was zapped: it reads zeroes (and the toucher's +1), never the device's old bytes.
+    expect(word(r, 1, 0)).toBe(1);
+    expect(r.bytes.subarray(r.pageSize + 4, 2 * r.pageSize).every((b) => b === 0)).toBe(true);
+    expect(r.entry(1)).toEqual({ kind: 'present', write: true });
+    expect(d.stats().freed - freedBefore).toBeGreaterThanOrEqual(2); // page 1's by the zap, page 0's by the fault
+    expect(r.stats().migratedBack).toBe(1); // page 0 only: page 1 was never migrated back
+    expect(word(r, 0, 0)).toBe((patternWord(0, 0, 3) + 1) >>> 0);
+    expect(checkPages(r, 2, 6, 3)).toBeNull();
+    expect(d.used).toBe(0);
+  });
+
   it('EEXIST: two threads fault the same device page, read in one batch: the device data once, the second only woken', async () => {
     const r = track(Region.map({ pages: 4, servicer }));
     const d = track(new Device({ capacity: 4 }));

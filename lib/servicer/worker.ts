@@ -184,13 +184,18 @@ async function run(): Promise<void> {
     }
     const n = native.pollerWait(poller, events, ndeferred > 0 ? 0 : 250);
     if (n === -2) break; // the stall watchdog handed our regions to native guards: we are done
+    // Zaps first, then faults. read() hands out every pending fault before any event, so a batch
+    // can hold a fault together with the REMOVE or UNMAP that explains it, the fault first. Served
+    // in that order, the fault would migrate back device data the zap has dropped, possibly after
+    // the kernel's zap is done: stale bytes where the page must read zero (native/servicer_thread.cc).
     for (let i = 0; i < n; i++) {
       const at = i * EVENT_STRIDE;
       const type = events[at + 1];
-      if (type === EVENT_REMOVE || type === EVENT_UNMAP) {
-        zap(events[at], events[at + 3], events[at + 4], type === EVENT_UNMAP);
-        continue;
-      }
+      if (type === EVENT_REMOVE || type === EVENT_UNMAP) zap(events[at], events[at + 3], events[at + 4], type === EVENT_UNMAP);
+    }
+    for (let i = 0; i < n; i++) {
+      const at = i * EVENT_STRIDE;
+      const type = events[at + 1];
       if (type !== EVENT_PAGEFAULT) continue;
       const handle = events[at];
       const flags = events[at + 2];
