@@ -16,7 +16,7 @@ import { expect, it } from 'vitest';
 import { Device, NativeToucher, Region } from 'uffd-hmm';
 import { native } from '../dist/native.js';
 import { STAT_FILL_RACED, STAT_FILL_RETRIES } from '../dist/layout.js';
-import { closeAfterEach, describeUffd, fillPages, checkPages, pattern } from './helpers.js';
+import { checkPages, closeAfterEach, describeUffd, fillPages, pattern, runNode } from './helpers.js';
 
 const track = closeAfterEach();
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -313,5 +313,56 @@ describeUffd.each(['worker', 'native'] as const)('ordering and retries with the 
     expect(checkPages(r, 0, 2, 5)).toBeNull();
     expect(checkPages(r, 3, 1, 5)).toBeNull();
     expect(d.used).toBe(0);
+  });
+});
+
+// The inline servicer reads no messages, so no event is ever pending (no EAGAIN, no REMOVE to
+// order against); but two threads can fault the same page at once, each in its own SIGBUS handler.
+describeUffd('ordering and retries with the inline servicer', () => {
+  it('EEXIST: threads faulting one read entry at once all get the data; the page stays write-protected', async () => {
+    const r = track(Region.map({ pages: 2, servicer: 'inline' }));
+    const d = track(new Device({ capacity: 2 }));
+    fillPages(r, 0, 2, 6);
+    // Two threads read page 1 over and over; each migration to the device makes both fault on it,
+    // often together: one handler fills the page, the other finds it there.
+    const t = new NativeToucher(r, { threads: 2, iterations: 0, mode: 'read', pages: [1] });
+    const deadline = Date.now() + WAIT_MS;
+    let rounds = 0;
+    try {
+      while (stat(r, STAT_FILL_RACED) < 3 && Date.now() < deadline) {
+        expect(r.migrate(1, 1, d, { write: false })).toBe(1);
+        while (r.entry(1).kind !== 'present') expect(Date.now()).toBeLessThan(deadline + WAIT_MS);
+        // A read entry comes back write-protected, whoever else faulted on it meanwhile.
+        expect(r.entry(1), `round ${rounds}`).toEqual({ kind: 'present', write: false });
+        rounds++;
+      }
+    } finally {
+      t.stop();
+      await t.finished(WAIT_MS);
+    }
+    expect(stat(r, STAT_FILL_RACED), `EEXIST in ${rounds} rounds`).toBeGreaterThanOrEqual(1);
+    expect(r.stats().wpFaults).toBe(0); // nobody wrote
+    expect(r.stats().migratedBack).toBe(rounds);
+    expect(checkPages(r, 0, 2, 6)).toBeNull();
+    expect(d.used).toBe(0);
+  });
+
+  it('a CPU page zapped behind its back faults once more and reads zero (it used to fault forever)', async () => {
+    // In a child: the regression is a thread stuck re-taking SIGBUS, which nothing can interrupt.
+    const code = `
+      import { Region } from 'uffd-hmm';
+      import { native } from ${JSON.stringify(nativeUrl)};
+      const r = Region.map({ pages: 2, servicer: 'inline' });
+      r.bytes.fill(7);
+      if (native.regionDiscard(r.handle, 0, 1) !== 0) throw new Error('madvise failed');
+      console.log(JSON.stringify({ zapped: r.bytes[0], kept: r.bytes[r.pageSize] }));
+      r.bytes[5] = 9;
+      console.log(JSON.stringify({ written: r.bytes[5] }));
+      await r.close();
+    `;
+    const out = await runNode(['--input-type=module', '-e', code], { cwd: repo, timeoutMs: 10_000 });
+    expect(out.timedOut, out.out).toBe(false);
+    expect(out.code, out.out).toBe(0);
+    expect(out.stdout.trim().split('\n').map((l) => JSON.parse(l))).toEqual([{ zapped: 0, kept: 7 }, { written: 9 }]);
   });
 });
