@@ -289,6 +289,36 @@ describeUffd.each(['worker', 'native'] as const)('ordering and retries with the 
     expect(d.used).toBe(0);
   });
 
+  it('EEXIST: a write fault read behind a read fault of the same page: its UFFDIO_COPY finds the page there', async () => {
+    const r = track(Region.map({ pages: 4, servicer }));
+    const d = track(new Device({ capacity: 4 }));
+    fillPages(r, 0, 4, 7);
+    expect(r.migrate(0, 4, d)).toBe(4);
+    const trace = r.trace();
+    // Held for 200 ms at most: this thread will be blocked on its own fault when it must go on.
+    native.testHoldServicer(r.handle, 1, 200);
+    const t0 = new NativeToucher(r, { threads: 1, iterations: 1, mode: 'read', pages: [0] });
+    await until(() => held(r) === 1, 'the servicer to read the first fault');
+    const t1 = new NativeToucher(r, { threads: 1, iterations: 1, mode: 'read', pages: [1] });
+    await until(() => blockedIn(IN_FAULT) === 2, 'a read fault on page 1 to wait, unread');
+    // A write fault on page 1 queues behind it (read() is FIFO). Served second, it finds the page
+    // back from the device, so its fill (a zeroed page, UFFDIO_COPY) gets EEXIST: only a wake.
+    r.bytes[r.pageSize + 100] = 0xee;
+    await t0.finished(WAIT_MS);
+    await t1.finished(WAIT_MS);
+    await until(() => trace.records().filter((x) => x.page === 1).length === 2, 'both faults on page 1 to be served');
+    expect(trace.records().filter((x) => x.page === 1).map((x) => [x.write, x.outcome])).toEqual([
+      [false, 'migrated'],
+      [true, 'woken'],
+    ]);
+    expect(stat(r, STAT_FILL_RACED)).toBe(1);
+    // The write landed on the device's bytes, not on zeroes.
+    const expected = Uint8Array.from({ length: r.pageSize }, (_, o) => (o === 100 ? 0xee : pattern(1, o, 7)));
+    expect(r.bytes.subarray(r.pageSize, 2 * r.pageSize)).toEqual(expected);
+    expect(checkPages(r, 2, 2, 7)).toBeNull();
+    expect(d.used).toBe(0);
+  });
+
   it('EEXIST: migrateToRam brings back a page whose fault was read but not served yet', async () => {
     const r = track(Region.map({ pages: 4, servicer }));
     const d = track(new Device({ capacity: 4 }));
