@@ -57,8 +57,9 @@ function stat(r: Region, index: number): number {
 }
 
 /**
- * A worker_thread that calls madvise(MADV_DONTNEED) straight through the addon, bypassing the
- * table, as any other code in the process could: only the servicer's EVENT_REMOVE tells the library.
+ * A worker_thread that calls madvise(MADV_DONTNEED) or munmap straight through the addon, bypassing
+ * the table, as any other code in the process could: only the servicer's EVENT_REMOVE or
+ * EVENT_UNMAP tells the library.
  */
 class Zapper {
   readonly #worker: Worker;
@@ -70,7 +71,8 @@ class Zapper {
       `const { parentPort, workerData } = require('node:worker_threads');
        const tid = require('node:fs').readlinkSync('/proc/thread-self').split('/').pop();
        import(workerData.nativeUrl).then(({ native }) => {
-         parentPort.on('message', ({ handle, first, count }) => parentPort.postMessage({ rc: native.regionDiscard(handle, first, count) }));
+         parentPort.on('message', ({ op, handle, first, count }) =>
+           parentPort.postMessage({ rc: op === 'unmap' ? native.regionUnmap(handle, first, count) : native.regionDiscard(handle, first, count) }));
          parentPort.postMessage({ tid });
        });`,
       { eval: true, workerData: { nativeUrl } },
@@ -85,12 +87,12 @@ class Zapper {
     await until(() => this.#tid !== '', 'the zapper thread to start');
   }
 
-  /** Starts MADV_DONTNEED over the pages and waits until it blocks on its unread EVENT_REMOVE. */
-  async discard(r: Region, first: number, count: number): Promise<void> {
+  /** Starts MADV_DONTNEED (or munmap) of the pages and waits until it blocks on its unread event. */
+  async discard(r: Region, first: number, count: number, op: 'discard' | 'unmap' = 'discard'): Promise<void> {
     const done = this.#results.length;
-    this.#worker.postMessage({ handle: r.handle, first, count });
-    await until(() => this.blocked() || this.#results.length > done, 'madvise to block on its EVENT_REMOVE');
-    expect(this.blocked(), 'madvise returned before its REMOVE was read').toBe(true);
+    this.#worker.postMessage({ op, handle: r.handle, first, count });
+    await until(() => this.blocked() || this.#results.length > done, `${op} to block on its event`);
+    expect(this.blocked(), `${op} returned before its event was read`).toBe(true);
   }
 
   blocked(): boolean {
@@ -101,7 +103,7 @@ class Zapper {
     }
   }
 
-  /** Waits for the madvise in progress to return; its result. */
+  /** Waits for the madvise (or munmap) in progress to return; its result. */
   async finished(): Promise<number> {
     await until(() => this.#results.length > 0, 'madvise to return');
     return this.#results.shift()!;
@@ -157,26 +159,29 @@ describeUffd.each(['worker', 'native'] as const)('ordering and retries with the 
     void r.bytes[3 * r.pageSize];
     expect(r.entry(3)).toEqual({ kind: 'present', write: false });
 
-    // Each round: a fault is read and held; someone zaps page 7 (its REMOVE is queued, unread);
-    // released, the servicer's fill finds the mm changing (EAGAIN) and must come back to it.
+    // Each round: a fault is read and held; someone zaps page 7 (its REMOVE is queued, unread), or
+    // munmaps page 6; released, the servicer's fill finds the mm changing (EAGAIN) and must come
+    // back to it once it has read the event.
     const rounds = [
-      { page: 0, mode: 'increment', fill: 'UFFDIO_COPY' },
-      { page: 2, mode: 'read', fill: 'UFFDIO_ZEROPAGE' },
-      { page: 3, mode: 'increment', fill: 'UFFDIO_WRITEPROTECT' },
+      { page: 0, mode: 'increment', fill: 'UFFDIO_COPY', zap: 'discard' },
+      { page: 2, mode: 'read', fill: 'UFFDIO_ZEROPAGE', zap: 'discard' },
+      { page: 3, mode: 'increment', fill: 'UFFDIO_WRITEPROTECT', zap: 'discard' },
+      { page: 1, mode: 'read', fill: 'UFFDIO_COPY', zap: 'unmap' },
     ] as const;
-    for (const { page, mode, fill } of rounds) {
+    for (const { page, mode, fill, zap } of rounds) {
       const before = stat(r, STAT_FILL_RETRIES);
       const h = held(r);
       hold(r, 1);
       const t = new NativeToucher(r, { threads: 1, iterations: 1, mode, pages: [page] });
       await until(() => held(r) > h, 'the servicer to read the fault');
       // Page 7 is a device page the first time, a hole afterwards: a REMOVE all the same.
-      await z.discard(r, 7, 1);
+      if (zap === 'discard') await z.discard(r, 7, 1);
+      else await z.discard(r, 6, 1, 'unmap');
       expect(blockedIn(IN_FAULT), 'the toucher is blocked on its fault').toBeGreaterThanOrEqual(1);
       release(r);
       await t.finished(WAIT_MS);
       expect(await z.finished()).toBe(0);
-      expect(stat(r, STAT_FILL_RETRIES) - before, `${fill} was refused with EAGAIN and retried`).toBeGreaterThanOrEqual(1);
+      expect(stat(r, STAT_FILL_RETRIES) - before, `${fill} behind an unread ${zap} was refused with EAGAIN and retried`).toBeGreaterThanOrEqual(1);
     }
     // The faults got their data: the device's (+1 from the toucher), zeroes, the write.
     expect(word(r, 0, 0)).toBe((patternWord(0, 0, 1) + 1) >>> 0);
@@ -187,7 +192,8 @@ describeUffd.each(['worker', 'native'] as const)('ordering and retries with the 
     // And the zap happened as zap_pte_range does it: entry gone, device page freed, zeroes.
     expect(r.entry(7)).toEqual({ kind: 'none' });
     expect(zeroes(r, 7)).toBe(true);
-    expect(checkPages(r, 4, 3, 1)).toBeNull(); // faults the rest back
+    expect(r.snapshot(6, 1)).toEqual(Uint8Array.of(0xff)); // munmapped: nothing there
+    expect(checkPages(r, 4, 2, 1)).toBeNull(); // faults the rest back
     expect(d.used).toBe(0);
   });
 
