@@ -352,6 +352,35 @@ describeUffd.each(['worker', 'native'] as const)('ordering and retries with the 
   });
 });
 
+describeUffd('ordering and retries with driver hooks (worker servicer)', () => {
+  it("EAGAIN: a fault retried after an unread REMOVE keeps its driver's decision; the hook is asked once", async () => {
+    const r = track(Region.map({ pages: 8, servicer: 'worker' }));
+    const d = track(new Device({ capacity: 8, driver: new URL('./fixtures/asked-once-driver.mjs', import.meta.url) }));
+    const errors: Error[] = [];
+    d.on('error', (e: Error) => errors.push(e));
+    const z = track(new Zapper());
+    await z.ready();
+    fillPages(r, 0, 8, 8);
+    expect(r.migrate(0, 8, d)).toBe(8);
+    expect(checkPages(r, 0, 1, 8)).toBeNull(); // the driver is loaded and has answered once
+    expect(r.migrate(0, 1, d)).toBe(1);
+    hold(r, 1);
+    const t = new NativeToucher(r, { threads: 1, iterations: 1, mode: 'increment', pages: [0] });
+    await until(() => held(r) === 1, 'the servicer to read the fault');
+    await z.discard(r, 7, 1);
+    const before = stat(r, STAT_FILL_RETRIES);
+    release(r);
+    await t.finished(WAIT_MS);
+    expect(await z.finished()).toBe(0);
+    expect(stat(r, STAT_FILL_RETRIES) - before).toBeGreaterThanOrEqual(1);
+    expect(word(r, 0, 0)).toBe((patternWord(0, 0, 8) + 1) >>> 0);
+    expect(checkPages(r, 1, 6, 8)).toBeNull();
+    await new Promise((res) => setTimeout(res, 20)); // reports travel as messages
+    expect(errors).toEqual([]);
+    expect(d.used).toBe(0);
+  });
+});
+
 // The inline servicer reads no messages, so no event is ever pending (no EAGAIN, no REMOVE to
 // order against); but two threads can fault the same page at once, each in its own SIGBUS handler.
 describeUffd('ordering and retries with the inline servicer', () => {

@@ -133,6 +133,21 @@ function pageFreed(host: PolicyHost, dev: DeviceInfo, pfn: number): void {
   }
 }
 
+const VERDICT_NONE = 0;
+const VERDICT_MIGRATE = 1;
+const VERDICT_SIGBUS = 2;
+
+/**
+ * A driver's answer carried across a retry. When the fill that follows the fault hook's decision
+ * is refused with EAGAIN (an event waits to be read), the fault is served again later: with the
+ * same answer, so that one CPU access asks the hook once (and a refusal cannot turn into a
+ * migration on the second try). The caller sets `verdict` to 0 for a new fault or restores what
+ * it kept for a deferred one; serveFault leaves here the answer to keep when it returns DEFERRED.
+ * It applies only while the page holds the same entry (state word and device page). One object,
+ * reused: the hot path allocates nothing.
+ */
+export const carried = { verdict: VERDICT_NONE, state: 0, pfn: 0 };
+
 // Counter bits for native.regionComplete: region header words, then device header words.
 const S_FAULTS = 1 << STAT_FAULTS;
 const S_WRITE = 1 << STAT_WRITE_FAULTS;
@@ -229,7 +244,16 @@ export function serveFault(host: PolicyHost, r: RegionInfo, page: number, flags:
         return UNKNOWN_DEVICE;
       }
       pfn = shared[idx + 1];
-      if (dev.driver?.fault !== undefined && askDriver(host, dev, r, page, pfn, flags)) {
+      let verdict = VERDICT_NONE;
+      if (dev.driver?.fault !== undefined) {
+        // A retry of this very fault on the same entry keeps the answer it had.
+        if (carried.verdict !== VERDICT_NONE && carried.state === s && carried.pfn === pfn) verdict = carried.verdict;
+        else verdict = askDriver(host, dev, r, page, pfn, flags) ? VERDICT_SIGBUS : VERDICT_MIGRATE;
+        carried.verdict = verdict;
+        carried.state = s;
+        carried.pfn = pfn;
+      }
+      if (verdict === VERDICT_SIGBUS) {
         // The driver refused (VM_FAULT_SIGBUS): the page becomes poison and the thread gets SIGBUS.
         rc = native.regionPoison(h, page);
         if (rc === 0) next = KIND_POISON;

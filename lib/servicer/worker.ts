@@ -7,7 +7,7 @@ import { workerData, receiveMessageOnPort, type MessagePort } from 'node:worker_
 import { native } from '../native.js';
 import { EVENT_PAGEFAULT, EVENT_REMOVE, EVENT_STRIDE, EVENT_UNMAP } from '../layout.js';
 import { CTRL_MAIL_SEQ, CTRL_NAP, CTRL_RUNNING, CTRL_STOP, type FromWorker, type ToWorker } from './protocol.js';
-import { DEFERRED, FAILED, SERVED, UNKNOWN_DEVICE, serveFault, zapRange, type DeviceInfo, type PolicyHost, type RegionInfo } from './policy.js';
+import { DEFERRED, FAILED, SERVED, UNKNOWN_DEVICE, carried, serveFault, zapRange, type DeviceInfo, type PolicyHost, type RegionInfo } from './policy.js';
 import type { Driver } from '../driver.js';
 
 interface Data {
@@ -21,8 +21,9 @@ const BATCH = 64;
 const MAX_DEFERRED = 4096;
 const events = new Float64Array(BATCH * EVENT_STRIDE);
 const regions = new Map<number, RegionInfo>();
-// Deferred faults: region handle, page, flags, tid, read time; retried until their page is unlocked.
-const DEFER_STRIDE = 5;
+// Deferred faults: region handle, page, flags, tid, read time, and the driver's answer carried to
+// the retry (verdict, state, pfn: see policy.ts `carried`); retried until served.
+const DEFER_STRIDE = 8;
 const deferred = new Float64Array(MAX_DEFERRED * DEFER_STRIDE);
 let ndeferred = 0;
 let seenMail = 0;
@@ -112,6 +113,9 @@ function defer(region: number, page: number, flags: number, tid: number, t0Us: n
   deferred[at + 2] = flags;
   deferred[at + 3] = tid;
   deferred[at + 4] = t0Us;
+  deferred[at + 5] = carried.verdict;
+  deferred[at + 6] = carried.state;
+  deferred[at + 7] = carried.pfn;
   ndeferred++;
 }
 
@@ -161,9 +165,15 @@ function retryDeferred(): void {
   let kept = 0;
   for (let i = 0; i < ndeferred; i++) {
     const at = i * DEFER_STRIDE;
+    carried.verdict = deferred[at + 5];
+    carried.state = deferred[at + 6];
+    carried.pfn = deferred[at + 7];
     const rc = serve(deferred[at], deferred[at + 1], deferred[at + 2], deferred[at + 3], deferred[at + 4]);
     if (rc === DEFERRED || rc === UNKNOWN_DEVICE) {
       deferred.copyWithin(kept * DEFER_STRIDE, at, at + DEFER_STRIDE);
+      deferred[kept * DEFER_STRIDE + 5] = carried.verdict;
+      deferred[kept * DEFER_STRIDE + 6] = carried.state;
+      deferred[kept * DEFER_STRIDE + 7] = carried.pfn;
       kept++;
     }
   }
@@ -202,6 +212,7 @@ async function run(): Promise<void> {
       const page = events[at + 3];
       const tid = events[at + 4];
       const t0Us = events[at + 5];
+      carried.verdict = 0; // a new fault: the hook has not been asked
       const rc = serve(handle, page, flags, tid, t0Us);
       if (rc === DEFERRED || rc === UNKNOWN_DEVICE) defer(handle, page, flags, tid, t0Us);
     }
