@@ -8,9 +8,8 @@
 // the servicer between reading a batch of messages and serving it. Counters in the region header
 // (STAT_FILL_RETRIES, STAT_FILL_RACED) prove that the case was hit, not merely survived.
 import { readFileSync, readdirSync } from 'node:fs';
-import { pathToFileURL } from 'node:url';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { expect, it } from 'vitest';
 import { Device, NativeToucher, Region } from 'uffd-hmm';
