@@ -12,6 +12,13 @@ export const STAT_ZERO_FILLS = 5;
 export const STAT_POISONED = 6;
 /** Bumped after every page unlock so waiters can re-check. */
 export const UNLOCK_SEQ = 7;
+/**
+ * Fills refused with EAGAIN because the mm was changing (an EVENT_REMOVE, UNMAP, REMAP or FORK not
+ * read yet) and tried again later.
+ */
+export const STAT_FILL_RETRIES = 8;
+/** Fills that found the page already there (EEXIST: another path filled it first): woken only. */
+export const STAT_FILL_RACED = 9;
 
 export const KIND_MASK = 0x3;
 export const KIND_NONE = 0;

@@ -115,6 +115,11 @@ export interface Addon {
   toucherWait(toucher: number, timeoutMs: number, counts: Float64Array): boolean;
   toucherStop(toucher: number): void;
 
+  /** TEST ONLY (native/region.h, RegionState::testHoldBatches): hold the next batches the servicer reads. */
+  testHoldServicer(region: number, batches: number, ms: number): number;
+  /** TEST ONLY: let held batches 1..upTo go (0: all, and cancel the rest); returns how many were held. */
+  testReleaseServicer(region: number, upTo: number): number;
+
   benchPlainTouch(pages: number, order: Int32Array, threads: number, out: Float64Array, write: boolean): void;
   benchSetAffinity(cpus: Int32Array): Int32Array;
   benchMigrateBaseline(pages: number, out: Float64Array): void;

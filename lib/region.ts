@@ -21,6 +21,8 @@ import {
   PMD_SIZE,
   REGION_HEADER,
   STAT_FAULTS,
+  STAT_FILL_RACED,
+  STAT_FILL_RETRIES,
   STAT_KERNEL_FAULTS,
   STAT_MIGRATED_BACK,
   STAT_WP_FAULTS,
@@ -1155,12 +1157,14 @@ export class Region extends EventEmitter implements DeviceHolder {
       try {
         this.#retry(() => {
           const rc = native.regionCopyIn(this.handle, page, slot, pfn, !write, k);
+          if (rc === EEXIST && k === 1) Atomics.add(shared, STAT_FILL_RACED, 1);
           if (rc === 0 || rc === EAGAIN || k === 1) return rc === EEXIST ? 0 : rc;
           // The run crosses a vma boundary (mprotect split it: ENOENT) or part of it is there
           // already (EEXIST): fill it page by page, which each vma accepts.
           for (let i = 0; i < k; i++) {
             const one = native.regionCopyIn(this.handle, page + i, slot, pfn + i, !write);
-            if (one !== 0 && one !== EEXIST) return one;
+            if (one === EEXIST) Atomics.add(shared, STAT_FILL_RACED, 1);
+            else if (one !== 0) return one;
           }
           return 0;
         }, 'ioctl(UFFDIO_COPY)');
@@ -1263,12 +1267,25 @@ export class Region extends EventEmitter implements DeviceHolder {
     }
   }
 
-  /** Calls a native operation until it stops failing with EAGAIN (the mm is changing). */
+  /**
+   * Calls a native operation until it stops failing with EAGAIN. EAGAIN means the mm is changing:
+   * an event (REMOVE, UNMAP, REMAP, FORK) waits to be read, and the kernel refuses every fill until
+   * the servicer has read it, however often we ask. That lasts as long as the servicer is busy (a
+   * slow driver hook, a loaded machine), so wait for it by time, with the deadline of a locked page,
+   * napping between tries; counting tries gave up after ~100 ms of a busy servicer.
+   */
   #retry(op: () => number, syscall: string): void {
+    let deadline = 0;
     for (let i = 0; ; i++) {
       const rc = op();
       if (rc !== EAGAIN) return check(rc, syscall);
-      if (i > 100_000) check(rc, syscall, 'still EAGAIN after 100000 tries');
+      Atomics.add(this.shared, STAT_FILL_RETRIES, 1);
+      if (i < 64) continue;
+      if (deadline === 0) deadline = Date.now() + LOCK_DEADLINE_MS;
+      else if (Date.now() > deadline) {
+        check(rc, syscall, `the mm kept changing for over ${LOCK_DEADLINE_MS} ms: the servicer left an event unread`);
+      }
+      Atomics.wait(nap, 0, 0, 0.05);
     }
   }
 
@@ -1397,6 +1414,9 @@ function thpBlocks(handle: number, address: bigint, f: number, c: number): numbe
   }
   return out;
 }
+
+/** Nothing ever notifies it: Atomics.wait on it is a short sleep. */
+const nap = new Int32Array(new SharedArrayBuffer(4));
 
 let zeroPfnCache: bigint | undefined;
 /** The shared zero page's frame (0n when pagemap hides frames, i.e. without CAP_SYS_ADMIN). */

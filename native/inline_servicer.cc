@@ -66,6 +66,19 @@ bool faultWasWrite(void* uctx) {
 #endif
 }
 
+// x86-64 page-fault error code bit 0: 1 when the page was present (a protection fault: with
+// userfaultfd, a write to a write-protected page), 0 when there was no page (a missing fault);
+// -1 where the architecture does not say.
+int faultOnPresentPage(void* uctx) {
+#if defined(__x86_64__)
+  auto* uc = static_cast<ucontext_t*>(uctx);
+  return (uc->uc_mcontext.gregs[REG_ERR] & 1) != 0 ? 1 : 0;
+#else
+  (void)uctx;
+  return -1;
+#endif
+}
+
 void chain(int sig, siginfo_t* info, void* uctx) {
   // Not ours: behave as if we were never installed, so the crash (or the previous handler) happens.
   if (gPrevious.sa_flags & SA_SIGINFO) {
@@ -100,11 +113,15 @@ void onSigbus(int sig, siginfo_t* info, void* uctx) {
       const uint64_t base = reinterpret_cast<uint64_t>(r->base);
       if (addr < base || addr >= base + r->length) continue;
       const uint32_t page = static_cast<uint32_t>((addr - base) / r->pageSize);
-      // A WP fault finds a present page; a missing fault finds a hole or a device entry. Under
-      // UFFD_FEATURE_SIGBUS both arrive here; the table tells them apart.
+      // Under UFFD_FEATURE_SIGBUS missing and write-protect faults both arrive here; the CPU's
+      // error code tells them apart. The table cannot: it says 'present' as soon as another
+      // thread's fault on the same page is served (taken for a WP fault, a concurrent read used to
+      // un-protect a page that came back from a read entry), and for a page zapped behind our back
+      // (a missing fault "un-protected" forever: that thread faulted again and again, a hang).
+      const int present = faultOnPresentPage(uctx);
       int32_t s = __atomic_load_n(r->state(page), __ATOMIC_ACQUIRE);
       uint32_t flags = faultWasWrite(uctx) ? UFFD_PAGEFAULT_FLAG_WRITE : 0;
-      if ((s & layout::kKindMask) == layout::kKindPresent) flags |= UFFD_PAGEFAULT_FLAG_WP;
+      if (present > 0 || (present < 0 && (s & layout::kKindMask) == layout::kKindPresent)) flags |= UFFD_PAGEFAULT_FLAG_WP;
       for (int spins = 0;; spins++) {
         Served rc = serveFaultDefault(*r, page, flags, static_cast<uint32_t>(gettid()), t0Ns);
         if (rc == Served::Done) {
@@ -119,6 +136,7 @@ void onSigbus(int sig, siginfo_t* info, void* uctx) {
         }
         // Locked by a migration in progress on another thread, or the mm is changing: wait it out.
         if (spins > 64) sched_yield();
+        if (present >= 0) continue;
         s = __atomic_load_n(r->state(page), __ATOMIC_ACQUIRE);
         flags &= ~UFFD_PAGEFAULT_FLAG_WP;
         if ((s & layout::kKindMask) == layout::kKindPresent) flags |= UFFD_PAGEFAULT_FLAG_WP;

@@ -19,6 +19,11 @@ constexpr int kStatMigratedBack = 4;
 constexpr int kStatZeroFills = 5;
 constexpr int kStatPoisoned = 6;
 constexpr int kUnlockSeq = 7;  // bumped after every page unlock, so waiters can sleep on it
+// Fills (UFFDIO_COPY / ZEROPAGE / WRITEPROTECT / POISON) refused with EAGAIN because the mm was
+// changing (an EVENT_REMOVE / UNMAP / REMAP / FORK not read yet) and tried again later.
+constexpr int kStatFillRetries = 8;
+// Fills that found the page already there (EEXIST: another path filled it first): woken only.
+constexpr int kStatFillRaced = 9;
 
 // A page's state word.
 constexpr int32_t kKindMask = 0x3;

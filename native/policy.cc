@@ -53,9 +53,11 @@ void migrateSharers(RegionState& r, uint32_t page, int32_t slot, uint32_t pfn) {
     int rc = copy(m.uffd.get(), addr, reinterpret_cast<uint64_t>(dev->page(pfn)), m.pageSize,
                   UFFDIO_COPY_MODE_DONTWAKE | UFFDIO_COPY_MODE_WP, nullptr);
     if (rc != 0 && rc != -EEXIST) {
+      if (rc == -EAGAIN) bump(m, kStatFillRetries);
       unlockPage(m, st, s);
       return;
     }
+    if (rc == -EEXIST) bump(m, kStatFillRaced);
     st[1] = 0;
     unlockPage(m, st, kKindPresent);
     dev->putPage(pfn);
@@ -219,8 +221,14 @@ Served serveFaultDefault(RegionState& r, uint32_t page, uint32_t flags, uint32_t
         rc = zeropage(fd, addr, r.pageSize, UFFDIO_ZEROPAGE_MODE_DONTWAKE, nullptr);
       if (rc == 0) next = kKindPresent | kWrite;
     }
-    if (rc == -EEXIST) rc = 0;  // another path filled it first: keep the state, just wake
+    if (rc == -EEXIST) {
+      rc = 0;  // another path filled it first: keep the state, just wake
+      bump(r, kStatFillRaced);
+    }
     if (rc == -EAGAIN) {
+      // The mm is changing: an event (REMOVE, UNMAP, REMAP, FORK) waits to be read, and the kernel
+      // refuses every fill until it is. The caller reads it, then serves this fault again.
+      bump(r, kStatFillRetries);
       unlockPage(r, st, s);
       return Served::Deferred;
     }

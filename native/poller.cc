@@ -301,6 +301,7 @@ void pump(Poller& p, double* out, int capacity, int& written, int timeoutMs) {
     int room = std::min(kBatch, std::max(capacity - written, 0) + (Poller::kMaxParked - p.nparked));
     if (room <= 0) continue;
     int n = readMessages(r->uffd.get(), msgs, room);
+    if (n > 0) testHoldPoint(*r, r->stopServicer);  // test only: see RegionState::testHoldBatches
     for (int k = 0; k < n; k++) record(p, h, *r, msgs[k], out, capacity, written);
   }
 }

@@ -81,7 +81,22 @@ struct RegionState {
   std::mutex familyMu;                     // guards children / parent
   std::vector<std::shared_ptr<RegionState>> children;
   std::weak_ptr<RegionState> parent;
+
+  // TEST ONLY (test/ordering.test.ts, through the addon's testHoldServicer/testReleaseServicer;
+  // nothing in lib/ calls them). The servicer holds each of the next `testHoldBatches` batches of
+  // messages it reads from this userfaultfd between reading and serving them, until the test
+  // releases it or testHoldMs pass. That window is where the kernel's ordering cases live (an
+  // event queued behind a fault already read; a fault read with the REMOVE that explains it; a
+  // page filled by another path before a fault read earlier is served), and no real mechanism can
+  // widen it on demand. Costs the servicer one relaxed load per batch while unused.
+  std::atomic<int> testHoldBatches{0};
+  std::atomic<int> testHoldMs{0};
+  std::atomic<int> testHeld{0};      // batches held so far
+  std::atomic<int> testReleased{0};  // held batch number n waits while testReleased < n
 };
+
+// The servicer's side of the test hold above: called after each read that returned messages.
+void testHoldPoint(RegionState& r, const std::atomic<bool>& stop);
 
 // The guard: a native servicer thread takes over r's faults with the default policy because its
 // worker servicer died. Releases pages the dead servicer held locked, then wakes every thread blocked

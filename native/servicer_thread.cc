@@ -72,20 +72,23 @@ void serviceLoop(std::shared_ptr<RegionState> r) {
     }
     if (!(fds[0].revents & POLLIN) || npending >= kMaxPending) continue;
     int n = readMessages(r->uffd.get(), msgs, kBatch);
+    if (n > 0) testHoldPoint(*r, r->stopServicer);  // test only: see RegionState::testHoldBatches
     const uint64_t readNs = r->trace ? monoNs() : 0;
+    // Events first, then faults. read() hands out every pending fault before any event
+    // (userfaultfd_ctx_read), so a batch can hold a fault together with the REMOVE or UNMAP that
+    // explains it, the fault first. Served in that order, the fault would migrate back device data
+    // the zap has dropped, possibly after the kernel's zap is done: stale bytes where the page must
+    // read zero. Applied first, the zap leaves a hole, and the fault gets zeroes.
     for (int i = 0; i < n; i++) {
       if (msgs[i].event == UFFD_EVENT_REMAP) {
         r->applyRemap(msgs[i].arg.remap.from);
-        continue;
-      }
-      if (msgs[i].event == UFFD_EVENT_FORK) {
+      } else if (msgs[i].event == UFFD_EVENT_FORK) {
         onForkEvent(*r, static_cast<int>(msgs[i].arg.fork.ufd));
-        continue;
-      }
-      if (msgs[i].event == UFFD_EVENT_REMOVE || msgs[i].event == UFFD_EVENT_UNMAP) {
+      } else if (msgs[i].event == UFFD_EVENT_REMOVE || msgs[i].event == UFFD_EVENT_UNMAP) {
         zapRange(*r, msgs[i].arg.remove.start, msgs[i].arg.remove.end, msgs[i].event == UFFD_EVENT_UNMAP);
-        continue;
       }
+    }
+    for (int i = 0; i < n; i++) {
       if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;
       uint64_t addr = msgs[i].arg.pagefault.address;
       uint32_t flags = static_cast<uint32_t>(msgs[i].arg.pagefault.flags);

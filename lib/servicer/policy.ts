@@ -15,6 +15,8 @@ import {
   LOCKED,
   MAX_DEVICE_SLOT,
   STAT_FAULTS,
+  STAT_FILL_RACED,
+  STAT_FILL_RETRIES,
   STAT_KERNEL_FAULTS,
   FAULT_KERNEL,
   STAT_MIGRATED_BACK,
@@ -136,6 +138,21 @@ function pageFreed(host: PolicyHost, dev: DeviceInfo, pfn: number): void {
   }
 }
 
+const VERDICT_NONE = 0;
+const VERDICT_MIGRATE = 1;
+const VERDICT_SIGBUS = 2;
+
+/**
+ * A driver's answer carried across a retry. When the fill that follows the fault hook's decision
+ * is refused with EAGAIN (an event waits to be read), the fault is served again later: with the
+ * same answer, so that one CPU access asks the hook once (and a refusal cannot turn into a
+ * migration on the second try). The caller sets `verdict` to 0 for a new fault or restores what
+ * it kept for a deferred one; serveFault leaves here the answer to keep when it returns DEFERRED.
+ * It applies only while the page holds the same entry (state word and device page). One object,
+ * reused: the hot path allocates nothing.
+ */
+export const carried = { verdict: VERDICT_NONE, state: 0, pfn: 0 };
+
 // Counter bits for native.regionComplete: region header words, then device header words.
 const S_FAULTS = 1 << STAT_FAULTS;
 const S_WRITE = 1 << STAT_WRITE_FAULTS;
@@ -144,6 +161,7 @@ const S_KERNEL = 1 << STAT_KERNEL_FAULTS;
 const S_BACK = 1 << STAT_MIGRATED_BACK;
 const S_ZERO = 1 << STAT_ZERO_FILLS;
 const S_POISON = 1 << STAT_POISONED;
+const S_RACED = 1 << STAT_FILL_RACED;
 const D_FAULTS = 1 << (16 + DEV_FAULTS);
 const D_TO_RAM = 1 << (16 + DEV_MIGRATED_TO_RAM);
 
@@ -259,7 +277,16 @@ export function serveFault(host: PolicyHost, r: RegionInfo, page: number, flags:
         return UNKNOWN_DEVICE;
       }
       pfn = shared[idx + 1];
-      if (dev.driver?.fault !== undefined && askDriver(host, dev, r, page, pfn, flags)) {
+      let verdict = VERDICT_NONE;
+      if (dev.driver?.fault !== undefined) {
+        // A retry of this very fault on the same entry keeps the answer it had.
+        if (carried.verdict !== VERDICT_NONE && carried.state === s && carried.pfn === pfn) verdict = carried.verdict;
+        else verdict = askDriver(host, dev, r, page, pfn, flags) ? VERDICT_SIGBUS : VERDICT_MIGRATE;
+        carried.verdict = verdict;
+        carried.state = s;
+        carried.pfn = pfn;
+      }
+      if (verdict === VERDICT_SIGBUS) {
         // The driver refused (VM_FAULT_SIGBUS): the page becomes poison and the thread gets SIGBUS.
         rc = native.regionPoison(h, page);
         if (rc === 0) next = KIND_POISON;
@@ -297,13 +324,21 @@ export function serveFault(host: PolicyHost, r: RegionInfo, page: number, flags:
       rc = native.regionZeroFill(h, page, (flags & UFFD_PAGEFAULT_FLAG_WRITE) !== 0);
       if (rc === 0) next = KIND_PRESENT | WRITE;
     }
-    if (rc === EEXIST) rc = 0; // another path filled it first: keep the state, just wake
+    let raced = 0;
+    if (rc === EEXIST) {
+      rc = 0; // another path filled it first: keep the state, just wake
+      raced = S_RACED;
+    }
     if (rc !== 0) {
       unlockPage(shared, page, s);
-      return rc === EAGAIN ? DEFERRED : FAILED;
+      if (rc !== EAGAIN) return FAILED;
+      // The mm is changing: an event (REMOVE, UNMAP, REMAP, FORK) waits to be read, and the kernel
+      // refuses every fill until it is. The worker reads it, then serves this fault again.
+      Atomics.add(shared, STAT_FILL_RETRIES, 1);
+      return DEFERRED;
     }
     // Publish, count and wake in one native call: a worker terminated here leaves no half-done state.
-    let stats = S_FAULTS | ((flags & UFFD_PAGEFAULT_FLAG_WRITE) !== 0 ? S_WRITE : 0) | ((flags & FAULT_KERNEL) !== 0 ? S_KERNEL : 0);
+    let stats = S_FAULTS | raced | ((flags & UFFD_PAGEFAULT_FLAG_WRITE) !== 0 ? S_WRITE : 0) | ((flags & FAULT_KERNEL) !== 0 ? S_KERNEL : 0);
     if (dev !== undefined && next !== s) {
       // Shared with forked children: they get the page back too, as the kernel's rmap walk does.
       if (next !== KIND_POISON && devicePageRefcount(dev.shared, pfn) > 1) native.regionMigrateSharers(h, page, dev.slot, pfn);

@@ -7,7 +7,7 @@ import { workerData, receiveMessageOnPort, type MessagePort } from 'node:worker_
 import { native } from '../native.js';
 import { EVENT_PAGEFAULT, EVENT_REMOVE, EVENT_STRIDE, EVENT_UNMAP } from '../layout.js';
 import { CTRL_MAIL_SEQ, CTRL_NAP, CTRL_RUNNING, CTRL_STOP, type FromWorker, type ToWorker } from './protocol.js';
-import { DEFERRED, FAILED, SERVED, UNKNOWN_DEVICE, serveFault, zapRange, type DeviceInfo, type PolicyHost, type RegionInfo } from './policy.js';
+import { DEFERRED, FAILED, SERVED, UNKNOWN_DEVICE, carried, serveFault, zapRange, type DeviceInfo, type PolicyHost, type RegionInfo } from './policy.js';
 import type { Driver } from '../driver.js';
 
 interface Data {
@@ -21,8 +21,9 @@ const BATCH = 64;
 const MAX_DEFERRED = 4096;
 const events = new Float64Array(BATCH * EVENT_STRIDE);
 const regions = new Map<number, RegionInfo>();
-// Deferred faults: region handle, page, flags, tid, read time; retried until their page is unlocked.
-const DEFER_STRIDE = 5;
+// Deferred faults: region handle, page, flags, tid, read time, and the driver's answer carried to
+// the retry (verdict, state, pfn: see policy.ts `carried`); retried until served.
+const DEFER_STRIDE = 8;
 const deferred = new Float64Array(MAX_DEFERRED * DEFER_STRIDE);
 let ndeferred = 0;
 let seenMail = 0;
@@ -112,6 +113,9 @@ function defer(region: number, page: number, flags: number, tid: number, t0Us: n
   deferred[at + 2] = flags;
   deferred[at + 3] = tid;
   deferred[at + 4] = t0Us;
+  deferred[at + 5] = carried.verdict;
+  deferred[at + 6] = carried.state;
+  deferred[at + 7] = carried.pfn;
   ndeferred++;
 }
 
@@ -161,9 +165,15 @@ function retryDeferred(): void {
   let kept = 0;
   for (let i = 0; i < ndeferred; i++) {
     const at = i * DEFER_STRIDE;
+    carried.verdict = deferred[at + 5];
+    carried.state = deferred[at + 6];
+    carried.pfn = deferred[at + 7];
     const rc = serve(deferred[at], deferred[at + 1], deferred[at + 2], deferred[at + 3], deferred[at + 4]);
     if (rc === DEFERRED || rc === UNKNOWN_DEVICE) {
       deferred.copyWithin(kept * DEFER_STRIDE, at, at + DEFER_STRIDE);
+      deferred[kept * DEFER_STRIDE + 5] = carried.verdict;
+      deferred[kept * DEFER_STRIDE + 6] = carried.state;
+      deferred[kept * DEFER_STRIDE + 7] = carried.pfn;
       kept++;
     }
   }
@@ -184,19 +194,25 @@ async function run(): Promise<void> {
     }
     const n = native.pollerWait(poller, events, ndeferred > 0 ? 0 : 250);
     if (n === -2) break; // the stall watchdog handed our regions to native guards: we are done
+    // Zaps first, then faults. read() hands out every pending fault before any event, so a batch
+    // can hold a fault together with the REMOVE or UNMAP that explains it, the fault first. Served
+    // in that order, the fault would migrate back device data the zap has dropped, possibly after
+    // the kernel's zap is done: stale bytes where the page must read zero (native/servicer_thread.cc).
     for (let i = 0; i < n; i++) {
       const at = i * EVENT_STRIDE;
       const type = events[at + 1];
-      if (type === EVENT_REMOVE || type === EVENT_UNMAP) {
-        zap(events[at], events[at + 3], events[at + 4], type === EVENT_UNMAP);
-        continue;
-      }
+      if (type === EVENT_REMOVE || type === EVENT_UNMAP) zap(events[at], events[at + 3], events[at + 4], type === EVENT_UNMAP);
+    }
+    for (let i = 0; i < n; i++) {
+      const at = i * EVENT_STRIDE;
+      const type = events[at + 1];
       if (type !== EVENT_PAGEFAULT) continue;
       const handle = events[at];
       const flags = events[at + 2];
       const page = events[at + 3];
       const tid = events[at + 4];
       const t0Us = events[at + 5];
+      carried.verdict = 0; // a new fault: the hook has not been asked
       const rc = serve(handle, page, flags, tid, t0Us);
       if (rc === DEFERRED || rc === UNKNOWN_DEVICE) defer(handle, page, flags, tid, t0Us);
     }
