@@ -21,10 +21,11 @@ export class UffdSystemError extends Error implements SystemErrorFields {
   readonly code: string;
   readonly errno: number;
   readonly syscall: string;
-  constructor(negErrno: number, syscall: string, context?: string) {
+  /** `context` says what was being done (which pages, which operation); `hint` the next step (default: by errno). */
+  constructor(negErrno: number, syscall: string, context?: string, hint?: string) {
     const errno = negErrno < 0 ? negErrno : -negErrno;
     const code = native.errnoName(-errno);
-    super(`${syscall} failed: ${code}${context ? ` (${context})` : ''}`);
+    super(`${syscall} failed: ${code}${context ? ` (${context})` : ''}: ${hint ?? nextStepFor(code)}`);
     this.name = 'SystemError';
     this.code = code;
     this.errno = errno;
@@ -59,6 +60,21 @@ function describe(value: unknown): string {
 }
 
 /** Throws a SystemError when a native call returned -errno. */
-export function check(rc: number, syscall: string, context?: string): void {
-  if (rc < 0) throw new UffdSystemError(rc, syscall, context);
+export function check(rc: number, syscall: string, context?: string, hint?: string): void {
+  if (rc < 0) throw new UffdSystemError(rc, syscall, context, hint);
+}
+
+// What to do about a failed system call, by errno; native/napi_util.cc nextStepFor is its twin
+// (same words), and docs/ERRORS.md quotes both.
+const NEXT_STEP: Record<string, string> = {
+  ENOMEM:
+    'the kernel refused the memory; map fewer or smaller regions and devices, or raise the limit that was hit (ulimit -v, ulimit -d, vm.max_map_count)',
+  EMFILE: 'this process has too many open files; close regions and devices it no longer uses, or raise the limit (ulimit -n)',
+  ENFILE: 'the system has too many open files; close some, or raise fs.file-max',
+  EAGAIN: 'a process or thread limit was reached; end processes this user no longer needs, or raise the limit (ulimit -u)',
+};
+const UNEXPECTED = 'unexpected here; please report it with this message and the output of `npx uffd-hmm info --json`';
+
+function nextStepFor(code: string): string {
+  return NEXT_STEP[code] ?? UNEXPECTED;
 }

@@ -61,8 +61,20 @@ const EINVAL = 22;
 const VM_READ = 1;
 const VM_WRITE = 2;
 
-function mirrorError(errno: number, op: string, context: string): UffdSystemError {
-  return new UffdSystemError(-errno, `ioctl(HMM_DMIRROR_${op})`, context);
+function mirrorError(errno: number, op: string, context: string, hint: string): UffdSystemError {
+  return new UffdSystemError(-errno, `ioctl(HMM_DMIRROR_${op})`, context, hint);
+}
+
+// The next steps of the mirror's errors, as dmirror's callers would take them.
+const MAKE_READABLE = "mprotect it 'read' or 'readwrite' first, or leave it out of the range";
+const MAKE_WRITABLE = "mprotect it 'readwrite' first, or leave it out of the range";
+const UNFAULTABLE =
+  'a poisoned page (a driver refused its fault; region.discard() clears the poison) or one unmapped behind the library ' +
+  'cannot be reached; leave it out of the range';
+
+/** "page 3" or "pages 3..9", for error contexts. */
+function pageSpan(first: number, count: number): string {
+  return count === 1 ? `page ${first}` : `pages ${first}..${first + count - 1}`;
 }
 
 function checkArgs(region: unknown, first: unknown, count: unknown, device: unknown): [Region, number, number, Device] {
@@ -236,7 +248,7 @@ export function mirrorRead(region: Region, first: number, count: number, device:
   checkKernelAccess(r, 'READ');
   const flags = vmaFlags(r, f, c);
   for (let i = 0; i < c; i++) {
-    if ((flags[i] & VM_READ) === 0) throw mirrorError(EFAULT, 'READ', `page ${f + i} is not readable`);
+    if ((flags[i] & VM_READ) === 0) throw mirrorError(EFAULT, 'READ', `page ${f + i} is not readable`, MAKE_READABLE);
   }
   const ps = r.pageSize;
   const data = new Uint8Array(c * ps);
@@ -251,7 +263,7 @@ export function mirrorRead(region: Region, first: number, count: number, device:
     },
     (a, n) => {
       if (!kernelRead(r, a, n, data.subarray((a - f) * ps, (a - f + n) * ps))) {
-        throw mirrorError(EFAULT, 'READ', `pages ${a}..${a + n - 1} could not be faulted in for reading (no vma any more, or a poisoned page)`);
+        throw mirrorError(EFAULT, 'READ', `${pageSpan(a, n)} could not be faulted in for reading`, UNFAULTABLE);
       }
     },
   );
@@ -273,8 +285,8 @@ export function mirrorWrite(region: Region, first: number, count: number, device
   const bytes = new Uint8Array(data.buffer, data.byteOffset, c * ps);
   const flags = vmaFlags(r, f, c);
   for (let i = 0; i < c; i++) {
-    if ((flags[i] & VM_READ) === 0) throw mirrorError(EFAULT, 'WRITE', `page ${f + i} is not readable`);
-    if ((flags[i] & VM_WRITE) === 0) throw mirrorError(EPERM, 'WRITE', `page ${f + i} is not writable`);
+    if ((flags[i] & VM_READ) === 0) throw mirrorError(EFAULT, 'WRITE', `page ${f + i} is not readable`, MAKE_READABLE);
+    if ((flags[i] & VM_WRITE) === 0) throw mirrorError(EPERM, 'WRITE', `page ${f + i} is not writable`, MAKE_WRITABLE);
   }
   walk(
     r,
@@ -288,7 +300,7 @@ export function mirrorWrite(region: Region, first: number, count: number, device
     },
     (a, n) => {
       if (!kernelWrite(r, a, n, bytes.subarray((a - f) * ps, (a - f + n) * ps))) {
-        throw mirrorError(EFAULT, 'WRITE', `pages ${a}..${a + n - 1} could not be faulted in for writing (no vma any more, or a poisoned page)`);
+        throw mirrorError(EFAULT, 'WRITE', `${pageSpan(a, n)} could not be faulted in for writing`, UNFAULTABLE);
       }
     },
   );
@@ -304,7 +316,12 @@ function bounce(region: Region, first: number, count: number, device: Device, op
     const s = lockPage(shared, p);
     try {
       if ((s & KIND_MASK) !== KIND_DEVICE || slotOf(s) !== device.slot) {
-        throw mirrorError(ENOENT, op, `page ${p} is not on device ${device.name}`);
+        throw mirrorError(
+          ENOENT,
+          op,
+          `page ${p} is not on device ${device.name}`,
+          'it stayed on another device or the device is full; migrate it with region.migrate(), or free device pages first',
+        );
       }
       native.deviceRead(device.slot, shared[stateIndex(p) + 1], data.subarray((p - first) * ps, (p - first + 1) * ps));
     } finally {
@@ -331,7 +348,7 @@ function systemRuns(region: Region, first: number, count: number, op: string, fn
       fn(run, p - run);
       run = -1;
     }
-    if (bad) throw mirrorError(EINVAL, op, `page ${p} has no readable vma`);
+    if (bad) throw mirrorError(EINVAL, op, `page ${p} has no readable vma`, MAKE_READABLE);
     if (system && run < 0) run = p;
   }
 }
@@ -359,7 +376,7 @@ export function mirrorMigrateToSys(region: Region, first: number, count: number,
   const flags = vmaFlags(r, f, c);
   let cpages = 0;
   for (let p = f; p < f + c; p++) {
-    if ((flags[p - f] & VM_READ) === 0) throw mirrorError(EINVAL, 'MIGRATE_TO_SYS', `page ${p} has no readable vma`);
+    if ((flags[p - f] & VM_READ) === 0) throw mirrorError(EINVAL, 'MIGRATE_TO_SYS', `page ${p} has no readable vma`, MAKE_READABLE);
     const s = Atomics.load(r.shared, stateIndex(p));
     if ((s & KIND_MASK) !== KIND_DEVICE || slotOf(s) !== d.slot) continue;
     let q = p + 1;
@@ -409,7 +426,7 @@ export function mirrorExclusive(region: Region, first: number, count: number, de
   const flags = vmaFlags(r, f, c);
   for (let i = 0; i < c; i++) {
     if ((flags[i] & (VM_READ | VM_WRITE)) !== (VM_READ | VM_WRITE)) {
-      throw mirrorError(EFAULT, 'EXCLUSIVE', `page ${f + i} is not readable and writable`);
+      throw mirrorError(EFAULT, 'EXCLUSIVE', `page ${f + i} is not readable and writable`, MAKE_WRITABLE);
     }
   }
   // A page on another device, or a read entry here, is first faulted back (FOLL_WRITE would).
@@ -418,7 +435,14 @@ export function mirrorExclusive(region: Region, first: number, count: number, de
     if ((s & KIND_MASK) === KIND_DEVICE && (slotOf(s) !== d.slot || (s & WRITE) === 0)) r.migrateToRam(p, 1);
   }
   const got = r.migrate(f, c, d, { write: true });
-  if (got < c) throw mirrorError(ENOMEM, 'EXCLUSIVE', `device ${d.name} holds only ${got} of ${c} pages`);
+  if (got < c) {
+    throw mirrorError(
+      ENOMEM,
+      'EXCLUSIVE',
+      `device ${d.name} holds only ${got} of ${c} pages`,
+      'the device is full; free device pages (migrateToRam, discard, close regions) or use a larger capacity',
+    );
+  }
   let perRegion = atomicMaps.get(d);
   if (!perRegion) atomicMaps.set(d, (perRegion = new WeakMap()));
   let map = perRegion.get(r);
@@ -442,7 +466,12 @@ export function mirrorCheckExclusive(region: Region, first: number, count: numbe
     if (!m) continue;
     const s = Atomics.load(r.shared, stateIndex(p)) & ~LOCKED;
     if (s === m.state && Atomics.load(r.shared, stateIndex(p) + 1) === m.pfn) {
-      throw mirrorError(EPERM, 'CHECK_EXCLUSIVE', `device ${d.name} still has atomic access to page ${p}`);
+      throw mirrorError(
+        EPERM,
+        'CHECK_EXCLUSIVE',
+        `device ${d.name} still has atomic access to page ${p}`,
+        'a CPU access to the page (or mprotect, or fork) revokes it',
+      );
     }
     map.delete(p); // revoked: the kernel's notifier dropped it from the device page table
   }

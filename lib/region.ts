@@ -274,7 +274,7 @@ export class Region extends EventEmitter implements DeviceHolder {
       }
       // Stop writers first (the migration entry), then copy, then free the CPU pages.
       this.#forRuns(f, locked, (i) => pfns[i] >= 0 && (old[i] & KIND_MASK) === KIND_PRESENT, (a, n) =>
-        this.#retry(() => native.regionWriteProtect(this.handle, a, n, true, false), 'ioctl(UFFDIO_WRITEPROTECT)'),
+        this.#retry(() => native.regionWriteProtect(this.handle, a, n, true, false), 'ioctl(UFFDIO_WRITEPROTECT)', `write-protecting ${pageSpan(a, n)} to migrate them`),
       );
       const cpuPfns = new Int32Array(locked);
       for (let i = 0; i < locked; i++) {
@@ -448,7 +448,7 @@ export class Region extends EventEmitter implements DeviceHolder {
     for (let i = 0; i < c; i++) old[i] = lockPage(this.shared, f + i);
     try {
       this.#forRuns(f, c, (i) => (old[i] & UNMAPPED) === 0, (a, n) => {
-        check(native.regionMprotect(this.handle, a, n, bits), 'mprotect');
+        check(native.regionMprotect(this.handle, a, n, bits), 'mprotect', `${pageSpan(a, n)} to '${prot}'`);
         this.#prot ??= new Uint8Array(this.#pages).fill(PROT_READWRITE);
         this.#prot.fill(bits, a, a + n);
         for (let p = a; p < a + n; p++) {
@@ -679,7 +679,7 @@ export class Region extends EventEmitter implements DeviceHolder {
             if (one !== 0 && one !== EEXIST) return one;
           }
           return 0;
-        }, 'ioctl(UFFDIO_COPY)');
+        }, 'ioctl(UFFDIO_COPY)', `migrating ${pageSpan(page, k)} back to system memory`);
       } catch (e) {
         for (let i = 0; i < k; i++) unlockPage(shared, page + i, s);
         throw e;
@@ -709,7 +709,7 @@ export class Region extends EventEmitter implements DeviceHolder {
   #zapLocked(first: number, count: number): void {
     const shared = this.shared;
     if (this.#zapEvents) for (let p = first; p < first + count; p++) Atomics.or(shared, stateIndex(p), ZAPPING);
-    check(native.regionDiscard(this.handle, first, count), 'madvise(MADV_DONTNEED)');
+    check(native.regionDiscard(this.handle, first, count), 'madvise(MADV_DONTNEED)', `zapping ${pageSpan(first, count)}`);
     if (!this.#zapEvents) return;
     const deadline = Date.now() + LOCK_DEADLINE_MS;
     for (let p = first, spins = 0; p < first + count; ) {
@@ -728,11 +728,11 @@ export class Region extends EventEmitter implements DeviceHolder {
   }
 
   /** Calls a native operation until it stops failing with EAGAIN (the mm is changing). */
-  #retry(op: () => number, syscall: string): void {
+  #retry(op: () => number, syscall: string, context: string): void {
     for (let i = 0; ; i++) {
       const rc = op();
-      if (rc !== EAGAIN) return check(rc, syscall);
-      if (i > 100_000) check(rc, syscall, 'still EAGAIN after 100000 tries');
+      if (rc !== EAGAIN) return check(rc, syscall, context);
+      if (i > 100_000) check(rc, syscall, `${context}, still EAGAIN after 100000 tries`, 'the address space kept changing under us; retry the call');
     }
   }
 
@@ -758,6 +758,11 @@ export class Region extends EventEmitter implements DeviceHolder {
   #checkOpen(): void {
     if (this.#closed || this.#closing) throw new UffdHmmError('ERR_REGION_CLOSED', 'the region is closed');
   }
+}
+
+/** "page 3" or "pages 3..9", for error contexts. */
+function pageSpan(first: number, count: number): string {
+  return count === 1 ? `page ${first}` : `pages ${first}..${first + count - 1}`;
 }
 
 let zeroPfnCache: bigint | undefined;

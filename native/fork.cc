@@ -144,9 +144,9 @@ Napi::Value RegionFork(const Napi::CallbackInfo& info) {
   std::vector<int32_t> steps(stepsPtr, stepsPtr + stepWords);
 
   int pipefd[2], gofd[2];
-  if (::pipe2(pipefd, O_CLOEXEC) != 0) throw systemError(env, errno, "pipe2");
+  if (::pipe2(pipefd, O_CLOEXEC) != 0) throw systemError(env, errno, "pipe2", "the pipes of a region.fork child");
   UniqueFd readEnd(pipefd[0]), writeEnd(pipefd[1]);
-  if (::pipe2(gofd, O_CLOEXEC) != 0) throw systemError(env, errno, "pipe2");
+  if (::pipe2(gofd, O_CLOEXEC) != 0) throw systemError(env, errno, "pipe2", "the pipes of a region.fork child");
   UniqueFd goRead(gofd[0]), goWrite(gofd[1]);
   (void)crc32(0, nullptr, 0);  // build the table now: the child must not run lazy initialisation
 
@@ -157,7 +157,7 @@ Napi::Value RegionFork(const Napi::CallbackInfo& info) {
   if (pid < 0) {
     int err = errno;
     r->expectingFork.store(false);
-    throw systemError(env, err, "fork");
+    throw systemError(env, err, "fork", "forking the child of region.fork");
   }
   writeEnd.reset();
   goRead.reset();
@@ -184,7 +184,7 @@ Napi::Value RegionFork(const Napi::CallbackInfo& info) {
   child->ownsMapping = false;
   child->parent = r;
   int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (efd < 0) throw systemError(env, errno, "eventfd");
+  if (efd < 0) throw systemError(env, errno, "eventfd", "the wake-up eventfd of a region.fork child");
   child->wakeFd = UniqueFd(efd);
   {
     std::lock_guard<std::mutex> lock(r->familyMu);

@@ -134,15 +134,15 @@ Napi::Value PollerCreate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto p = std::make_shared<Poller>();
   int ep = ::epoll_create1(EPOLL_CLOEXEC);
-  if (ep < 0) throw systemError(env, errno, "epoll_create1");
+  if (ep < 0) throw systemError(env, errno, "epoll_create1", "starting the worker servicer");
   p->epoll = UniqueFd(ep);
   int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (efd < 0) throw systemError(env, errno, "eventfd");
+  if (efd < 0) throw systemError(env, errno, "eventfd", "starting the worker servicer");
   p->wakeFd = UniqueFd(efd);
   struct epoll_event ev = {};
   ev.events = EPOLLIN;
   ev.data.u64 = kWakeTag;
-  if (::epoll_ctl(ep, EPOLL_CTL_ADD, efd, &ev) != 0) throw systemError(env, errno, "epoll_ctl");
+  if (::epoll_ctl(ep, EPOLL_CTL_ADD, efd, &ev) != 0) throw systemError(env, errno, "epoll_ctl", "starting the worker servicer");
   return Napi::Number::New(env, pollers().add(p));
 }
 
@@ -161,7 +161,8 @@ Napi::Value PollerAdd(const Napi::CallbackInfo& info) {
   struct epoll_event ev = {};
   ev.events = EPOLLIN;
   ev.data.u64 = static_cast<uint64_t>(h);
-  if (::epoll_ctl(p->epoll.get(), EPOLL_CTL_ADD, r->uffd.get(), &ev) != 0) throw systemError(env, errno, "epoll_ctl");
+  if (::epoll_ctl(p->epoll.get(), EPOLL_CTL_ADD, r->uffd.get(), &ev) != 0)
+    throw systemError(env, errno, "epoll_ctl", "adding a region to the worker servicer");
   std::lock_guard<std::mutex> lock(p->mu);
   p->members.push_back(h);
   p->hasMembers.store(true);

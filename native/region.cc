@@ -145,7 +145,7 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
   r->shared = shared;
 
   OpenResult o = openUffd(allowUserModeOnly);
-  if (!o.fd.valid()) throw systemError(env, o.err, "userfaultfd");
+  if (!o.fd.valid()) throw systemError(env, o.err, "userfaultfd", "opening a userfaultfd for a new region");
   r->uffd = std::move(o.fd);
   r->via = o.via;
   r->userModeOnly = o.userModeOnly;
@@ -167,27 +167,30 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
     // EVENT_FORK needs CAP_SYS_PTRACE. Without it the region still works; region.fork does not,
     // and a fork leaves the child with plain memory (its copy is unregistered), as the kernel does.
     OpenResult again = openUffd(allowUserModeOnly);
-    if (!again.fd.valid()) throw systemError(env, again.err, "userfaultfd");
+    if (!again.fd.valid()) throw systemError(env, again.err, "userfaultfd", "opening a userfaultfd for a new region");
     r->uffd = std::move(again.fd);
     rc = apiHandshake(r->uffd.get(), wanted & ~uint64_t(UFFD_FEATURE_EVENT_FORK), nullptr, nullptr);
   } else {
     r->forkEvents = (wanted & UFFD_FEATURE_EVENT_FORK) != 0;
   }
-  if (rc != 0) throw systemError(env, -rc, "ioctl(UFFDIO_API)");
+  if (rc != 0) throw systemError(env, -rc, "ioctl(UFFDIO_API)", "the handshake of a new region's userfaultfd");
 
   void* mem = ::mmap(nullptr, r->length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (mem == MAP_FAILED) throw systemError(env, errno, "mmap");
+  if (mem == MAP_FAILED)
+    throw systemError(env, errno, "mmap", std::to_string(r->length) + " bytes for a region of " + pagesText(pages));
   r->base = static_cast<uint8_t*>(mem);
   // Device pages and holes must fault one 4 KiB page at a time, as a pte would.
   ::madvise(mem, r->length, MADV_NOHUGEPAGE);
   uint64_t ioctls = 0;
   rc = registerRange(r->uffd.get(), reinterpret_cast<uint64_t>(mem), r->length,
                      UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP, &ioctls);
-  if (rc != 0) throw systemError(env, -rc, "ioctl(UFFDIO_REGISTER)");
+  if (rc != 0)
+    throw systemError(env, -rc, "ioctl(UFFDIO_REGISTER)", "registering " + pagesText(pages) + " for missing and write-protect faults",
+                      rc == -EINVAL ? "this kernel cannot write-protect anonymous memory through userfaultfd; uffd-hmm needs Linux 5.7 or newer" : nullptr);
 
   if (servicer == "native") {
     int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (efd < 0) throw systemError(env, errno, "eventfd");
+    if (efd < 0) throw systemError(env, errno, "eventfd", "the wake-up eventfd of a native servicer");
     r->wakeFd = UniqueFd(efd);
   }
   // Everything that can still fail comes before the region is published: a region left registered
@@ -543,7 +546,8 @@ static Napi::Value RegionRemap(const Napi::CallbackInfo& info) {
     throw codedError(env, "ERR_UFFD_FEATURE_MISSING", "this kernel lacks UFFD_FEATURE_EVENT_REMAP");
   const size_t newLength = size_t(pages) * r->pageSize;
   void* reserve = ::mmap(nullptr, newLength, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (reserve == MAP_FAILED) throw systemError(env, errno, "mmap");
+  if (reserve == MAP_FAILED)
+    throw systemError(env, errno, "mmap", "reserving " + std::to_string(newLength) + " bytes to remap a region to " + pagesText(pages));
   r->pendingBase = static_cast<uint8_t*>(reserve);
   r->pendingLength = newLength;
   r->pendingPages = pages;
@@ -554,7 +558,7 @@ static Napi::Value RegionRemap(const Napi::CallbackInfo& info) {
     int err = errno;
     r->expectingRemap.store(false);
     ::munmap(reserve, newLength);
-    throw systemError(env, err, "mremap");
+    throw systemError(env, err, "mremap", "moving a region of " + pagesText(r->pages) + " to " + pagesText(pages));
   }
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   while (__atomic_load_n(&r->base, __ATOMIC_ACQUIRE) != moved) {
