@@ -32,7 +32,7 @@ import {
 import { LOCK_DEADLINE_MS, lockPage, unlockPage } from './pagelock.js';
 import { Device, deviceBySlot, type DeviceHolder } from './device.js';
 import { SWP_HWPOISON, makeDeviceEntry } from './entry.js';
-import { probe } from './probe.js';
+import { FIX_PRIVILEGE, probe } from './probe.js';
 import { encodeSteps, forkRegion, type ChildResult, type ChildStep } from './fork.js';
 import { FaultTrace } from './trace.js';
 import { WorkerServicer } from './servicer/host.js';
@@ -116,12 +116,16 @@ const PROT_WRITE = 2;
 const PROT_READWRITE = 3;
 const EAGAIN = -11;
 const EEXIST = -17;
+/** Why opening a userfaultfd fails when it is not permitted or not there (EPERM, ENOENT, EACCES, ENOSYS). */
+const UNAVAILABLE_ERRNOS = new Set([1, 2, 13, 38]);
 
 function unavailableError(cause?: unknown): UffdHmmError {
   const p = probe();
+  // Without a problem, the probe (run at startup) saw userfaultfd available: the refusal is news to it.
   const err = new UffdHmmError(
     'ERR_UFFD_UNAVAILABLE',
-    `userfaultfd is unavailable: ${p.problem ?? 'unknown reason'}. Fix: ${p.fix ?? 'run as root'}.`,
+    `userfaultfd is unavailable: ${p.problem ?? `opening a userfaultfd was refused (${(cause as { code?: string } | undefined)?.code ?? 'unknown reason'})`}. ` +
+      `Fix: ${p.fix ?? FIX_PRIVILEGE}.`,
     { cause },
   );
   if (cause && typeof cause === 'object') {
@@ -184,8 +188,10 @@ export class Region extends EventEmitter implements DeviceHolder {
     try {
       nat = native.regionCreate(pages, this.shared, servicer, true, countKernelFaults, faultAround);
     } catch (e) {
-      // Native system errors already carry code, errno and syscall; only a refused open needs the fix named.
-      if ((e as { syscall?: string }).syscall === 'userfaultfd') throw unavailableError(e);
+      // Native system errors already carry code, errno and syscall; only a refused open needs the fix
+      // named. Others (EMFILE: too many open files) are not a missing privilege: root would not help.
+      const c = e as { syscall?: string; errno?: number };
+      if (c.syscall === 'userfaultfd' && UNAVAILABLE_ERRNOS.has(Math.abs(c.errno ?? 0))) throw unavailableError(e);
       throw e;
     }
     this.handle = nat.handle;
