@@ -78,3 +78,30 @@ const UNEXPECTED = 'unexpected here; please report it with this message and the 
 function nextStepFor(code: string): string {
   return NEXT_STEP[code] ?? UNEXPECTED;
 }
+
+/** ERR_REGION_CLOSED, worded once for every place that checks. */
+export function regionClosed(): UffdHmmError {
+  return new UffdHmmError('ERR_REGION_CLOSED', 'the region is closed (region.close() was called); map a new one with Region.map()');
+}
+
+/** ERR_DEVICE_CLOSED, worded once for every place that checks. */
+export function deviceClosed(name: string): UffdHmmError {
+  return new UffdHmmError('ERR_DEVICE_CLOSED', `device ${name} is closed (device.close() was called); create a new Device to use device memory again`);
+}
+
+// Driver errors are raised on the main thread and in the worker servicer alike: one wording for both.
+
+/** ERR_DRIVER_HOOK: a fault hook threw or answered wrongly (the error is err.cause). */
+export function faultHookFailed(device: string): string {
+  return `driver fault hook of ${device} failed (the error is err.cause); the fault was served by the default policy (migrated back); fix the hook`;
+}
+
+/** ERR_DRIVER_HOOK: a pageFree hook threw. */
+export function pageFreeHookThrew(device: string): string {
+  return `driver pageFree hook of ${device} threw (the error is err.cause); the page was freed anyway; fix the hook`;
+}
+
+/** ERR_DRIVER_LOAD; `consequence` says what runs without the driver. */
+export function driverLoadFailed(url: string, device: string, consequence: string): string {
+  return `could not load driver ${url} of ${device} (the error is err.cause); ${consequence}; check that it names an ES module that imports without error`;
+}

@@ -21,11 +21,12 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 
 import { native } from './native.js';
-import { UffdHmmError, UffdSystemError, invalidType, outOfRange } from './errors.js';
+import { UffdHmmError, UffdSystemError, deviceClosed, invalidType, outOfRange, regionClosed } from './errors.js';
 import { integer } from './validate.js';
 import { DEVICE_SHIFT, KIND_DEVICE, KIND_MASK, KIND_NONE, KIND_PRESENT, LOCKED, MAX_DEVICE_SLOT, WRITE, stateIndex } from './layout.js';
 import { lockPage, unlockPage } from './pagelock.js';
 import { Device } from './device.js';
+import { FIX_PRIVILEGE } from './probe.js';
 import {
   HMM_DMIRROR_PROT_DEV_PRIVATE_REMOTE,
   HMM_DMIRROR_PROT_ERROR,
@@ -79,9 +80,9 @@ function pageSpan(first: number, count: number): string {
 
 function checkArgs(region: unknown, first: unknown, count: unknown, device: unknown): [Region, number, number, Device] {
   if (!(region instanceof Region)) throw invalidType('region', 'a Region', region);
-  if (region.closed) throw new UffdHmmError('ERR_REGION_CLOSED', 'the region is closed');
+  if (region.closed) throw regionClosed();
   if (!(device instanceof Device)) throw invalidType('device', 'a Device', device);
-  if (device.closed) throw new UffdHmmError('ERR_DEVICE_CLOSED', `device ${device.name} is closed`);
+  if (device.closed) throw deviceClosed(device.name);
   // The ioctls refuse an empty range (addr >= addr + npages * PAGE_SIZE is EINVAL): so do we.
   const f = integer('first', first, 0, region.pages - 1);
   const c = integer('count', count, 1, region.pages - f);
@@ -93,10 +94,17 @@ function checkArgs(region: unknown, first: unknown, count: unknown, device: unkn
  * (not user-mode-only) userfaultfd, off the faulting thread, can serve them.
  */
 function checkKernelAccess(region: Region, op: string): void {
-  if (region.servicer === 'inline' || region.userModeOnly) {
+  if (region.userModeOnly) {
     throw new UffdHmmError(
       'ERR_SERVICER_UNSUPPORTED',
-      `HMM_DMIRROR_${op} faults pages in from the kernel side, which ${region.userModeOnly ? 'a user-mode-only userfaultfd' : "the 'inline' servicer"} cannot serve; use a 'worker' or 'native' region with full userfaultfd`,
+      `HMM_DMIRROR_${op} faults pages in from the kernel side, which this process's user-mode-only userfaultfd cannot serve; ` +
+        `it needs full userfaultfd: ${FIX_PRIVILEGE}`,
+    );
+  }
+  if (region.servicer === 'inline') {
+    throw new UffdHmmError(
+      'ERR_SERVICER_UNSUPPORTED',
+      `HMM_DMIRROR_${op} faults pages in from the kernel side, which the 'inline' servicer cannot serve; map the region with servicer 'worker' or 'native'`,
     );
   }
 }
@@ -141,6 +149,13 @@ function scratch(): number {
   return fd;
 }
 
+function scratchError(what: string): UffdHmmError {
+  return new UffdHmmError(
+    'ERR_MIRROR_SCRATCH',
+    `the mirror's scratch file in ${tmpdir()} ${what}; check that the folder has free space (TMPDIR chooses another)`,
+  );
+}
+
 function errnoOf(e: unknown): number {
   const errno = (e as { errno?: number }).errno;
   return typeof errno === 'number' ? Math.abs(errno) : 0;
@@ -168,7 +183,7 @@ function kernelRead(region: Region, first: number, count: number, out: Uint8Arra
   }
   for (let got = 0; got < len; ) {
     const n = readSync(fd, out, got, len - got, got);
-    if (n <= 0) throw new UffdHmmError('ERR_MIRROR_SCRATCH', `the mirror's scratch file returned ${got} of ${len} bytes`);
+    if (n <= 0) throw scratchError(`returned ${got} of ${len} bytes`);
     got += n;
   }
   return true;
@@ -181,7 +196,7 @@ function kernelWrite(region: Region, first: number, count: number, data: Uint8Ar
   const len = count * ps;
   for (let put = 0; put < len; ) {
     const n = writeSync(fd, data, put, len - put, put);
-    if (n <= 0) throw new UffdHmmError('ERR_MIRROR_SCRATCH', `the mirror's scratch file took ${put} of ${len} bytes`);
+    if (n <= 0) throw scratchError(`took ${put} of ${len} bytes`);
     put += n;
   }
   let done = 0;

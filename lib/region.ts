@@ -4,7 +4,7 @@ import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
 
 import { native, PAGE_SIZE, type NativeRegion } from './native.js';
-import { UffdHmmError, check, invalidType, invalidValue } from './errors.js';
+import { UffdHmmError, check, deviceClosed, invalidType, invalidValue, regionClosed } from './errors.js';
 import { integer, optionalBoolean, optionsObject, pageRange } from './validate.js';
 import {
   DEVICE_SHIFT,
@@ -246,7 +246,7 @@ export class Region extends EventEmitter implements DeviceHolder {
     this.#checkOpen();
     const [f, c] = pageRange(first, count, this.pages);
     if (!(device instanceof Device)) throw invalidType('device', 'a Device', device);
-    if (device.closed) throw new UffdHmmError('ERR_DEVICE_CLOSED', `device ${device.name} is closed`);
+    if (device.closed) throw deviceClosed(device.name);
     const opts = optionsObject('options', options);
     const forceWrite = optionalBoolean('options.write', opts.write);
     if (c === 0) return 0;
@@ -505,7 +505,10 @@ export class Region extends EventEmitter implements DeviceHolder {
   async fork(steps: ChildStep[], options?: { timeoutMs?: number }): Promise<ChildResult> {
     this.#checkOpen();
     if (this.servicer === 'inline') {
-      throw new UffdHmmError('ERR_SERVICER_UNSUPPORTED', "region.fork needs EVENT_FORK, which the 'inline' servicer cannot read; use 'worker' or 'native'");
+      throw new UffdHmmError(
+        'ERR_SERVICER_UNSUPPORTED',
+        "region.fork needs EVENT_FORK, which the 'inline' servicer cannot read; map the region with servicer 'worker' or 'native' to fork it",
+      );
     }
     const opts = optionsObject('options', options);
     const timeoutMs = opts.timeoutMs === undefined ? 30_000 : integer('options.timeoutMs', opts.timeoutMs, 1, 600_000);
@@ -522,7 +525,10 @@ export class Region extends EventEmitter implements DeviceHolder {
     this.#checkOpen();
     const newPages = integer('pages', pages, 1, MAX_REGION_PAGES);
     if (this.servicer === 'inline') {
-      throw new UffdHmmError('ERR_SERVICER_UNSUPPORTED', "an 'inline' region reads no EVENT_REMAP, so it cannot be remapped; use 'worker' or 'native'");
+      throw new UffdHmmError(
+        'ERR_SERVICER_UNSUPPORTED',
+        "an 'inline' region reads no EVENT_REMAP, so it cannot be remapped; map the region with servicer 'worker' or 'native' to remap it",
+      );
     }
     const oldPages = this.#pages;
     const old = this.shared;
@@ -726,7 +732,12 @@ export class Region extends EventEmitter implements DeviceHolder {
       if (++spins < 256) continue;
       if (Date.now() > deadline) {
         for (let q = p; q < first + count; q++) Atomics.and(shared, stateIndex(q), ~ZAPPING);
-        throw new UffdHmmError('ERR_SERVICER_STALLED', `the servicer did not see our own MADV_DONTNEED within ${LOCK_DEADLINE_MS} ms`);
+        throw new UffdHmmError(
+          'ERR_SERVICER_STALLED',
+          `the servicer did not see our own MADV_DONTNEED of page ${p} within ${LOCK_DEADLINE_MS} ms: it is stuck, ` +
+            'probably in a driver fault hook that does not return; fix the hook, or keep configureServicers({ stallDeadlineMs }) ' +
+            `below ${LOCK_DEADLINE_MS} ms (the default 5000 is) so that a native guard takes over a stuck servicer`,
+        );
       }
       const seq = Atomics.load(shared, UNLOCK_SEQ);
       if ((Atomics.load(shared, stateIndex(p)) & ZAPPING) !== 0) Atomics.wait(shared, UNLOCK_SEQ, seq, 0.05);
@@ -762,7 +773,7 @@ export class Region extends EventEmitter implements DeviceHolder {
   }
 
   #checkOpen(): void {
-    if (this.#closed || this.#closing) throw new UffdHmmError('ERR_REGION_CLOSED', 'the region is closed');
+    if (this.#closed || this.#closing) throw regionClosed();
   }
 }
 
@@ -797,7 +808,13 @@ function readSmaps(address: bigint): { rss: number; anonymous: number; swap: num
   const text = readFileSync('/proc/self/smaps', 'utf8');
   const start = address.toString(16).padStart(8, '0');
   const at = text.search(new RegExp(`^0*${start.replace(/^0+/, '')}-`, 'm'));
-  if (at < 0) throw new UffdHmmError('ERR_SMAPS', `no /proc/self/smaps entry starts at 0x${start}`);
+  if (at < 0) {
+    throw new UffdHmmError(
+      'ERR_SMAPS',
+      `region.smaps() found no /proc/self/smaps entry starting at the region's address 0x${start}: its first page was ` +
+        'unmapped behind the library (munmap); use region.pagemap() or region.entry(), which work page by page',
+    );
+  }
   const next = text.slice(at).search(/\n[0-9a-f]+-[0-9a-f]+ /);
   const block = next < 0 ? text.slice(at) : text.slice(at, at + next + 1);
   const field = (name: string): number => {

@@ -77,7 +77,7 @@ Args touchArgs(const Napi::CallbackInfo& info, size_t first) {
 // of our regions from native threads; the region's own servicer serves the faults.
 Napi::Value BenchTouch(const Napi::CallbackInfo& info) {
   auto r = regions().get(static_cast<int>(argU32(info, 0, "region")));
-  if (!r || r->closed.load()) throw codedError(info.Env(), "ERR_REGION_CLOSED", "the region is closed");
+  if (!r || r->closed.load()) throw codedError(info.Env(), "ERR_REGION_CLOSED", kRegionClosed);
   Args a = touchArgs(info, 1);
   bool write = argBool(info, 4, "write");
   runTouchers(r->base, r->pageSize, r->pages, a.order, a.n, a.threads, a.out, write);

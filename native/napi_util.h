@@ -14,6 +14,11 @@ namespace uffdhmm {
 Napi::Error typeError(Napi::Env env, const char* msg);
 Napi::Error rangeError(Napi::Env env, const char* msg);
 Napi::Error codedError(Napi::Env env, const char* code, const char* msg);
+// ERR_REGION_CLOSED / ERR_DEVICE_CLOSED as lib/errors.ts words them (lib/ checks first; these are the backstop).
+constexpr const char* kRegionClosed = "the region is closed (region.close() was called); map a new one with Region.map()";
+constexpr const char* kDeviceClosed = "the device is closed (device.close() was called); create a new Device to use device memory again";
+// Handles only lib/ passes: not finding one is a bug here, never a user's mistake.
+constexpr const char* kInternal = " (an internal error in uffd-hmm; please report it with the output of `npx uffd-hmm info --json`)";
 // An Error with code (e.g. 'EEXIST'), errno (negative, as Node reports it) and syscall. Its message
 // says what was being done (`context`) and what to do about it (`hint`, by default by errno), worded
 // as lib/errors.ts words the SystemErrors it raises itself.

@@ -126,7 +126,7 @@ constexpr double kEventUnmap = 3;
 
 std::shared_ptr<Poller> argPoller(const Napi::CallbackInfo& info, size_t i) {
   auto p = pollers().get(static_cast<int>(argU32(info, i, "poller")));
-  if (!p) throw codedError(info.Env(), "ERR_POLLER_CLOSED", "the servicer poller is closed");
+  if (!p) throw codedError(info.Env(), "ERR_POLLER_CLOSED", (std::string("the servicer poller is closed") + kInternal).c_str());
   return p;
 }
 
@@ -157,7 +157,7 @@ Napi::Value PollerAdd(const Napi::CallbackInfo& info) {
   auto p = argPoller(info, 0);
   int h = static_cast<int>(argU32(info, 1, "region"));
   auto r = regions().get(h);
-  if (!r) throw codedError(env, "ERR_REGION_CLOSED", "the region is closed");
+  if (!r) throw codedError(env, "ERR_REGION_CLOSED", kRegionClosed);
   struct epoll_event ev = {};
   ev.events = EPOLLIN;
   ev.data.u64 = static_cast<uint64_t>(h);
@@ -173,7 +173,7 @@ Napi::Value PollerAdd(const Napi::CallbackInfo& info) {
 // environment is torn down, its regions are taken over by native guards (onWorkerGone).
 Napi::Value PollerAttach(const Napi::CallbackInfo& info) {
   int h = static_cast<int>(argU32(info, 0, "poller"));
-  if (!pollers().get(h)) throw codedError(info.Env(), "ERR_POLLER_CLOSED", "the servicer poller is closed");
+  if (!pollers().get(h)) throw codedError(info.Env(), "ERR_POLLER_CLOSED", (std::string("the servicer poller is closed") + kInternal).c_str());
   pollers().get(h)->attachedTid.store(gettid());
   napi_add_env_cleanup_hook(info.Env(), onWorkerGone, reinterpret_cast<void*>(static_cast<intptr_t>(h)));
   return info.Env().Undefined();

@@ -117,7 +117,7 @@ static Napi::Value Probe(const Napi::CallbackInfo& info) {
 static std::shared_ptr<RegionState> argRegion(const Napi::CallbackInfo& info, size_t i) {
   auto r = regions().get(static_cast<int>(argU32(info, i, "region")));
   if (!r || r->closed.load(std::memory_order_acquire))
-    throw codedError(info.Env(), "ERR_REGION_CLOSED", "the region is closed");
+    throw codedError(info.Env(), "ERR_REGION_CLOSED", kRegionClosed);
   return r;
 }
 
@@ -161,7 +161,9 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
                                                 UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_FORK |
                                                 UFFD_FEATURE_EVENT_REMAP);
   if (inlineMode && !(kernelFeatures().features & UFFD_FEATURE_SIGBUS))
-    throw codedError(env, "ERR_UFFD_FEATURE_MISSING", "this kernel lacks UFFD_FEATURE_SIGBUS (Linux 4.14+), needed by the inline servicer");
+    throw codedError(env, "ERR_UFFD_FEATURE_MISSING",
+                     "this kernel lacks UFFD_FEATURE_SIGBUS (Linux 4.14+), which the inline servicer needs; map the region with "
+                     "servicer 'worker' or 'native', or upgrade the kernel");
   int rc = apiHandshake(r->uffd.get(), wanted, nullptr, nullptr);
   if (rc == -EPERM && (wanted & UFFD_FEATURE_EVENT_FORK)) {
     // EVENT_FORK needs CAP_SYS_PTRACE. Without it the region still works; region.fork does not,
@@ -198,7 +200,8 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
   Napi::Object out = Napi::Object::New(env);
   out.Set("bytes", Napi::ArrayBuffer::New(env, r->base, r->length));
   if (inlineMode && !inlineAdd(r))
-    throw codedError(env, "ERR_TOO_MANY_INLINE_REGIONS", "at most 64 inline regions may be open at once");
+    throw codedError(env, "ERR_TOO_MANY_INLINE_REGIONS",
+                     "at most 64 inline regions may be open at once; close one, or map this one with servicer 'native'");
   int handle = regions().add(r);
   keepAlive(env, KeepKind::Region, handle, info[1]);
   if (servicer == "native") startNativeServicer(r);
@@ -293,7 +296,7 @@ static Napi::Value RegionComplete(const Napi::CallbackInfo& info) {
   std::shared_ptr<DeviceStore> dev;
   if (freeSlot > 0) {
     dev = devices().get(static_cast<int>(freeSlot));
-    if (!dev) throw codedError(env, "ERR_DEVICE_CLOSED", "the device is closed");
+    if (!dev) throw codedError(env, "ERR_DEVICE_CLOSED", kDeviceClosed);
     if (freePfn >= dev->capacity) throw rangeError(env, "pfn is outside the device's memory");
   }
   int32_t* st = r->state(page);
@@ -333,7 +336,7 @@ static Napi::Value RegionCopyIn(const Napi::CallbackInfo& info) {
   uint32_t page = argU32(info, 1, "page");
   checkRange(info, *r, page, 1);
   auto dev = devices().get(static_cast<int>(argU32(info, 2, "device")));
-  if (!dev) throw codedError(info.Env(), "ERR_DEVICE_CLOSED", "the device is closed");
+  if (!dev) throw codedError(info.Env(), "ERR_DEVICE_CLOSED", kDeviceClosed);
   uint32_t pfn = argU32(info, 3, "pfn");
   if (pfn >= dev->capacity) throw rangeError(info.Env(), "pfn is outside the device's memory");
   bool wp = argBool(info, 4, "writeProtect");
@@ -463,7 +466,7 @@ static Napi::Value RegionCopyOut(const Napi::CallbackInfo& info) {
   uint32_t count = argU32(info, 2, "count");
   checkRange(info, *r, first, count);
   auto dev = devices().get(static_cast<int>(argU32(info, 3, "device")));
-  if (!dev) throw codedError(env, "ERR_DEVICE_CLOSED", "the device is closed");
+  if (!dev) throw codedError(env, "ERR_DEVICE_CLOSED", kDeviceClosed);
   auto [pfns, n] = argInt32Array(info, 4, "pfns");
   if (n < count) throw rangeError(env, "pfns is shorter than count");
   for (uint32_t i = 0; i < count; i++)
@@ -539,11 +542,15 @@ static Napi::Value RegionRemap(const Napi::CallbackInfo& info) {
   auto [shared, words] = argSharedInt32(info, 2, "shared");
   if (pages == 0) throw rangeError(env, "pages must be at least 1");
   if (words < layout::kRegionHeader + 2 * size_t(pages)) throw rangeError(env, "shared buffer too small for the region");
-  if (r->inlineMode) throw codedError(env, "ERR_SERVICER_UNSUPPORTED", "an inline region reads no EVENT_REMAP, so it cannot be remapped");
+  if (r->inlineMode)
+    throw codedError(env, "ERR_SERVICER_UNSUPPORTED",
+                     "an 'inline' region reads no EVENT_REMAP, so it cannot be remapped; map the region with servicer 'worker' or 'native' to remap it");
   if (r->activeTouchers.load() > 0)
     throw codedError(env, "ERR_REGION_BUSY", "native touchers are running on this region: stop them (and wait) before remapping it");
   if (!(kernelFeatures().features & UFFD_FEATURE_EVENT_REMAP))
-    throw codedError(env, "ERR_UFFD_FEATURE_MISSING", "this kernel lacks UFFD_FEATURE_EVENT_REMAP");
+    throw codedError(env, "ERR_UFFD_FEATURE_MISSING",
+                     "this kernel lacks UFFD_FEATURE_EVENT_REMAP (Linux 4.11+), which region.remap needs; map a new region of the "
+                     "size you need instead, or upgrade the kernel");
   const size_t newLength = size_t(pages) * r->pageSize;
   void* reserve = ::mmap(nullptr, newLength, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (reserve == MAP_FAILED)
