@@ -105,3 +105,11 @@ export function pageFreeHookThrew(device: string): string {
 export function driverLoadFailed(url: string, device: string, consequence: string): string {
   return `could not load driver ${url} of ${device} (the error is err.cause); ${consequence}; check that it names an ES module that imports without error`;
 }
+
+/** ERR_BENCH_CHECK: the benchmark's own sanity checks, which only a bug in uffd-hmm can fail. */
+export function benchCheckFailed(what: string): UffdHmmError {
+  return new UffdHmmError(
+    'ERR_BENCH_CHECK',
+    `benchmark self-check failed: ${what}; this is a bug in uffd-hmm, please report it with this message and the output of \`npx uffd-hmm info --json\``,
+  );
+}
