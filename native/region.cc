@@ -389,9 +389,25 @@ static Napi::Value RegionPoison(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), poison(r->uffd.get(), r->addr(page), r->pageSize, kPoisonModeDontwake, nullptr));
 }
 
+// /proc/self/pagemap, opened on first use and kept open. A failed open (EMFILE, at the descriptor
+// limit) is not kept: the next call tries again, instead of failing with a stale errno for good.
 static int pagemapFd() {
-  static int fd = ::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  static std::atomic<int> cached{-1};
+  int fd = cached.load(std::memory_order_acquire);
+  if (fd >= 0) return fd;
+  fd = ::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  int expected = -1;
+  if (!cached.compare_exchange_strong(expected, fd)) {
+    ::close(fd);
+    return expected;
+  }
   return fd;
+}
+
+// For the bindings that read pagemap: a failed open is named as such.
+static void openPagemapOrThrow(Napi::Env env) {
+  if (pagemapFd() < 0) throw systemError(env, errno, "open(/proc/self/pagemap)", "opening the kernel's view of the region's page table");
 }
 
 static constexpr uint64_t kPmPresent = 1ull << 63;
@@ -471,13 +487,14 @@ static Napi::Value RegionCopyOut(const Napi::CallbackInfo& info) {
   if (n < count) throw rangeError(env, "pfns is shorter than count");
   for (uint32_t i = 0; i < count; i++)
     if (pfns[i] >= 0 && static_cast<size_t>(pfns[i]) >= dev->capacity) throw rangeError(env, "pfn is outside the device's memory");
+  openPagemapOrThrow(env);
   constexpr uint32_t kChunk = 512;
   uint64_t pm[kChunk];
   uint32_t withData = 0;
   for (uint32_t done = 0; done < count; done += kChunk) {
     uint32_t k = std::min(kChunk, count - done);
     int rc = readPagemap(*r, first + done, k, pm);
-    if (rc != 0) throw systemError(env, -rc, "pread(/proc/self/pagemap)");
+    if (rc != 0) throw systemError(env, -rc, "pread(/proc/self/pagemap)", "reading the region's page table entries");
     for (uint32_t i = 0; i < k; i++) {
       int32_t pfn = pfns[done + i];
       if (pfn < 0) continue;
@@ -505,8 +522,9 @@ static Napi::Value RegionPagemap(const Napi::CallbackInfo& info) {
     throw typeError(env, "out must be a BigUint64Array");
   auto arr = v.As<Napi::TypedArrayOf<uint64_t>>();
   if (arr.ElementLength() < count) throw rangeError(env, "out is shorter than count");
+  openPagemapOrThrow(env);
   int rc = readPagemap(*r, first, count, arr.Data());
-  if (rc != 0) throw systemError(env, -rc, "pread(/proc/self/pagemap)");
+  if (rc != 0) throw systemError(env, -rc, "pread(/proc/self/pagemap)", "reading the region's page table entries");
   return env.Undefined();
 }
 
