@@ -191,7 +191,11 @@ Napi::Value BenchSetAffinity(const Napi::CallbackInfo& info) {
     if (::sched_setaffinity(tid, sizeof set, &set) != 0 && errno != ESRCH) err = errno;
   }
   ::closedir(dir);
-  if (err != 0) throw systemError(env, err, "sched_setaffinity");
+  if (err != 0)
+    throw systemError(env, err, "sched_setaffinity", "moving the benchmark's threads onto the CPU it measures on",
+                      err == EINVAL ? "that CPU is not one this process may run on (offline, or outside its cpuset); "
+                                      "pass --cpu with one that `taskset -pc $$` lists"
+                                    : nullptr);
   std::vector<int32_t> prev = cpuList(before);
   Napi::Int32Array out = Napi::Int32Array::New(env, prev.size());
   for (size_t i = 0; i < prev.size(); i++) out[i] = prev[i];
