@@ -5,7 +5,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 
 import { native, PAGE_SIZE } from './native.js';
-import { UffdHmmError, invalidType, outOfRange } from './errors.js';
+import { UffdHmmError, deviceClosed, driverLoadFailed, invalidType, outOfRange, pageFreeHookThrew } from './errors.js';
 import { integer, optionsObject } from './validate.js';
 import {
   DEV_FAIL_ALLOC,
@@ -274,7 +274,7 @@ export class Device extends EventEmitter {
    * comes back and the huge entry is split. Either way nothing is lost: this tests the fallbacks.
    */
   failNextHugeAllocation(): void {
-    if (this.#closed) throw new UffdHmmError('ERR_DEVICE_CLOSED', `device ${this.name} is closed; open a new Device`);
+    if (this.#closed) throw deviceClosed(this.name);
     Atomics.store(this.shared, DEV_FAIL_ALLOC, 1);
   }
 
@@ -300,18 +300,21 @@ export class Device extends EventEmitter {
         try {
           d.pageFree?.(ctx);
         } catch (e) {
-          this.reportError(new UffdHmmError('ERR_DRIVER_HOOK', `driver pageFree hook of ${this.name} threw`, { cause: e }));
+          this.reportError(new UffdHmmError('ERR_DRIVER_HOOK', pageFreeHookThrew(this.name), { cause: e }));
         }
       },
-      (e) => this.reportError(new UffdHmmError('ERR_DRIVER_LOAD', `could not load driver ${this.driverUrl}`, { cause: e })),
+      (e) => this.reportError(new UffdHmmError('ERR_DRIVER_LOAD', driverLoadFailed(this.driverUrl!, this.name, 'its pageFree hook did not run'), { cause: e })),
     );
   }
 
   #checkPage(pfn: number): void {
-    if (this.#closed) throw new UffdHmmError('ERR_DEVICE_CLOSED', `device ${this.name} is closed`);
+    if (this.#closed) throw deviceClosed(this.name);
     integer('pfn', pfn, 0, this.capacity - 1);
     if (devicePageRefcount(this.shared, pfn) <= 0) {
-      throw new UffdHmmError('ERR_DEVICE_PAGE_FREE', `device page ${pfn} of ${this.name} is not allocated`);
+      throw new UffdHmmError(
+        'ERR_DEVICE_PAGE_FREE',
+        `device page ${pfn} of ${this.name} is not allocated; read or write only a pfn that region.entry(page) shows on this device`,
+      );
     }
   }
 }

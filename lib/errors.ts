@@ -31,9 +31,11 @@ export interface SystemErrorFields {
  * `ERR_PAGE_LOCK_TIMEOUT`, `ERR_DRIVER_HOOK` / `ERR_DRIVER_LOAD` (a driver hook threw or returned
  * something other than a decision, or its module would not load: emitted as `'error'` on the
  * Device, with the original error as `cause`), `ERR_TOO_MANY_DEVICES`,
- * `ERR_TOO_MANY_INLINE_REGIONS`, `ERR_REGION_BUSY`, `ERR_TRACE_STOPPED`, `ERR_TOUCHER_RUNNING`,
- * `ERR_TOUCHER_TIMEOUT`, `ERR_FORK_EVENT`, `ERR_SMAPS`, and `ERR_UFFD_ADDON_LOAD` /
- * `ERR_UFFD_UNSUPPORTED_PLATFORM` (the native addon could not be loaded, at import time).
+ * `ERR_TOO_MANY_INLINE_REGIONS`, `ERR_REGION_BUSY`, `ERR_TOUCHER_RUNNING`,
+ * `ERR_TOUCHER_TIMEOUT`, `ERR_FORK_EVENT`, `ERR_SMAPS`, `ERR_BACKING_UNSUPPORTED` (a shared, file,
+ * hugetlb or THP region cannot do what was asked), `ERR_NO_HUGE_PAGES` (the hugetlb pool is short),
+ * and `ERR_UFFD_ADDON_LOAD` / `ERR_UFFD_UNSUPPORTED_PLATFORM` (the native addon could not be
+ * loaded, at import time). docs/ERRORS.md lists every one with its message and next step.
  *
  * Argument errors are a `TypeError` (`code: 'ERR_INVALID_ARG_TYPE'`, or `'ERR_INVALID_ARG_VALUE'`
  * for a value outside an enumeration) or a `RangeError` (`code: 'ERR_OUT_OF_RANGE'`), as Node's
@@ -82,16 +84,17 @@ export class UffdSystemError extends Error implements SystemErrorFields {
   readonly syscall: string;
   /**
    * Creates the error of a failed call; `code` is the errno's name and the message reads
-   * `<syscall> failed: <code> (<context>)`.
+   * `<syscall> failed: <code> (<context>): <hint>`.
    *
    * @param negErrno - the errno, negative as native calls return it (a positive one is accepted too).
    * @param syscall - the call that failed, named as the message and `syscall` will show it.
-   * @param context - optional detail appended to the message in parentheses.
+   * @param context - what was being done (which pages, which operation), in parentheses.
+   * @param hint - the next step for the user; by default one chosen by errno.
    */
-  constructor(negErrno: number, syscall: string, context?: string) {
+  constructor(negErrno: number, syscall: string, context?: string, hint?: string) {
     const errno = negErrno < 0 ? negErrno : -negErrno;
     const code = native.errnoName(-errno);
-    super(`${syscall} failed: ${code}${context ? ` (${context})` : ''}`);
+    super(`${syscall} failed: ${code}${context ? ` (${context})` : ''}: ${hint ?? nextStepFor(code)}`);
     this.name = 'SystemError';
     this.code = code;
     this.errno = errno;
@@ -126,6 +129,56 @@ function describe(value: unknown): string {
 }
 
 /** Throws a SystemError when a native call returned -errno. */
-export function check(rc: number, syscall: string, context?: string): void {
-  if (rc < 0) throw new UffdSystemError(rc, syscall, context);
+export function check(rc: number, syscall: string, context?: string, hint?: string): void {
+  if (rc < 0) throw new UffdSystemError(rc, syscall, context, hint);
+}
+
+// What to do about a failed system call, by errno; native/napi_util.cc nextStepFor is its twin
+// (same words), and docs/ERRORS.md quotes both.
+const NEXT_STEP: Record<string, string> = {
+  ENOMEM:
+    'the kernel refused the memory; map fewer or smaller regions and devices, or raise the limit that was hit (ulimit -v, ulimit -d, vm.max_map_count)',
+  EMFILE: 'this process has too many open files; close regions and devices it no longer uses, or raise the limit (ulimit -n)',
+  ENFILE: 'the system has too many open files; close some, or raise fs.file-max',
+  EAGAIN: 'a process or thread limit was reached; end processes this user no longer needs, or raise the limit (ulimit -u)',
+};
+const UNEXPECTED = 'unexpected here; please report it with this message and the output of `npx uffd-hmm info --json`';
+
+function nextStepFor(code: string): string {
+  return NEXT_STEP[code] ?? UNEXPECTED;
+}
+
+/** ERR_REGION_CLOSED, worded once for every place that checks. */
+export function regionClosed(): UffdHmmError {
+  return new UffdHmmError('ERR_REGION_CLOSED', 'the region is closed (region.close() was called); map a new one with Region.map()');
+}
+
+/** ERR_DEVICE_CLOSED, worded once for every place that checks. */
+export function deviceClosed(name: string): UffdHmmError {
+  return new UffdHmmError('ERR_DEVICE_CLOSED', `device ${name} is closed (device.close() was called); create a new Device to use device memory again`);
+}
+
+// Driver errors are raised on the main thread and in the worker servicer alike: one wording for both.
+
+/** ERR_DRIVER_HOOK: a fault hook threw or answered wrongly (the error is err.cause). */
+export function faultHookFailed(device: string): string {
+  return `driver fault hook of ${device} failed (the error is err.cause); the fault was served by the default policy (migrated back); fix the hook`;
+}
+
+/** ERR_DRIVER_HOOK: a pageFree hook threw. */
+export function pageFreeHookThrew(device: string): string {
+  return `driver pageFree hook of ${device} threw (the error is err.cause); the page was freed anyway; fix the hook`;
+}
+
+/** ERR_DRIVER_LOAD; `consequence` says what runs without the driver. */
+export function driverLoadFailed(url: string, device: string, consequence: string): string {
+  return `could not load driver ${url} of ${device} (the error is err.cause); ${consequence}; check that it names an ES module that imports without error`;
+}
+
+/** ERR_BENCH_CHECK: the benchmark's own sanity checks, which only a bug in uffd-hmm can fail. */
+export function benchCheckFailed(what: string): UffdHmmError {
+  return new UffdHmmError(
+    'ERR_BENCH_CHECK',
+    `benchmark self-check failed: ${what}; this is a bug in uffd-hmm, please report it with this message and the output of \`npx uffd-hmm info --json\``,
+  );
 }

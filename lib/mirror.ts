@@ -21,11 +21,12 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 
 import { native } from './native.js';
-import { UffdHmmError, UffdSystemError, invalidType, outOfRange } from './errors.js';
+import { UffdHmmError, UffdSystemError, deviceClosed, invalidType, outOfRange, regionClosed } from './errors.js';
 import { integer } from './validate.js';
 import { DEVICE_SHIFT, KIND_DEVICE, KIND_MASK, KIND_NONE, KIND_PRESENT, LOCKED, MAX_DEVICE_SLOT, WRITE, stateIndex } from './layout.js';
 import { lockPage, unlockPage } from './pagelock.js';
 import { Device } from './device.js';
+import { FIX_PRIVILEGE } from './probe.js';
 import {
   HMM_DMIRROR_PROT_DEV_PRIVATE_REMOTE,
   HMM_DMIRROR_PROT_ERROR,
@@ -64,15 +65,27 @@ const EINVAL = 22;
 const VM_READ = 1;
 const VM_WRITE = 2;
 
-function mirrorError(errno: number, op: string, context: string): UffdSystemError {
-  return new UffdSystemError(-errno, `ioctl(HMM_DMIRROR_${op})`, context);
+function mirrorError(errno: number, op: string, context: string, hint: string): UffdSystemError {
+  return new UffdSystemError(-errno, `ioctl(HMM_DMIRROR_${op})`, context, hint);
+}
+
+// The next steps of the mirror's errors, as dmirror's callers would take them.
+const MAKE_READABLE = "mprotect it 'read' or 'readwrite' first, or leave it out of the range";
+const MAKE_WRITABLE = "mprotect it 'readwrite' first, or leave it out of the range";
+const UNFAULTABLE =
+  'a poisoned page (a driver refused its fault; region.discard() clears the poison) or one unmapped behind the library ' +
+  'cannot be reached; leave it out of the range';
+
+/** "page 3" or "pages 3..9", for error contexts. */
+function pageSpan(first: number, count: number): string {
+  return count === 1 ? `page ${first}` : `pages ${first}..${first + count - 1}`;
 }
 
 function checkArgs(region: unknown, first: unknown, count: unknown, device: unknown): [Region, number, number, Device] {
   if (!(region instanceof Region)) throw invalidType('region', 'a Region', region);
-  if (region.closed) throw new UffdHmmError('ERR_REGION_CLOSED', 'the region is closed');
+  if (region.closed) throw regionClosed();
   if (!(device instanceof Device)) throw invalidType('device', 'a Device', device);
-  if (device.closed) throw new UffdHmmError('ERR_DEVICE_CLOSED', `device ${device.name} is closed`);
+  if (device.closed) throw deviceClosed(device.name);
   // The ioctls refuse an empty range (addr >= addr + npages * PAGE_SIZE is EINVAL): so do we.
   const f = integer('first', first, 0, region.pages - 1);
   const c = integer('count', count, 1, region.pages - f);
@@ -84,10 +97,17 @@ function checkArgs(region: unknown, first: unknown, count: unknown, device: unkn
  * (not user-mode-only) userfaultfd, off the faulting thread, can serve them.
  */
 function checkKernelAccess(region: Region, op: string): void {
-  if (region.servicer === 'inline' || region.userModeOnly) {
+  if (region.userModeOnly) {
     throw new UffdHmmError(
       'ERR_SERVICER_UNSUPPORTED',
-      `HMM_DMIRROR_${op} faults pages in from the kernel side, which ${region.userModeOnly ? 'a user-mode-only userfaultfd' : "the 'inline' servicer"} cannot serve; use a 'worker' or 'native' region with full userfaultfd`,
+      `HMM_DMIRROR_${op} faults pages in from the kernel side, which this process's user-mode-only userfaultfd cannot serve; ` +
+        `it needs full userfaultfd: ${FIX_PRIVILEGE}`,
+    );
+  }
+  if (region.servicer === 'inline') {
+    throw new UffdHmmError(
+      'ERR_SERVICER_UNSUPPORTED',
+      `HMM_DMIRROR_${op} faults pages in from the kernel side, which the 'inline' servicer cannot serve; map the region with servicer 'worker' or 'native'`,
     );
   }
 }
@@ -132,6 +152,13 @@ function scratch(): number {
   return fd;
 }
 
+function scratchError(what: string): UffdHmmError {
+  return new UffdHmmError(
+    'ERR_MIRROR_SCRATCH',
+    `the mirror's scratch file in ${tmpdir()} ${what}; check that the folder has free space (TMPDIR chooses another)`,
+  );
+}
+
 function errnoOf(e: unknown): number {
   const errno = (e as { errno?: number }).errno;
   return typeof errno === 'number' ? Math.abs(errno) : 0;
@@ -159,7 +186,7 @@ function kernelRead(region: Region, first: number, count: number, out: Uint8Arra
   }
   for (let got = 0; got < len; ) {
     const n = readSync(fd, out, got, len - got, got);
-    if (n <= 0) throw new UffdHmmError('ERR_MIRROR_SCRATCH', `the mirror's scratch file returned ${got} of ${len} bytes`);
+    if (n <= 0) throw scratchError(`returned ${got} of ${len} bytes`);
     got += n;
   }
   return true;
@@ -172,7 +199,7 @@ function kernelWrite(region: Region, first: number, count: number, data: Uint8Ar
   const len = count * ps;
   for (let put = 0; put < len; ) {
     const n = writeSync(fd, data, put, len - put, put);
-    if (n <= 0) throw new UffdHmmError('ERR_MIRROR_SCRATCH', `the mirror's scratch file took ${put} of ${len} bytes`);
+    if (n <= 0) throw scratchError(`took ${put} of ${len} bytes`);
     put += n;
   }
   let done = 0;
@@ -251,7 +278,7 @@ export function mirrorRead(region: Region, first: number, count: number, device:
   checkKernelAccess(r, 'READ');
   const flags = vmaFlags(r, f, c);
   for (let i = 0; i < c; i++) {
-    if ((flags[i] & VM_READ) === 0) throw mirrorError(EFAULT, 'READ', `page ${f + i} is not readable`);
+    if ((flags[i] & VM_READ) === 0) throw mirrorError(EFAULT, 'READ', `page ${f + i} is not readable`, MAKE_READABLE);
   }
   const ps = r.pageSize;
   const data = new Uint8Array(c * ps);
@@ -266,7 +293,7 @@ export function mirrorRead(region: Region, first: number, count: number, device:
     },
     (a, n) => {
       if (!kernelRead(r, a, n, data.subarray((a - f) * ps, (a - f + n) * ps))) {
-        throw mirrorError(EFAULT, 'READ', `pages ${a}..${a + n - 1} could not be faulted in for reading (no vma any more, or a poisoned page)`);
+        throw mirrorError(EFAULT, 'READ', `${pageSpan(a, n)} could not be faulted in for reading`, UNFAULTABLE);
       }
     },
   );
@@ -293,8 +320,8 @@ export function mirrorWrite(region: Region, first: number, count: number, device
   const bytes = new Uint8Array(data.buffer, data.byteOffset, c * ps);
   const flags = vmaFlags(r, f, c);
   for (let i = 0; i < c; i++) {
-    if ((flags[i] & VM_READ) === 0) throw mirrorError(EFAULT, 'WRITE', `page ${f + i} is not readable`);
-    if ((flags[i] & VM_WRITE) === 0) throw mirrorError(EPERM, 'WRITE', `page ${f + i} is not writable`);
+    if ((flags[i] & VM_READ) === 0) throw mirrorError(EFAULT, 'WRITE', `page ${f + i} is not readable`, MAKE_READABLE);
+    if ((flags[i] & VM_WRITE) === 0) throw mirrorError(EPERM, 'WRITE', `page ${f + i} is not writable`, MAKE_WRITABLE);
   }
   walk(
     r,
@@ -308,7 +335,7 @@ export function mirrorWrite(region: Region, first: number, count: number, device
     },
     (a, n) => {
       if (!kernelWrite(r, a, n, bytes.subarray((a - f) * ps, (a - f + n) * ps))) {
-        throw mirrorError(EFAULT, 'WRITE', `pages ${a}..${a + n - 1} could not be faulted in for writing (no vma any more, or a poisoned page)`);
+        throw mirrorError(EFAULT, 'WRITE', `${pageSpan(a, n)} could not be faulted in for writing`, UNFAULTABLE);
       }
     },
   );
@@ -324,7 +351,12 @@ function bounce(region: Region, first: number, count: number, device: Device, op
     const s = lockPage(shared, p);
     try {
       if ((s & KIND_MASK) !== KIND_DEVICE || slotOf(s) !== device.slot) {
-        throw mirrorError(ENOENT, op, `page ${p} is not on device ${device.name}`);
+        throw mirrorError(
+          ENOENT,
+          op,
+          `page ${p} is not on device ${device.name}`,
+          'it stayed on another device or the device is full; migrate it with region.migrate(), or free device pages first',
+        );
       }
       native.deviceRead(device.slot, shared[stateIndex(p) + 1], data.subarray((p - first) * ps, (p - first + 1) * ps));
     } finally {
@@ -351,7 +383,7 @@ function systemRuns(region: Region, first: number, count: number, op: string, fn
       fn(run, p - run);
       run = -1;
     }
-    if (bad) throw mirrorError(EINVAL, op, `page ${p} has no readable vma`);
+    if (bad) throw mirrorError(EINVAL, op, `page ${p} has no readable vma`, MAKE_READABLE);
     if (system && run < 0) run = p;
   }
 }
@@ -369,7 +401,7 @@ function systemRuns(region: Region, first: number, count: number, op: string, fn
 export function mirrorMigrate(region: Region, first: number, count: number, device: Device): MirrorMigrateResult {
   const [r, f, c, d] = checkArgs(region, first, count, device);
   // migrate_vma_setup refuses a hugetlb vma outright.
-  if (r.mapping === 'private-hugetlb' || r.mapping === 'shared-hugetlb') throw mirrorError(EINVAL, 'MIGRATE_TO_DEV', 'the range is hugetlb memory');
+  if (r.mapping === 'private-hugetlb' || r.mapping === 'shared-hugetlb') throw mirrorError(EINVAL, 'MIGRATE_TO_DEV', 'the range is hugetlb memory', 'hugetlb pages never migrate to device memory; use a private anonymous region (thp: true for huge pages)');
   systemRuns(r, f, c, 'MIGRATE_TO_DEV', (a, n) => {
     r.migrate(a, n, d);
   });
@@ -398,7 +430,7 @@ export function mirrorMigrateToSys(
   const flags = vmaFlags(r, f, c);
   let cpages = 0;
   for (let p = f; p < f + c; p++) {
-    if ((flags[p - f] & VM_READ) === 0) throw mirrorError(EINVAL, 'MIGRATE_TO_SYS', `page ${p} has no readable vma`);
+    if ((flags[p - f] & VM_READ) === 0) throw mirrorError(EINVAL, 'MIGRATE_TO_SYS', `page ${p} has no readable vma`, MAKE_READABLE);
     const s = Atomics.load(r.shared, stateIndex(p));
     if ((s & KIND_MASK) !== KIND_DEVICE || slotOf(s) !== d.slot) continue;
     let q = p + 1;
@@ -456,7 +488,7 @@ export function mirrorExclusive(region: Region, first: number, count: number, de
   const flags = vmaFlags(r, f, c);
   for (let i = 0; i < c; i++) {
     if ((flags[i] & (VM_READ | VM_WRITE)) !== (VM_READ | VM_WRITE)) {
-      throw mirrorError(EFAULT, 'EXCLUSIVE', `page ${f + i} is not readable and writable`);
+      throw mirrorError(EFAULT, 'EXCLUSIVE', `page ${f + i} is not readable and writable`, MAKE_WRITABLE);
     }
   }
   // A page on another device, or a read entry here, is first faulted back (FOLL_WRITE would).
@@ -465,7 +497,14 @@ export function mirrorExclusive(region: Region, first: number, count: number, de
     if ((s & KIND_MASK) === KIND_DEVICE && (slotOf(s) !== d.slot || (s & WRITE) === 0)) r.migrateToRam(p, 1);
   }
   const got = r.migrate(f, c, d, { write: true });
-  if (got < c) throw mirrorError(ENOMEM, 'EXCLUSIVE', `device ${d.name} holds only ${got} of ${c} pages`);
+  if (got < c) {
+    throw mirrorError(
+      ENOMEM,
+      'EXCLUSIVE',
+      `device ${d.name} holds only ${got} of ${c} pages`,
+      'the device is full; free device pages (migrateToRam, discard, close regions) or use a larger capacity',
+    );
+  }
   let perRegion = atomicMaps.get(d);
   if (!perRegion) atomicMaps.set(d, (perRegion = new WeakMap()));
   let map = perRegion.get(r);
@@ -493,7 +532,12 @@ export function mirrorCheckExclusive(region: Region, first: number, count: numbe
     if (!m) continue;
     const s = Atomics.load(r.shared, stateIndex(p)) & ~LOCKED;
     if (s === m.state && Atomics.load(r.shared, stateIndex(p) + 1) === m.pfn) {
-      throw mirrorError(EPERM, 'CHECK_EXCLUSIVE', `device ${d.name} still has atomic access to page ${p}`);
+      throw mirrorError(
+        EPERM,
+        'CHECK_EXCLUSIVE',
+        `device ${d.name} still has atomic access to page ${p}`,
+        'a CPU access to the page (or mprotect, or fork) revokes it',
+      );
     }
     map.delete(p); // revoked: the kernel's notifier dropped it from the device page table
   }
@@ -509,6 +553,6 @@ export const HMM_DMIRROR_FLAG_FAIL_ALLOC = 0x1;
 export function mirrorFlags(device: Device, flags: number): void {
   if (!(device instanceof Device)) throw invalidType('device', 'a Device', device);
   const f = integer('flags', flags, 0, 0x7fffffff);
-  if ((f & ~HMM_DMIRROR_FLAG_FAIL_ALLOC) !== 0) throw mirrorError(EINVAL, 'FLAGS', `unknown flags 0x${f.toString(16)}`);
+  if ((f & ~HMM_DMIRROR_FLAG_FAIL_ALLOC) !== 0) throw mirrorError(EINVAL, 'FLAGS', `unknown flags 0x${f.toString(16)}`, 'pass HMM_DMIRROR_FLAG_FAIL_ALLOC or 0');
   if ((f & HMM_DMIRROR_FLAG_FAIL_ALLOC) !== 0) device.failNextHugeAllocation();
 }

@@ -133,7 +133,9 @@ const candidates = [
 
 function load(): Addon {
   if (process.platform !== 'linux') {
-    const err = new Error(`uffd-hmm runs on Linux only (this is ${process.platform}): it needs userfaultfd(2).`);
+    const err = new Error(
+      `uffd-hmm runs on Linux only (this is ${process.platform}): it needs userfaultfd(2); run it on Linux 5.7 or newer (a virtual machine will do).`,
+    );
     (err as NodeJS.ErrnoException).code = 'ERR_UFFD_UNSUPPORTED_PLATFORM';
     throw err;
   }

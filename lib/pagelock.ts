@@ -22,7 +22,12 @@ export function lockPage(shared: Int32Array, page: number): number {
     if (spins < 64) continue;
     if (deadline === 0) deadline = Date.now() + LOCK_DEADLINE_MS;
     else if (Date.now() > deadline) {
-      throw new UffdHmmError('ERR_PAGE_LOCK_TIMEOUT', `page ${page} stayed locked for over ${LOCK_DEADLINE_MS} ms: its servicer is stuck`);
+      throw new UffdHmmError(
+        'ERR_PAGE_LOCK_TIMEOUT',
+        `page ${page} stayed locked for over ${LOCK_DEADLINE_MS} ms: its servicer is stuck, probably in a driver fault hook ` +
+          'that does not return; fix the hook, or keep configureServicers({ stallDeadlineMs }) ' +
+          `below ${LOCK_DEADLINE_MS} ms (the default 5000 is) so that a native guard takes over a stuck servicer`,
+      );
     }
     const seq = Atomics.load(shared, UNLOCK_SEQ);
     if ((Atomics.load(shared, idx) & LOCKED) !== 0) Atomics.wait(shared, UNLOCK_SEQ, seq, 1);

@@ -80,6 +80,12 @@ export const FIX_PRIVILEGE =
   'run as root (or with CAP_SYS_PTRACE), or allow unprivileged use with `sudo sysctl vm.unprivileged_userfaultfd=1`, ' +
   'or give this user read/write access to /dev/userfaultfd (`sudo setfacl -m u:$(id -un):rw /dev/userfaultfd`)';
 
+// Root is refused only by a filter, not by a missing privilege: the usual fix would not help.
+const FIX_CONFINED =
+  'allow userfaultfd(2) in the seccomp profile that confines this process (`docker run --security-opt seccomp=unconfined`, ' +
+  'or a profile that permits it), or pass the device in (`docker run --device /dev/userfaultfd`); in a user namespace, ' +
+  '`sudo sysctl vm.unprivileged_userfaultfd=1` on the host also works';
+
 function diagnose(n: NativeProbe): { problem?: string; fix?: string } {
   if (n.available && !n.userModeOnly) return {};
   const dev =
@@ -97,8 +103,11 @@ function diagnose(n: NativeProbe): { problem?: string; fix?: string } {
     };
   }
   const unpriv = sysctl('vm.unprivileged_userfaultfd');
-  const sys =
-    n.syscallErrno === EPERM
+  const confined = n.syscallErrno === EPERM && process.geteuid?.() === 0;
+  const sys = confined
+    ? 'the userfaultfd(2) system call was refused (EPERM) although this process runs as root: a seccomp filter or a ' +
+      'security module blocks it, as container runtimes do, or this is a user namespace without CAP_SYS_PTRACE'
+    : n.syscallErrno === EPERM
       ? `the userfaultfd(2) system call was refused (EPERM${unpriv !== undefined ? `; vm.unprivileged_userfaultfd is ${unpriv}` : ''})`
       : n.syscallErrno !== 0
         ? `the userfaultfd(2) system call failed (${native.errnoName(n.syscallErrno)})`
@@ -107,10 +116,10 @@ function diagnose(n: NativeProbe): { problem?: string; fix?: string } {
   if (n.available && n.userModeOnly) {
     return {
       problem: `only user-mode-only userfaultfd is permitted (${why}): faults from inside system calls (read(2)/write(2) through device pages) fail with EFAULT`,
-      fix: FIX_PRIVILEGE,
+      fix: confined ? FIX_CONFINED : FIX_PRIVILEGE,
     };
   }
-  return { problem: `userfaultfd is not permitted for this process: ${why || 'unknown reason'}`, fix: FIX_PRIVILEGE };
+  return { problem: `userfaultfd is not permitted for this process: ${why || 'unknown reason'}`, fix: confined ? FIX_CONFINED : FIX_PRIVILEGE };
 }
 
 /**

@@ -4,7 +4,7 @@ import { EventEmitter } from 'node:events';
 import { fstatSync, openSync, readFileSync, readSync } from 'node:fs';
 
 import { native, PAGE_SIZE, type NativeRegion } from './native.js';
-import { UffdHmmError, check, invalidType, invalidValue, outOfRange } from './errors.js';
+import { UffdHmmError, check, deviceClosed, invalidType, invalidValue, outOfRange, regionClosed } from './errors.js';
 import { integer, optionalBoolean, optionsObject, pageRange } from './validate.js';
 import {
   DEVICE_SHIFT,
@@ -36,7 +36,7 @@ import {
 import { LOCK_DEADLINE_MS, lockPage, unlockPage } from './pagelock.js';
 import { Device, deviceBySlot, type DeviceHolder } from './device.js';
 import { SWP_HWPOISON, makeDeviceEntry } from './entry.js';
-import { probe } from './probe.js';
+import { FIX_PRIVILEGE, probe } from './probe.js';
 import { encodeSteps, forkRegion, type ChildResult, type ChildStep } from './fork.js';
 import { FaultTrace } from './trace.js';
 import { WorkerServicer } from './servicer/host.js';
@@ -251,12 +251,16 @@ const PROT_WRITE = 2;
 const PROT_READWRITE = 3;
 const EAGAIN = -11;
 const EEXIST = -17;
+/** Why opening a userfaultfd fails when it is not permitted or not there (EPERM, ENOENT, EACCES, ENOSYS). */
+const UNAVAILABLE_ERRNOS = new Set([1, 2, 13, 38]);
 
 function unavailableError(cause?: unknown): UffdHmmError {
   const p = probe();
+  // Without a problem, the probe (run at startup) saw userfaultfd available: the refusal is news to it.
   const err = new UffdHmmError(
     'ERR_UFFD_UNAVAILABLE',
-    `userfaultfd is unavailable: ${p.problem ?? 'unknown reason'}. Fix: ${p.fix ?? 'run as root'}.`,
+    `userfaultfd is unavailable: ${p.problem ?? `opening a userfaultfd was refused (${(cause as { code?: string } | undefined)?.code ?? 'unknown reason'})`}. ` +
+      `Fix: ${p.fix ?? FIX_PRIVILEGE}.`,
     { cause },
   );
   if (cause && typeof cause === 'object') {
@@ -406,8 +410,10 @@ export class Region extends EventEmitter implements DeviceHolder {
         backing.thp,
       );
     } catch (e) {
-      // Native system errors already carry code, errno and syscall; only a refused open needs the fix named.
-      if ((e as { syscall?: string }).syscall === 'userfaultfd') throw unavailableError(e);
+      // Native system errors already carry code, errno and syscall; only a refused open needs the fix
+      // named. Others (EMFILE: too many open files) are not a missing privilege: root would not help.
+      const c = e as { syscall?: string; errno?: number };
+      if (c.syscall === 'userfaultfd' && UNAVAILABLE_ERRNOS.has(Math.abs(c.errno ?? 0))) throw unavailableError(e);
       throw e;
     }
     this.handle = nat.handle;
@@ -497,7 +503,7 @@ export class Region extends EventEmitter implements DeviceHolder {
     this.#checkOpen();
     const [f, c] = pageRange(first, count, this.pages);
     if (!(device instanceof Device)) throw invalidType('device', 'a Device', device);
-    if (device.closed) throw new UffdHmmError('ERR_DEVICE_CLOSED', `device ${device.name} is closed`);
+    if (device.closed) throw deviceClosed(device.name);
     const opts = optionsObject('options', options);
     const forceWrite = optionalBoolean('options.write', opts.write);
     // Shared memory never migrates (migrate_vma_pages keeps pages that have a mapping), nor does
@@ -574,7 +580,7 @@ export class Region extends EventEmitter implements DeviceHolder {
       }
       // Stop writers first (the migration entry), then copy, then free the CPU pages.
       this.#forRuns(f, locked, (i) => pfns[i] >= 0 && (old[i] & KIND_MASK) === KIND_PRESENT, (a, n) =>
-        this.#retry(() => native.regionWriteProtect(this.handle, a, n, true, false), 'ioctl(UFFDIO_WRITEPROTECT)'),
+        this.#retry(() => native.regionWriteProtect(this.handle, a, n, true, false), 'ioctl(UFFDIO_WRITEPROTECT)', `write-protecting ${pageSpan(a, n)} to migrate them`),
       );
       const cpuPfns = new Int32Array(locked);
       for (let i = 0; i < locked; i++) {
@@ -840,7 +846,7 @@ export class Region extends EventEmitter implements DeviceHolder {
     for (let i = 0; i < c; i++) old[i] = lockPage(this.shared, f + i);
     try {
       this.#forRuns(f, c, (i) => (old[i] & UNMAPPED) === 0, (a, n) => {
-        check(native.regionMprotect(this.handle, a, n, bits), 'mprotect');
+        check(native.regionMprotect(this.handle, a, n, bits), 'mprotect', `${pageSpan(a, n)} to '${prot}'`);
         this.#prot ??= new Uint8Array(this.#pages).fill(PROT_READWRITE);
         this.#prot.fill(bits, a, a + n);
         for (let p = a; p < a + n; p++) {
@@ -915,7 +921,14 @@ export class Region extends EventEmitter implements DeviceHolder {
     this.#checkOpen();
     const [f, c] = pageRange(first, count, this.pages);
     if (c === 0) return;
-    check(native.regionCollapse(this.handle, f, c), 'madvise(MADV_COLLAPSE)', `pages ${f}..${f + c - 1}`);
+    check(
+      native.regionCollapse(this.handle, f, c),
+      'madvise(MADV_COLLAPSE)',
+      `collapsing ${pageSpan(f, c)} into THPs`,
+      this.thp
+        ? 'every page of each PMD must be present and not write-protected: touch (write) them all first'
+        : 'map the region with { thp: true } to collapse it',
+    );
   }
 
   /**
@@ -953,7 +966,10 @@ export class Region extends EventEmitter implements DeviceHolder {
   async fork(steps: ChildStep[], options?: { timeoutMs?: number }): Promise<ChildResult> {
     this.#checkOpen();
     if (this.servicer === 'inline') {
-      throw new UffdHmmError('ERR_SERVICER_UNSUPPORTED', "region.fork needs EVENT_FORK, which the 'inline' servicer cannot read; use 'worker' or 'native'");
+      throw new UffdHmmError(
+        'ERR_SERVICER_UNSUPPORTED',
+        "region.fork needs EVENT_FORK, which the 'inline' servicer cannot read; map the region with servicer 'worker' or 'native' to fork it",
+      );
     }
     this.#refuseHugetlb('region.fork');
     const opts = optionsObject('options', options);
@@ -985,7 +1001,10 @@ export class Region extends EventEmitter implements DeviceHolder {
       );
     }
     if (this.servicer === 'inline') {
-      throw new UffdHmmError('ERR_SERVICER_UNSUPPORTED', "an 'inline' region reads no EVENT_REMAP, so it cannot be remapped; use 'worker' or 'native'");
+      throw new UffdHmmError(
+        'ERR_SERVICER_UNSUPPORTED',
+        "an 'inline' region reads no EVENT_REMAP, so it cannot be remapped; map the region with servicer 'worker' or 'native' to remap it",
+      );
     }
     const oldPages = this.#pages;
     const old = this.shared;
@@ -1167,7 +1186,7 @@ export class Region extends EventEmitter implements DeviceHolder {
             else if (one !== 0) return one;
           }
           return 0;
-        }, 'ioctl(UFFDIO_COPY)');
+        }, 'ioctl(UFFDIO_COPY)', `migrating ${pageSpan(page, k)} back to system memory`);
       } catch (e) {
         for (let i = 0; i < k; i++) unlockPage(shared, page + i, s);
         throw e;
@@ -1201,7 +1220,8 @@ export class Region extends EventEmitter implements DeviceHolder {
     if (rc !== 0) {
       // No event will come to clear the marks.
       if (this.#zapEvents) for (let p = first; p < first + count; p++) Atomics.and(shared, stateIndex(p), ~ZAPPING);
-      check(rc, free ? 'madvise(MADV_FREE)' : 'madvise(MADV_DONTNEED)', `pages ${first}..${first + count - 1}`);
+      if (free) check(rc, 'madvise(MADV_FREE)', `freeing ${pageSpan(first, count)}`, 'MADV_FREE takes private anonymous memory only; discard without { free } instead');
+      else check(rc, 'madvise(MADV_DONTNEED)', `zapping ${pageSpan(first, count)}`);
     }
     if (!this.#zapEvents) return;
     const deadline = Date.now() + LOCK_DEADLINE_MS;
@@ -1213,7 +1233,12 @@ export class Region extends EventEmitter implements DeviceHolder {
       if (++spins < 256) continue;
       if (Date.now() > deadline) {
         for (let q = p; q < first + count; q++) Atomics.and(shared, stateIndex(q), ~ZAPPING);
-        throw new UffdHmmError('ERR_SERVICER_STALLED', `the servicer did not see our own MADV_DONTNEED within ${LOCK_DEADLINE_MS} ms`);
+        throw new UffdHmmError(
+          'ERR_SERVICER_STALLED',
+          `the servicer did not see our own MADV_DONTNEED of page ${p} within ${LOCK_DEADLINE_MS} ms: it is stuck, ` +
+            'probably in a driver fault hook that does not return; fix the hook, or keep configureServicers({ stallDeadlineMs }) ' +
+            `below ${LOCK_DEADLINE_MS} ms (the default 5000 is) so that a native guard takes over a stuck servicer`,
+        );
       }
       const seq = Atomics.load(shared, UNLOCK_SEQ);
       if ((Atomics.load(shared, stateIndex(p)) & ZAPPING) !== 0) Atomics.wait(shared, UNLOCK_SEQ, seq, 0.05);
@@ -1274,16 +1299,21 @@ export class Region extends EventEmitter implements DeviceHolder {
    * slow driver hook, a loaded machine), so wait for it by time, with the deadline of a locked page,
    * napping between tries; counting tries gave up after ~100 ms of a busy servicer.
    */
-  #retry(op: () => number, syscall: string): void {
+  #retry(op: () => number, syscall: string, context: string): void {
     let deadline = 0;
     for (let i = 0; ; i++) {
       const rc = op();
-      if (rc !== EAGAIN) return check(rc, syscall);
+      if (rc !== EAGAIN) return check(rc, syscall, context);
       Atomics.add(this.shared, STAT_FILL_RETRIES, 1);
       if (i < 64) continue;
       if (deadline === 0) deadline = Date.now() + LOCK_DEADLINE_MS;
       else if (Date.now() > deadline) {
-        check(rc, syscall, `the mm kept changing for over ${LOCK_DEADLINE_MS} ms: the servicer left an event unread`);
+        check(
+          rc,
+          syscall,
+          `${context}; the mm kept changing for over ${LOCK_DEADLINE_MS} ms`,
+          'the servicer left a userfaultfd event unread (a hung driver hook?); fix the hook or retry the call',
+        );
       }
       Atomics.wait(nap, 0, 0, 0.05);
     }
@@ -1309,7 +1339,7 @@ export class Region extends EventEmitter implements DeviceHolder {
   }
 
   #checkOpen(): void {
-    if (this.#closed || this.#closing) throw new UffdHmmError('ERR_REGION_CLOSED', 'the region is closed');
+    if (this.#closed || this.#closing) throw regionClosed();
   }
 }
 
@@ -1418,6 +1448,11 @@ function thpBlocks(handle: number, address: bigint, f: number, c: number): numbe
 /** Nothing ever notifies it: Atomics.wait on it is a short sleep. */
 const nap = new Int32Array(new SharedArrayBuffer(4));
 
+/** "page 3" or "pages 3..9", for error contexts. */
+function pageSpan(first: number, count: number): string {
+  return count === 1 ? `page ${first}` : `pages ${first}..${first + count - 1}`;
+}
+
 let zeroPfnCache: bigint | undefined;
 /** The shared zero page's frame (0n when pagemap hides frames, i.e. without CAP_SYS_ADMIN). */
 function zeroPagePfn(): bigint {
@@ -1444,7 +1479,13 @@ function readSmaps(address: bigint): { rss: number; anonymous: number; swap: num
   const text = readFileSync('/proc/self/smaps', 'utf8');
   const start = address.toString(16).padStart(8, '0');
   const at = text.search(new RegExp(`^0*${start.replace(/^0+/, '')}-`, 'm'));
-  if (at < 0) throw new UffdHmmError('ERR_SMAPS', `no /proc/self/smaps entry starts at 0x${start}`);
+  if (at < 0) {
+    throw new UffdHmmError(
+      'ERR_SMAPS',
+      `region.smaps() found no /proc/self/smaps entry starting at the region's address 0x${start}: its first page was ` +
+        'unmapped behind the library (munmap); use region.pagemap() or region.entry(), which work page by page',
+    );
+  }
   const next = text.slice(at).search(/\n[0-9a-f]+-[0-9a-f]+ /);
   const block = next < 0 ? text.slice(at) : text.slice(at, at + next + 1);
   const field = (name: string): number => {

@@ -2,7 +2,7 @@
 // of concurrency (a write racing a migration) and for users who want a faulting thread that does
 // not block the event loop.
 import { native } from './native.js';
-import { UffdHmmError, invalidType } from './errors.js';
+import { UffdHmmError, invalidType, outOfRange, regionClosed } from './errors.js';
 import { integer, optionsObject } from './validate.js';
 import { Region } from './region.js';
 
@@ -56,7 +56,7 @@ export class NativeToucher {
     // A Region, not anything with a numeric handle: a forged handle would aim the threads at
     // whichever region has that handle, mprotected or moving under them.
     if (!(region instanceof Region)) throw invalidType('region', 'a Region', region);
-    if (region.closed) throw new UffdHmmError('ERR_REGION_CLOSED', 'the region is closed');
+    if (region.closed) throw regionClosed();
     const opts = optionsObject('options', options);
     this.threads = opts.threads === undefined ? 1 : integer('options.threads', opts.threads, 1, 64);
     this.iterations = integer('options.iterations', opts.iterations, 0, 0xffffffff);
@@ -71,6 +71,7 @@ export class NativeToucher {
       if (list === null || typeof list !== 'object' || typeof list.length !== 'number') {
         throw invalidType('options.pages', 'an array of page numbers', list);
       }
+      if (list.length === 0) throw outOfRange('options.pages.length', 'at least 1 (leave options.pages out for every page)', 0);
       pages = new Int32Array(list.length);
       for (let i = 0; i < list.length; i++) pages[i] = integer('options.pages[i]', list[i], 0, region.pages - 1);
     }
@@ -102,7 +103,9 @@ export class NativeToucher {
    * @throws `ERR_TOUCHER_RUNNING` until {@link NativeToucher#wait} returned true (or `finished` resolved).
    */
   counts(): number[] {
-    if (!this.#done) throw new UffdHmmError('ERR_TOUCHER_RUNNING', 'the touchers are still running: wait() first');
+    if (!this.#done) {
+      throw new UffdHmmError('ERR_TOUCHER_RUNNING', 'the touchers are still running; call wait(timeoutMs) until it returns true (stop() ends them sooner)');
+    }
     return [...this.#counts];
   }
 
@@ -115,7 +118,12 @@ export class NativeToucher {
   async finished(timeoutMs: number): Promise<void> {
     const deadline = Date.now() + integer('timeoutMs', timeoutMs, 0, 600_000);
     while (!this.wait(0)) {
-      if (Date.now() > deadline) throw new UffdHmmError('ERR_TOUCHER_TIMEOUT', `native touchers did not finish within ${timeoutMs} ms`);
+      if (Date.now() > deadline) {
+        throw new UffdHmmError(
+          'ERR_TOUCHER_TIMEOUT',
+          `native touchers did not finish within ${timeoutMs} ms; give finished() more time, or call stop() first (iterations 0 runs until stop())`,
+        );
+      }
       await new Promise((r) => setTimeout(r, 5));
     }
   }

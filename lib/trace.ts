@@ -1,7 +1,6 @@
 // The fault trace: every fault a servicer serves, recorded into a bounded ring in shared memory
 // (native/trace.h writes it, from any servicer, without locks or allocation). This side reads it.
 import { native } from './native.js';
-import { UffdHmmError } from './errors.js';
 import {
   FAULT_KERNEL,
   OUTCOME_MIGRATED,
@@ -223,10 +222,5 @@ export class FaultTrace {
     } catch (e) {
       if ((e as { code?: string }).code !== 'ERR_REGION_CLOSED') throw e;
     }
-  }
-
-  /** @internal */
-  assertRunning(): void {
-    if (this.#stopped) throw new UffdHmmError('ERR_TRACE_STOPPED', 'the trace was stopped');
   }
 }

@@ -77,7 +77,7 @@ Args touchArgs(const Napi::CallbackInfo& info, size_t first) {
 // of our regions from native threads; the region's own servicer serves the faults.
 Napi::Value BenchTouch(const Napi::CallbackInfo& info) {
   auto r = regions().get(static_cast<int>(argU32(info, 0, "region")));
-  if (!r || r->closed.load()) throw codedError(info.Env(), "ERR_REGION_CLOSED", "the region is closed");
+  if (!r || r->closed.load()) throw codedError(info.Env(), "ERR_REGION_CLOSED", kRegionClosed);
   Args a = touchArgs(info, 1);
   bool write = argBool(info, 4, "write");
   runTouchers(r->base, r->pageSize, r->pages, a.order, a.n, a.threads, a.out, write);
@@ -191,7 +191,11 @@ Napi::Value BenchSetAffinity(const Napi::CallbackInfo& info) {
     if (::sched_setaffinity(tid, sizeof set, &set) != 0 && errno != ESRCH) err = errno;
   }
   ::closedir(dir);
-  if (err != 0) throw systemError(env, err, "sched_setaffinity");
+  if (err != 0)
+    throw systemError(env, err, "sched_setaffinity", "moving the benchmark's threads onto the CPU it measures on",
+                      err == EINVAL ? "that CPU is not one this process may run on (offline, or outside its cpuset); "
+                                      "pass --cpu with one that `taskset -pc $$` lists"
+                                    : nullptr);
   std::vector<int32_t> prev = cpuList(before);
   Napi::Int32Array out = Napi::Int32Array::New(env, prev.size());
   for (size_t i = 0; i < prev.size(); i++) out[i] = prev[i];

@@ -54,17 +54,18 @@ static Napi::Value DeviceCreate(const Napi::CallbackInfo& info) {
     throw rangeError(env, "shared buffer too small for the device capacity");
   size_t ps = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
   void* mem = ::mmap(nullptr, capacity * ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (mem == MAP_FAILED) throw systemError(env, errno, "mmap");
+  if (mem == MAP_FAILED)
+    throw systemError(env, errno, "mmap", std::to_string(capacity * ps) + " bytes of device memory for capacity " + std::to_string(capacity));
   auto dev = std::make_shared<DeviceStore>(static_cast<uint8_t*>(mem), capacity, ps, shared);
   int slot = devices().add(dev);
-  if (slot < 0) throw codedError(env, "ERR_TOO_MANY_DEVICES", "too many open devices (at most 32767)");
+  if (slot < 0) throw codedError(env, "ERR_TOO_MANY_DEVICES", "too many open devices (at most 32767); close devices you no longer use (device.close())");
   keepAlive(env, KeepKind::Device, slot, info[1]);
   return Napi::Number::New(env, slot);
 }
 
 static std::shared_ptr<DeviceStore> argDevice(const Napi::CallbackInfo& info, size_t i) {
   auto dev = devices().get(static_cast<int>(argU32(info, i, "device")));
-  if (!dev) throw codedError(info.Env(), "ERR_DEVICE_CLOSED", "the device is closed");
+  if (!dev) throw codedError(info.Env(), "ERR_DEVICE_CLOSED", kDeviceClosed);
   return dev;
 }
 

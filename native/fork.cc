@@ -114,10 +114,12 @@ void releaseChild(RegionState& c) {
 Napi::Value RegionFork(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto r = regions().get(static_cast<int>(argU32(info, 0, "region")));
-  if (!r || r->closed.load()) throw codedError(env, "ERR_REGION_CLOSED", "the region is closed");
+  if (!r || r->closed.load()) throw codedError(env, "ERR_REGION_CLOSED", kRegionClosed);
   if (!r->forkEvents)
     throw codedError(env, "ERR_UFFD_FEATURE_MISSING",
-                     "region.fork needs UFFD_FEATURE_EVENT_FORK, which the kernel grants only with CAP_SYS_PTRACE (run as root)");
+                     "region.fork needs UFFD_FEATURE_EVENT_FORK, which the kernel grants only to a process with CAP_SYS_PTRACE; "
+                     "run as root with its full capabilities, or grant it (`sudo setcap cap_sys_ptrace+ep \"$(command -v node)\"`, "
+                     "`docker run --cap-add SYS_PTRACE`), then map the region again");
   auto [stepsPtr, stepWords] = argInt32Array(info, 1, "steps");
   auto [childShared, childWords] = argSharedInt32(info, 2, "childShared");
   uint32_t timeoutMs = argU32(info, 3, "timeoutMs");
@@ -144,9 +146,9 @@ Napi::Value RegionFork(const Napi::CallbackInfo& info) {
   std::vector<int32_t> steps(stepsPtr, stepsPtr + stepWords);
 
   int pipefd[2], gofd[2];
-  if (::pipe2(pipefd, O_CLOEXEC) != 0) throw systemError(env, errno, "pipe2");
+  if (::pipe2(pipefd, O_CLOEXEC) != 0) throw systemError(env, errno, "pipe2", "the pipes of a region.fork child");
   UniqueFd readEnd(pipefd[0]), writeEnd(pipefd[1]);
-  if (::pipe2(gofd, O_CLOEXEC) != 0) throw systemError(env, errno, "pipe2");
+  if (::pipe2(gofd, O_CLOEXEC) != 0) throw systemError(env, errno, "pipe2", "the pipes of a region.fork child");
   UniqueFd goRead(gofd[0]), goWrite(gofd[1]);
   (void)crc32(0, nullptr, 0);  // build the table now: the child must not run lazy initialisation
 
@@ -157,7 +159,7 @@ Napi::Value RegionFork(const Napi::CallbackInfo& info) {
   if (pid < 0) {
     int err = errno;
     r->expectingFork.store(false);
-    throw systemError(env, err, "fork");
+    throw systemError(env, err, "fork", "forking the child of region.fork");
   }
   writeEnd.reset();
   goRead.reset();
@@ -169,7 +171,9 @@ Napi::Value RegionFork(const Napi::CallbackInfo& info) {
       r->expectingFork.store(false);
       ::kill(pid, SIGKILL);
       ::waitpid(pid, nullptr, 0);
-      throw codedError(env, "ERR_FORK_EVENT", "the servicer never delivered the child's userfaultfd (EVENT_FORK)");
+      throw codedError(env, "ERR_FORK_EVENT",
+                       "the servicer never delivered the child's userfaultfd (EVENT_FORK) within 10 s, so the child was killed; "
+                       "look for 'error' events on the region (a stuck servicer), then retry region.fork");
     }
     std::this_thread::yield();
   }
@@ -184,7 +188,7 @@ Napi::Value RegionFork(const Napi::CallbackInfo& info) {
   child->ownsMapping = false;
   child->parent = r;
   int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (efd < 0) throw systemError(env, errno, "eventfd");
+  if (efd < 0) throw systemError(env, errno, "eventfd", "the wake-up eventfd of a region.fork child");
   child->wakeFd = UniqueFd(efd);
   {
     std::lock_guard<std::mutex> lock(r->familyMu);
@@ -258,7 +262,7 @@ Napi::Value ForkPoll(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int h = static_cast<int>(argU32(info, 0, "job"));
   auto job = jobs().get(h);
-  if (!job) throw codedError(env, "ERR_FORK_GONE", "no such fork job");
+  if (!job) throw codedError(env, "ERR_FORK_GONE", (std::string("no such fork job") + kInternal).c_str());
   if (!job->done.load(std::memory_order_acquire)) return env.Undefined();
   job->waiter.join();
   Napi::Object out = Napi::Object::New(env);

@@ -24,9 +24,28 @@ Napi::Error codedError(Napi::Env env, const char* code, const char* msg) {
   return withCode(Napi::Error::New(env, msg), code);
 }
 
-Napi::Error systemError(Napi::Env env, int err, const char* syscall) {
+// The same words as NEXT_STEP in lib/errors.ts.
+static const char* nextStepFor(int err) {
+  switch (err) {
+    case ENOMEM:
+      return "the kernel refused the memory; map fewer or smaller regions and devices, or raise the limit that was hit "
+             "(ulimit -v, ulimit -d, vm.max_map_count)";
+    case EMFILE:
+      return "this process has too many open files; close regions and devices it no longer uses, or raise the limit (ulimit -n)";
+    case ENFILE:
+      return "the system has too many open files; close some, or raise fs.file-max";
+    case EAGAIN:
+      return "a process or thread limit was reached; end processes this user no longer needs, or raise the limit (ulimit -u)";
+    default:
+      return "unexpected here; please report it with this message and the output of `npx uffd-hmm info --json`";
+  }
+}
+
+Napi::Error systemError(Napi::Env env, int err, const char* syscall, const std::string& context, const char* hint) {
   const char* name = ::strerrorname_np(err);
-  std::string msg = std::string(syscall) + " failed: " + ::strerror(err);
+  std::string msg = std::string(syscall) + " failed: " + (name ? name : "EUNKNOWN");
+  if (!context.empty()) msg += " (" + context + ")";
+  msg += std::string(": ") + (hint ? hint : nextStepFor(err));
   Napi::Error e = withCode(Napi::Error::New(env, msg), name ? name : "EUNKNOWN");
   e.Set("errno", Napi::Number::New(env, -err));
   e.Set("syscall", Napi::String::New(env, syscall));

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <utility>
 
 namespace uffdhmm {
@@ -13,8 +14,17 @@ namespace uffdhmm {
 Napi::Error typeError(Napi::Env env, const char* msg);
 Napi::Error rangeError(Napi::Env env, const char* msg);
 Napi::Error codedError(Napi::Env env, const char* code, const char* msg);
-// An Error with code (e.g. 'EEXIST'), errno (negative, as Node reports it) and syscall.
-Napi::Error systemError(Napi::Env env, int err, const char* syscall);
+// ERR_REGION_CLOSED / ERR_DEVICE_CLOSED as lib/errors.ts words them (lib/ checks first; these are the backstop).
+constexpr const char* kRegionClosed = "the region is closed (region.close() was called); map a new one with Region.map()";
+constexpr const char* kDeviceClosed = "the device is closed (device.close() was called); create a new Device to use device memory again";
+// Handles only lib/ passes: not finding one is a bug here, never a user's mistake.
+constexpr const char* kInternal = " (an internal error in uffd-hmm; please report it with the output of `npx uffd-hmm info --json`)";
+// An Error with code (e.g. 'EEXIST'), errno (negative, as Node reports it) and syscall. Its message
+// says what was being done (`context`) and what to do about it (`hint`, by default by errno), worded
+// as lib/errors.ts words the SystemErrors it raises itself.
+Napi::Error systemError(Napi::Env env, int err, const char* syscall, const std::string& context = {}, const char* hint = nullptr);
+// "1 page", "16 pages": for those contexts.
+inline std::string pagesText(size_t n) { return std::to_string(n) + (n == 1 ? " page" : " pages"); }
 
 uint32_t argU32(const Napi::CallbackInfo& info, size_t i, const char* name);
 bool argBool(const Napi::CallbackInfo& info, size_t i, const char* name);

@@ -126,7 +126,7 @@ constexpr double kEventUnmap = 3;
 
 std::shared_ptr<Poller> argPoller(const Napi::CallbackInfo& info, size_t i) {
   auto p = pollers().get(static_cast<int>(argU32(info, i, "poller")));
-  if (!p) throw codedError(info.Env(), "ERR_POLLER_CLOSED", "the servicer poller is closed");
+  if (!p) throw codedError(info.Env(), "ERR_POLLER_CLOSED", (std::string("the servicer poller is closed") + kInternal).c_str());
   return p;
 }
 
@@ -134,15 +134,15 @@ Napi::Value PollerCreate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto p = std::make_shared<Poller>();
   int ep = ::epoll_create1(EPOLL_CLOEXEC);
-  if (ep < 0) throw systemError(env, errno, "epoll_create1");
+  if (ep < 0) throw systemError(env, errno, "epoll_create1", "starting the worker servicer");
   p->epoll = UniqueFd(ep);
   int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (efd < 0) throw systemError(env, errno, "eventfd");
+  if (efd < 0) throw systemError(env, errno, "eventfd", "starting the worker servicer");
   p->wakeFd = UniqueFd(efd);
   struct epoll_event ev = {};
   ev.events = EPOLLIN;
   ev.data.u64 = kWakeTag;
-  if (::epoll_ctl(ep, EPOLL_CTL_ADD, efd, &ev) != 0) throw systemError(env, errno, "epoll_ctl");
+  if (::epoll_ctl(ep, EPOLL_CTL_ADD, efd, &ev) != 0) throw systemError(env, errno, "epoll_ctl", "starting the worker servicer");
   return Napi::Number::New(env, pollers().add(p));
 }
 
@@ -157,11 +157,12 @@ Napi::Value PollerAdd(const Napi::CallbackInfo& info) {
   auto p = argPoller(info, 0);
   int h = static_cast<int>(argU32(info, 1, "region"));
   auto r = regions().get(h);
-  if (!r) throw codedError(env, "ERR_REGION_CLOSED", "the region is closed");
+  if (!r) throw codedError(env, "ERR_REGION_CLOSED", kRegionClosed);
   struct epoll_event ev = {};
   ev.events = EPOLLIN;
   ev.data.u64 = static_cast<uint64_t>(h);
-  if (::epoll_ctl(p->epoll.get(), EPOLL_CTL_ADD, r->uffd.get(), &ev) != 0) throw systemError(env, errno, "epoll_ctl");
+  if (::epoll_ctl(p->epoll.get(), EPOLL_CTL_ADD, r->uffd.get(), &ev) != 0)
+    throw systemError(env, errno, "epoll_ctl", "adding a region to the worker servicer");
   std::lock_guard<std::mutex> lock(p->mu);
   p->members.push_back(h);
   p->hasMembers.store(true);
@@ -172,7 +173,7 @@ Napi::Value PollerAdd(const Napi::CallbackInfo& info) {
 // environment is torn down, its regions are taken over by native guards (onWorkerGone).
 Napi::Value PollerAttach(const Napi::CallbackInfo& info) {
   int h = static_cast<int>(argU32(info, 0, "poller"));
-  if (!pollers().get(h)) throw codedError(info.Env(), "ERR_POLLER_CLOSED", "the servicer poller is closed");
+  if (!pollers().get(h)) throw codedError(info.Env(), "ERR_POLLER_CLOSED", (std::string("the servicer poller is closed") + kInternal).c_str());
   pollers().get(h)->attachedTid.store(gettid());
   napi_add_env_cleanup_hook(info.Env(), onWorkerGone, reinterpret_cast<void*>(static_cast<intptr_t>(h)));
   return info.Env().Undefined();

@@ -125,7 +125,7 @@ static Napi::Value Probe(const Napi::CallbackInfo& info) {
 static std::shared_ptr<RegionState> argRegion(const Napi::CallbackInfo& info, size_t i) {
   auto r = regions().get(static_cast<int>(argU32(info, i, "region")));
   if (!r || r->closed.load(std::memory_order_acquire))
-    throw codedError(info.Env(), "ERR_REGION_CLOSED", "the region is closed");
+    throw codedError(info.Env(), "ERR_REGION_CLOSED", kRegionClosed);
   return r;
 }
 
@@ -192,7 +192,7 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
   const bool minorFaults = !mapShared && fileFd >= 0;
 
   OpenResult o = openUffd(allowUserModeOnly);
-  if (!o.fd.valid()) throw systemError(env, o.err, "userfaultfd");
+  if (!o.fd.valid()) throw systemError(env, o.err, "userfaultfd", "opening a userfaultfd for a new region");
   r->uffd = std::move(o.fd);
   r->via = o.via;
   r->userModeOnly = o.userModeOnly;
@@ -220,19 +220,21 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
                                                  UFFD_FEATURE_EVENT_REMAP)) |
                        shmemNeeded;
   if (inlineMode && !(kernelFeatures().features & UFFD_FEATURE_SIGBUS))
-    throw codedError(env, "ERR_UFFD_FEATURE_MISSING", "this kernel lacks UFFD_FEATURE_SIGBUS (Linux 4.14+), needed by the inline servicer");
+    throw codedError(env, "ERR_UFFD_FEATURE_MISSING",
+                     "this kernel lacks UFFD_FEATURE_SIGBUS (Linux 4.14+), which the inline servicer needs; map the region with "
+                     "servicer 'worker' or 'native', or upgrade the kernel");
   int rc = apiHandshake(r->uffd.get(), wanted, nullptr, nullptr);
   if (rc == -EPERM && (wanted & UFFD_FEATURE_EVENT_FORK)) {
     // EVENT_FORK needs CAP_SYS_PTRACE. Without it the region still works; region.fork does not,
     // and a fork leaves the child with plain memory (its copy is unregistered), as the kernel does.
     OpenResult again = openUffd(allowUserModeOnly);
-    if (!again.fd.valid()) throw systemError(env, again.err, "userfaultfd");
+    if (!again.fd.valid()) throw systemError(env, again.err, "userfaultfd", "opening a userfaultfd for a new region");
     r->uffd = std::move(again.fd);
     rc = apiHandshake(r->uffd.get(), wanted & ~uint64_t(UFFD_FEATURE_EVENT_FORK), nullptr, nullptr);
   } else {
     r->forkEvents = (wanted & UFFD_FEATURE_EVENT_FORK) != 0 && !hugetlb;
   }
-  if (rc != 0) throw systemError(env, -rc, "ioctl(UFFDIO_API)");
+  if (rc != 0) throw systemError(env, -rc, "ioctl(UFFDIO_API)", "the handshake of a new region's userfaultfd");
 
   const int mapFlags = (mapShared ? MAP_SHARED : MAP_PRIVATE) | (fileFd >= 0 ? 0 : MAP_ANONYMOUS) |
                        (hugetlb ? MAP_HUGETLB : MAP_NORESERVE);
@@ -242,7 +244,12 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
     throw codedError(env, "ERR_NO_HUGE_PAGES",
                      "mmap(MAP_HUGETLB) found too few free huge pages; reserve some first, e.g. as root: "
                      "sysctl vm.nr_hugepages=<count> (see /proc/meminfo HugePages_Free)");
-  if (mem == MAP_FAILED) throw systemError(env, errno, "mmap");
+  if (mem == MAP_FAILED && fileFd >= 0 && errno == EACCES)
+    throw systemError(env, errno, "mmap", "mapping the file for a region of " + pagesText(pages),
+                      mapShared ? "a shared, writable mapping needs the file opened read-write ('r+' or 'w+')"
+                                : "the file must be opened for reading");
+  if (mem == MAP_FAILED)
+    throw systemError(env, errno, "mmap", std::to_string(r->length) + " bytes for a region of " + pagesText(pages));
   r->base = static_cast<uint8_t*>(mem);
   r->hugetlb = hugetlb;
   uint64_t ioctls = 0;
@@ -260,12 +267,14 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
       throw codedError(env, "ERR_BACKING_UNSUPPORTED",
                        "userfaultfd cannot register a mapping of this file: it serves shmem files only; "
                        "put the file on tmpfs (e.g. /dev/shm) or use an anonymous region");
-    if (rc != 0) throw systemError(env, -rc, "ioctl(UFFDIO_REGISTER)");
+    if (rc != 0)
+      throw systemError(env, -rc, "ioctl(UFFDIO_REGISTER)", "registering " + pagesText(pages) + " for missing and write-protect faults",
+                        rc == -EINVAL ? "this kernel cannot write-protect anonymous memory through userfaultfd; uffd-hmm needs Linux 5.7 or newer" : nullptr);
   }
 
   if (servicer == "native") {
     int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (efd < 0) throw systemError(env, errno, "eventfd");
+    if (efd < 0) throw systemError(env, errno, "eventfd", "the wake-up eventfd of a native servicer");
     r->wakeFd = UniqueFd(efd);
   }
   // Everything that can still fail comes before the region is published: a region left registered
@@ -273,7 +282,8 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
   Napi::Object out = Napi::Object::New(env);
   out.Set("bytes", Napi::ArrayBuffer::New(env, r->base, r->length));
   if (inlineMode && !inlineAdd(r))
-    throw codedError(env, "ERR_TOO_MANY_INLINE_REGIONS", "at most 64 inline regions may be open at once");
+    throw codedError(env, "ERR_TOO_MANY_INLINE_REGIONS",
+                     "at most 64 inline regions may be open at once; close one, or map this one with servicer 'native'");
   int handle = regions().add(r);
   keepAlive(env, KeepKind::Region, handle, info[1]);
   if (servicer == "native") startNativeServicer(r);
@@ -368,7 +378,7 @@ static Napi::Value RegionComplete(const Napi::CallbackInfo& info) {
   std::shared_ptr<DeviceStore> dev;
   if (freeSlot > 0) {
     dev = devices().get(static_cast<int>(freeSlot));
-    if (!dev) throw codedError(env, "ERR_DEVICE_CLOSED", "the device is closed");
+    if (!dev) throw codedError(env, "ERR_DEVICE_CLOSED", kDeviceClosed);
     if (freePfn >= dev->capacity) throw rangeError(env, "pfn is outside the device's memory");
   }
   int32_t* st = r->state(page);
@@ -408,7 +418,7 @@ static Napi::Value RegionCopyIn(const Napi::CallbackInfo& info) {
   uint32_t page = argU32(info, 1, "page");
   checkRange(info, *r, page, 1);
   auto dev = devices().get(static_cast<int>(argU32(info, 2, "device")));
-  if (!dev) throw codedError(info.Env(), "ERR_DEVICE_CLOSED", "the device is closed");
+  if (!dev) throw codedError(info.Env(), "ERR_DEVICE_CLOSED", kDeviceClosed);
   uint32_t pfn = argU32(info, 3, "pfn");
   if (pfn >= dev->capacity) throw rangeError(info.Env(), "pfn is outside the device's memory");
   bool wp = argBool(info, 4, "writeProtect");
@@ -471,9 +481,25 @@ static Napi::Value RegionPoison(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), poison(r->uffd.get(), r->addr(page), r->pageSize, kPoisonModeDontwake, nullptr));
 }
 
+// /proc/self/pagemap, opened on first use and kept open. A failed open (EMFILE, at the descriptor
+// limit) is not kept: the next call tries again, instead of failing with a stale errno for good.
 static int pagemapFd() {
-  static int fd = ::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  static std::atomic<int> cached{-1};
+  int fd = cached.load(std::memory_order_acquire);
+  if (fd >= 0) return fd;
+  fd = ::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  int expected = -1;
+  if (!cached.compare_exchange_strong(expected, fd)) {
+    ::close(fd);
+    return expected;
+  }
   return fd;
+}
+
+// For the bindings that read pagemap: a failed open is named as such.
+static void openPagemapOrThrow(Napi::Env env) {
+  if (pagemapFd() < 0) throw systemError(env, errno, "open(/proc/self/pagemap)", "opening the kernel's view of the region's page table");
 }
 
 static constexpr uint64_t kPmPresent = 1ull << 63;
@@ -548,18 +574,19 @@ static Napi::Value RegionCopyOut(const Napi::CallbackInfo& info) {
   uint32_t count = argU32(info, 2, "count");
   checkRange(info, *r, first, count);
   auto dev = devices().get(static_cast<int>(argU32(info, 3, "device")));
-  if (!dev) throw codedError(env, "ERR_DEVICE_CLOSED", "the device is closed");
+  if (!dev) throw codedError(env, "ERR_DEVICE_CLOSED", kDeviceClosed);
   auto [pfns, n] = argInt32Array(info, 4, "pfns");
   if (n < count) throw rangeError(env, "pfns is shorter than count");
   for (uint32_t i = 0; i < count; i++)
     if (pfns[i] >= 0 && static_cast<size_t>(pfns[i]) >= dev->capacity) throw rangeError(env, "pfn is outside the device's memory");
+  openPagemapOrThrow(env);
   constexpr uint32_t kChunk = 512;
   uint64_t pm[kChunk];
   uint32_t withData = 0;
   for (uint32_t done = 0; done < count; done += kChunk) {
     uint32_t k = std::min(kChunk, count - done);
     int rc = readPagemap(*r, first + done, k, pm);
-    if (rc != 0) throw systemError(env, -rc, "pread(/proc/self/pagemap)");
+    if (rc != 0) throw systemError(env, -rc, "pread(/proc/self/pagemap)", "reading the region's page table entries");
     for (uint32_t i = 0; i < k; i++) {
       int32_t pfn = pfns[done + i];
       if (pfn < 0) continue;
@@ -587,8 +614,9 @@ static Napi::Value RegionPagemap(const Napi::CallbackInfo& info) {
     throw typeError(env, "out must be a BigUint64Array");
   auto arr = v.As<Napi::TypedArrayOf<uint64_t>>();
   if (arr.ElementLength() < count) throw rangeError(env, "out is shorter than count");
+  openPagemapOrThrow(env);
   int rc = readPagemap(*r, first, count, arr.Data());
-  if (rc != 0) throw systemError(env, -rc, "pread(/proc/self/pagemap)");
+  if (rc != 0) throw systemError(env, -rc, "pread(/proc/self/pagemap)", "reading the region's page table entries");
   return env.Undefined();
 }
 
@@ -637,14 +665,19 @@ static Napi::Value RegionRemap(const Napi::CallbackInfo& info) {
   auto [shared, words] = argSharedInt32(info, 2, "shared");
   if (pages == 0) throw rangeError(env, "pages must be at least 1");
   if (words < layout::kRegionHeader + 2 * size_t(pages)) throw rangeError(env, "shared buffer too small for the region");
-  if (r->inlineMode) throw codedError(env, "ERR_SERVICER_UNSUPPORTED", "an inline region reads no EVENT_REMAP, so it cannot be remapped");
+  if (r->inlineMode)
+    throw codedError(env, "ERR_SERVICER_UNSUPPORTED",
+                     "an 'inline' region reads no EVENT_REMAP, so it cannot be remapped; map the region with servicer 'worker' or 'native' to remap it");
   if (r->activeTouchers.load() > 0)
     throw codedError(env, "ERR_REGION_BUSY", "native touchers are running on this region: stop them (and wait) before remapping it");
   if (!(kernelFeatures().features & UFFD_FEATURE_EVENT_REMAP))
-    throw codedError(env, "ERR_UFFD_FEATURE_MISSING", "this kernel lacks UFFD_FEATURE_EVENT_REMAP");
+    throw codedError(env, "ERR_UFFD_FEATURE_MISSING",
+                     "this kernel lacks UFFD_FEATURE_EVENT_REMAP (Linux 4.11+), which region.remap needs; map a new region of the "
+                     "size you need instead, or upgrade the kernel");
   const size_t newLength = size_t(pages) * r->pageSize;
   void* reserve = ::mmap(nullptr, newLength, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (reserve == MAP_FAILED) throw systemError(env, errno, "mmap");
+  if (reserve == MAP_FAILED)
+    throw systemError(env, errno, "mmap", "reserving " + std::to_string(newLength) + " bytes to remap a region to " + pagesText(pages));
   r->pendingBase = static_cast<uint8_t*>(reserve);
   r->pendingLength = newLength;
   r->pendingPages = pages;
@@ -655,7 +688,7 @@ static Napi::Value RegionRemap(const Napi::CallbackInfo& info) {
     int err = errno;
     r->expectingRemap.store(false);
     ::munmap(reserve, newLength);
-    throw systemError(env, err, "mremap");
+    throw systemError(env, err, "mremap", "moving a region of " + pagesText(r->pages) + " to " + pagesText(pages));
   }
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   while (__atomic_load_n(&r->base, __ATOMIC_ACQUIRE) != moved) {

@@ -49,7 +49,7 @@ inline uint64_t next(uint64_t& s) {
 Napi::Value ToucherStart(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto r = regions().get(static_cast<int>(argU32(info, 0, "region")));
-  if (!r || r->closed.load()) throw codedError(env, "ERR_REGION_CLOSED", "the region is closed");
+  if (!r || r->closed.load()) throw codedError(env, "ERR_REGION_CLOSED", kRegionClosed);
   uint32_t nthreads = argU32(info, 1, "threads");
   uint32_t iterations = argU32(info, 2, "iterations");
   uint32_t mode = argU32(info, 3, "mode");
@@ -110,7 +110,7 @@ Napi::Value ToucherWait(const Napi::CallbackInfo& info) {
   uint32_t timeout = argU32(info, 1, "timeoutMs");
   auto [counts, ncounts] = argFloat64Array(info, 2, "counts");
   auto t = touchers().get(h);
-  if (!t) throw codedError(env, "ERR_TOUCHER_GONE", "no such toucher");
+  if (!t) throw codedError(env, "ERR_TOUCHER_GONE", (std::string("no such toucher") + kInternal).c_str());
   if (ncounts < t->counts.size()) throw rangeError(env, "counts is shorter than the thread count");
   {
     std::unique_lock<std::mutex> lock(t->mu);

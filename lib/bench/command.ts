@@ -11,6 +11,8 @@ const QUICK_FAULTS = 5_000;
 const MAX_FAULTS = 1 << 20;
 const DEFAULT_ROUNDS = 3;
 const MIGRATION_MIB = 1024;
+/** CPU_SETSIZE - 1: the highest CPU number sched_setaffinity takes. */
+const MAX_CPU = 1023;
 const QUICK_MIGRATION_MIB = 64;
 
 export const BENCH_USAGE = `usage: uffd-hmm bench [--faults N] [--quick] [--json] [--out DIR] [--rounds N] [--cpu N]
@@ -52,7 +54,9 @@ export async function benchCommand(argv: string[]): Promise<number> {
   const faults = intOption('--faults', stringOption(args, 'faults'), 100, MAX_FAULTS) ?? (quick ? QUICK_FAULTS : DEFAULT_FAULTS);
   const rounds = intOption('--rounds', stringOption(args, 'rounds'), 1, 20) ?? (quick ? 1 : DEFAULT_ROUNDS);
   const cpus = os.availableParallelism();
-  const cpu = intOption('--cpu', stringOption(args, 'cpu'), 0, cpus - 1) ?? cpus - 1;
+  // Any CPU number the kernel can name: in a cpuset the allowed CPUs need not be 0..cpus-1, and a
+  // CPU this process may not use is refused by sched_setaffinity with a message that says so.
+  const cpu = intOption('--cpu', stringOption(args, 'cpu'), 0, MAX_CPU) ?? cpus - 1;
   const out = stringOption(args, 'out');
   if (out === '') throw new UsageError('--out needs a folder name');
   const outDir = path.resolve(out ?? 'bench-results');

@@ -1,6 +1,7 @@
 // Migration throughput: a whole region to the device and back with region.migrate and
 // region.migrateToRam, against the simplest C that moves the same bytes (memcpy + madvise).
 import { Device } from '../device.js';
+import { benchCheckFailed } from '../errors.js';
 import { native, PAGE_SIZE } from '../native.js';
 import { Region } from '../region.js';
 import type { MigrationResult } from './types.js';
@@ -21,7 +22,7 @@ export async function measureMigration(bytes: number, step: (fraction: number) =
   try {
     // An untimed round first: holes go out as zeroed device pages and come back as real CPU pages,
     // so the timed round moves populated memory, into device memory that already exists.
-    if (region.migrate(0, pages, device) !== pages) throw new Error('the migration region did not fit on the device');
+    if (region.migrate(0, pages, device) !== pages) throw benchCheckFailed('the migration region did not fit on its device');
     region.migrateToRam(0, pages);
     step(0.3);
     let t0 = process.hrtime.bigint();

@@ -1,6 +1,7 @@
 // One measured run: produce the faults the run definition asks for, in the given order, and
 // return each touch's latency (ns) as the faulting thread saw it, plus the wall time of it all.
 import { Device } from '../device.js';
+import { benchCheckFailed } from '../errors.js';
 import { native } from '../native.js';
 import { Region } from '../region.js';
 import { withPlacement } from './placement.js';
@@ -50,7 +51,7 @@ export async function touchRun(def: RunDef, v: Variant, order: Int32Array, cpu: 
     // The ring holds every fault of the run, so tracing costs its recording only, never an overflow path.
     const trace = def.trace ? region.trace({ capacity: n }) : undefined;
     const moved = region.migrate(0, n, device);
-    if (moved !== n) throw new Error(`only ${moved} of ${n} pages reached the device`);
+    if (moved !== n) throw benchCheckFailed(`only ${moved} of ${n} pages reached the device`);
     await hooks.beforeTouches?.(region);
     let wall = 0n;
     // Placed once for all chunks: moving threads between chunks would add migrations of its own.
@@ -76,7 +77,7 @@ export async function touchRun(def: RunDef, v: Variant, order: Int32Array, cpu: 
       }
     });
     await hooks.afterTouches?.(region);
-    if (trace && trace.recorded < n) throw new Error(`the trace recorded ${trace.recorded} of ${n} faults`);
+    if (trace && trace.recorded < n) throw benchCheckFailed(`the trace recorded ${trace.recorded} of ${n} faults`);
     return { latencies, wallNs: Number(wall), served: region.stats().faults };
   } finally {
     await region.close();

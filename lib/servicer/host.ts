@@ -22,6 +22,10 @@ export interface ServicedRegion {
 
 let stallDeadlineMs = 5000;
 
+const TAKEN_OVER =
+  '; native guards serve its regions with the default policy now (no driver hooks), and the next Region.map starts a new ' +
+  'worker; fix the driver module (its top-level code or a hook)';
+
 /**
  * How long the worker servicer may stay away from reading faults while some wait, before native
  * guards take its regions over (a driver hook that hangs, a worker stuck in a loop). Applies to
@@ -84,10 +88,14 @@ export class WorkerServicer {
     this.#worker.unref();
     this.#port.on('message', (msg: FromWorker) => this.#onMessage(msg));
     this.#port.unref(); // after on('message'), which refs the port again
-    this.#worker.on('error', (err) => this.#fail(new UffdHmmError('ERR_SERVICER_FAILED', 'the worker servicer crashed', { cause: err })));
+    this.#worker.on('error', (err) =>
+      this.#fail(new UffdHmmError('ERR_SERVICER_FAILED', `the worker servicer crashed (the error is err.cause)${TAKEN_OVER}`, { cause: err })),
+    );
     this.#worker.on('exit', (code) => {
       this.#exited = true;
-      this.#fail(new UffdHmmError('ERR_SERVICER_FAILED', `the worker servicer exited (code ${code})`));
+      this.#fail(
+        new UffdHmmError('ERR_SERVICER_FAILED', `the worker servicer exited with code ${code} (a driver hook called process.exit()?)${TAKEN_OVER}`),
+      );
     });
     // The watchdog is native (it must act while this thread is blocked in a fault or a fork); this
     // timer only reports what it did, and stops the stuck worker.
@@ -99,7 +107,8 @@ export class WorkerServicer {
         new UffdHmmError(
           'ERR_SERVICER_STALLED',
           `the worker servicer stayed away from reading faults for over ${deadline} ms (a driver hook that does not return?); ` +
-            'native guards serve its regions with the default policy now',
+            'native guards serve its regions with the default policy now (no driver hooks); fix the hook, or raise ' +
+            'configureServicers({ stallDeadlineMs }) if it is only slow',
         ),
       );
       void this.#worker.terminate();
@@ -188,7 +197,7 @@ export class WorkerServicer {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.#heapRequests.delete(id);
-        reject(new UffdHmmError('ERR_SERVICER_STALLED', `the worker servicer did not answer within ${timeoutMs} ms`));
+        reject(new UffdHmmError('ERR_SERVICER_STALLED', `the worker servicer did not answer within ${timeoutMs} ms; it is stuck or busy, retry later`));
       }, timeoutMs);
       this.#heapRequests.set(id, (used) => {
         clearTimeout(timer);

@@ -5,6 +5,7 @@ import { getHeapStatistics } from 'node:v8';
 import { workerData, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 
 import { native } from '../native.js';
+import { driverLoadFailed, faultHookFailed, pageFreeHookThrew } from '../errors.js';
 import { EVENT_PAGEFAULT, EVENT_REMOVE, EVENT_STRIDE, EVENT_UNMAP } from '../layout.js';
 import { CTRL_MAIL_SEQ, CTRL_NAP, CTRL_RUNNING, CTRL_STOP, type FromWorker, type ToWorker } from './protocol.js';
 import { DEFERRED, FAILED, SERVED, UNKNOWN_DEVICE, carried, serveFault, zapRange, type DeviceInfo, type PolicyHost, type RegionInfo } from './policy.js';
@@ -41,10 +42,7 @@ const host: PolicyHost = {
       deviceSlot: device.slot,
       deviceId: device.id,
       code: 'ERR_DRIVER_HOOK',
-      message:
-        hook === 'fault'
-          ? `driver fault hook of ${device.name} failed; the fault was served by the default policy (migrated back)`
-          : `driver pageFree hook of ${device.name} threw`,
+      message: hook === 'fault' ? faultHookFailed(device.name) : pageFreeHookThrew(device.name),
       cause: err,
     });
   },
@@ -63,7 +61,7 @@ function loadDriver(dev: DeviceInfo): void {
           deviceSlot: dev.slot,
           deviceId: dev.id,
           code: 'ERR_DRIVER_LOAD',
-          message: `could not load driver ${dev.driverUrl} of ${dev.name}; its faults use the default policy`,
+          message: driverLoadFailed(dev.driverUrl!, dev.name, 'its faults use the default policy'),
           cause: err,
         });
       },

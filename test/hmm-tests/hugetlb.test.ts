@@ -23,9 +23,9 @@ const SERVICERS = ['worker', 'native'] as const;
 const NPAGES = Math.max(2 << 20, hugePageSize()) / PAGE_SIZE;
 
 let restore: (() => void) | null = null;
-beforeAll(() => {
-  restore = reserveHugePages(2);
-});
+beforeAll(async () => {
+  restore = await reserveHugePages(2);
+}, 40_000);
 afterAll(() => restore?.());
 
 describeUffd('hmm-tests.c: hugetlbfs', () => {
