@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { expect, it } from 'vitest';
 import { Device, NativeToucher, Region, configureServicers } from 'uffd-hmm';
 import { WorkerServicer } from '../dist/servicer/host.js';
-import { checkPages, describeUffd, fillPages } from './helpers.js';
+import { checkPages, describeUffd, fillPages, runNode } from './helpers.js';
 
 // Every worker servicer this file starts gives up on a stalled worker after 300 ms.
 configureServicers({ stallDeadlineMs: 300 });
@@ -67,4 +67,17 @@ describeUffd('servicer guard', () => {
     await r.close();
     await d.close();
   });
+});
+
+describeUffd('a crashed worker servicer', () => {
+  it('never holds up process.exit (a driver module that throws while it loads, 12 runs)', async () => {
+    // The worker that threw kept looping in pollerWait over an empty set, and process.exit() joined
+    // it for ever (about one run in three): the host now stops and terminates a failed worker.
+    const scenario = fileURLToPath(new URL('./fixtures/errors/scenario.mjs', import.meta.url));
+    for (let i = 0; i < 12; i++) {
+      const o = await runNode([scenario, 'servicer-crashed'], { timeoutMs: 10_000 });
+      expect({ run: i, code: o.code, timedOut: o.timedOut }, o.out).toEqual({ run: i, code: 0, timedOut: false });
+      expect(o.stdout).toContain('ERR_SERVICER_FAILED');
+    }
+  }, 60_000);
 });

@@ -6,7 +6,7 @@ import { native } from '../native.js';
 import { UffdHmmError } from '../errors.js';
 import { integer, optionsObject } from '../validate.js';
 import type { Device } from '../device.js';
-import { CTRL_MAIL_SEQ, CTRL_WORDS, type FromWorker, type ToWorker } from './protocol.js';
+import { CTRL_STOP, CTRL_MAIL_SEQ, CTRL_WORDS, type FromWorker, type ToWorker } from './protocol.js';
 
 export interface ServicedRegion {
   readonly handle: number;
@@ -136,6 +136,12 @@ export class WorkerServicer {
       region.reportError(err);
     }
     this.#regions.clear();
+    // A worker that threw can still be looping in pollerWait (seen: a crash inside a driver module's
+    // import left it polling an empty set until process.exit() waited for it forever). Tell it to
+    // stop, then make sure: it has nothing left to serve.
+    Atomics.store(this.#ctrl, CTRL_STOP, 1);
+    native.pollerKick(this.poller);
+    if (!this.#exited) void this.#worker.terminate();
   }
 
   addRegion(region: ServicedRegion): void {
