@@ -19,6 +19,12 @@ export const UNLOCK_SEQ = 7;
 export const STAT_FILL_RETRIES = 8;
 /** Fills that found the page already there (EEXIST: another path filled it first): woken only. */
 export const STAT_FILL_RACED = 9;
+/** 1 while the servicer is inside read() of messages (see native/layout.h). */
+export const ZAP_READING = 10;
+/** Batches of messages the servicer has read. */
+export const ZAP_BATCHES_READ = 11;
+/** Of those, the batches whose REMOVE/UNMAP events are applied. */
+export const ZAP_BATCHES_DONE = 12;
 
 export const KIND_MASK = 0x3;
 export const KIND_NONE = 0;
@@ -40,6 +46,11 @@ export const ZAPPING = 0x20;
  * device-private entry). It holds while all entries of its PMD-aligned block stay alike.
  */
 export const HUGE = 0x40;
+/**
+ * Someone else zapped (MADV_DONTNEED / munmap) this page while another thread held it locked: the
+ * holder applies the zap when it publishes (the page becomes none), as zap_pte_range would have.
+ */
+export const ZAP_PENDING = 0x80;
 /** A PMD's span (x86-64, and arm64 with 4 KiB pages): the size of a THP and of a huge device entry. */
 export const PMD_SIZE = 2 << 20;
 export const DEVICE_SHIFT = 16;

@@ -31,6 +31,10 @@ import {
   UNMAPPED,
   WRITE,
   ZAPPING,
+  ZAP_BATCHES_DONE,
+  ZAP_BATCHES_READ,
+  ZAP_PENDING,
+  ZAP_READING,
   stateIndex,
 } from './layout.js';
 import { LOCK_DEADLINE_MS, lockPage, unlockPage } from './pagelock.js';
@@ -573,7 +577,7 @@ export class Region extends EventEmitter implements DeviceHolder {
         const pfn = hb !== undefined ? hb + (page - hugeBlockOf(page)) : device.allocPage();
         if (pfn < 0) {
           // The device is full: this page and the rest stay where they are.
-          unlockPage(shared, page, s);
+          this.#release(page, s);
           break;
         }
         pfns[locked] = pfn;
@@ -602,19 +606,25 @@ export class Region extends EventEmitter implements DeviceHolder {
       for (let i = 0; i < locked; i++) {
         // Pages of a huge device page are all given back by releaseHuge.
         if (pfns[i] >= 0 && !hugeBase.has(hugeBlockOf(f + i))) device.putPage(pfns[i]);
-        unlockPage(shared, f + i, old[i]);
+        this.#release(f + i, old[i]);
       }
       releaseHuge(false);
       throw e;
     }
     let moved = 0;
+    this.#settleZaps();
     for (let i = 0; i < locked; i++) {
       const page = f + i;
       const s = old[i];
       const kind = s & KIND_MASK;
+      // If someone zapped the page while we held it, whatever it held, and the device page we
+      // copied it to, is dropped, as zap_pte_range would drop the entry we were making.
       if (pfns[i] < 0) {
         // Already on this device: only a forced read downgrades it (make_device_entry_read).
-        unlockPage(shared, page, kind === KIND_DEVICE && forceWrite === false ? s & ~WRITE : s);
+        const oldPfn = shared[stateIndex(page) + 1];
+        if (!this.#publish(page, kind === KIND_DEVICE && forceWrite === false ? s & ~WRITE : s) && kind === KIND_DEVICE) {
+          deviceBySlot((s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT)!.putPage(oldPfn);
+        }
         continue;
       }
       // As the pte was: writable only if the vma allows writes and the page was writable.
@@ -622,8 +632,8 @@ export class Region extends EventEmitter implements DeviceHolder {
       const write = forceWrite ?? (writable && (kind === KIND_NONE || (s & WRITE) !== 0));
       shared[stateIndex(page) + 1] = pfns[i];
       const huge = hugeWhole.size > 0 && hugeWhole.has(hugeBlockOf(page)) ? HUGE : 0;
-      unlockPage(shared, page, KIND_DEVICE | (write ? WRITE : 0) | huge | (device.slot << DEVICE_SHIFT));
-      moved++;
+      if (this.#publish(page, KIND_DEVICE | (write ? WRITE : 0) | huge | (device.slot << DEVICE_SHIFT))) moved++;
+      else device.putPage(pfns[i]);
     }
     Atomics.add(device.shared, DEV_MIGRATED_TO_DEVICE, moved);
     return onDevice + moved;
@@ -855,7 +865,7 @@ export class Region extends EventEmitter implements DeviceHolder {
         }
       });
     } finally {
-      for (let i = 0; i < c; i++) unlockPage(this.shared, f + i, old[i]);
+      for (let i = 0; i < c; i++) this.#release(f + i, old[i]);
     }
   }
 
@@ -885,7 +895,7 @@ export class Region extends EventEmitter implements DeviceHolder {
       try {
         this.#forRuns(f, c, (i) => (old[i] & UNMAPPED) === 0, (a, n) => this.#zapLocked(a, n, true));
       } finally {
-        for (let i = 0; i < c; i++) unlockPage(this.shared, f + i, old[i]);
+        for (let i = 0; i < c; i++) this.#release(f + i, old[i]);
       }
       return;
     }
@@ -899,7 +909,7 @@ export class Region extends EventEmitter implements DeviceHolder {
       zapped = c;
     } finally {
       // A run madvise refused keeps its entries (the kernel changed nothing there).
-      for (let i = zapped; i < c; i++) unlockPage(this.shared, f + i, old[i]);
+      for (let i = zapped; i < c; i++) this.#release(f + i, old[i]);
       for (let i = 0; i < zapped; i++) {
         const s = old[i];
         if ((s & KIND_MASK) === KIND_DEVICE) {
@@ -1156,7 +1166,7 @@ export class Region extends EventEmitter implements DeviceHolder {
       const s = lockPage(shared, page);
       const slot = (s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT;
       if ((s & KIND_MASK) !== KIND_DEVICE || (only !== undefined && only.slot !== slot)) {
-        unlockPage(shared, page, s);
+        this.#release(page, s);
         page++;
         continue;
       }
@@ -1168,7 +1178,7 @@ export class Region extends EventEmitter implements DeviceHolder {
       while (k < MAX_FAULT_AROUND && page + k < f + c && pfn + k < device.capacity) {
         const sq = lockPage(shared, page + k);
         if (sq !== s || shared[stateIndex(page + k) + 1] !== pfn + k) {
-          unlockPage(shared, page + k, sq);
+          this.#release(page + k, sq);
           break;
         }
         k++;
@@ -1188,12 +1198,18 @@ export class Region extends EventEmitter implements DeviceHolder {
           return 0;
         }, 'ioctl(UFFDIO_COPY)', `migrating ${pageSpan(page, k)} back to system memory`);
       } catch (e) {
-        for (let i = 0; i < k; i++) unlockPage(shared, page + i, s);
+        for (let i = 0; i < k; i++) this.#release(page + i, s);
         throw e;
       }
+      // Someone may have zapped these pages meanwhile, and the kernel's zap may have come before
+      // our fill: then the bytes we put back must go again, and the pages end up none.
+      this.#settleZaps();
+      this.#forRuns(page, k, (i) => (Atomics.load(shared, stateIndex(page + i)) & (ZAP_PENDING | UNMAPPED)) === ZAP_PENDING, (a, n) =>
+        this.#zapLocked(a, n),
+      );
       for (let i = 0; i < k; i++) {
         shared[stateIndex(page + i) + 1] = 0;
-        unlockPage(shared, page + i, KIND_PRESENT | (write ? WRITE : 0));
+        this.#publish(page + i, KIND_PRESENT | (write ? WRITE : 0));
         device.putPage(pfn + i);
       }
       Atomics.add(shared, STAT_MIGRATED_BACK, k);
@@ -1271,6 +1287,52 @@ export class Region extends EventEmitter implements DeviceHolder {
       seen.set(first, whole);
     }
     return whole;
+  }
+
+  /**
+   * Waits until the servicer has applied the REMOVE/UNMAP events of every batch of messages it
+   * read before now, so that a zap by someone else of a page we hold locked has been marked
+   * ZAP_PENDING by the time we publish the page. Cheap when nothing is in flight (three loads); on
+   * a stuck servicer it gives up after the page-lock deadline and publishes as before.
+   */
+  #settleZaps(): void {
+    if (!this.#zapEvents) return;
+    const s = this.shared;
+    let target: number | undefined;
+    let deadline = 0;
+    for (let spins = 0; ; spins++) {
+      if (target === undefined && Atomics.load(s, ZAP_READING) === 0) target = Atomics.load(s, ZAP_BATCHES_READ);
+      if (target !== undefined && ((Atomics.load(s, ZAP_BATCHES_DONE) - target) | 0) >= 0) return;
+      if (spins < 64) continue;
+      if (deadline === 0) deadline = Date.now() + LOCK_DEADLINE_MS;
+      else if (Date.now() > deadline) return;
+      Atomics.wait(nap, 0, 0, 0.05);
+    }
+  }
+
+  /**
+   * Unlocks a page we hold with its new state, unless someone zapped it meanwhile (ZAP_PENDING):
+   * then it becomes none (unmapped if it was munmapped), as the zap leaves it, and this returns
+   * false so that the caller drops what the page held.
+   */
+  #publish(page: number, next: number): boolean {
+    const shared = this.shared;
+    const idx = stateIndex(page);
+    for (;;) {
+      const cur = Atomics.load(shared, idx);
+      const zapped = (cur & ZAP_PENDING) !== 0;
+      if (zapped) shared[idx + 1] = 0;
+      if (Atomics.compareExchange(shared, idx, cur, (zapped ? KIND_NONE | (cur & UNMAPPED) : next) & ~LOCKED) !== cur) continue;
+      Atomics.add(shared, UNLOCK_SEQ, 1);
+      Atomics.notify(shared, UNLOCK_SEQ);
+      return !zapped;
+    }
+  }
+
+  /** Unlocks a page we hold unchanged; if someone zapped it meanwhile, drops its device page. */
+  #release(page: number, s: number): void {
+    const pfn = this.shared[stateIndex(page) + 1];
+    if (!this.#publish(page, s) && (s & KIND_MASK) === KIND_DEVICE) deviceBySlot((s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT)!.putPage(pfn);
   }
 
   /** fork and remap wait for userfaultfd events, which an unregistered (hugetlb) region never gets. */

@@ -24,6 +24,13 @@ constexpr int kUnlockSeq = 7;  // bumped after every page unlock, so waiters can
 constexpr int kStatFillRetries = 8;
 // Fills that found the page already there (EEXIST: another path filled it first): woken only.
 constexpr int kStatFillRaced = 9;
+// Zaps by others racing a main-thread holder of the page lock (migrate, migrateToRam). The
+// servicer sets kZapReading around each read() of messages and counts the batches it has read and
+// the batches whose REMOVE/UNMAP events it has applied; a holder waits until every batch read
+// before its fill is applied, then checks its pages for kZapPending (see Region#settleZaps).
+constexpr int kZapReading = 10;
+constexpr int kZapBatchesRead = 11;
+constexpr int kZapBatchesDone = 12;
 
 // A page's state word.
 constexpr int32_t kKindMask = 0x3;
@@ -40,6 +47,9 @@ constexpr int32_t kZapping = 0x20;
 // Part of a huge device entry: a THP migrated whole into one huge device page (the PMD-level
 // device-private entry). It holds while all entries of its PMD-aligned block stay alike.
 constexpr int32_t kHuge = 0x40;
+// Someone else zapped (MADV_DONTNEED / munmap) this page while another thread held it locked: the
+// holder applies the zap when it publishes (the page becomes none), as zap_pte_range would have.
+constexpr int32_t kZapPending = 0x80;
 // A PMD's span (x86-64, and arm64 with 4 KiB pages): the size of a THP and of a huge device entry.
 constexpr size_t kPmdSize = size_t(2) << 20;
 constexpr int kDeviceShift = 16;     // device slot in bits 16..30

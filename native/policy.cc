@@ -76,10 +76,13 @@ void zapRange(RegionState& r, uint64_t start, uint64_t end, bool unmapped) {
     for (;;) {
       int32_t s = __atomic_load_n(st, __ATOMIC_ACQUIRE);
       if (s & kLocked) {
-        // Our own zap (the lock holder flagged it) or a page mid-migration: its holder keeps the books.
+        // Our own zap (the lock holder flagged it) or a page mid-migration: its holder keeps the
+        // books. A migration must learn of the zap, or it would publish what the zap dropped.
         if (s & kZapping) {
           __atomic_fetch_and(st, ~kZapping, __ATOMIC_RELEASE);
           noteUnlock(r);
+        } else {
+          __atomic_fetch_or(st, kZapPending | (unmapped ? kUnmapped : 0), __ATOMIC_RELEASE);
         }
         break;
       }

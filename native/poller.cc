@@ -46,6 +46,23 @@ struct Poller {
   void park(int h, const struct uffd_msg& m) {
     if (nparked < kMaxParked) parked[nparked++] = {h, m};
   }
+  // Batches read per region since the worker last came back (Region#settleZaps): at the next
+  // pollerWait the worker has applied their zaps, unless some of the region's messages are parked.
+  struct ReadMark {
+    int handle;
+    int32_t batch;
+  };
+  static constexpr int kMaxReadMarks = 64;
+  ReadMark readMarks[kMaxReadMarks];
+  int nReadMarks = 0;
+  void markRead(int h, int32_t batch) {
+    for (int i = 0; i < nReadMarks; i++)
+      if (readMarks[i].handle == h) {
+        readMarks[i].batch = batch;
+        return;
+      }
+    if (nReadMarks < kMaxReadMarks) readMarks[nReadMarks++] = {h, batch};
+  }
   std::atomic<bool> holding{false};     // held in pollerWait while a fork is in progress
   std::atomic<pid_t> attachedTid{0};    // the worker thread that waits on this poller
   std::atomic<bool> hasMembers{false};
@@ -267,6 +284,24 @@ void record(Poller& p, int h, RegionState& r, const struct uffd_msg& m, double* 
   written++;
 }
 
+// The worker is back for more: it has applied the zaps of every batch it was given. A region with
+// messages still parked keeps its mark until they have been reported too.
+void markApplied(Poller& p) {
+  int kept = 0;
+  for (int i = 0; i < p.nReadMarks; i++) {
+    const Poller::ReadMark m = p.readMarks[i];
+    bool parked = false;
+    for (int k = 0; k < p.nparked && !parked; k++) parked = p.parked[k].handle == m.handle;
+    if (parked) {
+      p.readMarks[kept++] = m;
+      continue;
+    }
+    auto r = regions().get(m.handle);
+    if (r) __atomic_store_n(r->stat(layout::kZapBatchesDone), m.batch, __ATOMIC_SEQ_CST);
+  }
+  p.nReadMarks = kept;
+}
+
 // Re-reports parked events; record() parks again what still cannot be reported.
 void unpark(Poller& p, double* out, int capacity, int& written) {
   const int n = p.nparked;
@@ -301,7 +336,10 @@ void pump(Poller& p, double* out, int capacity, int& written, int timeoutMs) {
     // Leave messages in the kernel's queue rather than overflow ours (unless a fork waits).
     int room = std::min(kBatch, std::max(capacity - written, 0) + (Poller::kMaxParked - p.nparked));
     if (room <= 0) continue;
+    __atomic_store_n(r->stat(layout::kZapReading), 1, __ATOMIC_SEQ_CST);
     int n = readMessages(r->uffd.get(), msgs, room);
+    if (hasZaps(msgs, n)) p.markRead(h, __atomic_add_fetch(r->stat(layout::kZapBatchesRead), 1, __ATOMIC_SEQ_CST));
+    __atomic_store_n(r->stat(layout::kZapReading), 0, __ATOMIC_SEQ_CST);
     if (n > 0) testHoldPoint(*r, r->stopServicer);  // test only: see RegionState::testHoldBatches
     for (int k = 0; k < n; k++) record(p, h, *r, msgs[k], out, capacity, written);
   }
@@ -365,6 +403,7 @@ Napi::Value PollerWait(const Napi::CallbackInfo& info) {
   p->inWait.store(true, std::memory_order_relaxed);
   int written = 0;
   p->kicked = false;
+  markApplied(*p);
   unpark(*p, out, capacity, written);
   pump(*p, out, capacity, written, p->nparked == 0 && written == 0 ? static_cast<int>(timeout) : 0);
   // Never go back to JS (which may allocate) while a fork is in progress: see prepareFork.

@@ -552,6 +552,10 @@ bool takeOver(const std::shared_ptr<RegionState>& r) {
     }
     noteUnlock(*r);
   }
+  // Zap events the dead servicer read but never applied are lost with it: holders must not wait
+  // for them (Region#settleZaps).
+  __atomic_store_n(r->stat(layout::kZapBatchesDone), __atomic_load_n(r->stat(layout::kZapBatchesRead), __ATOMIC_SEQ_CST),
+                   __ATOMIC_SEQ_CST);
   if (!r->servicer.joinable()) {
     int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (efd < 0) return false;

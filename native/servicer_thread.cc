@@ -71,7 +71,12 @@ void serviceLoop(std::shared_ptr<RegionState> r) {
       (void)!::read(r->wakeFd.get(), &v, sizeof v);
     }
     if (!(fds[0].revents & POLLIN) || npending >= kMaxPending) continue;
+    // Holders of page locks on the main thread wait for every batch read before their fill to be
+    // applied (Region#settleZaps): flag the read, count it, count it applied below.
+    __atomic_store_n(r->stat(layout::kZapReading), 1, __ATOMIC_SEQ_CST);
     int n = readMessages(r->uffd.get(), msgs, kBatch);
+    const int32_t batch = hasZaps(msgs, n) ? __atomic_add_fetch(r->stat(layout::kZapBatchesRead), 1, __ATOMIC_SEQ_CST) : 0;
+    __atomic_store_n(r->stat(layout::kZapReading), 0, __ATOMIC_SEQ_CST);
     if (n > 0) testHoldPoint(*r, r->stopServicer);  // test only: see RegionState::testHoldBatches
     const uint64_t readNs = r->trace ? monoNs() : 0;
     // Events first, then faults. read() hands out every pending fault before any event
@@ -88,6 +93,7 @@ void serviceLoop(std::shared_ptr<RegionState> r) {
         zapRange(*r, msgs[i].arg.remove.start, msgs[i].arg.remove.end, msgs[i].event == UFFD_EVENT_UNMAP);
       }
     }
+    if (batch != 0) __atomic_store_n(r->stat(layout::kZapBatchesDone), batch, __ATOMIC_SEQ_CST);
     for (int i = 0; i < n; i++) {
       if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;
       uint64_t addr = msgs[i].arg.pagefault.address;

@@ -94,6 +94,11 @@ class Zapper {
     expect(this.blocked(), `${op} returned before its event was read`).toBe(true);
   }
 
+  /** MADV_DONTNEED of the pages, waiting for it to return (its REMOVE read, perhaps not applied). */
+  async discardNow(r: Region, first: number, count: number): Promise<number> {
+    this.#worker.postMessage({ op: 'discard', handle: r.handle, first, count });
+    return this.finished();
+  }
   blocked(): boolean {
     try {
       return readFileSync(`/proc/self/task/${this.#tid}/wchan`, 'utf8') === IN_EVENT;
@@ -227,6 +232,32 @@ describeUffd.each(['worker', 'native'] as const)('ordering and retries with the 
     expect(checkPages(r, 6, 2, 2)).toBeNull();
     expect(zeroes(r, 5)).toBe(true);
     expect(d.used).toBe(0);
+  });
+
+  it('a zap by someone else racing migrateToRam of the same page wins: the page ends up none, never with the zapped bytes', async () => {
+    const r = track(Region.map({ pages: 4, servicer }));
+    const d = track(new Device({ capacity: 4 }));
+    const z = track(new Zapper());
+    await z.ready();
+    fillPages(r, 0, 4, 5);
+    expect(r.migrate(0, 4, d)).toBe(4);
+    // The servicer reads the REMOVE of page 0 and is held (300 ms) before applying it; the madvise
+    // has returned by then (its zap found only the device entry's empty pte).
+    const h = held(r);
+    native.testHoldServicer(r.handle, 1, 300);
+    expect(await z.discardNow(r, 0, 1)).toBe(0);
+    await until(() => held(r) > h, 'the servicer to read the REMOVE');
+    // migrateToRam's fill now succeeds (nothing unread): without waiting for the REMOVE to be
+    // applied it would publish the device's bytes on a page the zap has emptied for good.
+    const started = Date.now();
+    expect(r.migrateToRam(0, 2)).toBe(2);
+    const waited = Date.now() - started;
+    expect(r.entry(0)).toEqual({ kind: 'none' });
+    expect(r.entry(1)).toEqual({ kind: 'present', write: true });
+    expect(zeroes(r, 0)).toBe(true);
+    expect(checkPages(r, 1, 3, 5)).toBeNull();
+    expect(d.used).toBe(0);
+    expect(waited, 'migrateToRam waited for the REMOVE to be applied').toBeGreaterThanOrEqual(100);
   });
 
   it('out of order: a fault read with the REMOVE that explains it gets zeroes, never the zapped device data', async () => {

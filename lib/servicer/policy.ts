@@ -33,6 +33,7 @@ import {
   OUTCOME_PAGE_CACHE,
   UNMAPPED,
   ZAPPING,
+  ZAP_PENDING,
   HUGE,
   PMD_SIZE,
   DEV_FAIL_ALLOC,
@@ -225,11 +226,14 @@ export function zapRange(host: PolicyHost, r: RegionInfo, first: number, count: 
     for (;;) {
       const s = Atomics.load(shared, idx);
       if ((s & LOCKED) !== 0) {
-        // Our own zap (the lock holder flagged it) or a page mid-migration: its holder keeps the books.
+        // Our own zap (the lock holder flagged it) or a page mid-migration: its holder keeps the
+        // books. A migration must learn of the zap, or it would publish what the zap dropped.
         if ((s & ZAPPING) !== 0) {
           Atomics.and(shared, idx, ~ZAPPING);
           Atomics.add(shared, UNLOCK_SEQ, 1);
           Atomics.notify(shared, UNLOCK_SEQ);
+        } else {
+          Atomics.or(shared, idx, ZAP_PENDING | (unmapped ? UNMAPPED : 0));
         }
         break;
       }
