@@ -133,6 +133,23 @@ static void checkRange(const Napi::CallbackInfo& info, const RegionState& r, uin
   if (!r.contains(first, count)) throw rangeError(info.Env(), "page range is outside the region");
 }
 
+// The pages [first, first + count) named by a call's (region, first, count) arguments, checked
+// against the region; the reference keeps the mapping alive while the call uses it.
+struct PageSpan {
+  std::shared_ptr<RegionState> r;
+  uint8_t* start;
+  size_t length;
+};
+static PageSpan argSpan(const Napi::CallbackInfo& info) {
+  auto r = argRegion(info, 0);
+  uint32_t first = argU32(info, 1, "first");
+  uint32_t count = argU32(info, 2, "count");
+  checkRange(info, *r, first, count);
+  uint8_t* start = r->base + size_t(first) * r->pageSize;
+  const size_t length = size_t(count) * r->pageSize;
+  return {std::move(r), start, length};
+}
+
 // An anonymous private mapping of `length` bytes starting on a PMD boundary, so THPs can back it.
 static void* mmapPmdAligned(size_t length) {
   const size_t pmd = layout::kPmdSize;
@@ -627,35 +644,23 @@ static Napi::Value RegionPagemap(const Napi::CallbackInfo& info) {
 // regionDiscard(region, first, count, free?) -> 0 | -errno: MADV_DONTNEED, the CPU pages are freed;
 // with free, MADV_FREE: they are freed only if reclaim needs them before they are written again.
 static Napi::Value RegionDiscard(const Napi::CallbackInfo& info) {
-  auto r = argRegion(info, 0);
-  uint32_t first = argU32(info, 1, "first");
-  uint32_t count = argU32(info, 2, "count");
-  checkRange(info, *r, first, count);
+  const PageSpan s = argSpan(info);
   const int advice = info.Length() > 3 && argBool(info, 3, "free") ? MADV_FREE : MADV_DONTNEED;
-  int rc = ::madvise(r->base + size_t(first) * r->pageSize, size_t(count) * r->pageSize, advice) == 0 ? 0 : -errno;
-  return Napi::Number::New(info.Env(), rc);
+  return Napi::Number::New(info.Env(), ::madvise(s.start, s.length, advice) == 0 ? 0 : -errno);
 }
 
 // regionCollapse(region, first, count) -> 0 | -errno: MADV_COLLAPSE, a THP made of each fully
 // populated PMD of the range (thp regions; the kernel refuses write-protected or missing pages).
 static Napi::Value RegionCollapse(const Napi::CallbackInfo& info) {
-  auto r = argRegion(info, 0);
-  uint32_t first = argU32(info, 1, "first");
-  uint32_t count = argU32(info, 2, "count");
-  checkRange(info, *r, first, count);
-  int rc = ::madvise(r->base + size_t(first) * r->pageSize, size_t(count) * r->pageSize, kMadvCollapse) == 0 ? 0 : -errno;
-  return Napi::Number::New(info.Env(), rc);
+  const PageSpan s = argSpan(info);
+  return Napi::Number::New(info.Env(), ::madvise(s.start, s.length, kMadvCollapse) == 0 ? 0 : -errno);
 }
 
 // regionUnmap(region, first, count) -> 0 | -errno: munmap of part of the region. The rest of the
 // mapping stays; the whole range is unmapped again (harmlessly) when the region is destroyed.
 static Napi::Value RegionUnmap(const Napi::CallbackInfo& info) {
-  auto r = argRegion(info, 0);
-  uint32_t first = argU32(info, 1, "first");
-  uint32_t count = argU32(info, 2, "count");
-  checkRange(info, *r, first, count);
-  int rc = ::munmap(r->base + size_t(first) * r->pageSize, size_t(count) * r->pageSize) == 0 ? 0 : -errno;
-  return Napi::Number::New(info.Env(), rc);
+  const PageSpan s = argSpan(info);
+  return Napi::Number::New(info.Env(), ::munmap(s.start, s.length) == 0 ? 0 : -errno);
 }
 
 // regionRemap(region, pages, shared: Int32Array) -> { address, bytes }: mremap(MREMAP_MAYMOVE) to a

@@ -12,18 +12,12 @@ import {
 } from 'uffd-hmm';
 import { mirrorMigrate, mirrorRead, mirrorWrite } from 'uffd-hmm';
 import { describeUffd } from '../helpers.js';
-import { INTS, NPAGES, NTIMES, PMD_PAGES, fillInts, firstIntMismatch, firstIntMismatchIn, ints, track } from './fixtures/common.js';
+import { INTS, NPAGES, NTIMES, PMD_PAGES, fillInts, firstIntMismatch, firstIntMismatchIn, intBytes, ints, track } from './fixtures/common.js';
 
 // The dmirror ioctls fault pages in from the kernel side (hmm_range_fault): that needs a servicer
 // that can serve kernel-mode faults, so the default one, 'worker', serves every case here.
 const servicer = 'worker';
 
-/** A buffer of `pages` pages holding `ptr[i] = i`: the data a test's device writes. */
-function mirrorInts(pages: number, bias = 0): Uint8Array {
-  const v = new Int32Array(pages * INTS);
-  fillInts(v, bias);
-  return new Uint8Array(v.buffer);
-}
 
 describeUffd('hmm-tests.c: device access to anonymous memory', () => {
   it('open_close', async () => {
@@ -75,7 +69,7 @@ describeUffd('hmm-tests.c: device access to anonymous memory', () => {
   it('anon_write', () => {
     const r = track(Region.map({ pages: NPAGES, servicer }));
     const d = track(new Device({ capacity: NPAGES }));
-    const res = mirrorWrite(r, 0, NPAGES, d, mirrorInts(NPAGES));
+    const res = mirrorWrite(r, 0, NPAGES, d, intBytes(NPAGES));
     expect(res.cpages).toBe(NPAGES);
     expect(res.faults).toBe(1);
     expect(firstIntMismatch(ints(r))).toBe(-1);
@@ -91,7 +85,7 @@ describeUffd('hmm-tests.c: device access to anonymous memory', () => {
     expect(read.faults).toBe(1);
     expect(r.snapshot(0, 1)[0]).toBe(HMM_DMIRROR_PROT_ZERO | HMM_DMIRROR_PROT_READ);
 
-    const data = mirrorInts(NPAGES);
+    const data = intBytes(NPAGES);
     expect(() => mirrorWrite(r, 0, NPAGES, d, data)).toThrow(expect.objectContaining({ code: 'EPERM', errno: -1 }));
     const ptr = ints(r);
     for (let i = 0; i < ptr.length; i++) if (ptr[i] !== 0) expect.fail(`int ${i} is ${ptr[i]} after a refused write`);
@@ -110,7 +104,7 @@ describeUffd('hmm-tests.c: device access to anonymous memory', () => {
     // (userfaultfd never installs a THP): same size, same assertions, on base pages.
     const r = track(Region.map({ pages: PMD_PAGES, servicer }));
     const d = track(new Device({ capacity: PMD_PAGES }));
-    const res = mirrorWrite(r, 0, PMD_PAGES, d, mirrorInts(PMD_PAGES));
+    const res = mirrorWrite(r, 0, PMD_PAGES, d, intBytes(PMD_PAGES));
     expect(res.cpages).toBe(PMD_PAGES);
     expect(res.faults).toBe(1);
     expect(firstIntMismatch(ints(r))).toBe(-1);

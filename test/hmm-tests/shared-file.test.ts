@@ -5,7 +5,7 @@ import { closeSync, ftruncateSync, openSync, readSync, unlinkSync, writeSync } f
 import { afterEach, expect, it } from 'vitest';
 import { Device, Region, mirrorMigrate, mirrorRead, mirrorWrite, type ChildStep } from 'uffd-hmm';
 import { describeUffd } from '../helpers.js';
-import { INTS, NPAGES, crc32, fillInts, firstIntMismatch, firstIntMismatchIn, ints, track } from './fixtures/common.js';
+import { NPAGES, crc32, fillInts, firstIntMismatch, firstIntMismatchIn, intBytes, ints, track } from './fixtures/common.js';
 
 const SERVICERS = ['worker', 'native'] as const;
 
@@ -27,12 +27,6 @@ function createFile(bytes: number): number {
   return fd;
 }
 
-/** `ptr[i] = i + bias` for `pages` pages, as bytes: the kernel tests' mirror buffer. */
-function intBytes(pages: number, bias = 0): Uint8Array {
-  const v = new Int32Array(pages * INTS);
-  fillInts(v, bias);
-  return new Uint8Array(v.buffer);
-}
 
 describeUffd('hmm-tests.c: shared and file-backed memory', () => {
   it('anon_write_child_shared', async () => {
