@@ -539,7 +539,7 @@ export class Region extends EventEmitter implements DeviceHolder {
         if (base >= 0) hugeBase.set(b, base);
       }
     }
-    const hugeBlockOf = (page: number): number => page - ((Number(this.#address / BigInt(PAGE_SIZE) % BigInt(hugeN)) + page) % hugeN);
+    const hugeBlockOf = (page: number): number => pmdBlockStart(this.#address, page);
     /** Gives back the pfns of huge device pages that did not get their whole block. */
     const releaseHuge = (keep: boolean): Set<number> => {
       const whole = new Set<number>();
@@ -1274,7 +1274,7 @@ export class Region extends EventEmitter implements DeviceHolder {
    */
   #hugeEntryAt(page: number, seen: Map<number, boolean>): boolean {
     const n = PMD_SIZE / PAGE_SIZE;
-    const first = page - ((Number(this.#address / BigInt(PAGE_SIZE) % BigInt(n)) + page) % n);
+    const first = pmdBlockStart(this.#address, page);
     let whole = seen.get(first);
     if (whole === undefined) {
       const shared = this.shared;
@@ -1470,6 +1470,12 @@ export function hugePageSize(): number {
   return hugePageBytes;
 }
 
+/** The first page of the PMD-aligned block that holds `page` (it may lie before the region). */
+function pmdBlockStart(address: bigint, page: number): number {
+  const n = PMD_SIZE / PAGE_SIZE;
+  return page - ((Number((address / BigInt(PAGE_SIZE)) % BigInt(n)) + page) % n);
+}
+
 let kpageflags: number | undefined;
 const KPF_THP = 1n << 22n;
 const PFN_MASK = (1n << 55n) - 1n;
@@ -1482,7 +1488,8 @@ const PFN_MASK = (1n << 55n) - 1n;
 function thpBlocks(handle: number, address: bigint, f: number, c: number): number[] {
   const n = PMD_SIZE / PAGE_SIZE;
   const out: number[] = [];
-  let b = f + ((n - ((Number(address / BigInt(PAGE_SIZE) % BigInt(n)) + f) % n)) % n);
+  let b = pmdBlockStart(address, f);
+  if (b < f) b += n;
   if (b + n > f + c) return out;
   if (kpageflags === undefined) {
     try {
