@@ -163,7 +163,7 @@ static void* mmapPmdAligned(size_t length) {
 }
 
 // regionCreate(pages, shared: Int32Array, servicer: 'worker'|'native', allowUserModeOnly,
-//              classifyFaults, faultAround, mapShared, fd (-1: anonymous), offset (bytes))
+//              classifyFaults, faultAround, mapShared, fd (-1: anonymous), offset (bytes), hugetlb, thp)
 static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint32_t pages = argU32(info, 0, "pages");
@@ -199,13 +199,14 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
   }
 
   auto r = std::make_shared<RegionState>();
-  r->pageSize = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  r->pageSize = pageSize;
   r->pages = pages;
   r->length = size_t(pages) * r->pageSize;
   r->shared = shared;
-  r->mapShared = mapShared;
-  r->fileBacked = fileFd >= 0;
   const bool anonPrivate = !mapShared && fileFd < 0 && !hugetlb;
+  // A private file mapping is registered for minor faults too: a page whose private copy was
+  // zapped (migrated, or discarded) is still in the page cache, and without MINOR its touch would
+  // silently map the file's bytes instead of coming to us.
   const bool minorFaults = !mapShared && fileFd >= 0;
 
   OpenResult o = openUffd(allowUserModeOnly);
@@ -217,8 +218,6 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
   r->inlineMode = inlineMode;
   r->classifyFaults = classifyFaults && !inlineMode;
   r->faultAround = faultAround;
-  // Zaps by anyone (madvise, munmap) must drop device references as zap_pte_range does. An inline
-  // region has no thread reading messages, so it asks for none: its faults arrive as SIGBUS.
   // shmem (a shared mapping, or any file mapping: userfaultfd serves only shmem files) needs its own
   // feature bits for missing faults, write protection (migration entries) and minor faults.
   const uint64_t shmemNeeded =
@@ -230,6 +229,8 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
     throw codedError(env, "ERR_UFFD_FEATURE_MISSING",
                      "this kernel's userfaultfd lacks the shmem features a shared or file-backed region needs "
                      "(MISSING_SHMEM, WP_HUGETLBFS_SHMEM, MINOR_SHMEM: Linux 5.19+); map a private anonymous region instead");
+  // Zaps by anyone (madvise, munmap) must drop device references as zap_pte_range does. An inline
+  // region has no thread reading messages, so it asks for none: its faults arrive as SIGBUS.
   const uint64_t wanted =
       inlineMode ? UFFD_FEATURE_SIGBUS
                  : (kernelFeatures().features & (UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_EVENT_REMOVE |
@@ -268,7 +269,6 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
   if (mem == MAP_FAILED)
     throw systemError(env, errno, "mmap", std::to_string(r->length) + " bytes for a region of " + pagesText(pages));
   r->base = static_cast<uint8_t*>(mem);
-  r->hugetlb = hugetlb;
   uint64_t ioctls = 0;
   // hugetlb: migrate_vma_setup refuses hugetlb vmas, so no device entry can ever exist there and
   // no fault needs us. The range stays unregistered: every fault in it is the kernel's own.

@@ -45,12 +45,6 @@ struct RegionState {
   uint32_t faultAround = 1;  // pages migrated back per device fault, at most
   std::atomic<bool> guarded{false};
   bool forkEvents = false;
-  // MAP_SHARED, and/or a shmem file behind the range instead of anonymous memory. A private file
-  // mapping is registered for minor faults too: a page whose private copy was zapped (migrated, or
-  // discarded) is still in the page cache, and without MINOR its touch would silently map the file.
-  bool mapShared = false;
-  bool fileBacked = false;
-  bool hugetlb = false;  // MAP_HUGETLB: never registered (no device entry can exist in a hugetlb vma)
   // Native toucher sets running on this region: they compute addresses from base and pages, so
   // the region must not move (remap) under them.
   std::atomic<int> activeTouchers{0};  // EVENT_FORK granted (it needs CAP_SYS_PTRACE): region.fork works  // a native guard took over from a dead worker servicer  // look up whether each fault came from inside a system call  // served by the SIGBUS handler: no messages are ever read
