@@ -51,10 +51,10 @@ export function allocDevicePage(shared: Int32Array, capacity: number): number {
  * O(capacity) under the lock: huge allocations are rare, base-page ones never wait on a scan.
  */
 export function allocHugeDevicePages(shared: Int32Array, capacity: number, n: number): number {
+  const free = new Uint8Array(capacity); // before the lock: servicer threads spin on it
   spinLock(shared);
   const stack = DEVICE_HEADER + capacity;
   const top = shared[DEV_FREE_TOP];
-  const free = new Uint8Array(capacity);
   for (let i = 0; i < top; i++) free[shared[stack + i]] = 1;
   let base = -1;
   for (let b = 0; b + n <= capacity && base < 0; b += n) {
