@@ -102,6 +102,8 @@ export interface Addon {
   pollerAdd(poller: number, region: number): void;
   pollerRemove(poller: number, region: number): void;
   pollerKick(poller: number): void;
+  /** The worker servicer has applied the zap records pollerWait gave it (Region#settleZaps waits on it). */
+  pollerApplied(poller: number): void;
   pollerWait(poller: number, out: Float64Array, timeoutMs: number): number;
   pollerAttach(poller: number): void;
   pollerWatch(poller: number, deadlineMs: number): void;

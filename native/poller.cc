@@ -230,6 +230,14 @@ Napi::Value PollerDead(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), p->dead.load());
 }
 
+void markApplied(Poller& p);
+
+// pollerApplied(poller): the worker has applied the zaps it was given (see markApplied).
+Napi::Value PollerApplied(const Napi::CallbackInfo& info) {
+  markApplied(*argPoller(info, 0));
+  return info.Env().Undefined();
+}
+
 // pollerKick(poller): wakes a pollerWait in progress (new messages, or stop).
 Napi::Value PollerKick(const Napi::CallbackInfo& info) {
   auto p = argPoller(info, 0);
@@ -426,6 +434,7 @@ void initPoller(Napi::Env env, Napi::Object exports) {
   exports.Set("pollerAdd", Napi::Function::New(env, PollerAdd));
   exports.Set("pollerRemove", Napi::Function::New(env, PollerRemove));
   exports.Set("pollerKick", Napi::Function::New(env, PollerKick));
+  exports.Set("pollerApplied", Napi::Function::New(env, PollerApplied));
   exports.Set("pollerWait", Napi::Function::New(env, PollerWait));
   exports.Set("pollerAttach", Napi::Function::New(env, PollerAttach));
   exports.Set("pollerWatch", Napi::Function::New(env, PollerWatch));

@@ -196,11 +196,18 @@ async function run(): Promise<void> {
     // can hold a fault together with the REMOVE or UNMAP that explains it, the fault first. Served
     // in that order, the fault would migrate back device data the zap has dropped, possibly after
     // the kernel's zap is done: stale bytes where the page must read zero (native/servicer_thread.cc).
+    let zaps = 0;
     for (let i = 0; i < n; i++) {
       const at = i * EVENT_STRIDE;
       const type = events[at + 1];
-      if (type === EVENT_REMOVE || type === EVENT_UNMAP) zap(events[at], events[at + 3], events[at + 4], type === EVENT_UNMAP);
+      if (type === EVENT_REMOVE || type === EVENT_UNMAP) {
+        zap(events[at], events[at + 3], events[at + 4], type === EVENT_UNMAP);
+        zaps++;
+      }
     }
+    // A migration on the main thread may be waiting for these zaps to be applied (Region#settleZaps):
+    // say so now, not after the faults of this batch are served.
+    if (zaps > 0) native.pollerApplied(poller);
     for (let i = 0; i < n; i++) {
       const at = i * EVENT_STRIDE;
       const type = events[at + 1];
