@@ -24,6 +24,20 @@ import { INTS, NPAGES, NTIMES, PMD_PAGES, fillInts, firstIntMismatch, firstIntMi
 // only as EVENT_UNMAP, which the inline servicer cannot read; 'worker' is the default servicer.
 const servicer = 'worker';
 
+/**
+ * A PMD-sized THP region holding `ptr[i] = i`, and a device as large: the writes fill it 4 KiB at a
+ * time (UFFDIO_COPY has no PMD form), and MADV_COLLAPSE makes the THP the kernel's first touch
+ * would have allocated.
+ */
+function collapsedThp(): { r: Region; d: Device; ptr: Int32Array } {
+  const r = track(Region.map({ pages: PMD_PAGES, servicer, thp: true }));
+  const d = track(new Device({ capacity: PMD_PAGES }));
+  const ptr = ints(r);
+  fillInts(ptr);
+  r.collapse(0, PMD_PAGES);
+  return { r, d, ptr };
+}
+
 describeUffd('hmm-tests.c: migration to device private memory', () => {
   it('migrate', () => {
     const r = track(Region.map({ pages: NPAGES, servicer }));
@@ -277,11 +291,7 @@ describeUffd('hmm-tests.c: migration to device private memory', () => {
   it('migrate_anon_huge_fault', () => {
     // A PMD-aligned THP region: the writes fill it 4 KiB at a time (UFFDIO_COPY has no PMD form),
     // MADV_COLLAPSE makes the THP, and migration moves it whole into one huge device page.
-    const r = track(Region.map({ pages: PMD_PAGES, servicer, thp: true }));
-    const d = track(new Device({ capacity: PMD_PAGES }));
-    const ptr = ints(r);
-    fillInts(ptr);
-    r.collapse(0, PMD_PAGES);
+    const { r, d, ptr } = collapsedThp();
     const res = mirrorMigrate(r, 0, PMD_PAGES, d);
     expect(res.cpages).toBe(PMD_PAGES);
     expect(firstIntMismatchIn(res.data)).toBe(-1);
@@ -303,11 +313,8 @@ describeUffd('hmm-tests.c: migration to device private memory', () => {
   it('migrate_anon_huge_err', () => {
     // Part 1: the device's huge allocation fails (HMM_DMIRROR_FLAG_FAIL_ALLOC), so the THP is split
     // and migrates as base pages; faulting one page back brings back just that page.
-    const r1 = track(Region.map({ pages: PMD_PAGES, servicer, thp: true }));
-    const d = track(new Device({ capacity: PMD_PAGES }));
+    const { r: r1, d } = collapsedThp();
     let ptr = ints(r1);
-    fillInts(ptr);
-    r1.collapse(0, PMD_PAGES);
     mirrorFlags(d, HMM_DMIRROR_FLAG_FAIL_ALLOC);
     let res = mirrorMigrate(r1, 0, PMD_PAGES, d);
     expect(res.cpages).toBe(PMD_PAGES);
@@ -319,11 +326,8 @@ describeUffd('hmm-tests.c: migration to device private memory', () => {
 
     // Part 2 ("unmap and remap the region to reset things"): the THP migrates whole, and the CPU
     // side's huge allocation is made to fail on the way back, which splits it.
-    const r2 = track(Region.map({ pages: PMD_PAGES, servicer, thp: true }));
-    const d2 = track(new Device({ capacity: PMD_PAGES }));
+    const { r: r2, d: d2 } = collapsedThp();
     ptr = ints(r2);
-    fillInts(ptr);
-    r2.collapse(0, PMD_PAGES);
     res = mirrorMigrate(r2, 0, PMD_PAGES, d2);
     expect(res.cpages).toBe(PMD_PAGES);
     expect(mirrorSnapshot(r2, 0, 1, d2)[0] & HMM_DMIRROR_PROT_PMD).toBe(HMM_DMIRROR_PROT_PMD);
@@ -337,11 +341,7 @@ describeUffd('hmm-tests.c: migration to device private memory', () => {
   it('migrate_anon_huge_err: a split on the fault path (beyond the kernel test)', () => {
     // The fault-path twin of part 2: a CPU fault on a huge entry whose huge allocation fails
     // brings back only the faulting page, and the rest stays on the device as base entries.
-    const r = track(Region.map({ pages: PMD_PAGES, servicer, thp: true }));
-    const d = track(new Device({ capacity: PMD_PAGES }));
-    const ptr = ints(r);
-    fillInts(ptr);
-    r.collapse(0, PMD_PAGES);
+    const { r, d, ptr } = collapsedThp();
     expect(r.migrate(0, PMD_PAGES, d)).toBe(PMD_PAGES);
     d.failNextHugeAllocation();
     expect(ptr[2048]).toBe(2048);
