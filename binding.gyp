@@ -14,7 +14,8 @@
         "native/bench.cc",
         "native/toucher.cc",
         "native/inline_servicer.cc",
-        "native/fork.cc"
+        "native/fork.cc",
+        "native/protocol.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=9", "NAPI_CPP_EXCEPTIONS", "_GNU_SOURCE"],

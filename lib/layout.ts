@@ -1,5 +1,6 @@
-// Shared-memory layout of the page table and the device bookkeeping, mirrored from
-// native/layout.h: both sides read and write these words with atomics.
+// The shared-memory protocol of the page table, the device bookkeeping, the trace ring and the
+// worker's event records: both sides read and write these words with atomics. native/layout.h is
+// the C++ side; test/layout.test.ts fails when the two differ. docs/PROTOCOL.md explains them.
 
 /** Int32 words before the page table in a region's shared buffer. */
 export const REGION_HEADER = 16;
@@ -25,6 +26,8 @@ export const ZAP_READING = 10;
 export const ZAP_BATCHES_READ = 11;
 /** Of those, the batches whose REMOVE/UNMAP events are applied. */
 export const ZAP_BATCHES_DONE = 12;
+/** native.regionComplete's stats mask: bit i counts header word i, bit STAT_DEVICE_SHIFT + i device word i. */
+export const STAT_DEVICE_SHIFT = 16;
 
 export const KIND_MASK = 0x3;
 export const KIND_NONE = 0;
@@ -95,7 +98,9 @@ export const UFFD_PAGEFAULT_FLAG_MINOR = 4;
 /** Ours, beside the kernel's flags: the fault was taken inside a system call (kernel mode). */
 export const FAULT_KERNEL = 1 << 16;
 
-// The event records pollerWait writes (native/poller.cc).
+// The event records pollerWait writes (native/poller.cc): a fault is [region handle,
+// EVENT_PAGEFAULT, flags, page, tid, t0 µs], a zap [region handle, EVENT_REMOVE | EVENT_UNMAP, 0,
+// first page, page count, 0].
 export const EVENT_STRIDE = 6;
 export const EVENT_PAGEFAULT = 1;
 /** MADV_DONTNEED/MADV_REMOVE over [page, page + count) by any thread. */

@@ -37,6 +37,8 @@ export interface NativeForkResult {
 export interface Addon {
   probe(): NativeProbe;
   errnoName(errno: number): string;
+  /** Every constant of native/layout.h by its C++ name, and the kernel's UFFD_PAGEFAULT_FLAG_*. */
+  protocolConstants(): Record<string, number>;
   detachArrayBuffer(ab: ArrayBuffer): void;
 
   deviceCreate(capacity: number, shared: Int32Array): number;

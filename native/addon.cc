@@ -10,6 +10,7 @@ void initPoller(Napi::Env env, Napi::Object exports);
 void initBench(Napi::Env env, Napi::Object exports);
 void initToucher(Napi::Env env, Napi::Object exports);
 void initFork(Napi::Env env, Napi::Object exports);
+void initProtocol(Napi::Env env, Napi::Object exports);
 }  // namespace uffdhmm
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -20,6 +21,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   uffdhmm::initBench(env, exports);
   uffdhmm::initToucher(env, exports);
   uffdhmm::initFork(env, exports);
+  uffdhmm::initProtocol(env, exports);
   return exports;
 }
 

@@ -1,5 +1,7 @@
-// The shared-memory layout that TypeScript (lib/layout.ts) and C++ both read and write with
-// atomics. Change one side and the other in the same commit: test/layout.test.ts compares them.
+// The shared-memory protocol that TypeScript (lib/layout.ts) and C++ both read and write with
+// atomics. Change one side and the other in the same commit: test/layout.test.ts compares every
+// constant here with lib/layout.ts through the addon's protocolConstants() (native/protocol.cc),
+// and fails on a constant that either side lacks. docs/PROTOCOL.md explains the state machine.
 #pragma once
 
 #include <cstdint>
@@ -31,6 +33,9 @@ constexpr int kStatFillRaced = 9;
 constexpr int kZapReading = 10;
 constexpr int kZapBatchesRead = 11;
 constexpr int kZapBatchesDone = 12;
+// regionComplete's stats mask: bit i counts region header word i; bit kStatDeviceShift + i counts
+// device header word i.
+constexpr int kStatDeviceShift = 16;
 
 // A page's state word.
 constexpr int32_t kKindMask = 0x3;
@@ -80,5 +85,13 @@ constexpr int kDevMigratedToDevice = 4;
 constexpr int kDevMigratedToRam = 5;
 constexpr int kDevFreed = 6;
 constexpr int kDevFailAlloc = 7;  // HMM_DMIRROR_FLAG_FAIL_ALLOC: the next huge allocation fails (one-shot)
+
+// The event records pollerWait writes for the worker servicer: kEventStride doubles each,
+// a fault is [region handle, kEventPagefault, flags, page, tid, t0 µs], a zap [region handle,
+// kEventRemove | kEventUnmap, 0, first page, page count, 0] (native/poller.cc writes them).
+constexpr int kEventStride = 6;
+constexpr int kEventPagefault = 1;
+constexpr int kEventRemove = 2;  // MADV_DONTNEED / MADV_REMOVE over a range, by any thread
+constexpr int kEventUnmap = 3;   // munmap over a range, by any thread
 
 }  // namespace uffdhmm::layout

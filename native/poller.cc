@@ -135,11 +135,8 @@ void onWorkerGone(void* arg) {
 
 constexpr uint64_t kWakeTag = 0;  // epoll data of the eventfd; regions are tagged by handle (>= 1)
 
-// Record layout of one event in the output array; lib/servicer/events.ts mirrors it.
-constexpr int kStride = 6;
-constexpr double kEventPagefault = 1;
-constexpr double kEventRemove = 2;
-constexpr double kEventUnmap = 3;
+// One event in the output array: layout::kEventStride doubles (native/layout.h has the fields).
+constexpr int kStride = layout::kEventStride;
 
 std::shared_ptr<Poller> argPoller(const Napi::CallbackInfo& info, size_t i) {
   auto p = pollers().get(static_cast<int>(argU32(info, i, "poller")));
@@ -273,7 +270,7 @@ void record(Poller& p, int h, RegionState& r, const struct uffd_msg& m, double* 
     uint64_t hi = std::min<uint64_t>(m.arg.remove.end, base + r.length);
     if (hi <= lo) return;
     rec[0] = h;
-    rec[1] = m.event == UFFD_EVENT_REMOVE ? kEventRemove : kEventUnmap;
+    rec[1] = m.event == UFFD_EVENT_REMOVE ? layout::kEventRemove : layout::kEventUnmap;
     rec[2] = 0;
     rec[3] = static_cast<double>((lo - base) / r.pageSize);
     rec[4] = static_cast<double>((hi - lo + r.pageSize - 1) / r.pageSize);
@@ -284,7 +281,7 @@ void record(Poller& p, int h, RegionState& r, const struct uffd_msg& m, double* 
   uint32_t flags = static_cast<uint32_t>(m.arg.pagefault.flags);
   if (r.classifyFaults && faultInSyscall(m.arg.pagefault.feat.ptid)) flags |= layout::kFaultKernel;
   rec[0] = h;
-  rec[1] = kEventPagefault;
+  rec[1] = layout::kEventPagefault;
   rec[2] = static_cast<double>(flags);
   rec[3] = static_cast<double>(r.pageOf(m.arg.pagefault.address));
   rec[4] = static_cast<double>(m.arg.pagefault.feat.ptid);

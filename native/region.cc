@@ -403,10 +403,10 @@ static Napi::Value RegionComplete(const Napi::CallbackInfo& info) {
   __atomic_store_n(st, state & ~layout::kLocked, __ATOMIC_RELEASE);
   noteUnlock(*r);
   bool freed = dev ? dev->putPage(freePfn) : false;
-  for (int i = 0; i < 16; i++)
+  for (int i = 0; i < layout::kStatDeviceShift; i++)
     if (statMask & (1u << i)) __atomic_fetch_add(r->stat(i), 1, __ATOMIC_RELAXED);
-  for (int i = 0; i < 8 && dev; i++)
-    if (statMask & (1u << (16 + i))) __atomic_fetch_add(&dev->shared[i], 1, __ATOMIC_RELAXED);
+  for (int i = 0; i < layout::kDeviceHeader && dev; i++)
+    if (statMask & (1u << (layout::kStatDeviceShift + i))) __atomic_fetch_add(&dev->shared[i], 1, __ATOMIC_RELAXED);
   if (outcome != 0 && r->trace) {
     const double t0Us = info[9].As<Napi::Number>().DoubleValue();
     traceRecord(*r, page, argU32(info, 7, "flags"), argU32(info, 8, "tid"), static_cast<int32_t>(freeSlot),

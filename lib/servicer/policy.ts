@@ -15,6 +15,7 @@ import {
   LOCKED,
   MAX_DEVICE_SLOT,
   STAT_FAULTS,
+  STAT_DEVICE_SHIFT,
   STAT_FILL_RACED,
   STAT_FILL_RETRIES,
   STAT_KERNEL_FAULTS,
@@ -163,8 +164,8 @@ const S_BACK = 1 << STAT_MIGRATED_BACK;
 const S_ZERO = 1 << STAT_ZERO_FILLS;
 const S_POISON = 1 << STAT_POISONED;
 const S_RACED = 1 << STAT_FILL_RACED;
-const D_FAULTS = 1 << (16 + DEV_FAULTS);
-const D_TO_RAM = 1 << (16 + DEV_MIGRATED_TO_RAM);
+const D_FAULTS = 1 << (STAT_DEVICE_SHIFT + DEV_FAULTS);
+const D_TO_RAM = 1 << (STAT_DEVICE_SHIFT + DEV_MIGRATED_TO_RAM);
 
 /**
  * Fault-around: locks the pages after `page` (locked already, state s, device page pfn) whose
