@@ -214,9 +214,9 @@ export const HMM_DMIRROR_PROT_NONE = 0x00;
 export const HMM_DMIRROR_PROT_READ = 0x01;
 /** Snapshot flag: the page is mapped writable. */
 export const HMM_DMIRROR_PROT_WRITE = 0x02;
-/** Snapshot flag: mapped by a PMD (huge page). Never set here: regions have no THP. */
+/** Snapshot flag: mapped by a PMD: a 2 MiB hugetlb page, a THP in a `thp` region, or a whole huge device entry. */
 export const HMM_DMIRROR_PROT_PMD = 0x04;
-/** Snapshot flag: mapped by a PUD. Never set here. */
+/** Snapshot flag: mapped by a PUD: a 1 GiB hugetlb page (only where that is the default huge page size). */
 export const HMM_DMIRROR_PROT_PUD = 0x08;
 /** Snapshot flag: the shared zero page is mapped (a read of a hole), with READ. */
 export const HMM_DMIRROR_PROT_ZERO = 0x10;
@@ -231,7 +231,7 @@ export const HMM_DMIRROR_PROT_DEV_PRIVATE_REMOTE = 0x30;
 export const PM_PRESENT = 1n << 63n;
 /** Pagemap bit 62: swapped, or a device entry; bits 0–4 are the swap type ({@link SWP_DEVICE_WRITE}, {@link SWP_DEVICE}), bits 5–54 the offset (the device pfn). */
 export const PM_SWAP = 1n << 62n;
-/** Pagemap bit 61: a file page or shared anonymous page. Never set here: regions are private anonymous memory. */
+/** Pagemap bit 61: a file page or shared anonymous page: set for `shared` and `file` regions' page-cache pages, never for private anonymous memory. */
 export const PM_FILE = 1n << 61n;
 /** Pagemap bit 57: the pte is userfaultfd write-protected (a page that came back from a read entry, before its first write). */
 export const PM_UFFD_WP = 1n << 57n;
@@ -313,7 +313,7 @@ export class Region extends EventEmitter implements DeviceHolder {
    * page or a fresh page.
    *
    * @param options - `pages` (required), `servicer` (`'worker'` by default), `faultAround`,
-   * `countKernelFaults`; see {@link MapOptions}.
+   * `countKernelFaults`, and the backing: `shared`, `file`, `hugetlb` or `thp`; see {@link MapOptions}.
    * @throws `ERR_UFFD_UNAVAILABLE` when this process cannot use userfaultfd (the message names the
    * fix; {@link probe} says the same without throwing); `ERR_UFFD_FEATURE_MISSING` when the
    * `'inline'` servicer lacks UFFD_FEATURE_SIGBUS; `ERR_TOO_MANY_INLINE_REGIONS` past 64 open
