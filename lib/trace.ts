@@ -14,7 +14,15 @@ import {
   TRACE_HEADER,
   TRACE_NEXT,
   TRACE_OVERWRITTEN,
+  TRACE_FLAGS,
+  TRACE_OUTCOME,
+  TRACE_PAGE,
+  TRACE_SEQ,
+  TRACE_SERVICE_US,
+  TRACE_SLOT,
   TRACE_STRIDE,
+  TRACE_T0,
+  TRACE_TID,
   UFFD_PAGEFAULT_FLAG_MINOR,
   UFFD_PAGEFAULT_FLAG_WP,
   UFFD_PAGEFAULT_FLAG_WRITE,
@@ -186,18 +194,18 @@ export class FaultTrace {
     let k = 0;
     for (let i = next - n; i < next; i++) {
       const at = (i % this.capacity) * TRACE_STRIDE;
-      const seq = this.#records[at];
+      const seq = this.#records[at + TRACE_SEQ];
       if (seq !== i + 1) continue; // being written, or already overwritten by a newer one
       cols.seq[k] = seq;
-      cols.time[k] = this.#records[at + 1];
-      cols.page[k] = this.#records[at + 2];
-      cols.flags[k] = this.#records[at + 3];
-      cols.tid[k] = this.#records[at + 4];
-      cols.deviceSlot[k] = this.#records[at + 5];
-      cols.outcome[k] = this.#records[at + 6];
-      cols.serviceUs[k] = this.#records[at + 7];
+      cols.time[k] = this.#records[at + TRACE_T0];
+      cols.page[k] = this.#records[at + TRACE_PAGE];
+      cols.flags[k] = this.#records[at + TRACE_FLAGS];
+      cols.tid[k] = this.#records[at + TRACE_TID];
+      cols.deviceSlot[k] = this.#records[at + TRACE_SLOT];
+      cols.outcome[k] = this.#records[at + TRACE_OUTCOME];
+      cols.serviceUs[k] = this.#records[at + TRACE_SERVICE_US];
       // A writer may have lapped us while we copied: keep the record only if it is still the same.
-      if (this.#records[at] === seq) k++;
+      if (this.#records[at + TRACE_SEQ] === seq) k++;
     }
     for (const key of Object.keys(cols) as (keyof TraceColumns)[]) cols[key] = cols[key].subarray(0, k);
     return cols;

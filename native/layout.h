@@ -68,6 +68,15 @@ constexpr int kTraceNext = 1;         // records ever reserved
 constexpr int kTraceOverwritten = 2;  // records lost to the ring wrapping
 constexpr int kTraceCapacity = 3;
 constexpr int kTraceStride = 8;
+// A record's fields, in doubles from its start.
+constexpr int kTraceSeq = 0;  // the record's index + 1, stored last with release; 0 while written
+constexpr int kTraceT0 = 1;
+constexpr int kTracePage = 2;
+constexpr int kTraceFlags = 3;
+constexpr int kTraceTid = 4;
+constexpr int kTraceSlot = 5;
+constexpr int kTraceOutcome = 6;
+constexpr int kTraceServiceUs = 7;
 constexpr int32_t kOutcomeMigrated = 1;
 constexpr int32_t kOutcomeZeroPage = 2;
 constexpr int32_t kOutcomeUnprotected = 3;

@@ -15,7 +15,8 @@ namespace {
   X(kZapReading) X(kZapBatchesRead) X(kZapBatchesDone) X(kStatDeviceShift) X(kKindMask) X(kKindNone)                \
   X(kKindPresent) X(kKindDevice) X(kKindPoison) X(kWrite) X(kLocked) X(kUnmapped) X(kZapping) X(kHuge)              \
   X(kZapPending) X(kPmdSize) X(kDeviceShift) X(kMaxDeviceSlot) X(kTraceHeader) X(kTraceEnabled) X(kTraceNext)       \
-  X(kTraceOverwritten) X(kTraceCapacity) X(kTraceStride) X(kOutcomeMigrated) X(kOutcomeZeroPage)                    \
+  X(kTraceOverwritten) X(kTraceCapacity) X(kTraceStride) X(kTraceSeq) X(kTraceT0) X(kTracePage) X(kTraceFlags)      \
+  X(kTraceTid) X(kTraceSlot) X(kTraceOutcome) X(kTraceServiceUs) X(kOutcomeMigrated) X(kOutcomeZeroPage)            \
   X(kOutcomeUnprotected) X(kOutcomeSigbus) X(kOutcomePageCache) X(kOutcomeWoken) X(kDeviceHeader) X(kDevLock)       \
   X(kDevFreeTop) X(kDevUsed) X(kDevFaults) X(kDevMigratedToDevice) X(kDevMigratedToRam) X(kDevFreed)                \
   X(kDevFailAlloc) X(kEventStride) X(kEventPagefault) X(kEventRemove) X(kEventUnmap)

@@ -31,19 +31,19 @@ inline void traceRecord(RegionState& r, uint32_t page, uint32_t flags, uint32_t 
   double* rec = reinterpret_cast<double*>(hdr + layout::kTraceHeader) + size_t(idx % capacity) * layout::kTraceStride;
   // seq first to 0 (being written), the fields, then seq = idx + 1 with release: readers skip torn records.
   uint64_t zero = 0;
-  __atomic_store(reinterpret_cast<uint64_t*>(&rec[0]), &zero, __ATOMIC_RELEASE);
+  __atomic_store(reinterpret_cast<uint64_t*>(&rec[layout::kTraceSeq]), &zero, __ATOMIC_RELEASE);
   const uint64_t now = monoNs();
-  rec[1] = double(t0Ns) / 1000.0;
-  rec[2] = page;
-  rec[3] = flags;
-  rec[4] = tid;
-  rec[5] = slot;
-  rec[6] = outcome;
-  rec[7] = double(now - (t0Ns ? t0Ns : now)) / 1000.0;
+  rec[layout::kTraceT0] = double(t0Ns) / 1000.0;
+  rec[layout::kTracePage] = page;
+  rec[layout::kTraceFlags] = flags;
+  rec[layout::kTraceTid] = tid;
+  rec[layout::kTraceSlot] = slot;
+  rec[layout::kTraceOutcome] = outcome;
+  rec[layout::kTraceServiceUs] = double(now - (t0Ns ? t0Ns : now)) / 1000.0;
   double seq = double(idx) + 1;
   uint64_t bits;
   std::memcpy(&bits, &seq, sizeof bits);
-  __atomic_store(reinterpret_cast<uint64_t*>(&rec[0]), &bits, __ATOMIC_RELEASE);
+  __atomic_store(reinterpret_cast<uint64_t*>(&rec[layout::kTraceSeq]), &bits, __ATOMIC_RELEASE);
 }
 
 }  // namespace uffdhmm
