@@ -102,7 +102,8 @@ void chain(int sig, siginfo_t* info, void* uctx) {
 
 void onSigbus(int sig, siginfo_t* info, void* uctx) {
   const int savedErrno = errno;
-  const uint64_t t0Ns = monoNs();
+  // The fault's time and thread id only feed the trace; untraced, the handler makes no system call
+  // but its fill and its return (clock_gettime is one on hosts without a vDSO clock source).
   const uint64_t addr = reinterpret_cast<uint64_t>(info->si_addr);
   bool served = false;
   if (info->si_code == BUS_ADRERR) {
@@ -120,10 +121,13 @@ void onSigbus(int sig, siginfo_t* info, void* uctx) {
       // (a missing fault "un-protected" forever: that thread faulted again and again, a hang).
       const int present = faultOnPresentPage(uctx);
       int32_t s = __atomic_load_n(r->state(page), __ATOMIC_ACQUIRE);
+      const bool traced = __atomic_load_n(&r->trace, __ATOMIC_RELAXED) != nullptr;
+      const uint64_t t0Ns = traced ? monoNs() : 0;
+      const uint32_t tid = traced ? static_cast<uint32_t>(gettid()) : 0;
       uint32_t flags = faultWasWrite(uctx) ? UFFD_PAGEFAULT_FLAG_WRITE : 0;
       if (present > 0 || (present < 0 && (s & layout::kKindMask) == layout::kKindPresent)) flags |= UFFD_PAGEFAULT_FLAG_WP;
       for (int spins = 0;; spins++) {
-        Served rc = serveFaultDefault(*r, page, flags, static_cast<uint32_t>(gettid()), t0Ns);
+        Served rc = serveFaultDefault(*r, page, flags, tid, t0Ns);
         if (rc == Served::Done) {
           served = true;
           break;

@@ -40,14 +40,14 @@ struct RegionState {
   UniqueFd uffd;  // closed only when the last user drops its reference, so the fd never gets reused under a caller
   OpenVia via = OpenVia::None;
   bool userModeOnly = false;
-  bool inlineMode = false;
-  bool classifyFaults = false;
-  uint32_t faultAround = 1;  // pages migrated back per device fault, at most
-  std::atomic<bool> guarded{false};
-  bool forkEvents = false;
+  bool inlineMode = false;      // served by the SIGBUS handler: no messages are read, no thread sleeps
+  bool classifyFaults = false;  // look up whether each fault came from inside a system call
+  uint32_t faultAround = 1;     // pages migrated back per device fault, at most
+  std::atomic<bool> guarded{false};  // a native guard took over from a dead worker servicer
+  bool forkEvents = false;           // EVENT_FORK granted (it needs CAP_SYS_PTRACE): region.fork works
   // Native toucher sets running on this region: they compute addresses from base and pages, so
   // the region must not move (remap) under them.
-  std::atomic<int> activeTouchers{0};  // EVENT_FORK granted (it needs CAP_SYS_PTRACE): region.fork works  // a native guard took over from a dead worker servicer  // look up whether each fault came from inside a system call  // served by the SIGBUS handler: no messages are ever read
+  std::atomic<int> activeTouchers{0};
   int32_t* shared = nullptr;  // region header + page table, in a SharedArrayBuffer
   int32_t* trace = nullptr;   // the fault trace ring, when one is attached (native/trace.h)
   std::atomic<bool> closed{false};
