@@ -168,7 +168,8 @@ Served serveFaultDefault(RegionState& r, uint32_t page, uint32_t flags, uint32_t
     int32_t next = s;
     std::shared_ptr<DeviceStore> dev;
     uint32_t pfn = 0;
-    // Fill without waking, publish the new state, then wake: see the note in region.cc.
+    // Fill without waking, publish the new state, then wake, so the thread never runs on a page
+    // whose word still says otherwise (docs/PROTOCOL.md, "Who sets what").
     if (kind == kKindDevice) {
       pfn = static_cast<uint32_t>(st[1]);
       dev = devices().get((s >> kDeviceShift) & kMaxDeviceSlot);
