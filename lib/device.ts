@@ -11,11 +11,20 @@ import {
   DEV_FAIL_ALLOC,
   DEV_FAULTS,
   DEV_FREED,
+  DEV_LOG_FREES,
   DEV_MIGRATED_TO_DEVICE,
   DEV_MIGRATED_TO_RAM,
   DEV_USED,
 } from './layout.js';
-import { allocDevicePage, allocHugeDevicePages, deviceSharedWords, devicePageRefcount, initDevicePages, putDevicePage } from './devicepages.js';
+import {
+  allocDevicePage,
+  allocHugeDevicePages,
+  deviceSharedWords,
+  devicePageRefcount,
+  drainFreedLog,
+  initDevicePages,
+  putDevicePage,
+} from './devicepages.js';
 import type { Driver, PageFreeContext } from './driver.js';
 
 /** Options of `new` {@link Device}. */
@@ -63,6 +72,8 @@ export interface DeviceHolder {
 }
 
 let nextName = 0;
+/** How soon pageFree runs for a page that native code freed (the log is also drained before every allocation). */
+const FREED_LOG_POLL_MS = 10;
 let nextId = 1;
 const bySlot = new Map<number, Device>();
 
@@ -126,6 +137,8 @@ export class Device extends EventEmitter {
   #driver: Promise<Driver> | undefined;
   #closed = false;
   #closing: Promise<void> | undefined;
+  /** With a driver: drains the log of pages native code freed, so their pageFree runs here. */
+  #freedLogTimer: NodeJS.Timeout | undefined;
 
   /**
    * Creates the device and reserves its memory; it has no pages in use yet.
@@ -149,6 +162,12 @@ export class Device extends EventEmitter {
     this.slot = native.deviceCreate(capacity, this.shared);
     this.id = nextId++;
     bySlot.set(this.slot, this);
+    if (this.driverUrl !== undefined) {
+      // Pages a native or inline servicer, a guard or a fork child frees are logged for us: their
+      // pageFree runs on this thread, soon after (the worker servicer calls it for its own frees).
+      Atomics.store(this.shared, DEV_LOG_FREES, 1);
+      this.#freedLogTimer = setInterval(() => this.#drainFreedLog(), FREED_LOG_POLL_MS).unref();
+    }
   }
 
   /** Device pages currently allocated (referenced by at least one entry), 0 to {@link Device.capacity}. */
@@ -235,6 +254,8 @@ export class Device extends EventEmitter {
     this.#closing = (async () => {
       for (const holder of [...this.#holders]) holder.evictDevice(this);
       this.#holders.clear();
+      clearInterval(this.#freedLogTimer);
+      this.#drainFreedLog();
       this.#closed = true;
       bySlot.delete(this.slot);
       this.emit('close');
@@ -255,6 +276,8 @@ export class Device extends EventEmitter {
 
   /** @internal Allocates a zeroed-on-copy device page, or -1 when full. */
   allocPage(): number {
+    // A logged pfn must not be handed out again before its pageFree: that keeps the log within capacity.
+    this.#drainFreedLog();
     return allocDevicePage(this.shared, this.capacity);
   }
 
@@ -264,6 +287,7 @@ export class Device extends EventEmitter {
    */
   allocHugePage(n: number): number {
     if (Atomics.exchange(this.shared, DEV_FAIL_ALLOC, 0) !== 0) return -1;
+    this.#drainFreedLog();
     return allocHugeDevicePages(this.shared, this.capacity, n);
   }
 
@@ -290,6 +314,11 @@ export class Device extends EventEmitter {
     if (this.listenerCount('error') > 0) this.emit('error', err);
     // Unheard, it still must not be swallowed: a process warning prints it with its code.
     else process.emitWarning(err instanceof Error ? err : new Error(String(err)));
+  }
+
+  #drainFreedLog(): void {
+    const pfns = drainFreedLog(this.shared, this.capacity);
+    if (pfns) for (const pfn of pfns) this.#pageFree(pfn);
   }
 
   #pageFree(pfn: number): void {

@@ -1,15 +1,17 @@
-// Device page bookkeeping over the device's shared buffer: a free stack under a spinlock and a
-// refcount per page. The main thread, the worker servicer and native/device.cc all use it.
+// Device page bookkeeping over the device's shared buffer: a free stack under a spinlock, a
+// refcount per page, and the log of pages native code freed. The main thread, the worker servicer
+// and native/device.cc all use it.
 import {
   DEVICE_HEADER,
   DEV_FREED,
+  DEV_FREED_LOGGED,
   DEV_FREE_TOP,
   DEV_LOCK,
   DEV_USED,
 } from './layout.js';
 
 export function deviceSharedWords(capacity: number): number {
-  return DEVICE_HEADER + 2 * capacity;
+  return DEVICE_HEADER + 3 * capacity;
 }
 
 /** Fills the free stack so that pops hand out pfn 0, 1, 2, … */
@@ -93,6 +95,20 @@ export function putDevicePage(shared: Int32Array, capacity: number, pfn: number)
   spinUnlock(shared);
   Atomics.add(shared, DEV_FREED, 1);
   return true;
+}
+
+/**
+ * Takes the pfns that native code freed and logged since the last call (DEV_LOG_FREES), for the
+ * driver's pageFree; undefined when there are none (one load, no lock).
+ */
+export function drainFreedLog(shared: Int32Array, capacity: number): number[] | undefined {
+  if (Atomics.load(shared, DEV_FREED_LOGGED) === 0) return undefined;
+  spinLock(shared);
+  const log = DEVICE_HEADER + 2 * capacity;
+  const pfns = Array.from(shared.subarray(log, log + shared[DEV_FREED_LOGGED]));
+  Atomics.store(shared, DEV_FREED_LOGGED, 0);
+  spinUnlock(shared);
+  return pfns;
 }
 
 export function devicePageRefcount(shared: Int32Array, pfn: number): number {

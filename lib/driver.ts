@@ -41,7 +41,8 @@ export type FaultDecision = 'migrate' | 'sigbus';
  * A driver module: an ES module, named by {@link DeviceOptions.driver}, exporting any of these
  * hooks, the seed patch's `dev_pagemap` callbacks. `fault` runs in the worker servicer's thread,
  * for `'worker'` regions only (`'native'` and `'inline'` regions apply the default policy: migrate
- * back); `pageFree` runs where the page was freed (below). A hook that throws, or a `fault` hook
+ * back); `pageFree` runs once for every freed page, in the worker for pages its faults and zaps
+ * freed and on the main thread for all others ({@link Driver.pageFree}). A hook that throws, or a `fault` hook
  * that returns anything but a {@link FaultDecision} (a Promise included: it must decide
  * synchronously), is a driver bug: the fault is still served by the default policy and the Device
  * emits `'error'` with code `ERR_DRIVER_HOOK` (a process warning when nobody listens), never
@@ -69,11 +70,13 @@ export interface Driver {
   fault?(ctx: FaultContext): FaultDecision | void;
   /**
    * free_devpage (page_free): a device page lost its last reference (migrated back, discarded,
-   * unmapped, or its region closed). Runs in the worker thread for pages the worker servicer
-   * frees, and on the main thread, asynchronously, for pages freed from JS (`region.close`,
-   * `discard`, `migrateToRam`, a shrinking `remap`, `device.close`, a migration to another
-   * device); not for pages a `'native'` or `'inline'` servicer frees while serving a fault. The two
-   * threads each import their own instance of the module: module-level state is not shared.
+   * unmapped, or its region closed). Called exactly once per freed page: in the worker thread for
+   * pages the worker servicer frees, and on the main thread, asynchronously, for all others:
+   * pages freed from JS (`region.close`, `discard`, `migrateToRam`, a shrinking `remap`,
+   * `device.close`, a migration to another device) and pages freed by native code (a `'native'`
+   * or `'inline'` servicer, a guard, a `region.fork` child), which the main thread collects every
+   * 10 ms. The two threads each import their own instance of the module: module-level state is
+   * not shared.
    */
   pageFree?(ctx: PageFreeContext): void;
 }

@@ -30,7 +30,7 @@ static void spinLock(int32_t* lock) {
 
 static void spinUnlock(int32_t* lock) { __atomic_store_n(lock, 0, __ATOMIC_RELEASE); }
 
-bool DeviceStore::putPage(uint32_t pfn) {
+bool DeviceStore::putPage(uint32_t pfn, bool logFree) {
   if (pfn >= capacity) return false;
   int32_t old = __atomic_fetch_sub(&refcount()[pfn], 1, __ATOMIC_ACQ_REL);
   if (old != 1) return false;
@@ -39,6 +39,13 @@ bool DeviceStore::putPage(uint32_t pfn) {
   int32_t top = hdr[layout::kDevFreeTop];
   freeStack()[top] = static_cast<int32_t>(pfn);
   hdr[layout::kDevFreeTop] = top + 1;
+  // Pages are allocated only by the main thread, which drains the log first: between two drains a
+  // pfn is freed at most once, so the log (capacity entries) cannot overflow.
+  const int32_t logged = hdr[layout::kDevFreedLogged];
+  if (logFree && __atomic_load_n(&hdr[layout::kDevLogFrees], __ATOMIC_RELAXED) && logged < static_cast<int32_t>(capacity)) {
+    freedLog()[logged] = static_cast<int32_t>(pfn);
+    __atomic_store_n(&hdr[layout::kDevFreedLogged], logged + 1, __ATOMIC_RELEASE);
+  }
   __atomic_fetch_sub(&hdr[layout::kDevUsed], 1, __ATOMIC_RELAXED);
   spinUnlock(&hdr[layout::kDevLock]);
   __atomic_fetch_add(&hdr[layout::kDevFreed], 1, __ATOMIC_RELAXED);
@@ -50,7 +57,7 @@ static Napi::Value DeviceCreate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint32_t capacity = argU32(info, 0, "capacity");
   auto [shared, words] = argSharedInt32(info, 1, "shared");
-  if (capacity == 0 || words < layout::kDeviceHeader + 2 * static_cast<size_t>(capacity))
+  if (capacity == 0 || words < layout::kDeviceHeader + 3 * static_cast<size_t>(capacity))
     throw rangeError(env, "shared buffer too small for the device capacity");
   size_t ps = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
   void* mem = ::mmap(nullptr, capacity * ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);

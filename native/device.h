@@ -20,11 +20,14 @@ struct DeviceStore {
   uint8_t* page(uint32_t pfn) const { return store + static_cast<size_t>(pfn) * pageSize; }
   int32_t* refcount() const { return shared + layout::kDeviceHeader; }
   int32_t* freeStack() const { return shared + layout::kDeviceHeader + capacity; }
+  int32_t* freedLog() const { return shared + layout::kDeviceHeader + 2 * capacity; }
 
-  // Drops one reference to `pfn`; on the last one the page goes back on the free stack.
-  // Returns true when the page was freed. Safe from any thread, lock-free but for the
-  // free-stack spinlock that the TypeScript side takes the same way.
-  bool putPage(uint32_t pfn);
+  // Drops one reference to `pfn`; on the last one the page goes back on the free stack and, when
+  // the main thread runs the driver's pageFree (kDevLogFrees), into the freed log for it. The
+  // worker servicer, which calls pageFree itself, passes logFree false. Returns true when the page
+  // was freed. Safe from any thread and from a signal handler: atomics and the free-stack spinlock
+  // that the TypeScript side takes the same way.
+  bool putPage(uint32_t pfn, bool logFree = true);
 
   uint8_t* store;
   size_t capacity;

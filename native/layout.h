@@ -84,8 +84,9 @@ constexpr int32_t kOutcomeSigbus = 4;
 constexpr int32_t kOutcomePageCache = 6;  // a minor fault: the file's own page mapped (UFFDIO_CONTINUE)
 constexpr int32_t kOutcomeWoken = 5;  // already there (EEXIST): the thread was only woken
 
-// Device shared buffer: kDeviceHeader int32 words, refcount[capacity], freeStack[capacity].
-constexpr int kDeviceHeader = 8;
+// Device shared buffer: kDeviceHeader int32 words, refcount[capacity], freeStack[capacity],
+// freedLog[capacity].
+constexpr int kDeviceHeader = 10;
 constexpr int kDevLock = 0;  // spinlock over the free stack
 constexpr int kDevFreeTop = 1;
 constexpr int kDevUsed = 2;
@@ -94,6 +95,11 @@ constexpr int kDevMigratedToDevice = 4;
 constexpr int kDevMigratedToRam = 5;
 constexpr int kDevFreed = 6;
 constexpr int kDevFailAlloc = 7;  // HMM_DMIRROR_FLAG_FAIL_ALLOC: the next huge allocation fails (one-shot)
+// The driver has a pageFree hook that the main thread runs: pages freed by native code (a native or
+// inline servicer, a guard, a fork child's references) are logged in freedLog under kDevLock, and
+// the main thread drains the log and calls the hook. The worker servicer calls the hook itself.
+constexpr int kDevLogFrees = 8;
+constexpr int kDevFreedLogged = 9;  // entries in freedLog not yet drained
 
 // The event records pollerWait writes for the worker servicer: kEventStride doubles each,
 // a fault is [region handle, kEventPagefault, flags, page, tid, t0 µs], a zap [region handle,

@@ -378,7 +378,7 @@ static Napi::Value RegionGuarded(const Napi::CallbackInfo& info) {
 // The end of serving a fault, decided in TypeScript but done here in one call, so that a worker
 // terminated at any point leaves either nothing done or everything done: store the page's new
 // state (unlocking it), drop the device page's reference (freeSlot > 0), add 1 to each counter in
-// `stats` (bits 0..15: region header words; bits 16..23: device header words of freeSlot), then
+// `stats` (bits 0..15: region header words; from bit kStatDeviceShift: device header words of freeSlot), then
 // wake the faulting thread.
 static Napi::Value RegionComplete(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -402,7 +402,7 @@ static Napi::Value RegionComplete(const Napi::CallbackInfo& info) {
   if (dev) st[1] = 0;
   __atomic_store_n(st, state & ~layout::kLocked, __ATOMIC_RELEASE);
   noteUnlock(*r);
-  bool freed = dev ? dev->putPage(freePfn) : false;
+  bool freed = dev ? dev->putPage(freePfn, /* logFree: the worker calls pageFree itself */ false) : false;
   for (int i = 0; i < layout::kStatDeviceShift; i++)
     if (statMask & (1u << i)) __atomic_fetch_add(r->stat(i), 1, __ATOMIC_RELAXED);
   for (int i = 0; i < layout::kDeviceHeader && dev; i++)

@@ -1,0 +1,125 @@
+// free_devpage runs once for every device page freed, whoever freed it: the driver's pageFree is
+// called exactly once per freed page under every servicer and on every path (a fault, migrateToRam,
+// discard, region.close, device.close, a fork child dropping its references, a zap by someone else).
+import { afterEach, expect, it } from 'vitest';
+import { Device, Region } from 'uffd-hmm';
+import { SERVICERS, describeUffd } from './helpers.js';
+import { native } from '../dist/native.js';
+
+const driver = new URL('./fixtures/semantics/drivers/recording.mjs', import.meta.url);
+const CHANNEL = 'uffd-hmm-semantics-recording-driver';
+
+let seq = 0;
+const channels: BroadcastChannel[] = [];
+afterEach(() => {
+  for (const c of channels.splice(0)) c.close();
+});
+
+/** A device with the recording driver, and the pfns its pageFree was called with, in order. */
+function recordedDevice(capacity: number): { device: Device; freed: number[] } {
+  const name = `pagefree-${process.pid}-${seq++}`;
+  const freed: number[] = [];
+  const channel = new BroadcastChannel(CHANNEL);
+  channels.push(channel);
+  channel.onmessage = (e) => {
+    const m = (e as MessageEvent<{ hook: string; deviceName: string; pfn: number }>).data;
+    if (m.hook === 'pageFree' && m.deviceName === name) freed.push(m.pfn);
+  };
+  return { device: new Device({ name, capacity, driver }), freed };
+}
+
+/** Waits (with a deadline) for `n` pageFree calls, then a little longer so that a surplus would show. */
+async function settle(freed: number[], n: number): Promise<void> {
+  const deadline = Date.now() + 5000;
+  while (freed.length < n && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+  await new Promise((r) => setTimeout(r, 100));
+}
+
+function pfnsOf(region: Region, first: number, count: number): number[] {
+  const out: number[] = [];
+  for (let p = first; p < first + count; p++) {
+    const e = region.entry(p);
+    if (e.kind !== 'device') throw new Error(`page ${p} is ${e.kind}, not on the device`);
+    out.push(e.pfn);
+  }
+  return out;
+}
+
+const sorted = (a: number[]): number[] => [...a].sort((x, y) => x - y);
+
+describeUffd('pageFree runs once per freed device page', () => {
+  for (const servicer of SERVICERS) {
+    it(`${servicer}: faults, migrateToRam, discard and region.close`, async () => {
+      const { device, freed } = recordedDevice(64);
+      const region = Region.map({ pages: 20, servicer });
+      region.bytes.fill(1);
+      expect(region.migrate(0, 20, device)).toBe(20);
+      const pfns = pfnsOf(region, 0, 20);
+      for (let p = 0; p < 8; p++) void region.bytes[p * region.pageSize]; // 8 faults
+      expect(region.migrateToRam(8, 4)).toBe(4);
+      region.discard(12, 4);
+      await region.close(); // the last 4
+      await settle(freed, 20);
+      expect(sorted(freed)).toEqual(sorted(pfns));
+      expect(device.used).toBe(0);
+      expect(device.stats().freed).toBe(20);
+      await device.close();
+    });
+
+    it(`${servicer}: device.close evicts, and each evicted page is freed once`, async () => {
+      const { device, freed } = recordedDevice(16);
+      const region = Region.map({ pages: 8, servicer });
+      region.bytes.fill(2);
+      region.migrate(0, 8, device);
+      const pfns = pfnsOf(region, 0, 8);
+      await device.close();
+      await settle(freed, 8);
+      expect(sorted(freed)).toEqual(sorted(pfns));
+      expect(region.bytes[7 * region.pageSize]).toBe(2);
+      await region.close();
+    });
+
+    it(`${servicer}: a zap by someone else (a raw MADV_DONTNEED) frees the device pages once`, async () => {
+      const { device, freed } = recordedDevice(16);
+      const region = Region.map({ pages: 8, servicer });
+      region.bytes.fill(3);
+      region.migrate(0, 8, device);
+      const pfns = pfnsOf(region, 0, 8);
+      expect(native.regionDiscard(region.handle, 0, 8, false)).toBe(0); // behind the library's back
+      if (servicer === 'inline') {
+        // No thread reads the inline region's events: its entries stay until the library zaps them.
+        await region.close();
+      } else {
+        const deadline = Date.now() + 5000;
+        while (device.used > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+        await region.close();
+      }
+      await settle(freed, 8);
+      expect(sorted(freed)).toEqual(sorted(pfns));
+      await device.close();
+    });
+  }
+
+  for (const servicer of ['worker', 'native'] as const) {
+    it(`${servicer}: pages a fork child shares are freed once, when the last mapping lets go`, async () => {
+      const { device, freed } = recordedDevice(16);
+      const region = Region.map({ pages: 4, servicer });
+      region.bytes.fill(4);
+      region.migrate(0, 4, device);
+      const pfns = pfnsOf(region, 0, 4);
+      // The child reads pages 0 and 1 (its faults migrate them back for it) and leaves 2 and 3.
+      const child = await region.fork([
+        { op: 'read', page: 0 },
+        { op: 'read', page: 1 },
+      ]);
+      expect(child.exitCode).toBe(0);
+      expect(child.results).toEqual([4, 4]);
+      for (let p = 0; p < 4; p++) void region.bytes[p * region.pageSize];
+      await settle(freed, 4);
+      expect(sorted(freed)).toEqual(sorted(pfns));
+      expect(device.used).toBe(0);
+      await region.close();
+      await device.close();
+    });
+  }
+});
