@@ -2,6 +2,7 @@
 // lib/test_hmm.c. Pages come from a free stack within `capacity`, each with a refcount.
 import { EventEmitter } from 'node:events';
 import path from 'node:path';
+import { inspect, type InspectOptionsStylized } from 'node:util';
 import { pathToFileURL } from 'node:url';
 
 import { native, PAGE_SIZE } from './native.js';
@@ -17,6 +18,7 @@ import {
 } from './layout.js';
 import { allocDevicePage, allocHugeDevicePages, deviceSharedWords, devicePageRefcount, initDevicePages, putDevicePage } from './devicepages.js';
 import type { Driver, PageFreeContext } from './driver.js';
+import { summary } from './inspect.js';
 
 /** Options of `new` {@link Device}. */
 export interface DeviceOptions {
@@ -159,6 +161,19 @@ export class Device extends EventEmitter {
   /** True once {@link Device#close} has evicted everything; read, write and migrations to it then throw `ERR_DEVICE_CLOSED`. */
   get closed(): boolean {
     return this.#closed;
+  }
+
+  /**
+   * What `console.log(device)` and `util.inspect` show: `Device { name: 'gpu0', capacity: 1024, used: 16 }`
+   * (`closed: true` once closed), or `[Device: gpu0]` inside another value such as an entry.
+   */
+  [inspect.custom](depth: number, options: InspectOptionsStylized): string {
+    return summary('Device', depth, options, this.name, () => ({
+      name: this.name,
+      capacity: this.capacity,
+      used: this.used,
+      ...(this.#closed ? { closed: true } : {}),
+    }));
   }
 
   /**

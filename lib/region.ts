@@ -2,6 +2,7 @@
 // (the device entries) in shared memory and performs the main-thread side of every migration.
 import { EventEmitter } from 'node:events';
 import { fstatSync, openSync, readFileSync, readSync } from 'node:fs';
+import { inspect, type InspectOptionsStylized } from 'node:util';
 
 import { native, PAGE_SIZE, type NativeRegion } from './native.js';
 import { UffdHmmError, check, deviceClosed, invalidType, invalidValue, outOfRange, regionClosed } from './errors.js';
@@ -44,6 +45,7 @@ import { FIX_PRIVILEGE, probe } from './probe.js';
 import { encodeSteps, forkRegion, type ChildResult, type ChildStep } from './fork.js';
 import { FaultTrace } from './trace.js';
 import { WorkerServicer } from './servicer/host.js';
+import { summary } from './inspect.js';
 
 /**
  * Who serves a region's faults (see {@link MapOptions.servicer}):
@@ -470,6 +472,23 @@ export class Region extends EventEmitter implements DeviceHolder {
    */
   get closed(): boolean {
     return this.#closed;
+  }
+
+  /**
+   * What `console.log(region)` and `util.inspect` show: `Region { address: '0x7f…', pages: 16,
+   * servicer: 'worker', mapping: 'private-anonymous' }` (with `faultAround` when above 1, and
+   * `closed: true` once closed), or `[Region: 0x7f…]` inside another value.
+   */
+  [inspect.custom](depth: number, options: InspectOptionsStylized): string {
+    const address = `0x${this.#address.toString(16)}`;
+    return summary('Region', depth, options, address, () => ({
+      address,
+      pages: this.#pages,
+      servicer: this.servicer,
+      mapping: this.mapping,
+      ...(this.faultAround > 1 ? { faultAround: this.faultAround } : {}),
+      ...(this.#closed ? { closed: true } : {}),
+    }));
   }
 
   /**
