@@ -262,11 +262,13 @@ const UNAVAILABLE_ERRNOS = new Set([1, 2, 13, 38]);
 
 function unavailableError(cause?: unknown): UffdHmmError {
   const p = probe();
-  // Without a problem, the probe (run at startup) saw userfaultfd available: the refusal is news to it.
+  // The probe's problem names userfaultfd itself ("userfaultfd is not permitted for this process: …").
+  // When the probe (run at startup) saw userfaultfd available, the refusal is news to it.
   const err = new UffdHmmError(
     'ERR_UFFD_UNAVAILABLE',
-    `userfaultfd is unavailable: ${p.problem ?? `opening a userfaultfd was refused (${(cause as { code?: string } | undefined)?.code ?? 'unknown reason'})`}. ` +
-      `Fix: ${p.fix ?? FIX_PRIVILEGE}.`,
+    !p.available && p.problem
+      ? `${p.problem}. Fix: ${p.fix ?? FIX_PRIVILEGE}.`
+      : `userfaultfd is unavailable: opening one was refused (${(cause as { code?: string } | undefined)?.code ?? 'unknown reason'}). Fix: ${FIX_PRIVILEGE}.`,
     { cause },
   );
   if (cause && typeof cause === 'object') {
