@@ -1,5 +1,6 @@
 // An emulated device with its own memory: the struct dev_pagemap plus the dmirror driver of
 // lib/test_hmm.c. Pages come from a free stack within `capacity`, each with a refcount.
+/// <reference types="node" preserve="true" />
 import { EventEmitter } from 'node:events';
 import path from 'node:path';
 import { inspect, type InspectOptionsStylized } from 'node:util';

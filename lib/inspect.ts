@@ -1,6 +1,7 @@
 // What `console.log` and `util.inspect` show for the library's objects: a one-line summary of
 // what a user reasons about (a name, sizes, counters), never the shared tables and private state
 // behind it.
+/// <reference types="node" preserve="true" />
 import { inspect, type InspectOptionsStylized } from 'node:util';
 
 /**

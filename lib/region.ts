@@ -1,5 +1,6 @@
 // A Region: real anonymous memory under userfaultfd, the emulated vma. It owns the page table
 // (the device entries) in shared memory and performs the main-thread side of every migration.
+/// <reference types="node" preserve="true" />
 import { EventEmitter } from 'node:events';
 import { fstatSync, openSync, readFileSync, readSync } from 'node:fs';
 import { inspect, type InspectOptionsStylized } from 'node:util';

@@ -1,5 +1,6 @@
 // The fault trace: every fault a servicer serves, recorded into a bounded ring in shared memory
 // (native/trace.h writes it, from any servicer, without locks or allocation). This side reads it.
+/// <reference types="node" preserve="true" />
 import { inspect, type InspectOptionsStylized } from 'node:util';
 
 import { native } from './native.js';
