@@ -186,7 +186,7 @@ export function probe(): Probe {
       kernel: 'unknown',
       features: Object.fromEntries([...Object.keys(FEATURE_BITS), 'zeropage'].map((k) => [k, false])) as Probe['features'],
       problem: `the native probe failed: ${(e as Error).message}`,
-      fix: 'rebuild the addon with `npm rebuild uffd-hmm`',
+      fix: 'rebuild the addon with `UFFD_HMM_BUILD_FROM_SOURCE=1 npm rebuild uffd-hmm`',
     };
   }
   const features = {} as Record<FeatureName, boolean>;
