@@ -161,7 +161,7 @@ function diagnose(n: NativeProbe): { problem?: string; fix?: string } {
  * What this kernel and process allow: whether userfaultfd can be used at all, through which door,
  * whether only user-mode faults can be served, and which features are there. When something is
  * missing, `problem` says what and `fix` gives the command or setting that fixes it (the same text
- * `npx uffd-hmm info` prints). Never throws: a failure of the probe itself is reported as
+ * `uffd-hmm info` prints). Never throws: a failure of the probe itself is reported as
  * `available: false` with its reason.
  *
  * @returns a fresh {@link Probe}; each call asks the kernel again.
