@@ -101,10 +101,10 @@ const FIX_SECCOMP =
   'allow userfaultfd(2) in the seccomp profile that confines this process (`docker run --security-opt seccomp=unconfined`, ' +
   'or a profile that permits it)';
 // Root is refused only by a filter or a user namespace, not by a missing privilege: the usual
-// fix would not help.
-const FIX_CONFINED =
-  `${FIX_SECCOMP}, or pass the device in (\`docker run --device /dev/userfaultfd\`); in a user namespace, ` +
-  '`sudo sysctl vm.unprivileged_userfaultfd=1` on the host also works';
+// fix would not help. The sysctl lets a user namespace in, unless it is 1 already.
+const fixConfined = (unpriv: string | undefined): string =>
+  `${FIX_SECCOMP}, or pass the device in (\`docker run --device /dev/userfaultfd\`)` +
+  (unpriv === '1' ? '' : '; in a user namespace, `sudo sysctl vm.unprivileged_userfaultfd=1` on the host also works');
 // A user refused even user-mode-only userfaultfd, which the kernel allows everyone: a filter, which
 // neither the sysctl nor root would get past; the device node is not a system call it covers.
 const FIX_FILTERED =
@@ -145,7 +145,7 @@ function diagnose(n: NativeProbe): { problem?: string; fix?: string } {
           ? `the userfaultfd(2) system call failed (${native.errnoName(n.syscallErrno)})`
           : '';
   const why = [dev, sys].filter(Boolean).join(', and ');
-  const fix = confined ? FIX_CONFINED : filtered ? FIX_FILTERED : FIX_PRIVILEGE;
+  const fix = confined ? fixConfined(unpriv) : filtered ? FIX_FILTERED : FIX_PRIVILEGE;
   if (n.available && n.userModeOnly) {
     return {
       problem:
