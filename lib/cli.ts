@@ -1,6 +1,9 @@
 #!/usr/bin/env node
 // The `uffd-hmm` command: `info` shows what this machine's userfaultfd can do, `bench` measures
-// fault latency of every servicer against a raw C handler. Usage errors exit 2, failures 1.
+// fault latency of every servicer against a raw C handler. Usage errors exit 2, failures (and
+// `info` finding no userfaultfd) 1.
+import { readFileSync } from 'node:fs';
+
 import { UsageError, flag, parse } from './bench/args.js';
 import { BENCH_USAGE } from './bench/command.js';
 import type { Probe } from './probe.js';
@@ -16,7 +19,13 @@ commands:
 
 options:
   -h, --help      this text
+  -v, --version   the package version
 `;
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
 
 function formatProbe(p: Probe): string {
   const rows: Array<[string, string]> = [
@@ -42,13 +51,16 @@ function formatProbe(p: Probe): string {
 async function info(argv: string[]): Promise<number> {
   const args = parse(argv, { json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } }, 0);
   if (flag(args, 'help')) {
-    process.stdout.write('usage: uffd-hmm info [--json]\n\nprobe() as a table, or with --json the Probe object.\n');
+    process.stdout.write(
+      'usage: uffd-hmm info [--json]\n\nprobe() as a table, or with --json the Probe object.\n' +
+        'Exits 0 when this process can use userfaultfd, 1 when it cannot.\n',
+    );
     return 0;
   }
   const { probe } = await import('./probe.js');
   const p = probe();
   process.stdout.write(flag(args, 'json') ? JSON.stringify(p, null, 2) + '\n' : formatProbe(p));
-  return 0;
+  return p.available ? 0 : 1;
 }
 
 export async function main(argv: string[]): Promise<number> {
@@ -61,6 +73,10 @@ export async function main(argv: string[]): Promise<number> {
         const { benchCommand } = await import('./bench/command.js');
         return await benchCommand(rest);
       }
+      case '-v':
+      case '--version':
+        process.stdout.write(`${version()}\n`);
+        return 0;
       case '-h':
       case '--help':
       case 'help':
@@ -78,7 +94,9 @@ export async function main(argv: string[]): Promise<number> {
       return 2;
     }
     const err = e as Error & { code?: string };
-    process.stderr.write(`uffd-hmm: ${err.message}${err.code ? ` [${err.code}]` : ''}\n`);
+    // Messages that already start with the package's name ("uffd-hmm could not load …") keep it once.
+    const text = err.message.startsWith('uffd-hmm ') ? err.message : `uffd-hmm: ${err.message}`;
+    process.stderr.write(`${text}${err.code ? ` [${err.code}]` : ''}\n`);
     if (process.env.UFFD_HMM_DEBUG) process.stderr.write(`${err.stack}\n`);
     return 1;
   }

@@ -1,7 +1,9 @@
 // An emulated device with its own memory: the struct dev_pagemap plus the dmirror driver of
 // lib/test_hmm.c. Pages come from a free stack within `capacity`, each with a refcount.
+/// <reference types="node" preserve="true" />
 import { EventEmitter } from 'node:events';
 import path from 'node:path';
+import { inspect, type InspectOptionsStylized } from 'node:util';
 import { pathToFileURL } from 'node:url';
 
 import { native, PAGE_SIZE } from './native.js';
@@ -26,6 +28,7 @@ import {
   putDevicePage,
 } from './devicepages.js';
 import type { Driver, PageFreeContext } from './driver.js';
+import { summary } from './inspect.js';
 
 /** Options of `new` {@link Device}. */
 export interface DeviceOptions {
@@ -178,6 +181,19 @@ export class Device extends EventEmitter {
   /** True once {@link Device#close} has evicted everything; read, write and migrations to it then throw `ERR_DEVICE_CLOSED`. */
   get closed(): boolean {
     return this.#closed;
+  }
+
+  /**
+   * What `console.log(device)` and `util.inspect` show: `Device { name: 'gpu0', capacity: 1024, used: 16 }`
+   * (`closed: true` once closed), or `[Device: gpu0]` inside another value such as an entry.
+   */
+  [inspect.custom](depth: number, options: InspectOptionsStylized): string {
+    return summary('Device', depth, options, this.name, () => ({
+      name: this.name,
+      capacity: this.capacity,
+      used: this.used,
+      ...(this.#closed ? { closed: true } : {}),
+    }));
   }
 
   /**

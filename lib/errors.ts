@@ -1,4 +1,4 @@
-// Error constructors with the stable `code` API.md promises, and the SystemError shape
+// Error constructors with the stable `code` docs/ERRORS.md lists, and the SystemError shape
 // (code, errno, syscall) for system-call failures.
 import { native } from './native.js';
 

@@ -34,7 +34,7 @@
  * await gpu.close();
  * ```
  *
- * @packageDocumentation
+ * @module uffd-hmm
  */
 export { probe, type Probe, type FeatureName } from './probe.js';
 export { Device, MAX_DEVICE_CAPACITY, type DeviceOptions, type DeviceStats } from './device.js';

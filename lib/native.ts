@@ -130,9 +130,12 @@ export interface Addon {
 }
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+// A local build (a source checkout, or an install that compiled) wins over the prebuilt binary a
+// registry tarball carries for linux-x64 with glibc (scripts/install.mjs chose between them).
 const candidates = [
   path.join(root, 'build', 'Release', 'uffd_hmm.node'),
   path.join(root, 'build', 'Debug', 'uffd_hmm.node'),
+  path.join(root, 'prebuilds', `${process.platform}-${process.arch}-glibc`, 'uffd_hmm.node'),
 ];
 
 function load(): Addon {
@@ -155,7 +158,8 @@ function load(): Addon {
   const err = new Error(
     'uffd-hmm could not load its native addon. Tried:\n' +
       failures.join('\n') +
-      '\nBuild it with `npm rebuild uffd-hmm` (or `npx node-gyp rebuild` in the package folder); ' +
+      '\nBuild it with `UFFD_HMM_BUILD_FROM_SOURCE=1 npm rebuild uffd-hmm` (after `npm install-scripts approve uffd-hmm` where npm ' +
+      "blocks dependencies' install scripts), or `npx node-gyp rebuild` in the package folder; " +
       'that needs python3, make and a C++ compiler (g++ 10 or newer).',
   );
   (err as NodeJS.ErrnoException).code = 'ERR_UFFD_ADDON_LOAD';

@@ -1,7 +1,9 @@
 // A Region: real anonymous memory under userfaultfd, the emulated vma. It owns the page table
 // (the device entries) in shared memory and performs the main-thread side of every migration.
+/// <reference types="node" preserve="true" />
 import { EventEmitter } from 'node:events';
 import { fstatSync, openSync, readFileSync, readSync } from 'node:fs';
+import { inspect, type InspectOptionsStylized } from 'node:util';
 
 import { native, PAGE_SIZE, type NativeRegion } from './native.js';
 import { UffdHmmError, check, deviceClosed, invalidType, invalidValue, outOfRange, regionClosed } from './errors.js';
@@ -44,6 +46,7 @@ import { FIX_PRIVILEGE, probe } from './probe.js';
 import { encodeSteps, forkRegion, type ChildResult, type ChildStep } from './fork.js';
 import { FaultTrace } from './trace.js';
 import { WorkerServicer } from './servicer/host.js';
+import { summary } from './inspect.js';
 
 /**
  * Who serves a region's faults (see {@link MapOptions.servicer}):
@@ -260,11 +263,13 @@ const UNAVAILABLE_ERRNOS = new Set([1, 2, 13, 38]);
 
 function unavailableError(cause?: unknown): UffdHmmError {
   const p = probe();
-  // Without a problem, the probe (run at startup) saw userfaultfd available: the refusal is news to it.
+  // The probe's problem names userfaultfd itself ("userfaultfd is not permitted for this process: …").
+  // When the probe (run at startup) saw userfaultfd available, the refusal is news to it.
   const err = new UffdHmmError(
     'ERR_UFFD_UNAVAILABLE',
-    `userfaultfd is unavailable: ${p.problem ?? `opening a userfaultfd was refused (${(cause as { code?: string } | undefined)?.code ?? 'unknown reason'})`}. ` +
-      `Fix: ${p.fix ?? FIX_PRIVILEGE}.`,
+    !p.available && p.problem
+      ? `${p.problem}. Fix: ${p.fix ?? FIX_PRIVILEGE}.`
+      : `userfaultfd is unavailable: opening one was refused (${(cause as { code?: string } | undefined)?.code ?? 'unknown reason'}). Fix: ${FIX_PRIVILEGE}.`,
     { cause },
   );
   if (cause && typeof cause === 'object') {
@@ -470,6 +475,23 @@ export class Region extends EventEmitter implements DeviceHolder {
    */
   get closed(): boolean {
     return this.#closed;
+  }
+
+  /**
+   * What `console.log(region)` and `util.inspect` show: `Region { address: '0x7f…', pages: 16,
+   * servicer: 'worker', mapping: 'private-anonymous' }` (with `faultAround` when above 1, and
+   * `closed: true` once closed), or `[Region: 0x7f…]` inside another value.
+   */
+  [inspect.custom](depth: number, options: InspectOptionsStylized): string {
+    const address = `0x${this.#address.toString(16)}`;
+    return summary('Region', depth, options, address, () => ({
+      address,
+      pages: this.#pages,
+      servicer: this.servicer,
+      mapping: this.mapping,
+      ...(this.faultAround > 1 ? { faultAround: this.faultAround } : {}),
+      ...(this.#closed ? { closed: true } : {}),
+    }));
   }
 
   /**

@@ -1,5 +1,8 @@
 // The fault trace: every fault a servicer serves, recorded into a bounded ring in shared memory
 // (native/trace.h writes it, from any servicer, without locks or allocation). This side reads it.
+/// <reference types="node" preserve="true" />
+import { inspect, type InspectOptionsStylized } from 'node:util';
+
 import { native } from './native.js';
 import {
   FAULT_KERNEL,
@@ -28,6 +31,7 @@ import {
   UFFD_PAGEFAULT_FLAG_WRITE,
 } from './layout.js';
 import { deviceBySlot, type Device } from './device.js';
+import { summary } from './inspect.js';
 
 /**
  * How a servicer resolved a fault:
@@ -153,6 +157,20 @@ export class FaultTrace {
   /** True once {@link FaultTrace#stop} was called, by you, by a newer `region.trace()`, or by the region's close. */
   get stopped(): boolean {
     return this.#stopped;
+  }
+
+  /**
+   * What `console.log(trace)` and `util.inspect` show: `FaultTrace { recorded: 3, capacity: 1024,
+   * overflow: 0, stopped: false }` (`[FaultTrace: 3 recorded]` inside another value);
+   * {@link FaultTrace#records} has the records themselves.
+   */
+  [inspect.custom](depth: number, options: InspectOptionsStylized): string {
+    return summary('FaultTrace', depth, options, `${this.recorded} recorded`, () => ({
+      recorded: this.recorded,
+      capacity: this.capacity,
+      overflow: this.overflow,
+      stopped: this.#stopped,
+    }));
   }
 
   /** The records still in the ring, oldest first, as plain objects. */

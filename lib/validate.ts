@@ -1,5 +1,5 @@
 // Argument checks at the public boundary: wrong types are TypeErrors, wrong values RangeErrors,
-// each with the code API.md names. Internals trust what passed through here.
+// each with the code docs/ERRORS.md names. Internals trust what passed through here.
 import { invalidType, outOfRange } from './errors.js';
 
 export function integer(name: string, value: unknown, min: number, max: number): number {

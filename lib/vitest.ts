@@ -32,7 +32,7 @@
  * });
  * ```
  *
- * @packageDocumentation
+ * @module uffd-hmm/vitest
  */
 import { expect, test as base } from 'vitest';
 

@@ -1,5 +1,5 @@
 // Argument checks and error construction shared by every binding, so that each error reaching JS
-// has the shape API.md promises: TypeError/RangeError with a code, or Node's SystemError fields.
+// has the shape the package documents (docs/ERRORS.md): TypeError/RangeError with a code, or Node's SystemError fields.
 #pragma once
 
 #include <napi.h>

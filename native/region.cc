@@ -86,6 +86,14 @@ const KernelFeatures& kernelFeatures() {
       k.err = errno;
       return k;
     }
+    // UFFDIO_API lists EVENT_FORK to everyone but grants it only with CAP_SYS_PTRACE: ask for it
+    // on a second throwaway fd, so probe() reports what this process can use and regions do not
+    // ask for what they would be refused.
+    if (features & UFFD_FEATURE_EVENT_FORK) {
+      OpenResult again = openUffd(true);
+      if (!again.fd.valid() || apiHandshake(again.fd.get(), UFFD_FEATURE_EVENT_FORK, nullptr, nullptr) != 0)
+        features &= ~uint64_t(UFFD_FEATURE_EVENT_FORK);
+    }
     k.available = true;
     k.via = o.via;
     k.userModeOnly = o.userModeOnly;

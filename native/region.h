@@ -120,7 +120,7 @@ void onForkEvent(RegionState& r, int ufd);
 
 Registry<RegionState>& regions();
 
-// Feature bits the running kernel offers, probed once with a throwaway userfaultfd.
+// Feature bits the running kernel grants this process, probed once with throwaway userfaultfds.
 struct KernelFeatures {
   bool available = false;
   OpenVia via = OpenVia::None;

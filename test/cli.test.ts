@@ -1,7 +1,7 @@
 // The CLI as a user runs it: `node dist/cli.js …` in a child process, checking output shapes
-// (API.md's JSON contract, exit codes for bad input) and never timings.
+// (the bench's JSON contract, exit codes for bad input) and never timings.
 import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -38,7 +38,7 @@ function positiveFinite(x: unknown): boolean {
 describe('uffd-hmm info', () => {
   it('--json prints the Probe object', () => {
     const r = run(['info', '--json'], 20_000);
-    expect(r.status).toBe(0);
+    expect(r.status).toBe(probe().available ? 0 : 1);
     const p = JSON.parse(r.stdout);
     expect(typeof p.available).toBe('boolean');
     expect([null, 'dev-userfaultfd', 'syscall']).toContain(p.via);
@@ -49,9 +49,10 @@ describe('uffd-hmm info', () => {
     expect(p).toEqual(JSON.parse(JSON.stringify(probe())));
   });
 
-  it('prints a readable table without --json', () => {
+  it('prints a readable table without --json, and exits 1 exactly when userfaultfd is not available', () => {
     const r = run(['info'], 20_000);
-    expect(r.status).toBe(0);
+    expect(r.status).toBe(probe().available ? 0 : 1);
+    expect(r.stdout).toMatch(probe().available ? /^userfaultfd\s+available/m : /^userfaultfd\s+NOT available/m);
     expect(r.stdout).toMatch(/^userfaultfd\s+/m);
     expect(r.stdout).toMatch(/^kernel\s+\S+/m);
     expect(r.stdout).toMatch(/^\s+wp\s+(yes|no)$/m);
@@ -77,6 +78,33 @@ describe('bad input', () => {
     });
   }
 
+  it('--version and -v print the package version', () => {
+    const { version } = JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8'));
+    for (const flag of ['--version', '-v']) {
+      const r = run([flag], 20_000);
+      expect(r.status).toBe(0);
+      expect(r.stdout).toBe(`${version}\n`);
+    }
+    expect(run(['--help'], 20_000).stdout).toContain('--version');
+  });
+
+  it('without its native addon, says so once, names the fix and exits 1', () => {
+    // The package's JavaScript alone, as an install whose addon build failed leaves it.
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'uffd-hmm-noaddon-'));
+    try {
+      cpSync(path.join(root, 'dist'), path.join(dir, 'dist'), { recursive: true });
+      writeFileSync(path.join(dir, 'package.json'), JSON.stringify({ name: 'uffd-hmm', version: '0.0.0', type: 'module' }));
+      const r = spawnSync(process.execPath, [path.join(dir, 'dist', 'cli.js'), 'info'], { encoding: 'utf8', timeout: 20_000 });
+      if (r.error) throw r.error;
+      expect(r.status).toBe(1);
+      expect(r.stderr).toMatch(/^uffd-hmm could not load its native addon\. Tried:/);
+      expect(r.stderr).not.toContain('uffd-hmm: uffd-hmm');
+      expect(r.stderr).toContain('[ERR_UFFD_ADDON_LOAD]');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('--help exits 0 and names both commands', () => {
     const r = run(['--help'], 20_000);
     expect(r.status).toBe(0);
@@ -101,7 +129,7 @@ describe.skipIf(!probe().available)('uffd-hmm bench --quick --json', () => {
     expect(() => JSON.parse(r.stdout)).not.toThrow();
   }, BENCH_TIMEOUT);
 
-  it('has the API.md shape', () => {
+  it('has the documented JSON shape', () => {
     const res = JSON.parse(bench().stdout);
     expect(typeof res.kernel).toBe('string');
     expect(Number.isInteger(res.cpus) && res.cpus > 0).toBe(true);

@@ -8,7 +8,7 @@
 // read entries in the parent (COW). The child reads the same device page; when it exits its
 // mapping is zapped and the count drops back to one.
 //
-// Uses region.fork(steps) from API.md, plus the { op: 'sleep' } step extension so the parent can
+// Uses region.fork(steps) from the public API, plus the { op: 'sleep' } step extension so the parent can
 // look at shared state while the child is alive.
 //
 //   node examples/review/fork-rss.mjs
