@@ -10,9 +10,21 @@ void initPoller(Napi::Env env, Napi::Object exports);
 void initBench(Napi::Env env, Napi::Object exports);
 void initToucher(Napi::Env env, Napi::Object exports);
 void initFork(Napi::Env env, Napi::Object exports);
+void retireForkJobsOf(const void* env);
+void retireRegionsOf(const void* env);
 }  // namespace uffdhmm
 
+// Runs while the environment is torn down (process exit, a worker thread's end), before V8 frees
+// its ArrayBuffers: the tables of its regions and devices live in them, and native threads
+// (servicers, guards, fork children's servicers) write them until stopped here. Fork children go
+// first: their servicers migrate pages back into the parents' tables too.
+static void retireEnv(void* env) {
+  uffdhmm::retireForkJobsOf(env);
+  uffdhmm::retireRegionsOf(env);
+}
+
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  napi_add_env_cleanup_hook(env, retireEnv, static_cast<napi_env>(env));
   uffdhmm::initKeepAlive(env);
   uffdhmm::initDevice(env, exports);
   uffdhmm::initRegion(env, exports);

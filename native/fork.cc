@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <mutex>
 #include <cerrno>
 #include <chrono>
 #include <thread>
@@ -42,6 +43,9 @@ struct ForkJob {
   std::shared_ptr<RegionState> parent;
   std::thread waiter;
   std::atomic<bool> done{false};
+  std::mutex reapMu;    // orders a kill from retireForkJobsOf against the waiter's waitpid
+  bool reaped = false;  // the pid is gone (and may be reused): never signal it again
+  const void* ownerEnv = nullptr;
   std::vector<double> results;
   int exitCode = -1;
   int termSignal = 0;
@@ -201,6 +205,7 @@ Napi::Value RegionFork(const Napi::CallbackInfo& info) {
   job->pid = pid;
   job->child = child;
   job->parent = r;
+  job->ownerEnv = env;
   int h = jobs().add(job);
   keepAlive(env, KeepKind::Fork, h, info[2]);
   ForkJob* jp = job.get();
@@ -230,7 +235,11 @@ Napi::Value RegionFork(const Napi::CallbackInfo& info) {
       }
     }
     int status = 0;
-    while (::waitpid(jp->pid, &status, 0) < 0 && errno == EINTR) {
+    {
+      std::lock_guard<std::mutex> lock(jp->reapMu);
+      while (::waitpid(jp->pid, &status, 0) < 0 && errno == EINTR) {
+      }
+      jp->reaped = true;
     }
     if (WIFEXITED(status)) jp->exitCode = WEXITSTATUS(status);
     if (WIFSIGNALED(status)) jp->termSignal = WTERMSIG(status);
@@ -283,6 +292,23 @@ Napi::Value ForkPoll(const Napi::CallbackInfo& info) {
 }
 
 }  // namespace
+
+void retireForkJobsOf(const void* env) {
+  std::vector<std::shared_ptr<ForkJob>> owned;
+  jobs().forEach([&](const std::shared_ptr<ForkJob>& j) {
+    if (j->ownerEnv == env) owned.push_back(j);
+  });
+  for (auto& j : owned) {
+    if (!j->waiter.joinable()) continue;  // forkPoll joined it already
+    {
+      std::lock_guard<std::mutex> lock(j->reapMu);
+      if (!j->reaped) ::kill(j->pid, SIGKILL);
+    }
+    // The waiter stops the child's servicer and drops the child's device references: both write
+    // tables that V8 frees once this environment is gone.
+    j->waiter.join();
+  }
+}
 
 void initFork(Napi::Env env, Napi::Object exports) {
   exports.Set("regionFork", Napi::Function::New(env, RegionFork));
