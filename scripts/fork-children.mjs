@@ -3,9 +3,12 @@
 // device-resident pages at once; every touch is a real fault in a child, served by the parent, and
 // each page migrates back for every process that maps it. The cost should grow about linearly in N.
 //
-// Usage: node scripts/fork-children.mjs [--children 1,2,4,8,32] [--servicer worker,native] [--pages 64] [--repeat 3]
+// Usage: node scripts/fork-children.mjs [--children 1,2,4,8,32] [--servicer worker,native] [--pages 64]
+//                                        [--repeat 3] [--max-ratio 3]
 // Build first (npm run build). Prints the best wall time of `repeat` runs per N and its ratio to
-// N x the time of one child; exits 1 if a child fails, is killed or reads a wrong checksum.
+// N x the time of one child; exits 1 if a child fails, is killed or reads a wrong checksum, or if
+// N children cost more than max-ratio x N x one child (the bound of linear cost). Timings taken on
+// a loaded machine are not figures to quote.
 // test/fork-children.test.ts runs the same engine (forkChildren, exported below) for correctness.
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -61,6 +64,7 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
   const counts = arg('children', '1,2,4,8,32').split(',').map(Number);
   const pages = Number(arg('pages', 64));
   const repeat = Number(arg('repeat', 3));
+  const maxRatio = Number(arg('max-ratio', 3));
   let failed = false;
   for (const servicer of arg('servicer', 'worker,native').split(',')) {
     let one;
@@ -76,8 +80,13 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
       }
       const best = Math.min(...times);
       if (n === 1) one = best;
-      const ratio = one ? ` (${(best / (n * one)).toFixed(2)} x N x one child)` : '';
-      console.log(`${servicer}: ${String(n).padStart(2)} children ${best.toFixed(1).padStart(8)} ms best of ${repeat}${ratio}`);
+      const ratio = one ? best / (n * one) : 0;
+      const over = ratio > maxRatio;
+      if (over) failed = true;
+      console.log(
+        `${servicer}: ${String(n).padStart(2)} children ${best.toFixed(1).padStart(8)} ms best of ${repeat}` +
+          (one ? ` (${ratio.toFixed(2)} x N x one child${over ? `: over the bound of ${maxRatio}` : ''})` : ''),
+      );
     }
   }
   process.exit(failed ? 1 : 0);
