@@ -1,4 +1,5 @@
 // Module entry: every binding file registers its own functions here.
+#include <dlfcn.h>
 #include <napi.h>
 
 #include "napi_util.h"
@@ -23,7 +24,17 @@ static void retireEnv(void* env) {
   uffdhmm::retireRegionsOf(env);
 }
 
+// Node unloads an addon when the last environment that loaded it ends (a worker thread that was
+// its only user). Native threads outlive environments (touchers on plain memory, a guard, fork
+// waiters) and run this library's code: it must stay mapped until the process ends.
+static void pinLibrary() {
+  Dl_info self;
+  if (::dladdr(reinterpret_cast<void*>(&pinLibrary), &self) != 0 && self.dli_fname != nullptr)
+    ::dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  pinLibrary();
   napi_add_env_cleanup_hook(env, retireEnv, static_cast<napi_env>(env));
   uffdhmm::initKeepAlive(env);
   uffdhmm::initDevice(env, exports);
