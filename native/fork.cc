@@ -12,9 +12,9 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <mutex>
 #include <cerrno>
 #include <chrono>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -117,7 +117,7 @@ int32_t lockChildPage(RegionState& c, uint32_t page) {
 }
 
 // The child is gone: its mappings are too, so each device entry it still held drops its reference.
-// Under each page's lock: device removal may be migrating the same entries back (evictChildren).
+// Under each page's lock: device removal may be migrating the same entries back (evictChild).
 void releaseChild(RegionState& c) {
   for (uint32_t page = 0; page < c.pages; page++) {
     int32_t* st = c.state(page);
