@@ -7,7 +7,7 @@ import { inspect, type InspectOptionsStylized } from 'node:util';
 import { pathToFileURL } from 'node:url';
 
 import { native, PAGE_SIZE } from './native.js';
-import { UffdHmmError, deviceClosed, driverLoadFailed, invalidType, outOfRange, pageFreeHookThrew } from './errors.js';
+import { UffdHmmError, check, deviceClosed, driverLoadFailed, invalidType, outOfRange, pageFreeHookThrew } from './errors.js';
 import { integer, optionsObject } from './validate.js';
 import {
   DEV_FAIL_ALLOC,
@@ -257,7 +257,9 @@ export class Device extends EventEmitter {
 
   /**
    * Device removal (dmirror_device_evict_chunk): every page this device holds is migrated back to
-   * the regions that reference it, then the device's memory is released and `'close'` is emitted.
+   * the regions that reference it, and to the {@link Region#fork} children still running that share
+   * it (each child keeps the data as its own copy-on-write view), then the device's memory is
+   * released and `'close'` is emitted.
    * Nothing is lost: the data is in system memory afterwards. Calling it again returns the same
    * promise. Close regions first when you do not need their data: that frees pages rather than
    * copying them back.
@@ -268,6 +270,9 @@ export class Device extends EventEmitter {
   close(): Promise<void> {
     if (this.#closing) return this.#closing;
     this.#closing = (async () => {
+      // Every mapping of the device's pages, region.fork children included: a child left with an
+      // entry on a removed device would fault on it forever.
+      check(native.forkEvictDevice(this.slot), 'ioctl(UFFDIO_COPY)', `migrating ${this.name}'s pages back into a region.fork child`);
       for (const holder of [...this.#holders]) holder.evictDevice(this);
       this.#holders.clear();
       clearInterval(this.#freedLogTimer);

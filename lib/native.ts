@@ -87,6 +87,8 @@ export interface Addon {
   regionFork(handle: number, steps: Int32Array, childShared: Int32Array, timeoutMs: number): number;
   forkPoll(job: number): NativeForkResult | undefined;
   forkStart(job: number): void;
+  /** Device removal for region.fork children: their entries on the device migrate back. 0 or -errno. */
+  forkEvictDevice(slot: number): number;
   regionCopyIn(handle: number, page: number, slot: number, pfn: number, writeProtect: boolean, count?: number): number;
   regionZeroFill(handle: number, page: number, write: boolean): number;
   regionWake(handle: number, first: number, count: number): number;

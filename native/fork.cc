@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -42,6 +43,9 @@ struct ForkJob {
   std::shared_ptr<RegionState> parent;
   std::thread waiter;
   std::atomic<bool> done{false};
+  std::mutex reapMu;    // orders a kill from retireForkJobsOf against the waiter's waitpid
+  bool reaped = false;  // the pid is gone (and may be reused): never signal it again
+  const void* ownerEnv = nullptr;
   std::vector<double> results;
   int exitCode = -1;
   int termSignal = 0;
@@ -95,17 +99,95 @@ Registry<ForkJob>& jobs() {
   _exit(0);
 }
 
+// Locks page `page` of a child's table, waiting out its holder (a servicer migrating it back, which
+// takes microseconds and waits for no one); returns the state it held, or -1 past the deadline.
+int32_t lockChildPage(RegionState& c, uint32_t page) {
+  int32_t* st = c.state(page);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  for (int spins = 0;; spins++) {
+    int32_t s = __atomic_load_n(st, __ATOMIC_ACQUIRE);
+    if (!(s & layout::kLocked) && __atomic_compare_exchange_n(st, &s, s | layout::kLocked, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+      return s;
+    if (spins > 64) {
+      if (std::chrono::steady_clock::now() > deadline) return -1;
+      struct timespec ts = {0, 20 * 1000};
+      nanosleep(&ts, nullptr);
+    }
+  }
+}
+
 // The child is gone: its mappings are too, so each device entry it still held drops its reference.
+// Under each page's lock: device removal may be migrating the same entries back (evictChild).
 void releaseChild(RegionState& c) {
   for (uint32_t page = 0; page < c.pages; page++) {
     int32_t* st = c.state(page);
-    int32_t s = __atomic_load_n(st, __ATOMIC_ACQUIRE);
-    if ((s & layout::kKindMask) != layout::kKindDevice) continue;
-    auto dev = devices().get((s >> layout::kDeviceShift) & layout::kMaxDeviceSlot);
-    if (dev) dev->putPage(static_cast<uint32_t>(st[1]));
-    st[1] = 0;
-    __atomic_store_n(st, layout::kKindNone, __ATOMIC_RELEASE);
+    if ((__atomic_load_n(st, __ATOMIC_ACQUIRE) & layout::kKindMask) != layout::kKindDevice) continue;
+    int32_t s = lockChildPage(c, page);
+    if (s < 0) s = __atomic_load_n(st, __ATOMIC_ACQUIRE) & ~layout::kLocked;  // its holder is gone with the child
+    if ((s & layout::kKindMask) == layout::kKindDevice) {
+      auto dev = devices().get((s >> layout::kDeviceShift) & layout::kMaxDeviceSlot);
+      if (dev) dev->putPage(static_cast<uint32_t>(st[1]));
+      st[1] = 0;
+      s = layout::kKindNone;
+    }
+    __atomic_store_n(st, s, __ATOMIC_RELEASE);
+    noteUnlock(c);
   }
+}
+
+// Device removal for one live child (dmirror_device_evict_chunk reaches every mapping through the
+// rmap): each of its entries on device `slot` migrates back into the child, where it stays as the
+// copy-on-write view the child would have had. Returns 0, or the first -errno of a fill that failed
+// (that entry stays, with its reference).
+int evictChild(RegionState& c, int slot, DeviceStore& dev) {
+  int firstErr = 0;
+  for (uint32_t page = 0; page < c.pages; page++) {
+    int32_t* st = c.state(page);
+    int32_t seen = __atomic_load_n(st, __ATOMIC_ACQUIRE);
+    if ((seen & layout::kKindMask) != layout::kKindDevice || ((seen >> layout::kDeviceShift) & layout::kMaxDeviceSlot) != slot) continue;
+    const int32_t s = lockChildPage(c, page);
+    if (s < 0) {
+      if (!firstErr) firstErr = -ETIMEDOUT;
+      continue;
+    }
+    if ((s & layout::kKindMask) != layout::kKindDevice || ((s >> layout::kDeviceShift) & layout::kMaxDeviceSlot) != slot) {
+      __atomic_store_n(st, s, __ATOMIC_RELEASE);  // migrated back meanwhile
+      noteUnlock(c);
+      continue;
+    }
+    const uint32_t pfn = static_cast<uint32_t>(st[1]);
+    const bool write = s & layout::kWrite;
+    int rc = -EAGAIN;
+    // EAGAIN: the child's mm is changing (an event its servicer has not read yet); it reads it soon.
+    for (int tries = 0; rc == -EAGAIN && tries < 5000; tries++) {
+      rc = copy(c.uffd.get(), c.addr(page), reinterpret_cast<uint64_t>(dev.page(pfn)), c.pageSize,
+                UFFDIO_COPY_MODE_DONTWAKE | (write ? 0 : UFFDIO_COPY_MODE_WP), nullptr);
+      if (rc == -EAGAIN) {
+        struct timespec ts = {0, 100 * 1000};
+        nanosleep(&ts, nullptr);
+      }
+    }
+    if (rc == -EEXIST) __atomic_fetch_add(c.stat(layout::kStatFillRaced), 1, __ATOMIC_RELAXED);
+    // ESRCH: the child has exited (its mm is gone); ENOENT: its mapping is gone with it, as it
+    // exits. Nothing to fill: the entry only drops its reference, as releaseChild would.
+    const bool gone = rc == -ESRCH || rc == -ENOENT;
+    if (rc != 0 && rc != -EEXIST && !gone) {
+      if (!firstErr) firstErr = rc;
+      __atomic_store_n(st, s, __ATOMIC_RELEASE);
+      noteUnlock(c);
+      continue;
+    }
+    st[1] = 0;
+    __atomic_store_n(st, gone ? layout::kKindNone : layout::kKindPresent | (write ? layout::kWrite : 0), __ATOMIC_RELEASE);
+    noteUnlock(c);
+    dev.putPage(pfn);
+    if (!gone) {
+      __atomic_fetch_add(c.stat(layout::kStatMigratedBack), 1, __ATOMIC_RELAXED);
+      __atomic_fetch_add(&dev.shared[layout::kDevMigratedToRam], 1, __ATOMIC_RELAXED);
+      wake(c.uffd.get(), c.addr(page), c.pageSize);
+    }
+  }
+  return firstErr;
 }
 
 // regionFork(region, steps: Int32Array, childShared: Int32Array, timeoutMs) -> job handle.
@@ -201,6 +283,7 @@ Napi::Value RegionFork(const Napi::CallbackInfo& info) {
   job->pid = pid;
   job->child = child;
   job->parent = r;
+  job->ownerEnv = env;
   int h = jobs().add(job);
   keepAlive(env, KeepKind::Fork, h, info[2]);
   ForkJob* jp = job.get();
@@ -230,7 +313,11 @@ Napi::Value RegionFork(const Napi::CallbackInfo& info) {
       }
     }
     int status = 0;
-    while (::waitpid(jp->pid, &status, 0) < 0 && errno == EINTR) {
+    {
+      std::lock_guard<std::mutex> lock(jp->reapMu);
+      while (::waitpid(jp->pid, &status, 0) < 0 && errno == EINTR) {
+      }
+      jp->reaped = true;
     }
     if (WIFEXITED(status)) jp->exitCode = WEXITSTATUS(status);
     if (WIFSIGNALED(status)) jp->termSignal = WTERMSIG(status);
@@ -248,6 +335,25 @@ Napi::Value RegionFork(const Napi::CallbackInfo& info) {
     jp->done.store(true, std::memory_order_release);
   });
   return Napi::Number::New(env, h);
+}
+
+// forkEvictDevice(device) -> 0 | -errno: device removal's part in region.fork children. Every
+// child still running has its entries on the device migrated back (the parents' own entries are
+// the regions' business: Region#evictDevice). Called by Device#close before the device goes.
+Napi::Value ForkEvictDevice(const Napi::CallbackInfo& info) {
+  const int slot = static_cast<int>(argU32(info, 0, "device"));
+  auto dev = devices().get(slot);
+  if (!dev) throw codedError(info.Env(), "ERR_DEVICE_CLOSED", kDeviceClosed);
+  std::vector<std::shared_ptr<ForkJob>> live;
+  jobs().forEach([&](const std::shared_ptr<ForkJob>& j) {
+    if (!j->done.load(std::memory_order_acquire)) live.push_back(j);
+  });
+  int firstErr = 0;
+  for (auto& j : live) {
+    int rc = evictChild(*j->child, slot, *dev);
+    if (rc != 0 && firstErr == 0) firstErr = rc;
+  }
+  return Napi::Number::New(info.Env(), firstErr);
 }
 
 // forkStart(job): the parent's bookkeeping is done; the child may run its steps.
@@ -284,10 +390,28 @@ Napi::Value ForkPoll(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
+void retireForkJobsOf(const void* env) {
+  std::vector<std::shared_ptr<ForkJob>> owned;
+  jobs().forEach([&](const std::shared_ptr<ForkJob>& j) {
+    if (j->ownerEnv == env) owned.push_back(j);
+  });
+  for (auto& j : owned) {
+    if (!j->waiter.joinable()) continue;  // forkPoll joined it already
+    {
+      std::lock_guard<std::mutex> lock(j->reapMu);
+      if (!j->reaped) ::kill(j->pid, SIGKILL);
+    }
+    // The waiter stops the child's servicer and drops the child's device references: both write
+    // tables that V8 frees once this environment is gone.
+    j->waiter.join();
+  }
+}
+
 void initFork(Napi::Env env, Napi::Object exports) {
   exports.Set("regionFork", Napi::Function::New(env, RegionFork));
   exports.Set("forkPoll", Napi::Function::New(env, ForkPoll));
   exports.Set("forkStart", Napi::Function::New(env, ForkStart));
+  exports.Set("forkEvictDevice", Napi::Function::New(env, ForkEvictDevice));
 }
 
 }  // namespace uffdhmm

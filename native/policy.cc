@@ -37,14 +37,12 @@ void migrateSharers(RegionState& r, uint32_t page, int32_t slot, uint32_t pfn) {
     if (page >= m.pages || m.closed.load(std::memory_order_acquire)) return;
     int32_t* st = m.state(page);
     int32_t s = __atomic_load_n(st, __ATOMIC_ACQUIRE);
-    // A lock there is held for microseconds by its servicer or owner; wait a little, never long:
-    // two servicers could be waiting on each other's page. Still busy: that mapping keeps its
-    // entry and its reference, and migrates back on its own fault.
-    for (int tries = 0; (s & kLocked) && tries < 200; tries++) {
-      struct timespec ts = {0, 20 * 1000};
-      nanosleep(&ts, nullptr);
-      s = __atomic_load_n(st, __ATOMIC_ACQUIRE);
-    }
+    // Locked: its own servicer is migrating it back right now (several processes faulting the same
+    // page at once), or its owner is moving it. Never wait for that lock: this thread holds our
+    // page's lock, and that holder may be waiting for it (each sharer's servicer migrating back for
+    // the others), so waits would chain across every sharer, under the family lock besides. The
+    // holder keeps the books: that mapping keeps its entry and its reference until it comes back
+    // by its holder or on its own fault, from the same device page.
     if ((s & kLocked) || (s & kKindMask) != kKindDevice || ((s >> kDeviceShift) & kMaxDeviceSlot) != slot ||
         static_cast<uint32_t>(st[1]) != pfn)
       return;

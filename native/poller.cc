@@ -75,6 +75,10 @@ struct Poller {
   std::atomic<uint64_t> beat{0};
   std::atomic<bool> inWait{false};
   std::atomic<bool> dead{false};
+  // Dead because the watchdog found the worker stuck, not because the worker went away: only a
+  // stall is reported as such (a worker that exited is reported by its 'exit' event, which can
+  // reach the main thread well after its environment's teardown made the poller dead).
+  std::atomic<bool> stalled{false};
   std::thread watchdog;
 };
 
@@ -116,6 +120,7 @@ void watchLoop(std::shared_ptr<Poller> p, uint32_t deadlineMs) {
     // Out of pollerWait that long, the worker is stuck serving what it read (a hook that hangs):
     // those faults, and every later one, would wait for it forever.
     if (now - since < std::chrono::milliseconds(deadlineMs)) continue;
+    p->stalled.store(true);
     p->dead.store(true);
     takeOverAll(*p);
   }
@@ -210,7 +215,7 @@ Napi::Value PollerRemove(const Napi::CallbackInfo& info) {
 }
 
 // pollerWatch(poller, deadlineMs): starts the stall watchdog (once). pollerDead(poller) says
-// whether it (or the worker's exit) has handed the poller's regions to native guards.
+// whether it found the worker stalled and handed the poller's regions to native guards.
 Napi::Value PollerWatch(const Napi::CallbackInfo& info) {
   auto p = argPoller(info, 0);
   uint32_t deadline = argU32(info, 1, "deadlineMs");
@@ -224,7 +229,7 @@ Napi::Value PollerWatch(const Napi::CallbackInfo& info) {
 
 Napi::Value PollerDead(const Napi::CallbackInfo& info) {
   auto p = argPoller(info, 0);
-  return Napi::Boolean::New(info.Env(), p->dead.load());
+  return Napi::Boolean::New(info.Env(), p->stalled.load());
 }
 
 void markApplied(Poller& p);

@@ -309,6 +309,7 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
   if (inlineMode && !inlineAdd(r))
     throw codedError(env, "ERR_TOO_MANY_INLINE_REGIONS",
                      "at most 64 inline regions may be open at once; close one, or map this one with servicer 'native'");
+  r->ownerEnv = env;
   int handle = regions().add(r);
   keepAlive(env, KeepKind::Region, handle, info[1]);
   if (servicer == "native") startNativeServicer(r);
@@ -327,21 +328,39 @@ static Napi::Value RegionClose(const Napi::CallbackInfo& info) {
   int h = static_cast<int>(argU32(info, 0, "region"));
   auto r = regions().remove(h);
   if (!r) return info.Env().Undefined();
-  r->closed.store(true, std::memory_order_release);
+  retireRegion(*r);
+  dropKeepAlive(info.Env(), KeepKind::Region, h);
+  dropKeepAlive(info.Env(), KeepKind::Trace, h);
+  return info.Env().Undefined();
+}
+
+void retireRegion(RegionState& r) {
+  {
+    // Under servicerMu: a guard taking over right now either has started its thread (joined below)
+    // or finds the region closed and starts none.
+    std::lock_guard<std::mutex> lock(r.servicerMu);
+    if (r.closed.exchange(true, std::memory_order_acq_rel)) return;
+  }
   // Unregister first: from then on a touch is a plain fault. An inline region that stopped being
   // served while still registered would turn a touch into a fatal SIGBUS.
-  for (int tries = 0; tries < 1000 && unregisterRange(r->uffd.get(), reinterpret_cast<uint64_t>(r->base), r->length) == -EAGAIN; tries++) {
+  for (int tries = 0; tries < 1000 && unregisterRange(r.uffd.get(), reinterpret_cast<uint64_t>(r.base), r.length) == -EAGAIN; tries++) {
   }
   // UNREGISTER wakes the threads already waiting on the range, but a thread that was entering
   // handle_userfault under its per-VMA lock can queue itself just after that wake (seen under
   // load: a toucher asleep on an unregistered range for good). Unregister has waited for that
   // lock, so such a thread is queued by now: wake the whole range once more.
-  wake(r->uffd.get(), reinterpret_cast<uint64_t>(r->base), r->length);
-  inlineRemove(r.get());
-  stopNativeServicer(*r);
-  dropKeepAlive(info.Env(), KeepKind::Region, h);
-  dropKeepAlive(info.Env(), KeepKind::Trace, h);
-  return info.Env().Undefined();
+  wake(r.uffd.get(), reinterpret_cast<uint64_t>(r.base), r.length);
+  inlineRemove(&r);
+  stopNativeServicer(r);
+}
+
+void retireRegionsOf(const void* env) {
+  // Retired, not removed: native toucher threads may still run on the mapping, which must stay.
+  std::vector<std::shared_ptr<RegionState>> owned;
+  regions().forEach([&](const std::shared_ptr<RegionState>& r) {
+    if (r->ownerEnv == env) owned.push_back(r);
+  });
+  for (auto& r : owned) retireRegion(*r);
 }
 
 // Fill operations never wake the faulting thread: the caller first publishes the page's new state

@@ -49,10 +49,15 @@ struct RegionState {
   // the region must not move (remap) under them.
   std::atomic<int> activeTouchers{0};
   int32_t* shared = nullptr;  // region header + page table, in a SharedArrayBuffer
+  // The Node environment whose JS owns `shared` (and the devices' buffers): when it is torn down,
+  // V8 frees them, so every thread that writes them must have stopped by then (retireRegionsOf).
+  const void* ownerEnv = nullptr;
   int32_t* trace = nullptr;   // the fault trace ring, when one is attached (native/trace.h)
   std::atomic<bool> closed{false};
 
-  // The native servicer, when this region uses one.
+  // The native servicer, when this region uses one. servicerMu orders its start (at map time, or by
+  // a guard taking over) against its stop: once `closed` is set, none starts again.
+  std::mutex servicerMu;
   std::thread servicer;
   UniqueFd wakeFd;  // an eventfd: the servicer's way out of poll()
   std::atomic<bool> stopServicer{false};
@@ -88,6 +93,14 @@ struct RegionState {
   std::atomic<int> testHeld{0};      // batches held so far
   std::atomic<int> testReleased{0};  // held batch number n waits while testReleased < n
 };
+
+// Ends every service of r (idempotent): marks it closed, unregisters the range (threads blocked on
+// a fault see plain memory), and stops and joins its servicer thread. The mapping stays.
+void retireRegion(RegionState& r);
+
+// At the teardown of Node environment `env`: retires every region it owns, so that no native thread
+// writes their tables after V8 has freed them (process exit with faults in flight).
+void retireRegionsOf(const void* env);
 
 // The servicer's side of the test hold above: called after each read that returned messages.
 void testHoldPoint(RegionState& r, const std::atomic<bool>& stop);

@@ -112,10 +112,15 @@ void serviceLoop(std::shared_ptr<RegionState> r) {
 
 void startNativeServicer(std::shared_ptr<RegionState> r) {
   RegionState* raw = r.get();
+  std::lock_guard<std::mutex> lock(raw->servicerMu);
+  // Retired meanwhile (closed, or its environment torn down): a thread started now would write
+  // a table that may already be freed.
+  if (raw->closed.load(std::memory_order_acquire) || raw->servicer.joinable()) return;
   raw->servicer = std::thread(serviceLoop, std::move(r));
 }
 
 void stopNativeServicer(RegionState& r) {
+  std::lock_guard<std::mutex> lock(r.servicerMu);
   if (!r.servicer.joinable()) return;
   r.stopServicer.store(true, std::memory_order_release);
   uint64_t one = 1;

@@ -114,6 +114,62 @@ describeUffd.each(['worker', 'native'] as const)('fork with the %s servicer', (s
     expect(JSON.parse(res.stdout)).toEqual({ results: [0], exitCode: 0, spawned: 0 });
   });
 
+  it('device.close() while a child shares the pages migrates them back for the child too (dmirror_device_remove_chunks)', async () => {
+    const r = Region.map({ pages: 4, servicer });
+    const d = new Device({ capacity: 4 });
+    fillPages(r, 0, 4, 5);
+    r.migrate(0, 4, d);
+    const pfn0 = (r.entry(0) as { pfn: number }).pfn;
+    // A deadline well under the default: on a hang the child is killed and the results fall short.
+    const child = r.fork(
+      [
+        { op: 'sleep', ms: 300 },
+        { op: 'read', page: 0, offset: 9 },
+        { op: 'read', page: 3, offset: 4000 },
+      ],
+      { timeoutMs: 10_000 },
+    );
+    await until(() => d.refcount(pfn0) === 2, 'the fork');
+    await d.close();
+    // Removal left nothing on the device: the parent's pages and the child's are in system memory.
+    expect(d.used).toBe(0);
+    for (let p = 0; p < 4; p++) expect(r.entry(p).kind).toBe('present');
+    const res = await child;
+    expect(res).toMatchObject({ exitCode: 0, signal: null });
+    expect(res.results).toEqual([0, pattern(0, 9, 5), pattern(3, 4000, 5)]);
+    // The child's pages came back at removal, not by its faults.
+    expect(res.stats.migratedBack).toBe(4);
+    expect(r.bytes[3 * r.pageSize + 4000]).toBe(pattern(3, 4000, 5));
+    await r.close();
+  });
+
+  it('device.close() after a child exited, and while a child writes: no reference or byte lost', async () => {
+    const r = Region.map({ pages: 8, servicer });
+    const d = new Device({ capacity: 8 });
+    fillPages(r, 0, 8, 6);
+    r.migrate(0, 8, d);
+    // One child ends before removal (its references went with it), one is mid-steps during it.
+    expect((await r.fork([])).exitCode).toBe(0);
+    const pfn7 = (r.entry(7) as { pfn: number }).pfn;
+    const child = r.fork(
+      [
+        { op: 'write', page: 1, offset: 0, value: 99 },
+        { op: 'sleep', ms: 200 },
+        { op: 'read', page: 1, offset: 0 },
+        { op: 'checksum', first: 2, count: 6 },
+      ],
+      { timeoutMs: 10_000 },
+    );
+    await until(() => d.refcount(pfn7) === 2, 'the fork');
+    await d.close();
+    expect(d.used).toBe(0);
+    const res = await child;
+    expect(res).toMatchObject({ exitCode: 0, signal: null });
+    expect(res.results).toEqual([0, 0, 99, crc32(r.bytes.slice(2 * r.pageSize, 8 * r.pageSize))]);
+    expect(r.bytes[r.pageSize]).toBe(pattern(1, 0, 6)); // the child's write stayed in the child
+    await r.close();
+  });
+
   it('rejects malformed steps before forking', async () => {
     const r = Region.map({ pages: 2, servicer });
     await expect(r.fork([{ op: 'read', page: 2 }])).rejects.toMatchObject({ code: 'ERR_OUT_OF_RANGE' });

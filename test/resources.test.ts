@@ -8,6 +8,7 @@ import v8 from 'node:v8';
 import vm from 'node:vm';
 import { expect, it } from 'vitest';
 import { Device, Region } from 'uffd-hmm';
+import { childScript } from '../scripts/exit-stress.mjs';
 import { SERVICERS, checkPages, describeUffd, fillPages, runNode } from './helpers.js';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -102,27 +103,13 @@ describeUffd('resources', () => {
     await d.close();
   }, 60_000);
 
-  it.each(['worker', 'native', 'inline'])(
+  it.each(SERVICERS)(
     'exits promptly with code 0 with pages on a device and native threads faulting (%s servicer)',
     async (servicer) => {
       // The child starts touchers that fault forever on device pages, then ends its script: the
       // event loop empties and the process must exit, not wait on servicers or blocked threads.
-      const code = `
-        import { Device, NativeToucher, Region } from 'uffd-hmm';
-        const r = Region.map({ pages: 256, servicer: '${servicer}' });
-        const d = new Device({ capacity: 256 });
-        r.bytes.fill(7);
-        r.migrate(0, 256, d);
-        const t = new NativeToucher(r, { threads: 4, iterations: 0, mode: 'increment' });
-        const m = setInterval(() => r.migrate(0, 256, d), 1);
-        setTimeout(() => {
-          clearInterval(m);
-          // Migrated once more right before exit: the touchers are faulting these back right now.
-          const on = r.migrate(0, 256, d);
-          console.log('faults', r.stats().faults, 'on device', on);
-          ${servicer === 'native' ? 'process.exit(0);' : ''}
-        }, 200);
-      `;
+      // (scripts/exit-stress.mjs runs the same child hundreds of times.)
+      const code = childScript(servicer, 200, servicer === 'native' ? 'exit' : 'end');
       const started = Date.now();
       const res = await runNode(['--input-type=module', '-e', code], { cwd: repo, timeoutMs: 15_000 });
       const ms = Date.now() - started;
