@@ -11,10 +11,15 @@ export interface Variant {
 }
 
 export interface RunDef {
-  /** The API.md run name. */
+  /** The run's name in the JSON and the table. */
   name: string;
-  /** c-baseline: the raw C handler; plain: no userfaultfd; region: a Region with device entries. */
-  kind: 'c-baseline' | 'plain' | 'region';
+  /**
+   * c-baseline: the raw C poll handler; c-sigbus: the raw C in-thread SIGBUS handler; plain: no
+   * userfaultfd; region: a Region with device entries.
+   */
+  kind: 'c-baseline' | 'c-sigbus' | 'plain' | 'region';
+  /** c-baseline: copy every page from one cache-hot source page instead of its own. */
+  hot?: boolean;
   /** Region runs: the servicer and fault-around to map with. */
   servicer?: ServicerKind;
   faultAround?: number;
@@ -29,7 +34,10 @@ export interface RunDef {
   costUs: number;
 }
 
-/** The main variant: the one API.md's run names and ratios refer to. */
+/** The fault-around run, whose per-touch cost is its mean (see RATIOS). */
+export const FAULT_AROUND_RUN = 'fault-around-16';
+
+/** The main variant: the one the plain run names and the ratios refer to. */
 export const MAIN: Variant = { pattern: 'sequential', threads: 1, placement: 'one-cpu' };
 
 const ALL: readonly Variant[] = [
@@ -44,35 +52,55 @@ const ALL: readonly Variant[] = [
 const JS: readonly Variant[] = ALL.filter((v) => v.threads === 1 && v.placement === 'one-cpu');
 // Without userfaultfd there is no second thread whose placement could matter.
 const NO_HANDLER: readonly Variant[] = ALL.filter((v) => v.threads === 2 || v.placement === 'one-cpu');
+// An in-thread handler has no second thread either, but its faulting thread may still migrate
+// between CPUs: pinned, and left to the scheduler.
+const IN_THREAD: readonly Variant[] = ALL.filter((v) => v.threads === 1 && v.pattern === 'sequential');
 
 export const RUNS: readonly RunDef[] = [
-  { name: 'c-baseline', kind: 'c-baseline', toucher: 'native', variants: ALL, costUs: 10 },
+  { name: 'c-baseline', kind: 'c-baseline', toucher: 'native', variants: ALL, costUs: 11 },
+  { name: 'c-baseline-hot', kind: 'c-baseline', hot: true, toucher: 'native', variants: [MAIN], costUs: 10 },
+  { name: 'c-sigbus', kind: 'c-sigbus', toucher: 'native', variants: IN_THREAD, costUs: 9 },
   { name: 'native', kind: 'region', servicer: 'native', toucher: 'native', variants: ALL, costUs: 10 },
   { name: 'worker', kind: 'region', servicer: 'worker', toucher: 'native', variants: ALL, costUs: 12 },
   { name: 'worker-traced', kind: 'region', servicer: 'worker', trace: true, toucher: 'native', variants: [MAIN], costUs: 12 },
   { name: 'native-traced', kind: 'region', servicer: 'native', trace: true, toucher: 'native', variants: [MAIN], costUs: 10 },
   { name: 'worker-js-toucher', kind: 'region', servicer: 'worker', toucher: 'js', variants: JS, costUs: 12 },
-  { name: 'fault-around-16', kind: 'region', servicer: 'worker', faultAround: 16, toucher: 'native', variants: [MAIN], costUs: 2 },
+  { name: FAULT_AROUND_RUN, kind: 'region', servicer: 'worker', faultAround: 16, toucher: 'native', variants: [MAIN], costUs: 2 },
   { name: 'inline', kind: 'region', servicer: 'inline', toucher: 'native', variants: ALL, costUs: 10 },
   { name: 'inline-js-toucher', kind: 'region', servicer: 'inline', toucher: 'js', variants: JS, costUs: 10 },
   { name: 'plain', kind: 'plain', toucher: 'native', variants: NO_HANDLER, costUs: 1 },
   { name: 'plain-write', kind: 'plain', write: true, toucher: 'native', variants: NO_HANDLER, costUs: 2 },
 ];
 
-/** Each API.md ratio: which run, which statistic, over which c-baseline statistic (same variant). */
-export const RATIOS: ReadonlyArray<{ key: keyof Ratios; run: string; stat: 'p50_us' | 'p99_us' | 'mean_us'; over: 'p50_us' | 'p99_us' }> = [
+/**
+ * Each ratio: which run, which statistic, over which statistic of which same-work baseline (same
+ * variant): c-baseline (a C handler thread copying from distinct pages, as the servicers do), or
+ * for the in-thread servicer also c-sigbus (a C in-thread handler doing the same copies).
+ */
+export const RATIOS: ReadonlyArray<{
+  key: keyof Ratios;
+  run: string;
+  stat: 'p50_us' | 'p99_us' | 'mean_us';
+  over: 'p50_us' | 'p99_us';
+  base?: string;
+}> = [
   { key: 'worker_p50', run: 'worker', stat: 'p50_us', over: 'p50_us' },
   { key: 'worker_p99', run: 'worker', stat: 'p99_us', over: 'p99_us' },
   { key: 'native_p50', run: 'native', stat: 'p50_us', over: 'p50_us' },
   { key: 'native_p99', run: 'native', stat: 'p99_us', over: 'p99_us' },
-  // The per-page cost of a fault-around scan is its mean touch latency: most touches find the page already there.
-  { key: 'fault_around_per_page', run: 'fault-around-16', stat: 'mean_us', over: 'p50_us' },
+  // The per-page cost of a fault-around scan is its mean touch latency (15 of 16 touches find the
+  // page already there, so its p50 is a cache hit and says nothing): mean ÷ c-baseline p50.
+  { key: 'fault_around_per_page', run: FAULT_AROUND_RUN, stat: 'mean_us', over: 'p50_us' },
   { key: 'inline_p50', run: 'inline', stat: 'p50_us', over: 'p50_us' },
   { key: 'inline_p99', run: 'inline', stat: 'p99_us', over: 'p99_us' },
   { key: 'inline_js_p50', run: 'inline-js-toucher', stat: 'p50_us', over: 'p50_us' },
+  { key: 'inline_sigbus_p50', run: 'inline', stat: 'p50_us', over: 'p50_us', base: 'c-sigbus' },
+  { key: 'inline_sigbus_p99', run: 'inline', stat: 'p99_us', over: 'p99_us', base: 'c-sigbus' },
+  { key: 'c_sigbus_p50', run: 'c-sigbus', stat: 'p50_us', over: 'p50_us' },
+  { key: 'c_baseline_hot_p50', run: 'c-baseline-hot', stat: 'p50_us', over: 'p50_us' },
 ];
 
-/** The JSON name of a variant: the API.md name for the main variant, else name/pattern/threads[/any-cpu]. */
+/** The JSON name of a variant: the plain name for the main variant, else name/pattern/threads[/any-cpu]. */
 export function runName(def: RunDef, v: Variant): string {
   if (v === MAIN) return def.name;
   const cpu = v.threads === 1 && v.placement === 'any' ? '/any-cpu' : '';

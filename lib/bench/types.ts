@@ -1,7 +1,8 @@
-// The shapes the benchmark produces: API.md's mandatory JSON (kernel, cpus, runs, ratios) and the
-// extra fields (variants, migration, memory, what could not be measured and why).
+// The shapes the benchmark produces: the JSON object of `uffd-hmm bench --json` (kernel, cpus,
+// host, runs, ratios, and the extra fields: variants, migration, memory, what could not be
+// measured and why).
 
-/** API.md's per-run record; every latency in µs. */
+/** A run's latency record; every latency in µs. */
 export interface LatencySummary {
   faults: number;
   p50_us: number;
@@ -18,7 +19,7 @@ export type Placement = 'one-cpu' | 'any';
 
 export interface RunResult extends LatencySummary {
   name: string;
-  /** The API.md run this is a variant of (equal to `name` for the main runs). */
+  /** The run this is a variant of (equal to `name` for the main runs). */
   base: string;
   pattern: Pattern;
   threads: number;
@@ -36,6 +37,13 @@ export interface RunResult extends LatencySummary {
   round_p50_us?: number[];
 }
 
+/**
+ * Ratios of one invocation, each run's statistic ÷ the same statistic of its same-work baseline,
+ * same variant: c-baseline (a C poll thread copying each page from its own source page, as the
+ * servicers copy from device pages), or for `inline_sigbus_*` c-sigbus (a C in-thread SIGBUS
+ * handler doing the same copies). `fault_around_per_page` is the fault-around-16 run's mean touch
+ * latency ÷ c-baseline's p50 (its p50 is a touch that found the page already there).
+ */
 export interface Ratios {
   worker_p50: number | null;
   worker_p99: number | null;
@@ -45,6 +53,24 @@ export interface Ratios {
   inline_p50: number | null;
   inline_p99: number | null;
   inline_js_p50: number | null;
+  inline_sigbus_p50: number | null;
+  inline_sigbus_p99: number | null;
+  /** The in-thread C handler against the C handler thread: what handling in the faulting thread saves on this host. */
+  c_sigbus_p50: number | null;
+  /** Copying from one cache-hot page against distinct pages: what the same-work baseline adds. */
+  c_baseline_hot_p50: number | null;
+}
+
+/** What this host charges for everything, userfaultfd or not, measured in the same invocation. */
+export interface HostFacts {
+  /** A null system call (getppid), ns. */
+  syscall_ns: number;
+  /** Median first read of a fresh anonymous page (maps the zero page), µs, no userfaultfd. */
+  plain_touch_us: number;
+  /** Median first write of a fresh anonymous page (allocates and zeroes one), µs, no userfaultfd. */
+  plain_write_us: number;
+  /** The CPU the measurement ran on. */
+  cpu: number;
 }
 
 export interface MigrationResult {
@@ -86,6 +112,7 @@ export interface MemoryResult {
 export interface BenchResults {
   kernel: string;
   cpus: number;
+  host: HostFacts;
   runs: RunResult[];
   ratios: Ratios;
   /** Runs (and the ratios needing them) that could not be measured, with the reason. */
