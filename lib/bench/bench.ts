@@ -10,10 +10,10 @@ import { canCollect, readMemory, tableBytesPerPage, type MemoryReading } from '.
 import { measureMigration } from './migration.js';
 import { progressBar, type Progress } from './progress.js';
 import { measureHost } from './host.js';
-import { MAIN, RATIOS, RUNS, runName, unavailableReason, type RunDef, type Variant } from './runs.js';
+import { BASELINE_RATIOS, MAIN, RATIOS, RUNS, runName, unavailableReason, type RatioDef, type RunDef, type Variant } from './runs.js';
 import { LatencyRecorder } from './summary.js';
 import { touchRun } from './touch.js';
-import type { BenchResults, MemoryResult, Pattern, Ratios, RunResult } from './types.js';
+import type { BaselineRatios, BenchResults, MemoryResult, Pattern, Ratios, RunResult } from './types.js';
 
 export interface BenchOptions {
   /** Touches (= pages = faults) per run and round. */
@@ -93,10 +93,10 @@ function plan(defs: RunDef[], faults: number, rounds: number): Step[] {
   return steps;
 }
 
-function ratiosOf(runs: RunResult[], unavailable: Record<string, string>): Ratios {
+function ratiosOf<K extends string>(defs: ReadonlyArray<RatioDef<K>>, runs: RunResult[], unavailable: Record<string, string>): Record<K, number | null> {
   const byName = new Map(runs.map((r) => [r.name, r]));
-  const ratios = {} as Ratios;
-  for (const { key, run, stat, over, base: baseName = 'c-baseline' } of RATIOS) {
+  const ratios = {} as Record<K, number | null>;
+  for (const { key, run, stat, over, base: baseName = 'c-baseline' } of defs) {
     const r = byName.get(run);
     const base = byName.get(baseName);
     if (!base || !r) {
@@ -244,7 +244,8 @@ export async function runBench(opts: BenchOptions): Promise<BenchOutput> {
       );
     }
 
-    const ratios = ratiosOf(runs, unavailable);
+    const ratios: Ratios = ratiosOf(RATIOS, runs, unavailable);
+    const baseline_ratios: BaselineRatios = ratiosOf(BASELINE_RATIOS, runs, unavailable);
     const p50 = (name: string) => runs.find((x) => x.name === name)?.p50_us;
     const overhead = (traced: string, plain: string) => {
       const a = p50(traced);
@@ -258,6 +259,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchOutput> {
       host,
       runs,
       ratios,
+      baseline_ratios,
       unavailable,
       notes,
       migration,

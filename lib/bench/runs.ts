@@ -2,7 +2,7 @@
 // row whose servicer the library cannot map yet is reported as unavailable with the library's
 // own reason, so rows for 'inline' and fault-around light up once the library has them.
 import { Region, type ServicerKind } from '../region.js';
-import type { Pattern, Placement, Ratios } from './types.js';
+import type { BaselineRatios, Pattern, Placement, Ratios } from './types.js';
 
 export interface Variant {
   pattern: Pattern;
@@ -77,13 +77,16 @@ export const RUNS: readonly RunDef[] = [
  * variant): c-baseline (a C handler thread copying from distinct pages, as the servicers do), or
  * for the in-thread servicer also c-sigbus (a C in-thread handler doing the same copies).
  */
-export const RATIOS: ReadonlyArray<{
-  key: keyof Ratios;
+export interface RatioDef<K> {
+  key: K;
   run: string;
   stat: 'p50_us' | 'p99_us' | 'mean_us';
   over: 'p50_us' | 'p99_us';
+  /** The baseline run; c-baseline when absent. */
   base?: string;
-}> = [
+}
+
+export const RATIOS: ReadonlyArray<RatioDef<keyof Ratios>> = [
   { key: 'worker_p50', run: 'worker', stat: 'p50_us', over: 'p50_us' },
   { key: 'worker_p99', run: 'worker', stat: 'p99_us', over: 'p99_us' },
   { key: 'native_p50', run: 'native', stat: 'p50_us', over: 'p50_us' },
@@ -94,6 +97,9 @@ export const RATIOS: ReadonlyArray<{
   { key: 'inline_p50', run: 'inline', stat: 'p50_us', over: 'p50_us' },
   { key: 'inline_p99', run: 'inline', stat: 'p99_us', over: 'p99_us' },
   { key: 'inline_js_p50', run: 'inline-js-toucher', stat: 'p50_us', over: 'p50_us' },
+];
+
+export const BASELINE_RATIOS: ReadonlyArray<RatioDef<keyof BaselineRatios>> = [
   { key: 'inline_sigbus_p50', run: 'inline', stat: 'p50_us', over: 'p50_us', base: 'c-sigbus' },
   { key: 'inline_sigbus_p99', run: 'inline', stat: 'p99_us', over: 'p99_us', base: 'c-sigbus' },
   { key: 'c_sigbus_p50', run: 'c-sigbus', stat: 'p50_us', over: 'p50_us' },

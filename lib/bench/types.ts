@@ -38,10 +38,9 @@ export interface RunResult extends LatencySummary {
 }
 
 /**
- * Ratios of one invocation, each run's statistic ÷ the same statistic of its same-work baseline,
- * same variant: c-baseline (a C poll thread copying each page from its own source page, as the
- * servicers copy from device pages), or for `inline_sigbus_*` c-sigbus (a C in-thread SIGBUS
- * handler doing the same copies). `fault_around_per_page` is the fault-around-16 run's mean touch
+ * Ratios of one invocation, each run's statistic ÷ the same statistic of the same-work baseline,
+ * same variant: c-baseline, a C poll thread copying each page from its own source page, as the
+ * servicers copy from device pages. `fault_around_per_page` is the fault-around-16 run's mean touch
  * latency ÷ c-baseline's p50 (its p50 is a touch that found the page already there).
  */
 export interface Ratios {
@@ -53,11 +52,16 @@ export interface Ratios {
   inline_p50: number | null;
   inline_p99: number | null;
   inline_js_p50: number | null;
+}
+
+/** The baselines among themselves, and inline against its own floor; same variant, same invocation. */
+export interface BaselineRatios {
+  /** inline ÷ c-sigbus (the in-thread C floor), p50 and p99. */
   inline_sigbus_p50: number | null;
   inline_sigbus_p99: number | null;
-  /** The in-thread C handler against the C handler thread: what handling in the faulting thread saves on this host. */
+  /** c-sigbus ÷ c-baseline, p50: what handling in the faulting thread saves (or costs) on this host. */
   c_sigbus_p50: number | null;
-  /** Copying from one cache-hot page against distinct pages: what the same-work baseline adds. */
+  /** c-baseline-hot ÷ c-baseline, p50: what copying from distinct pages costs over one cache-hot page. */
   c_baseline_hot_p50: number | null;
 }
 
@@ -115,6 +119,7 @@ export interface BenchResults {
   host: HostFacts;
   runs: RunResult[];
   ratios: Ratios;
+  baseline_ratios: BaselineRatios;
   /** Runs (and the ratios needing them) that could not be measured, with the reason. */
   unavailable: Record<string, string>;
   notes: string[];
