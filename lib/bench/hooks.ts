@@ -2,7 +2,9 @@
 // module (its URL in this module's query string) and exports the same hooks, each timed with
 // performance.now() into preallocated arrays (no allocation per call), decisions counted. The
 // worker's instance reports once, when a fault or free of the flush device (named in the query
-// string) arrives after the run; the main thread's instance is read directly (hookStats).
+// string) arrives after the run, into the report file; the main thread's instance is read
+// directly (hookStats).
+import { writeFileSync } from 'node:fs';
 import { isMainThread } from 'node:worker_threads';
 
 import type { Driver, FaultContext, PageFreeContext } from '../driver.js';
@@ -11,7 +13,7 @@ const params = new URL(import.meta.url).searchParams;
 const user = (await import(params.get('driver')!)) as Driver;
 const capacity = Number(params.get('n'));
 const flushDevice = params.get('flush')!;
-const channelName = params.get('channel')!;
+const reportFile = params.get('report')!;
 
 /** What one module instance saw: times in ms (performance.now), counts. */
 export interface HookStats {
@@ -44,10 +46,15 @@ export function hookStats(): HookStats {
   };
 }
 
+/**
+ * Writes this instance's tallies to the report file, synchronously: the flush fault that asks for
+ * it is not answered before the file is complete, so the main thread reads it as soon as its
+ * access returns, with no message to wait for.
+ */
 function flush(): void {
-  const channel = new BroadcastChannel(channelName);
-  channel.postMessage(hookStats());
-  channel.close();
+  const s = hookStats();
+  const head = Buffer.from(JSON.stringify({ faults: s.fault.length, frees: s.pageFree.length, migrated, refused, untimed }) + '\n');
+  writeFileSync(reportFile, Buffer.concat([head, Buffer.from(s.fault.buffer), Buffer.from(s.pageFree.buffer)]));
 }
 
 const userFault = user.fault?.bind(user);

@@ -51,7 +51,9 @@ export function formatWorkload(res: WorkloadResults, files: string[]): string {
   if (res.hooks.device_turn) {
     out.push(`device turns: ${d.to_ram} pages to RAM, ${d.to_device} to the device, ${d.not_admitted} not admitted (device full)`);
   }
-  out.push(`device: ${res.device.resident_at_start} of ${res.device.capacity} pages in use at the start, ${res.device.resident_at_end} at the end`);
+  const dev = res.device;
+  out.push(`device: ${dev.resident_at_start} of ${dev.capacity} pages in use at the start, ${dev.resident_at_end} at the end`);
+  out.push(`time: ${num(dev.touching_s, 3)} s touching, ${num(dev.device_turns_s, 3)} s in device turns`);
   out.push('');
   out.push('notes:');
   for (const n of res.notes) out.push(`  - ${n}`);

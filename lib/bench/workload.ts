@@ -1,8 +1,10 @@
 // Your own device, measured: a driver module, an access pattern (or a replayed trace) and a
 // workload, run on real faults beside the same-work C baseline in the same invocation, with the
 // time spent inside the driver's hooks and what they decided.
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { pathToFileURL } from 'node:url';
 
 import { Device } from '../device.js';
@@ -148,8 +150,11 @@ export interface WorkloadResults {
     /** Pages deviceTurn sent to a full device, left in RAM. */
     not_admitted: number;
   };
-  /** Device pages at the start and the end of the workload. */
-  device: { capacity: number; resident_at_start: number; resident_at_end: number };
+  /**
+   * Device pages at the start and the end of the workload; seconds spent touching (the CPU's
+   * side) and in device turns (deviceTurn and the migrations it asked for).
+   */
+  device: { capacity: number; resident_at_start: number; resident_at_end: number; touching_s: number; device_turns_s: number };
   notes: string[];
   config: { quick: boolean; cpu: number; date: string; node: string };
 }
@@ -157,10 +162,10 @@ export interface WorkloadResults {
 const DEFAULT_PAGES = 100_000;
 const QUICK_PAGES = 5_000;
 export const MAX_WORKLOAD_PAGES = 1 << 22;
-/** Deadline for the servicer's hook report after the run: it is posted as soon as the flush fault is served. */
-const REPORT_DEADLINE_MS = 10_000;
 
 let runs = 0;
+/** Flush pages: one per report, a few spare for faults the servicer takes before loading the driver. */
+const FLUSH_PAGES = 16;
 
 function resolveUrl(driver: string | URL): string {
   if (driver instanceof URL) return driver.href;
@@ -184,17 +189,21 @@ function timing(ms: Float64Array | number[]): HookTiming | null {
   return { calls: ms.length, p50_us: s.p50_us, p99_us: s.p99_us, mean_us: s.mean_us, max_us: s.max_us };
 }
 
-function waitForReport(channel: BroadcastChannel): Promise<HookStats> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      channel.onmessage = null;
-      reject(benchCheckFailed(`the servicer did not report its hook timings within ${REPORT_DEADLINE_MS} ms`));
-    }, REPORT_DEADLINE_MS);
-    channel.onmessage = (e) => {
-      clearTimeout(timer);
-      resolve((e as MessageEvent).data as HookStats);
-    };
-  });
+/** The report the servicer's wrapper instance wrote (see hooks.ts). */
+function readReport(file: string): HookStats {
+  const buf = readFileSync(file);
+  const nl = buf.indexOf(10);
+  const head = JSON.parse(buf.subarray(0, nl).toString()) as { faults: number; frees: number; migrated: number; refused: number; untimed: number };
+  const data = buf.subarray(nl + 1);
+  const f64 = new Float64Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.length));
+  return {
+    thread: 'worker',
+    fault: f64.subarray(0, head.faults),
+    pageFree: f64.subarray(head.faults, head.faults + head.frees),
+    migrated: head.migrated,
+    refused: head.refused,
+    untimed: head.untimed,
+  };
 }
 
 function summarize(name: string, lat: Float64Array, counted: Uint8Array, wallNs: number, served: number, refused: number): WorkloadRun {
@@ -251,7 +260,8 @@ export async function runWorkload(opts: WorkloadOptions = {}): Promise<WorkloadR
   let deviceTurn: DeviceTurn | undefined;
   let wrapperUrl: string | undefined;
   let hasHooks = false;
-  const channelName = `uffd-hmm-bench-hooks-${id}`;
+  const reportDir = mkdtempSync(path.join(os.tmpdir(), 'uffd-hmm-bench-'));
+  const reportFile = path.join(reportDir, 'hooks.bin');
   const flushName = `bench-flush-${id}`;
   if (opts.driver !== undefined) {
     driverUrl = resolveUrl(opts.driver);
@@ -271,7 +281,7 @@ export async function runWorkload(opts: WorkloadOptions = {}): Promise<WorkloadR
       w.searchParams.set('driver', driverUrl);
       w.searchParams.set('n', String(stream.order.length + pages + 16));
       w.searchParams.set('flush', flushName);
-      w.searchParams.set('channel', channelName);
+      w.searchParams.set('report', reportFile);
       wrapperUrl = w.href;
     }
   }
@@ -291,6 +301,7 @@ export async function runWorkload(opts: WorkloadOptions = {}): Promise<WorkloadR
   const errors: Error[] = [];
   const decisions = { migrated: 0, refused: 0, hook_errors: 0, to_ram: 0, to_device: 0, not_admitted: 0 };
   const turnMs: number[] = [];
+  let turnsMs = 0;
   let served = 0;
   let wallNs = 0;
   let residentAtStart = 0;
@@ -301,7 +312,29 @@ export async function runWorkload(opts: WorkloadOptions = {}): Promise<WorkloadR
   const region = Region.map({ pages, servicer, faultAround });
   const device = new Device({ name: `bench-device-${id}`, capacity, driver: wrapperUrl ?? driverUrl });
   device.on('error', (e: Error) => errors.push(e));
+  // The flush device: a fault on one of its pages makes the servicer's wrapper instance write its
+  // report (see hooks.ts) before the fault is answered.
+  const flushRegion = wrapperUrl ? Region.map({ pages: FLUSH_PAGES, servicer: 'worker' }) : undefined;
+  const flushDevice = wrapperUrl ? new Device({ name: flushName, capacity: FLUSH_PAGES, driver: wrapperUrl }) : undefined;
+  let nextFlushPage = 0;
+  /**
+   * Touches flush pages until the report file appears. The servicer may take a device's first
+   * fault before it has loaded that device's driver (and serve it without hooks), so a ping can
+   * need a second page, after a pause that lets the load settle.
+   */
+  const ping = async (): Promise<boolean> => {
+    rmSync(reportFile, { force: true });
+    while (nextFlushPage < FLUSH_PAGES) {
+      void flushRegion!.bytes[nextFlushPage++ * flushRegion!.pageSize];
+      if (existsSync(reportFile)) return true;
+      await sleep(20);
+    }
+    return false;
+  };
   try {
+    if (flushRegion && flushDevice && flushRegion.migrate(0, FLUSH_PAGES, flushDevice) !== FLUSH_PAGES) {
+      throw benchCheckFailed('the flush pages did not reach their device');
+    }
     const checkedPage = (p: unknown, what: string): number => {
       if (typeof p !== 'number' || !Number.isInteger(p) || p < 0 || p >= pages) {
         throw benchUsage(`deviceTurn's ${what} names ${String(p)}, not a page from 0 to ${pages - 1}`);
@@ -328,14 +361,16 @@ export async function runWorkload(opts: WorkloadOptions = {}): Promise<WorkloadR
       const t0 = performance.now();
       const d = deviceTurn(ctx);
       turnMs.push(performance.now() - t0);
-      if (!d) return;
-      for (const p of d.toRam ?? []) decisions.to_ram += region.migrateToRam(checkedPage(p, 'toRam'), 1);
-      for (const p of d.toDevice ?? []) {
-        const page = checkedPage(p, 'toDevice');
-        if (ctx.onDevice(page)) continue;
-        if (device.used >= capacity) decisions.not_admitted++;
-        else decisions.to_device += region.migrate(page, 1, device);
+      if (d) {
+        for (const p of d.toRam ?? []) decisions.to_ram += region.migrateToRam(checkedPage(p, 'toRam'), 1);
+        for (const p of d.toDevice ?? []) {
+          const page = checkedPage(p, 'toDevice');
+          if (ctx.onDevice(page)) continue;
+          if (device.used >= capacity) decisions.not_admitted++;
+          else decisions.to_device += region.migrate(page, 1, device);
+        }
       }
+      turnsMs += performance.now() - t0;
     };
 
     // The working set's pages beyond the device's memory start in RAM, populated, so that only
@@ -358,6 +393,9 @@ export async function runWorkload(opts: WorkloadOptions = {}): Promise<WorkloadR
     residentAtStart = region.migrate(0, Math.min(capacity, pages), device);
     turn(0, new Int32Array(0), new Uint8Array(0));
     residentAtStart = device.used;
+    // Once a ping is answered with a report, the servicer has loaded the driver for both devices
+    // (announced before the ping): every fault of the workload goes through the hooks.
+    if (flushRegion && !(await ping())) throw benchCheckFailed('the servicer did not load the driver for the flush device');
 
     const seenAt = new Int32Array(pages).fill(-1);
     const { order, writes } = stream;
@@ -383,27 +421,15 @@ export async function runWorkload(opts: WorkloadOptions = {}): Promise<WorkloadR
     residentAtEnd = device.used;
 
     if (wrapperUrl) {
-      // The servicer's instance of the wrapper reports when a fault of the flush device reaches it.
-      const channel = new BroadcastChannel(channelName);
-      try {
-        const reported = waitForReport(channel);
-        const flushRegion = Region.map({ pages: 1, servicer: 'worker' });
-        const flushDevice = new Device({ name: flushName, capacity: 1, driver: wrapperUrl });
-        try {
-          flushRegion.migrate(0, 1, flushDevice);
-          void flushRegion.bytes[0];
-          report = await reported;
-        } finally {
-          await flushRegion.close();
-          await flushDevice.close();
-        }
-      } finally {
-        channel.close();
-      }
+      if (!(await ping())) throw benchCheckFailed('the servicer served every flush fault without its hook report');
+      report = readReport(reportFile);
     }
   } finally {
+    await flushRegion?.close();
+    await flushDevice?.close();
     await region.close();
     await device.close();
+    rmSync(reportDir, { recursive: true, force: true });
   }
   if (wrapperUrl) mainStats = ((await import(wrapperUrl)) as { hookStats(): HookStats }).hookStats();
 
@@ -453,6 +479,9 @@ export async function runWorkload(opts: WorkloadOptions = {}): Promise<WorkloadR
   if (loadError) throw loadError;
   const frees = [...(report?.pageFree ?? []), ...(mainStats?.pageFree ?? [])];
 
+  if (report && report.fault.length + report.untimed > 0 && report.migrated + report.refused + decisions.hook_errors !== served) {
+    notes.push(`the fault hook answered ${report.migrated + report.refused} of ${served} faults (${decisions.hook_errors} threw)`);
+  }
   if (faultAround === 1 && threads === 1 && served !== run.device_touches) {
     notes.push(`the servicer counted ${served} faults for ${run.device_touches} device touches`);
   }
@@ -492,7 +521,13 @@ export async function runWorkload(opts: WorkloadOptions = {}): Promise<WorkloadR
       device_turn: timing(turnMs),
     },
     decisions,
-    device: { capacity, resident_at_start: residentAtStart, resident_at_end: residentAtEnd },
+    device: {
+      capacity,
+      resident_at_start: residentAtStart,
+      resident_at_end: residentAtEnd,
+      touching_s: wallNs / 1e9,
+      device_turns_s: turnsMs / 1e3,
+    },
     notes,
     config: { quick, cpu, date: new Date().toISOString(), node: process.version },
   };
