@@ -40,8 +40,9 @@ inline uint64_t nowNs() {
 
 // A toucher thread that may take SIGBUS on purpose (a driver refusing a page) jumps back here.
 // Written once at thread start, before any touch: dynamic TLS is allocated on first use, which a
-// signal handler must not be the one to do.
-thread_local sigjmp_buf* tRecover = nullptr;
+// signal handler must not be the one to do. Volatile: the stores around the touch would otherwise
+// be dead to the compiler, which does not know a signal handler reads them.
+thread_local sigjmp_buf* volatile tRecover = nullptr;
 struct sigaction gRecoverPrevious;
 uint64_t gRecoverBase = 0;
 uint64_t gRecoverLength = 0;

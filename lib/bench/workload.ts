@@ -423,6 +423,8 @@ export async function runWorkload(opts: WorkloadOptions = {}): Promise<WorkloadR
     if (wrapperUrl) {
       if (!(await ping())) throw benchCheckFailed('the servicer served every flush fault without its hook report');
       report = readReport(reportFile);
+      // Hook errors travel as messages, posted before the flush fault was answered: let them land.
+      await sleep(50);
     }
   } finally {
     await flushRegion?.close();
