@@ -102,9 +102,14 @@ export function formatReport(res: BenchResults, files: string[]): string {
     out.push('not measured:');
     for (const [k, why] of skipped) out.push(`  ${k}: ${why}`);
   }
+  return finish(out, res.notes, files);
+}
+
+/** The report's end, shared by both reports: notes, the files written, the text. */
+export function finish(out: string[], notes: string[], files: string[]): string {
   out.push('');
   out.push('notes:');
-  for (const n of res.notes) out.push(`  - ${n}`);
+  for (const n of notes) out.push(`  - ${n}`);
   if (files.length > 0) {
     out.push('');
     out.push(`wrote ${files.join(', ')}`);

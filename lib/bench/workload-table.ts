@@ -1,6 +1,6 @@
 // The human-readable report of a workload run: the workload and its same-work C baseline in the
 // benchmark's table, then the driver's hook times and decisions.
-import { grid, hostLine, num, ratio } from './table.js';
+import { finish, grid, hostLine, num, ratio } from './table.js';
 import type { HookTiming, WorkloadResults, WorkloadRun } from './workload.js';
 
 function row(r: WorkloadRun, base: WorkloadRun): string[] {
@@ -54,12 +54,5 @@ export function formatWorkload(res: WorkloadResults, files: string[]): string {
   const dev = res.device;
   out.push(`device: ${dev.resident_at_start} of ${dev.capacity} pages in use at the start, ${dev.resident_at_end} at the end`);
   out.push(`time: ${num(dev.touching_s, 3)} s touching, ${num(dev.device_turns_s, 3)} s in device turns`);
-  out.push('');
-  out.push('notes:');
-  for (const n of res.notes) out.push(`  - ${n}`);
-  if (files.length > 0) {
-    out.push('');
-    out.push(`wrote ${files.join(', ')}`);
-  }
-  return out.join('\n') + '\n';
+  return finish(out, res.notes, files);
 }
