@@ -1,7 +1,7 @@
 // The human-readable report: host facts, one row per run with its ratio to the c-baseline of the
 // same variant, then the ratios, migration throughput, memory, and what was not measured.
 import { FAULT_AROUND_RUN } from './runs.js';
-import type { BenchResults, HostFacts, RunResult } from './types.js';
+import type { BenchResults, HostFacts, LatencySummary, RunResult } from './types.js';
 
 export function num(x: number, digits = 2): string {
   if (!Number.isFinite(x)) return '-';
@@ -17,6 +17,11 @@ export function ratio(x: number | null | undefined): string {
 
 function mib(bytes: number): string {
   return `${(bytes / 1024 ** 2).toFixed(1)} MiB`;
+}
+
+/** A run's latency columns, p50 to mean, as both reports print them. */
+export function latencyCells(r: LatencySummary): string[] {
+  return [num(r.p50_us), num(r.p90_us), num(r.p99_us), num(r.p999_us), num(r.max_us), num(r.mean_us)];
 }
 
 export function grid(header: string[], rows: string[][]): string {
@@ -51,12 +56,7 @@ export function formatReport(res: BenchResults, files: string[]): string {
     return [
       r.name,
       String(r.faults),
-      num(r.p50_us),
-      num(r.p90_us),
-      num(r.p99_us),
-      num(r.p999_us),
-      num(r.max_us),
-      num(r.mean_us),
+      ...latencyCells(r),
       num(r.faults_per_s, 0),
       b ? ratio((perPage ? r.mean_us : r.p50_us) / b.p50_us) + (perPage ? ' (mean)' : '') : '-',
       ratio(b ? r.p99_us / b.p99_us : null),

@@ -1,6 +1,6 @@
 // The human-readable report of a workload run: the workload and its same-work C baseline in the
 // benchmark's table, then the driver's hook times and decisions.
-import { finish, grid, hostLine, num, ratio } from './table.js';
+import { finish, grid, hostLine, latencyCells, num, ratio } from './table.js';
 import type { HookTiming, WorkloadResults, WorkloadRun } from './workload.js';
 
 function row(r: WorkloadRun, base: WorkloadRun): string[] {
@@ -8,12 +8,7 @@ function row(r: WorkloadRun, base: WorkloadRun): string[] {
     r.name,
     String(r.device_touches),
     String(r.faults_served),
-    num(r.p50_us),
-    num(r.p90_us),
-    num(r.p99_us),
-    num(r.p999_us),
-    num(r.max_us),
-    num(r.mean_us),
+    ...latencyCells(r),
     num(r.faults_per_s, 0),
     ratio(r.p50_us / base.p50_us),
     ratio(r.p99_us / base.p99_us),
