@@ -113,6 +113,11 @@ describe.skipIf(!probe().available)('uffd-hmm/bench', () => {
     expect(r.runs[1].faults_served).toBe(3000);
   }, TIMEOUT);
 
+  it('the inline servicer: its SIGBUS-served faults are faults, not refusals', async () => {
+    const r = await bench({ servicer: 'inline', pattern: 'random', pages: 1000 });
+    expect(r.runs[0]).toMatchObject({ faults_served: 1000, device_touches: 1000, refused: 0, faults: 1000 });
+  }, TIMEOUT);
+
   it('strided and fault-around: fewer faults than device touches, as the fault-around brings neighbours back', async () => {
     const r = await bench({ pattern: 'sequential', pages: 1600, faultAround: 16 });
     expect(r.runs[0].faults_served).toBe(100);
