@@ -79,10 +79,11 @@ function plan(defs: RunDef[], faults: number, rounds: number): Step[] {
     const touchUs = def.costUs * (variant.placement === 'any' ? 4 : 1) + (def.kind === 'region' ? 3 : 0);
     steps.push({ def, variant, name: runName(def, variant), round, weight: (faults * touchUs) / 1e6 + 0.05 });
   };
-  const main = defs.filter((d) => d.variants.includes(MAIN));
+  const main = defs.filter((d) => d.variants.includes(MAIN) && d.once !== true);
   for (let r = 0; r < rounds; r++) {
     for (let i = 0; i < main.length; i++) add(main[(i + r) % main.length], MAIN, r);
   }
+  for (const def of defs) if (def.once === true && def.variants.includes(MAIN)) add(def, MAIN, 0);
   for (const v of variants) {
     if (v === MAIN) continue;
     for (const def of defs) {
@@ -222,8 +223,8 @@ export async function runBench(opts: BenchOptions): Promise<BenchOutput> {
       `Runs without a '/' in their name are sequential, one faulting thread, with every thread of the process on CPU ${opts.cpu} ` +
         `('one-cpu'): on a VM a wake-up across vCPUs can cost more than the fault itself. '/any-cpu' and '/2t' runs ` +
         `leave placement to the scheduler.`,
-      `Those runs are measured in ${opts.rounds} interleaved round(s) of ${opts.faults} faults, each on a fresh ` +
-        `region, and their faults pooled; every other run is one round.`,
+      `Those runs but c-baseline-hot are measured in ${opts.rounds} interleaved round(s) of ${opts.faults} faults, each ` +
+        `on a fresh region, and their faults pooled; every other run is one round.`,
       `Latencies are timed in the faulting thread: clock_gettime in native toucher threads, except *-js-toucher runs, ` +
         `timed in JS with performance.now() around each read (timer overhead included).`,
       `The first ${warmup} touches of each round (${WARMUP_FRACTION * 100}%) are warm-up and left out; faults_per_s counts every touch.`,
