@@ -18,7 +18,14 @@ export interface AccessStream {
 }
 
 /** A trace entry: a page index (a read, unless the write ratio says otherwise) or a record. */
-export type TraceEntry = number | { page: number; write?: boolean };
+export type TraceEntry =
+  | number
+  | {
+      /** The page touched, an index into the region. */
+      page: number;
+      /** The touch writes; absent: drawn by the write ratio. */
+      write?: boolean;
+    };
 
 /** The largest page a trace may name: regions are limited to 2^31 − 1 pages by their Int32 orders. */
 const MAX_PAGE = 0x7fffffff;

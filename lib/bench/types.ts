@@ -4,12 +4,19 @@
 
 /** A run's latency record; every latency in µs. */
 export interface LatencySummary {
+  /** Touches in the statistics (warm-up and refused touches left out). */
   faults: number;
+  /** Median latency, µs. */
   p50_us: number;
+  /** 90th percentile, µs. */
   p90_us: number;
+  /** 99th percentile, µs. */
   p99_us: number;
+  /** 99.9th percentile, µs. */
   p999_us: number;
+  /** The slowest, µs. */
   max_us: number;
+  /** The mean, µs. */
   mean_us: number;
 }
 

@@ -47,13 +47,16 @@ export interface DeviceTurnContext {
  * allocate device memory for.
  */
 export interface DeviceTurnDecision {
+  /** Pages to migrate back to RAM, first: evictions, or prefetches for the CPU. */
   toRam?: Iterable<number>;
+  /** Pages to migrate to the device, after: each one a full device cannot take stays in RAM. */
   toDevice?: Iterable<number>;
 }
 
 /** The bench-only export of a driver module: the device's side of the workload, on the main thread. */
 export type DeviceTurn = (ctx: DeviceTurnContext) => DeviceTurnDecision | void;
 
+/** What to run: every field is optional. */
 export interface WorkloadOptions {
   /** The driver module (path or URL); none: the default policy (every fault migrates back). */
   driver?: string | URL;
@@ -84,6 +87,7 @@ export interface WorkloadOptions {
 
 /** A run's latency over its device touches (the first touch of a device-resident page in each batch). */
 export interface WorkloadRun extends LatencySummary {
+  /** The driver module's file name, the servicer's name without a driver, or 'c-baseline'. */
   name: string;
   /** Every touch of the run. */
   touches: number;
@@ -99,41 +103,73 @@ export interface WorkloadRun extends LatencySummary {
   touch_mean_us: number;
 }
 
+/** Time inside one hook, over all its calls. */
 export interface HookTiming {
+  /** Calls timed. */
   calls: number;
+  /** Median time inside the hook, µs. */
   p50_us: number;
+  /** 99th percentile, µs. */
   p99_us: number;
+  /** Mean, µs. */
   mean_us: number;
+  /** The slowest call, µs. */
   max_us: number;
 }
 
+/** What `bench()` returns and `uffd-hmm bench --driver … --json` prints. */
 export interface WorkloadResults {
+  /** Tells this object from the default benchmark's. */
   kind: 'workload';
+  /** The kernel release (uname -r). */
   kernel: string;
+  /** CPUs this process may use. */
   cpus: number;
+  /** What this host charges every program, measured in the same invocation. */
   host: HostFacts;
+  /** The workload as run, defaults filled in. */
   workload: {
+    /** The driver module's URL; null without one. */
     driver: string | null;
+    /** Who served the faults. */
     servicer: ServicerKind;
+    /** The pattern, or the trace file and its length. */
     pattern: string;
+    /** Pages of the region: the working set. */
     pages: number;
+    /** CPU touches replayed. */
     touches: number;
+    /** Native threads touching. */
     threads: number;
+    /** Share of generated touches that write. */
     write_ratio: number;
+    /** The region's fault-around. */
     fault_around: number;
+    /** Device memory, pages. */
     device_capacity: number;
+    /** Touches between two device turns. */
     batch: number;
+    /** Where the threads ran. */
     placement: Placement;
   };
-  /** [the workload, c-baseline]: the baseline serves the same device touches, in the same order, from distinct source pages. */
+  /** The workload, then c-baseline, which serves the same device touches, in the same order, from distinct source pages. */
   runs: [WorkloadRun, WorkloadRun];
   /** Workload ÷ c-baseline, same invocation. */
-  ratios: { p50: number; p99: number; mean: number };
+  ratios: {
+    /** Median ÷ median. */
+    p50: number;
+    /** 99th percentile ÷ 99th percentile. */
+    p99: number;
+    /** Mean ÷ mean. */
+    mean: number;
+  };
   /** Time inside the driver's hooks; null for a hook the module does not export. */
   hooks: {
+    /** The fault hook, in the servicer. */
     fault: HookTiming | null;
     /** pageFree calls in the servicer (after each fault) and on the main thread (evictions, close). */
     page_free: HookTiming | null;
+    /** deviceTurn, on the main thread (its migrations not included: see device.device_turns_s). */
     device_turn: HookTiming | null;
   };
   /** What the driver decided. */
@@ -144,8 +180,9 @@ export interface WorkloadResults {
     refused: number;
     /** Hook calls that threw or answered something else (reported on the device, served by the default policy). */
     hook_errors: number;
-    /** deviceTurn's migrations. */
+    /** Pages deviceTurn migrated back to RAM. */
     to_ram: number;
+    /** Pages deviceTurn migrated to the device. */
     to_device: number;
     /** Pages deviceTurn sent to a full device, left in RAM. */
     not_admitted: number;
@@ -154,9 +191,31 @@ export interface WorkloadResults {
    * Device pages at the start and the end of the workload; seconds spent touching (the CPU's
    * side) and in device turns (deviceTurn and the migrations it asked for).
    */
-  device: { capacity: number; resident_at_start: number; resident_at_end: number; touching_s: number; device_turns_s: number };
+  device: {
+    /** Device memory, pages. */
+    capacity: number;
+    /** Device pages in use as the first batch began. */
+    resident_at_start: number;
+    /** Device pages in use after the last batch. */
+    resident_at_end: number;
+    /** Wall time of the CPU's touches, s. */
+    touching_s: number;
+    /** Wall time of the device turns, deviceTurn and its migrations, s. */
+    device_turns_s: number;
+  };
+  /** How to read the numbers, and anything that did not add up. */
   notes: string[];
-  config: { quick: boolean; cpu: number; date: string; node: string };
+  /** The invocation. */
+  config: {
+    /** The quick defaults were used. */
+    quick: boolean;
+    /** The CPU a one-thread workload ran on. */
+    cpu: number;
+    /** When, ISO 8601. */
+    date: string;
+    /** Node's version. */
+    node: string;
+  };
 }
 
 const DEFAULT_PAGES = 100_000;
