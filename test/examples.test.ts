@@ -1,6 +1,8 @@
 // The worked examples of docs/DRIVERS.md run as they would for a user: each program in a child
 // process with a deadline, which must exit 0 (its own node:assert checks allow that only when its evidence holds) and print its key lines.
-import { readdirSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { describeOutcome, runChild } from './fixtures/semantics/run-child.js';
@@ -93,3 +95,52 @@ describe('examples/flaky-device', () => {
     expect(o.stdout).not.toContain('STATS');
   });
 });
+
+// The benchmark examples: each bench.mjs compares two policies from code and checks the exact
+// counts itself; the CLI runs a driver the way README shows (--quick: a few thousand faults).
+const cli = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
+const root = fileURLToPath(new URL('..', import.meta.url));
+
+for (const [dir, ok] of [
+  ['bench-prefetch', 'OK: prefetch turned 4096 faults into 256 on the stream, and left the random pattern alone'],
+  ['bench-lru', 'OK: LRU admitted every page the device wanted, by evicting; refusal evicted nothing and left pages in RAM'],
+] as const) {
+  describe(`examples/${dir}`, () => {
+    it('has the files its README lists', () => {
+      expect(readdirSync(fileURLToPath(new URL(`../examples/${dir}/`, import.meta.url))).sort()).toEqual(['README.md', 'bench.mjs', 'driver.mjs']);
+    });
+
+    it('bench.mjs --quick compares the two policies and its checks hold', async () => {
+      const o = await runChild(example(dir, 'bench.mjs'), ['--quick'], { timeoutMs: DEADLINE_MS * 2 });
+      expect({ code: o.code, signal: o.signal, timedOut: o.timedOut }, describeOutcome(o)).toEqual({ code: 0, signal: null, timedOut: false });
+      expect(o.stdout.trim().split('\n').at(-1)).toBe(ok);
+    }, DEADLINE_MS * 2 + 5_000);
+
+    it('`bench --driver … --pattern random --quick --json` prints one object: the run, the baseline, the hook timings', async () => {
+      const out = mkdtempSync(path.join(os.tmpdir(), 'uffd-hmm-example-bench-'));
+      try {
+        const o = await runChild(cli, ['bench', '--driver', `examples/${dir}/driver.mjs`, '--pattern', 'random', '--quick', '--json', '--out', out], {
+          timeoutMs: DEADLINE_MS,
+          cwd: root,
+        });
+        expect({ code: o.code, signal: o.signal, timedOut: o.timedOut }, describeOutcome(o)).toEqual({ code: 0, signal: null, timedOut: false });
+        const lines = o.stdout.trim().split('\n');
+        expect(lines).toHaveLength(1);
+        const res = JSON.parse(lines[0]);
+        expect(res.workload).toMatchObject({ pattern: 'random', servicer: 'worker', pages: 5000, touches: 5000 });
+        expect(res.runs.map((r: { name: string }) => r.name)).toEqual(['driver.mjs', 'c-baseline']);
+        const [run, base] = res.runs;
+        // Every page starts on the device and is touched once: 5000 faults, each through the hook.
+        expect(run.faults_served).toBe(5000);
+        expect(base.faults_served).toBe(run.device_touches);
+        expect(res.hooks.fault.calls).toBe(run.faults_served);
+        expect(res.hooks.fault.p50_us).toBeLessThanOrEqual(res.hooks.fault.p99_us);
+        expect(res.decisions).toMatchObject({ migrated: 5000, refused: 0, hook_errors: 0 });
+        expect(res.ratios.p50).toBeCloseTo(run.p50_us / base.p50_us, 9);
+        expect(res.host.syscall_ns).toBeGreaterThan(0);
+      } finally {
+        rmSync(out, { recursive: true, force: true });
+      }
+    }, DEADLINE_MS + 5_000);
+  });
+}

@@ -23,9 +23,10 @@ export function parse(argv: string[], options: Options, positionals: number): Pa
     // No option here is `multiple`, so no value is an array.
     parsed = parseArgs({ args: argv, options, strict: true, allowPositionals: true }) as Parsed;
   } catch (e) {
-    // parseArgs' messages already name the option; drop its advice about '--' which fits no command here.
+    // parseArgs' messages already name the option; drop its advice about '--' which fits no command
+    // here, and start lower-case like every other usage message ("unknown option '--x'").
     const msg = (e as Error).message.replace(/\. To specify a positional argument.*$/s, '');
-    throw new UsageError(msg);
+    throw new UsageError(msg.charAt(0).toLowerCase() + msg.slice(1));
   }
   if (parsed.positionals.length > positionals) {
     throw new UsageError(`unexpected argument '${parsed.positionals[positionals]}'`);

@@ -1,5 +1,6 @@
 // The benchmark itself: plans every available run × variant, measures them in one process with
-// the same pages and orders, and assembles API.md's results plus migration and memory figures.
+// the same pages and orders, and assembles the results: runs, ratios, host facts, migration and
+// memory figures.
 import os from 'node:os';
 
 import { PAGE_SIZE } from '../native.js';
@@ -8,10 +9,11 @@ import { accessOrder } from './order.js';
 import { canCollect, readMemory, tableBytesPerPage, type MemoryReading } from './memory.js';
 import { measureMigration } from './migration.js';
 import { progressBar, type Progress } from './progress.js';
-import { MAIN, RATIOS, RUNS, runName, unavailableReason, type RunDef, type Variant } from './runs.js';
+import { measureHost } from './host.js';
+import { BASELINE_RATIOS, MAIN, RATIOS, RUNS, runName, unavailableReason, type RatioDef, type RunDef, type Variant } from './runs.js';
 import { LatencyRecorder } from './summary.js';
 import { touchRun } from './touch.js';
-import type { BenchResults, MemoryResult, Pattern, Ratios, RunResult } from './types.js';
+import type { BaselineRatios, BenchResults, MemoryResult, Pattern, Ratios, RunResult } from './types.js';
 
 export interface BenchOptions {
   /** Touches (= pages = faults) per run and round. */
@@ -77,10 +79,11 @@ function plan(defs: RunDef[], faults: number, rounds: number): Step[] {
     const touchUs = def.costUs * (variant.placement === 'any' ? 4 : 1) + (def.kind === 'region' ? 3 : 0);
     steps.push({ def, variant, name: runName(def, variant), round, weight: (faults * touchUs) / 1e6 + 0.05 });
   };
-  const main = defs.filter((d) => d.variants.includes(MAIN));
+  const main = defs.filter((d) => d.variants.includes(MAIN) && d.once !== true);
   for (let r = 0; r < rounds; r++) {
     for (let i = 0; i < main.length; i++) add(main[(i + r) % main.length], MAIN, r);
   }
+  for (const def of defs) if (def.once === true && def.variants.includes(MAIN)) add(def, MAIN, 0);
   for (const v of variants) {
     if (v === MAIN) continue;
     for (const def of defs) {
@@ -91,15 +94,16 @@ function plan(defs: RunDef[], faults: number, rounds: number): Step[] {
   return steps;
 }
 
-function ratiosOf(runs: RunResult[], unavailable: Record<string, string>): Ratios {
+function ratiosOf<K extends string>(defs: ReadonlyArray<RatioDef<K>>, runs: RunResult[], unavailable: Record<string, string>): Record<K, number | null> {
   const byName = new Map(runs.map((r) => [r.name, r]));
-  const base = byName.get('c-baseline');
-  const ratios = {} as Ratios;
-  for (const { key, run, stat, over } of RATIOS) {
+  const ratios = {} as Record<K, number | null>;
+  for (const { key, run, stat, over, base: baseName = 'c-baseline' } of defs) {
     const r = byName.get(run);
+    const base = byName.get(baseName);
     if (!base || !r) {
       ratios[key] = null;
-      unavailable[key] = !base ? 'no c-baseline run' : `needs the '${run}' run: ${unavailable[run] ?? 'not measured'}`;
+      const missing = !base ? baseName : run;
+      unavailable[key] = `needs the '${missing}' run: ${unavailable[missing] ?? 'not measured'}`;
       continue;
     }
     ratios[key] = r[stat] / base[over];
@@ -116,6 +120,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchOutput> {
     else unavailable[def.name] = why;
   }
   const steps = plan(defs, opts.faults, opts.rounds);
+  const host = measureHost(opts.cpu);
   const migrationWeight = (opts.migrationBytes / 1024 ** 3) * 4;
   const total = steps.reduce((s, x) => s + x.weight, 0) + migrationWeight + 0.5;
   const progress: Progress = progressBar(process.stderr, opts.progress, total);
@@ -215,15 +220,21 @@ export async function runBench(opts: BenchOptions): Promise<BenchOutput> {
     }
 
     notes.push(
-      `Runs named as in API.md are sequential, one faulting thread, with every thread of the process on CPU ${opts.cpu} ` +
-        `('one-cpu'): on this VM a wake-up across vCPUs costs more than the fault itself. '/any-cpu' and '/2t' runs ` +
+      `Runs without a '/' in their name are sequential, one faulting thread, with every thread of the process on CPU ${opts.cpu} ` +
+        `('one-cpu'): on a VM a wake-up across vCPUs can cost more than the fault itself. '/any-cpu' and '/2t' runs ` +
         `leave placement to the scheduler.`,
-      `The API.md runs are measured in ${opts.rounds} interleaved round(s) of ${opts.faults} faults, each on a fresh ` +
-        `region, and their faults pooled; every other run is one round.`,
+      `Those runs but c-baseline-hot are measured in ${opts.rounds} interleaved round(s) of ${opts.faults} faults, each ` +
+        `on a fresh region, and their faults pooled; every other run is one round.`,
       `Latencies are timed in the faulting thread: clock_gettime in native toucher threads, except *-js-toucher runs, ` +
         `timed in JS with performance.now() around each read (timer overhead included).`,
       `The first ${warmup} touches of each round (${WARMUP_FRACTION * 100}%) are warm-up and left out; faults_per_s counts every touch.`,
-      `c-baseline fills every fault from one hot source page; region runs copy each page from its own device page.`,
+      `Ratios are to the same-work baselines: c-baseline (a C thread: poll + read + UFFDIO_COPY) and c-sigbus (a C ` +
+        `SIGBUS handler in the faulting thread: one UFFDIO_COPY) copy each page from its own source page, as the ` +
+        `servicers copy from device pages; c-baseline-hot copies every page from one cache-hot page.`,
+      `fault_around_per_page is the fault-around-16 run's mean touch ÷ c-baseline's p50, in the table too: 15 of its 16 ` +
+        `touches find the page already there, so its p50 is a cache hit.`,
+      `host: a null system call costs ${host.syscall_ns.toFixed(0)} ns and a first touch without userfaultfd ` +
+        `${host.plain_touch_us.toFixed(2)} µs (read) / ${host.plain_write_us.toFixed(2)} µs (write) here: a slow host is slow for every run.`,
       `plain is a first read of anonymous memory without userfaultfd (maps the zero page); plain-write a first write (allocates a page).`,
     );
     if (memory) {
@@ -234,7 +245,8 @@ export async function runBench(opts: BenchOptions): Promise<BenchOutput> {
       );
     }
 
-    const ratios = ratiosOf(runs, unavailable);
+    const ratios: Ratios = ratiosOf(RATIOS, runs, unavailable);
+    const baseline_ratios: BaselineRatios = ratiosOf(BASELINE_RATIOS, runs, unavailable);
     const p50 = (name: string) => runs.find((x) => x.name === name)?.p50_us;
     const overhead = (traced: string, plain: string) => {
       const a = p50(traced);
@@ -245,8 +257,10 @@ export async function runBench(opts: BenchOptions): Promise<BenchOutput> {
     const results: BenchResults = {
       kernel: probe().kernel,
       cpus: os.availableParallelism(),
+      host,
       runs,
       ratios,
+      baseline_ratios,
       unavailable,
       notes,
       migration,

@@ -1,10 +1,12 @@
-// `uffd-hmm bench`: options, then the benchmark, then its outputs — the table (or exactly one
-// JSON object) on stdout, results.json and latency-cdf.svg in the output folder.
-import { mkdirSync, writeFileSync } from 'node:fs';
+// `uffd-hmm bench`: options, then the benchmark (or, with --driver or any workload option, your
+// own workload beside the same-work C baseline), then its outputs — the table (or exactly one
+// JSON object) on stdout, results.json (and the default benchmark's latency-cdf.svg) in the
+// output folder.
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-import { UsageError, flag, intOption, parse, stringOption } from './args.js';
+import { UsageError, flag, intOption, parse, stringOption, type Parsed } from './args.js';
 
 const DEFAULT_FAULTS = 200_000;
 const QUICK_FAULTS = 5_000;
@@ -14,24 +16,77 @@ const MIGRATION_MIB = 1024;
 /** CPU_SETSIZE - 1: the highest CPU number sched_setaffinity takes. */
 const MAX_CPU = 1023;
 const QUICK_MIGRATION_MIB = 64;
+const DEFAULT_WORKLOAD_PAGES = 100_000;
+const QUICK_WORKLOAD_PAGES = 5_000;
+const HELP_HINT = "Run 'uffd-hmm bench --help' for usage.";
 
-export const BENCH_USAGE = `usage: uffd-hmm bench [--faults N] [--quick] [--json] [--out DIR] [--rounds N] [--cpu N]
+/** The workload options: any of them selects the workload mode. */
+const WORKLOAD_OPTIONS = ['driver', 'servicer', 'pattern', 'pages', 'threads', 'write-ratio', 'fault-around', 'device-capacity', 'batch'] as const;
 
-Measures the latency of real page faults on device-resident pages for each servicer against a
-raw C userfaultfd handler, in one run on the same pages and access patterns, plus migration
-throughput and memory. Prints a table (or, with --json, one JSON object) and writes
-results.json and latency-cdf.svg to the output folder.
+export const BENCH_USAGE = `usage: uffd-hmm bench [--faults N] [--rounds N] [--quick] [--json] [--out DIR] [--cpu N]
+       uffd-hmm bench --driver FILE [--servicer worker|native|inline]
+                      [--pattern sequential|random|strided:K|hot:P|TRACE.json] [--pages N]
+                      [--threads T] [--write-ratio R] [--fault-around K] [--device-capacity C]
+                      [--batch B] [--quick] [--json] [--out DIR] [--cpu N]
 
-  --faults N   faults (pages) per run and round; default ${DEFAULT_FAULTS}, ${QUICK_FAULTS} with --quick
-  --rounds N   interleaved rounds of the main runs; default ${DEFAULT_ROUNDS}, 1 with --quick
-  --quick      a fast look: few faults, one round, a ${QUICK_MIGRATION_MIB} MiB migration (else ${MIGRATION_MIB} MiB)
-  --json       print exactly one JSON object on stdout (API.md shape) and no progress
-  --out DIR    where results.json and latency-cdf.svg go; default bench-results/
-  --cpu N      the CPU the one-CPU runs use; default the last one
-  -h, --help   this text
+Measures the latency of real page faults on device-resident pages for each servicer against raw
+C userfaultfd handlers doing the same work (a handler thread, c-baseline; an in-thread SIGBUS
+handler, c-sigbus), in one run on the same pages and access patterns, plus host facts, migration
+throughput and memory. Prints a table (or, with --json, one JSON object) and writes results.json
+and latency-cdf.svg to the output folder.
+
+With --driver (or any workload option) it measures your own workload instead: your driver
+module's hooks on your access pattern, beside c-baseline serving the same faults, with the time
+inside the hooks and what they decided.
+
+  --faults N          faults (pages) per run and round; default ${DEFAULT_FAULTS}, ${QUICK_FAULTS} with --quick
+  --rounds N          interleaved rounds of the main runs; default ${DEFAULT_ROUNDS}, 1 with --quick
+  --quick             a fast look: few faults (or pages), one round, a ${QUICK_MIGRATION_MIB} MiB migration (else ${MIGRATION_MIB} MiB)
+  --json              print exactly one JSON object on stdout and no progress
+  --out DIR           where results.json (and latency-cdf.svg) go; default bench-results/
+  --cpu N             the CPU the one-CPU runs use; default the last one
+
+your workload:
+  --driver FILE       a driver module (fault, pageFree, and the bench-only deviceTurn hooks)
+  --servicer S        worker (default; the only one that calls hooks), native or inline
+  --pattern P         sequential (default), random, strided:K (K pages apart), hot:P (90% of
+                      touches on P% of the pages), or a JSON trace file: a list of page indices
+                      or {"page": N, "write": true} records, replayed in order
+  --pages N           the working set; default ${DEFAULT_WORKLOAD_PAGES}, ${QUICK_WORKLOAD_PAGES} with --quick (a trace: its own)
+  --threads T         native threads touching (touch i goes to thread i mod T); default 1
+  --write-ratio R     share of touches that write, 0 to 1; default 0
+  --fault-around K    pages a fault brings back, 1 to 512; default 1
+  --device-capacity C device memory in pages (it holds pages 0..C-1 at the start); default N
+  --batch B           touches between two of the driver's device turns; default 256 (without
+                      a deviceTurn hook: the stream in 20 batches)
+  -h, --help          this text
 `;
 
+/**
+ * `uffd-hmm bench …`; returns the exit status. Usage errors are reported here, with the bench's
+ * own help hint, and give 2.
+ */
 export async function benchCommand(argv: string[]): Promise<number> {
+  try {
+    return await bench(argv);
+  } catch (e) {
+    const { BenchInputError } = await import('./errors.js');
+    if (e instanceof UsageError || e instanceof BenchInputError) {
+      process.stderr.write(`uffd-hmm bench: ${e.message}\n${HELP_HINT}\n`);
+      return 2;
+    }
+    throw e;
+  }
+}
+
+function ratioOption(name: string, value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const v = Number(value);
+  if (!/^\d*\.?\d+$/.test(value) || !(v >= 0 && v <= 1)) throw new UsageError(`${name} needs a number from 0 to 1, got '${value}'`);
+  return v;
+}
+
+async function bench(argv: string[]): Promise<number> {
   const args = parse(
     argv,
     {
@@ -41,6 +96,15 @@ export async function benchCommand(argv: string[]): Promise<number> {
       out: { type: 'string' },
       cpu: { type: 'string' },
       rounds: { type: 'string' },
+      driver: { type: 'string' },
+      servicer: { type: 'string' },
+      pattern: { type: 'string' },
+      pages: { type: 'string' },
+      threads: { type: 'string' },
+      'write-ratio': { type: 'string' },
+      'fault-around': { type: 'string' },
+      'device-capacity': { type: 'string' },
+      batch: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     0,
@@ -51,6 +115,12 @@ export async function benchCommand(argv: string[]): Promise<number> {
   }
   const quick = flag(args, 'quick');
   const json = flag(args, 'json');
+  const workload = WORKLOAD_OPTIONS.some((o) => args.values[o] !== undefined);
+  if (workload) {
+    for (const o of ['faults', 'rounds']) {
+      if (args.values[o] !== undefined) throw new UsageError(`--${o} is an option of the default benchmark; a workload's size is --pages (or its trace)`);
+    }
+  }
   const faults = intOption('--faults', stringOption(args, 'faults'), 100, MAX_FAULTS) ?? (quick ? QUICK_FAULTS : DEFAULT_FAULTS);
   const rounds = intOption('--rounds', stringOption(args, 'rounds'), 1, 20) ?? (quick ? 1 : DEFAULT_ROUNDS);
   const cpus = os.availableParallelism();
@@ -70,6 +140,7 @@ export async function benchCommand(argv: string[]): Promise<number> {
   }
   // Created first: an unwritable folder should fail now, not after minutes of measuring.
   mkdirSync(outDir, { recursive: true });
+  if (workload) return workloadCommand(args, { quick, json, cpu: stringOption(args, 'cpu') === undefined ? undefined : cpu, outDir });
   const { runBench } = await import('./bench.js');
   const { cdfSvg } = await import('./svg.js');
   const { formatReport } = await import('./table.js');
@@ -90,6 +161,39 @@ export async function benchCommand(argv: string[]): Promise<number> {
   writeFileSync(svgFile, cdfSvg(results, cdfs));
   if (json) process.stdout.write(JSON.stringify(results) + '\n');
   else process.stdout.write(formatReport(results, [shown(jsonFile), shown(svgFile)]));
+  return 0;
+}
+
+async function workloadCommand(
+  args: Parsed,
+  o: { quick: boolean; json: boolean; cpu: number | undefined; outDir: string },
+): Promise<number> {
+  const servicer = stringOption(args, 'servicer');
+  if (servicer !== undefined && !['worker', 'native', 'inline'].includes(servicer)) {
+    throw new UsageError(`--servicer must be worker, native or inline, got '${servicer}'`);
+  }
+  const driver = stringOption(args, 'driver');
+  if (driver === '') throw new UsageError('--driver needs a module file');
+  if (driver !== undefined && !existsSync(driver)) throw new UsageError(`--driver: no such file '${driver}'`);
+  const { runWorkload, MAX_WORKLOAD_PAGES } = await import('./workload.js');
+  const { formatWorkload } = await import('./workload-table.js');
+  const res = await runWorkload({
+    driver,
+    servicer: servicer as 'worker' | 'native' | 'inline' | undefined,
+    pattern: stringOption(args, 'pattern'),
+    pages: intOption('--pages', stringOption(args, 'pages'), 1, MAX_WORKLOAD_PAGES),
+    threads: intOption('--threads', stringOption(args, 'threads'), 1, 64),
+    writeRatio: ratioOption('--write-ratio', stringOption(args, 'write-ratio')),
+    faultAround: intOption('--fault-around', stringOption(args, 'fault-around'), 1, 512),
+    deviceCapacity: intOption('--device-capacity', stringOption(args, 'device-capacity'), 1, MAX_WORKLOAD_PAGES),
+    batch: intOption('--batch', stringOption(args, 'batch'), 1, MAX_WORKLOAD_PAGES),
+    quick: o.quick,
+    cpu: o.cpu,
+  });
+  const jsonFile = path.join(o.outDir, 'results.json');
+  writeFileSync(jsonFile, JSON.stringify(res, null, 2) + '\n');
+  if (o.json) process.stdout.write(JSON.stringify(res) + '\n');
+  else process.stdout.write(formatWorkload(res, [shown(jsonFile)]));
   return 0;
 }
 

@@ -2,7 +2,7 @@
 // row whose servicer the library cannot map yet is reported as unavailable with the library's
 // own reason, so rows for 'inline' and fault-around light up once the library has them.
 import { Region, type ServicerKind } from '../region.js';
-import type { Pattern, Placement, Ratios } from './types.js';
+import type { BaselineRatios, Pattern, Placement, Ratios } from './types.js';
 
 export interface Variant {
   pattern: Pattern;
@@ -11,10 +11,15 @@ export interface Variant {
 }
 
 export interface RunDef {
-  /** The API.md run name. */
+  /** The run's name in the JSON and the table. */
   name: string;
-  /** c-baseline: the raw C handler; plain: no userfaultfd; region: a Region with device entries. */
-  kind: 'c-baseline' | 'plain' | 'region';
+  /**
+   * c-baseline: the raw C poll handler; c-sigbus: the raw C in-thread SIGBUS handler; plain: no
+   * userfaultfd; region: a Region with device entries.
+   */
+  kind: 'c-baseline' | 'c-sigbus' | 'plain' | 'region';
+  /** c-baseline: copy every page from one cache-hot source page instead of its own. */
+  hot?: boolean;
   /** Region runs: the servicer and fault-around to map with. */
   servicer?: ServicerKind;
   faultAround?: number;
@@ -22,6 +27,8 @@ export interface RunDef {
   trace?: boolean;
   /** Plain runs: write instead of read (allocating a page, as UFFDIO_COPY does). */
   write?: boolean;
+  /** Measured in one round even in its main variant: a reference no contract ratio rests on. */
+  once?: boolean;
   /** Who touches: native threads timing with clock_gettime, or JS on the main thread. */
   toucher: 'native' | 'js';
   variants: readonly Variant[];
@@ -29,7 +36,10 @@ export interface RunDef {
   costUs: number;
 }
 
-/** The main variant: the one API.md's run names and ratios refer to. */
+/** The fault-around run, whose per-touch cost is its mean (see RATIOS). */
+export const FAULT_AROUND_RUN = 'fault-around-16';
+
+/** The main variant: the one the plain run names and the ratios refer to. */
 export const MAIN: Variant = { pattern: 'sequential', threads: 1, placement: 'one-cpu' };
 
 const ALL: readonly Variant[] = [
@@ -40,39 +50,66 @@ const ALL: readonly Variant[] = [
   { pattern: 'random', threads: 2, placement: 'any' },
 ];
 // JS has one thread to touch from, and on one CPU or not it waits for the same servicer thread
-// as the native toucher does; its any-CPU run would repeat the worker's at the cost of seconds.
-const JS: readonly Variant[] = ALL.filter((v) => v.threads === 1 && v.placement === 'one-cpu');
+// as the native toucher does; its any-CPU run would repeat the worker's at the cost of seconds,
+// and so would its random one the native toucher's: what JS adds shows in the main variant.
+const JS: readonly Variant[] = [MAIN];
 // Without userfaultfd there is no second thread whose placement could matter.
 const NO_HANDLER: readonly Variant[] = ALL.filter((v) => v.threads === 2 || v.placement === 'one-cpu');
+// An in-thread handler has no second thread either, but its faulting thread may still migrate
+// between CPUs: pinned, and left to the scheduler.
+const IN_THREAD: readonly Variant[] = ALL.filter((v) => v.threads === 1 && v.pattern === 'sequential');
 
 export const RUNS: readonly RunDef[] = [
-  { name: 'c-baseline', kind: 'c-baseline', toucher: 'native', variants: ALL, costUs: 10 },
+  { name: 'c-baseline', kind: 'c-baseline', toucher: 'native', variants: ALL, costUs: 11 },
+  { name: 'c-baseline-hot', kind: 'c-baseline', hot: true, toucher: 'native', variants: [MAIN], once: true, costUs: 10 },
+  { name: 'c-sigbus', kind: 'c-sigbus', toucher: 'native', variants: IN_THREAD, costUs: 9 },
   { name: 'native', kind: 'region', servicer: 'native', toucher: 'native', variants: ALL, costUs: 10 },
   { name: 'worker', kind: 'region', servicer: 'worker', toucher: 'native', variants: ALL, costUs: 12 },
   { name: 'worker-traced', kind: 'region', servicer: 'worker', trace: true, toucher: 'native', variants: [MAIN], costUs: 12 },
   { name: 'native-traced', kind: 'region', servicer: 'native', trace: true, toucher: 'native', variants: [MAIN], costUs: 10 },
   { name: 'worker-js-toucher', kind: 'region', servicer: 'worker', toucher: 'js', variants: JS, costUs: 12 },
-  { name: 'fault-around-16', kind: 'region', servicer: 'worker', faultAround: 16, toucher: 'native', variants: [MAIN], costUs: 2 },
+  { name: FAULT_AROUND_RUN, kind: 'region', servicer: 'worker', faultAround: 16, toucher: 'native', variants: [MAIN], costUs: 2 },
   { name: 'inline', kind: 'region', servicer: 'inline', toucher: 'native', variants: ALL, costUs: 10 },
   { name: 'inline-js-toucher', kind: 'region', servicer: 'inline', toucher: 'js', variants: JS, costUs: 10 },
   { name: 'plain', kind: 'plain', toucher: 'native', variants: NO_HANDLER, costUs: 1 },
   { name: 'plain-write', kind: 'plain', write: true, toucher: 'native', variants: NO_HANDLER, costUs: 2 },
 ];
 
-/** Each API.md ratio: which run, which statistic, over which c-baseline statistic (same variant). */
-export const RATIOS: ReadonlyArray<{ key: keyof Ratios; run: string; stat: 'p50_us' | 'p99_us' | 'mean_us'; over: 'p50_us' | 'p99_us' }> = [
+/**
+ * Each ratio: which run, which statistic, over which statistic of which same-work baseline (same
+ * variant): c-baseline (a C handler thread copying from distinct pages, as the servicers do), or
+ * for the in-thread servicer also c-sigbus (a C in-thread handler doing the same copies).
+ */
+export interface RatioDef<K> {
+  key: K;
+  run: string;
+  stat: 'p50_us' | 'p99_us' | 'mean_us';
+  over: 'p50_us' | 'p99_us';
+  /** The baseline run; c-baseline when absent. */
+  base?: string;
+}
+
+export const RATIOS: ReadonlyArray<RatioDef<keyof Ratios>> = [
   { key: 'worker_p50', run: 'worker', stat: 'p50_us', over: 'p50_us' },
   { key: 'worker_p99', run: 'worker', stat: 'p99_us', over: 'p99_us' },
   { key: 'native_p50', run: 'native', stat: 'p50_us', over: 'p50_us' },
   { key: 'native_p99', run: 'native', stat: 'p99_us', over: 'p99_us' },
-  // The per-page cost of a fault-around scan is its mean touch latency: most touches find the page already there.
-  { key: 'fault_around_per_page', run: 'fault-around-16', stat: 'mean_us', over: 'p50_us' },
+  // The per-page cost of a fault-around scan is its mean touch latency (15 of 16 touches find the
+  // page already there, so its p50 is a cache hit and says nothing): mean ÷ c-baseline p50.
+  { key: 'fault_around_per_page', run: FAULT_AROUND_RUN, stat: 'mean_us', over: 'p50_us' },
   { key: 'inline_p50', run: 'inline', stat: 'p50_us', over: 'p50_us' },
   { key: 'inline_p99', run: 'inline', stat: 'p99_us', over: 'p99_us' },
   { key: 'inline_js_p50', run: 'inline-js-toucher', stat: 'p50_us', over: 'p50_us' },
 ];
 
-/** The JSON name of a variant: the API.md name for the main variant, else name/pattern/threads[/any-cpu]. */
+export const BASELINE_RATIOS: ReadonlyArray<RatioDef<keyof BaselineRatios>> = [
+  { key: 'inline_sigbus_p50', run: 'inline', stat: 'p50_us', over: 'p50_us', base: 'c-sigbus' },
+  { key: 'inline_sigbus_p99', run: 'inline', stat: 'p99_us', over: 'p99_us', base: 'c-sigbus' },
+  { key: 'c_sigbus_p50', run: 'c-sigbus', stat: 'p50_us', over: 'p50_us' },
+  { key: 'c_baseline_hot_p50', run: 'c-baseline-hot', stat: 'p50_us', over: 'p50_us' },
+];
+
+/** The JSON name of a variant: the plain name for the main variant, else name/pattern/threads[/any-cpu]. */
 export function runName(def: RunDef, v: Variant): string {
   if (v === MAIN) return def.name;
   const cpu = v.threads === 1 && v.placement === 'any' ? '/any-cpu' : '';

@@ -4,6 +4,8 @@ import type { BenchResults, RunResult } from './types.js';
 
 const PALETTE: Record<string, string> = {
   'c-baseline': '#222222',
+  'c-baseline-hot': '#999999',
+  'c-sigbus': '#006400',
   native: '#1f77b4',
   worker: '#d62728',
   'worker-js-toucher': '#ff7f0e',

@@ -1,8 +1,9 @@
-// The human-readable report: one row per run with its ratio to the c-baseline of the same
-// variant, then API.md's ratios, migration throughput, memory, and what was not measured.
-import type { BenchResults, RunResult } from './types.js';
+// The human-readable report: host facts, one row per run with its ratio to the c-baseline of the
+// same variant, then the ratios, migration throughput, memory, and what was not measured.
+import { FAULT_AROUND_RUN } from './runs.js';
+import type { BenchResults, HostFacts, LatencySummary, RunResult } from './types.js';
 
-function num(x: number, digits = 2): string {
+export function num(x: number, digits = 2): string {
   if (!Number.isFinite(x)) return '-';
   if (x >= 10000) return x.toExponential(2);
   if (x >= 100) return x.toFixed(0);
@@ -10,7 +11,7 @@ function num(x: number, digits = 2): string {
   return x.toFixed(digits);
 }
 
-function ratio(x: number | null | undefined): string {
+export function ratio(x: number | null | undefined): string {
   return x === null || x === undefined || !Number.isFinite(x) ? '-' : `${x.toFixed(2)}x`;
 }
 
@@ -18,11 +19,21 @@ function mib(bytes: number): string {
   return `${(bytes / 1024 ** 2).toFixed(1)} MiB`;
 }
 
-function grid(header: string[], rows: string[][]): string {
+/** A run's latency columns, p50 to mean, as both reports print them. */
+export function latencyCells(r: LatencySummary): string[] {
+  return [num(r.p50_us), num(r.p90_us), num(r.p99_us), num(r.p999_us), num(r.max_us), num(r.mean_us)];
+}
+
+export function grid(header: string[], rows: string[][]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
   const line = (cells: string[]): string =>
     cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ').trimEnd();
   return [line(header), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n');
+}
+
+/** Host facts, one line: what the host charges with no userfaultfd involved. */
+export function hostLine(h: HostFacts): string {
+  return `host (CPU ${h.cpu}): null system call ${h.syscall_ns.toFixed(0)} ns, plain first touch ${num(h.plain_touch_us)} µs read / ${num(h.plain_write_us)} µs write (no userfaultfd)`;
 }
 
 /** The c-baseline run measured with the same pattern, threads and placement as `r`. */
@@ -35,29 +46,34 @@ function baselineFor(r: RunResult, runs: RunResult[]): RunResult | undefined {
 export function formatReport(res: BenchResults, files: string[]): string {
   const out: string[] = [];
   out.push(`uffd-hmm bench — kernel ${res.kernel}, ${res.cpus} CPUs, ${res.config.faults} faults per run and round, ${res.config.date}`);
+  out.push(hostLine(res.host));
   out.push('');
   const rows = res.runs.map((r) => {
     const b = baselineFor(r, res.runs);
+    // Fault-around's per-page cost is its mean (most touches find the page there): the same
+    // definition as ratios.fault_around_per_page.
+    const perPage = r.name === FAULT_AROUND_RUN;
     return [
       r.name,
       String(r.faults),
-      num(r.p50_us),
-      num(r.p90_us),
-      num(r.p99_us),
-      num(r.p999_us),
-      num(r.max_us),
-      num(r.mean_us),
+      ...latencyCells(r),
       num(r.faults_per_s, 0),
-      ratio(b ? r.p50_us / b.p50_us : null),
+      b ? ratio((perPage ? r.mean_us : r.p50_us) / b.p50_us) + (perPage ? ' (mean)' : '') : '-',
       ratio(b ? r.p99_us / b.p99_us : null),
     ];
   });
   out.push(grid(['run', 'faults', 'p50 µs', 'p90 µs', 'p99 µs', 'p99.9 µs', 'max µs', 'mean µs', 'faults/s', 'p50/c', 'p99/c'], rows));
+  out.push(`p50/c, p99/c: ÷ c-baseline of the same pattern, threads and placement; ${FAULT_AROUND_RUN}'s p50/c is its mean ÷ c-baseline p50 (per-page cost).`);
   out.push('');
-  out.push('ratios to c-baseline (API.md):');
-  for (const [k, v] of Object.entries(res.ratios)) {
-    out.push(`  ${k.padEnd(22)} ${v === null ? `n/a — ${res.unavailable[k] ?? 'not measured'}` : ratio(v)}`);
-  }
+  out.push('ratios to the same-work baseline (c-baseline: distinct source pages, as the servicers copy):');
+  const ratioLines = (ratios: Record<string, number | null>): void => {
+    for (const [k, v] of Object.entries(ratios)) {
+      out.push(`  ${k.padEnd(22)} ${v === null ? `n/a — ${res.unavailable[k] ?? 'not measured'}` : ratio(v)}`);
+    }
+  };
+  ratioLines({ ...res.ratios });
+  out.push('baselines (inline_sigbus_*: inline ÷ c-sigbus, the in-thread C floor):');
+  ratioLines({ ...res.baseline_ratios });
   if (res.migration) {
     const m = res.migration;
     out.push('');
@@ -80,15 +96,20 @@ export function formatReport(res: BenchResults, files: string[]): string {
     out.push(`  RSS                      ${mib(m.rss_before)} -> ${mib(m.rss_after)} (pages faulted back: ${mib(m.rss_expected_growth)})`);
     if (m.table_pages > 0) out.push(`  page table               ${m.table_bytes_per_page.toFixed(2)} bytes/page (region of ${m.table_pages} pages)`);
   }
-  const skipped = Object.entries(res.unavailable).filter(([k]) => !(k in res.ratios));
+  const skipped = Object.entries(res.unavailable).filter(([k]) => !(k in res.ratios) && !(k in res.baseline_ratios));
   if (skipped.length > 0) {
     out.push('');
     out.push('not measured:');
     for (const [k, why] of skipped) out.push(`  ${k}: ${why}`);
   }
+  return finish(out, res.notes, files);
+}
+
+/** The report's end, shared by both reports: notes, the files written, the text. */
+export function finish(out: string[], notes: string[], files: string[]): string {
   out.push('');
   out.push('notes:');
-  for (const n of res.notes) out.push(`  - ${n}`);
+  for (const n of notes) out.push(`  - ${n}`);
   if (files.length > 0) {
     out.push('');
     out.push(`wrote ${files.join(', ')}`);

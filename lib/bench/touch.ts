@@ -4,6 +4,7 @@ import { Device } from '../device.js';
 import { benchCheckFailed } from '../errors.js';
 import { native } from '../native.js';
 import { Region } from '../region.js';
+import { addon } from './addon.js';
 import { withPlacement } from './placement.js';
 import type { RunDef, Variant } from './runs.js';
 
@@ -38,8 +39,9 @@ export async function touchRun(def: RunDef, v: Variant, order: Int32Array, cpu: 
     // The C runs map, serve and unmap inside one call: they cannot be split without changing what they measure.
     const t0 = hr();
     withPlacement(v.placement, cpu, () => {
-      if (def.kind === 'c-baseline') native.benchBaseline(n, order, v.threads, latencies);
-      else native.benchPlainTouch(n, order, v.threads, latencies, def.write === true);
+      if (def.kind === 'c-baseline') addon.benchBaseline(n, order, v.threads, latencies, def.hot === true);
+      else if (def.kind === 'c-sigbus') addon.benchSigbus(n, order, v.threads, latencies);
+      else addon.benchPlainTouch(n, order, v.threads, latencies, def.write === true);
     });
     hooks.progress(1);
     return { latencies, wallNs: Number(hr() - t0) };

@@ -1,14 +1,22 @@
-// The shapes the benchmark produces: API.md's mandatory JSON (kernel, cpus, runs, ratios) and the
-// extra fields (variants, migration, memory, what could not be measured and why).
+// The shapes the benchmark produces: the JSON object of `uffd-hmm bench --json` (kernel, cpus,
+// host, runs, ratios, and the extra fields: variants, migration, memory, what could not be
+// measured and why).
 
-/** API.md's per-run record; every latency in µs. */
+/** A run's latency record; every latency in µs. */
 export interface LatencySummary {
+  /** Touches in the statistics (warm-up and refused touches left out). */
   faults: number;
+  /** Median latency, µs. */
   p50_us: number;
+  /** 90th percentile, µs. */
   p90_us: number;
+  /** 99th percentile, µs. */
   p99_us: number;
+  /** 99.9th percentile, µs. */
   p999_us: number;
+  /** The slowest, µs. */
   max_us: number;
+  /** The mean, µs. */
   mean_us: number;
 }
 
@@ -18,7 +26,7 @@ export type Placement = 'one-cpu' | 'any';
 
 export interface RunResult extends LatencySummary {
   name: string;
-  /** The API.md run this is a variant of (equal to `name` for the main runs). */
+  /** The run this is a variant of (equal to `name` for the main runs). */
   base: string;
   pattern: Pattern;
   threads: number;
@@ -36,6 +44,12 @@ export interface RunResult extends LatencySummary {
   round_p50_us?: number[];
 }
 
+/**
+ * Ratios of one invocation, each run's statistic ÷ the same statistic of the same-work baseline,
+ * same variant: c-baseline, a C poll thread copying each page from its own source page, as the
+ * servicers copy from device pages. `fault_around_per_page` is the fault-around-16 run's mean touch
+ * latency ÷ c-baseline's p50 (its p50 is a touch that found the page already there).
+ */
 export interface Ratios {
   worker_p50: number | null;
   worker_p99: number | null;
@@ -45,6 +59,29 @@ export interface Ratios {
   inline_p50: number | null;
   inline_p99: number | null;
   inline_js_p50: number | null;
+}
+
+/** The baselines among themselves, and inline against its own floor; same variant, same invocation. */
+export interface BaselineRatios {
+  /** inline ÷ c-sigbus (the in-thread C floor), p50 and p99. */
+  inline_sigbus_p50: number | null;
+  inline_sigbus_p99: number | null;
+  /** c-sigbus ÷ c-baseline, p50: what handling in the faulting thread saves (or costs) on this host. */
+  c_sigbus_p50: number | null;
+  /** c-baseline-hot ÷ c-baseline, p50: what copying from distinct pages costs over one cache-hot page. */
+  c_baseline_hot_p50: number | null;
+}
+
+/** What this host charges for everything, userfaultfd or not, measured in the same invocation. */
+export interface HostFacts {
+  /** A null system call (getppid), ns. */
+  syscall_ns: number;
+  /** Median first read of a fresh anonymous page (maps the zero page), µs, no userfaultfd. */
+  plain_touch_us: number;
+  /** Median first write of a fresh anonymous page (allocates and zeroes one), µs, no userfaultfd. */
+  plain_write_us: number;
+  /** The CPU the measurement ran on. */
+  cpu: number;
 }
 
 export interface MigrationResult {
@@ -86,8 +123,10 @@ export interface MemoryResult {
 export interface BenchResults {
   kernel: string;
   cpus: number;
+  host: HostFacts;
   runs: RunResult[];
   ratios: Ratios;
+  baseline_ratios: BaselineRatios;
   /** Runs (and the ratios needing them) that could not be measured, with the reason. */
   unavailable: Record<string, string>;
   notes: string[];

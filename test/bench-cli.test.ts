@@ -1,0 +1,92 @@
+// `uffd-hmm bench` as a user meets it: the help names every workload option, bad options point
+// at the bench's own help, messages read alike, and nothing names a file users do not have.
+import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { afterAll, describe, expect, it } from 'vitest';
+import { probe } from 'uffd-hmm';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const cli = path.join(root, 'dist', 'cli.js');
+const out = mkdtempSync(path.join(os.tmpdir(), 'uffd-hmm-bench-cli-'));
+afterAll(() => rmSync(out, { recursive: true, force: true }));
+
+function run(args: string[], timeoutMs = 20_000): SpawnSyncReturns<string> {
+  const r = spawnSync(process.execPath, [cli, ...args], { cwd: root, encoding: 'utf8', timeout: timeoutMs });
+  if (r.error) throw r.error;
+  return r;
+}
+
+describe('uffd-hmm bench --help', () => {
+  it('names every workload option and no development file', () => {
+    const r = run(['bench', '--help']);
+    expect(r.status).toBe(0);
+    for (const o of ['--driver', '--servicer', '--pattern', '--pages', '--threads', '--write-ratio', '--fault-around', '--device-capacity', '--batch']) {
+      expect(r.stdout).toContain(o);
+    }
+    expect(r.stdout).toMatch(/strided:K/);
+    expect(r.stdout).not.toMatch(/API\.md|SEMANTICS|shared\//);
+  });
+});
+
+describe('bench usage errors exit 2 and point at bench --help', () => {
+  const cases: Array<[string, string[], RegExp]> = [
+    ['an unknown option, in lower case', ['bench', '--frobnicate'], /^uffd-hmm bench: unknown option '--frobnicate'$/m],
+    ['an unknown pattern', ['bench', '--pattern', 'zigzag'], /unknown pattern 'zigzag'/],
+    ['a missing driver file', ['bench', '--driver', 'no-such-driver.mjs'], /--driver: no such file 'no-such-driver.mjs'/],
+    ['a servicer that does not exist', ['bench', '--servicer', 'gpu'], /--servicer must be worker, native or inline/],
+    ['a write ratio above 1', ['bench', '--pattern', 'random', '--write-ratio', '2'], /--write-ratio needs a number from 0 to 1/],
+    ['--faults with a workload', ['bench', '--pattern', 'random', '--faults', '1000'], /--faults is an option of the default benchmark/],
+    ['--device-capacity 0', ['bench', '--device-capacity', '0'], /--device-capacity must be between 1 and/],
+    [
+      'a driver with the native servicer',
+      ['bench', '--driver', 'examples/bench-lru/driver.mjs', '--servicer', 'native'],
+      /a driver needs the worker servicer/,
+    ],
+  ];
+  for (const [what, args, message] of cases) {
+    it(what, () => {
+      const r = run([...args, '--out', out]);
+      expect(r.status, r.stderr).toBe(2);
+      expect(r.stderr).toMatch(message);
+      expect(r.stderr).toContain("Run 'uffd-hmm bench --help' for usage.");
+      expect(r.stdout).toBe('');
+    });
+  }
+});
+
+describe.skipIf(!probe().available)('bench output names no development file', () => {
+  it('a workload table', () => {
+    const r = run(['bench', '--pattern', 'sequential', '--pages', '300', '--out', out], 60_000);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^host \(CPU \d+\): null system call \d+ ns/m);
+    expect(r.stdout).toMatch(/^c-baseline\s+300\s+300\s/m);
+    expect(r.stdout).not.toMatch(/API\.md|SEMANTICS|shared\//);
+  });
+});
+
+describe.skipIf(!probe().available)('the default bench: same-work baselines and host facts', () => {
+  it('has host, c-baseline-hot and c-sigbus (pinned and any-cpu), and one fault-around ratio in table and JSON', () => {
+    const dir = mkdtempSync(path.join(out, 'default-'));
+    const r = run(['bench', '--quick', '--faults', '500', '--out', dir], 150_000);
+    expect(r.status, r.stderr).toBe(0);
+    const res = JSON.parse(readFileSync(path.join(dir, 'results.json'), 'utf8'));
+    for (const k of ['syscall_ns', 'plain_touch_us', 'plain_write_us']) expect(res.host[k], k).toBeGreaterThan(0);
+    const names = res.runs.map((x: { name: string }) => x.name);
+    for (const n of ['c-baseline', 'c-baseline-hot', 'c-sigbus', 'c-sigbus/sequential/1t/any-cpu']) expect(names).toContain(n);
+    for (const k of ['inline_sigbus_p50', 'inline_sigbus_p99', 'c_sigbus_p50', 'c_baseline_hot_p50']) {
+      expect(k in res.baseline_ratios, k).toBe(true);
+    }
+    // fault_around_per_page: the run's mean ÷ c-baseline's p50, and the table prints that number.
+    const byName = (n: string) => res.runs.find((x: { name: string }) => x.name === n);
+    const perPage = byName('fault-around-16').mean_us / byName('c-baseline').p50_us;
+    expect(res.ratios.fault_around_per_page).toBeCloseTo(perPage, 9);
+    const row = r.stdout.split('\n').find((l) => l.startsWith('fault-around-16 '));
+    expect(row).toContain(`${perPage.toFixed(2)}x (mean)`);
+    expect(r.stdout).toMatch(new RegExp(`^  fault_around_per_page\\s+${perPage.toFixed(2)}x$`, 'm'));
+    expect(r.stdout).toMatch(/^host \(CPU \d+\): null system call/m);
+  }, 160_000);
+});
