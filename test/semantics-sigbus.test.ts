@@ -48,6 +48,13 @@ describeUffd('driver refusal: SIGBUS in the faulting thread (child processes)', 
     });
   }
 
+  it.concurrent('a fault that arrives while the driver module is still loading waits for its hook (and is refused)', async ({ expect }) => {
+    const o = await runChild(child, ['refuse-all-slow-load.mjs', 'read-at-once']);
+    expect(o.timedOut, describeOutcome(o)).toBe(false);
+    expect(o.signal, describeOutcome(o)).toBe('SIGBUS');
+    expect(o.stdout).not.toContain('VALUE');
+  });
+
   it.concurrent('a driver refusing every 10th page: the scan serves pages 0-8 intact and dies exactly at page 9', async ({ expect }) => {
     const o = await runChild(child, ['refuse-every-10th.mjs', 'scan']);
     expect(o.timedOut, describeOutcome(o)).toBe(false);

@@ -50,7 +50,7 @@ import { devicePageRefcount } from '../devicepages.js';
 
 export const SERVED = 0;
 export const DEFERRED = 1;
-/** The entry names a device this servicer has not been told about yet: read messages, retry. */
+/** The entry names a device this servicer has not been told about yet, or whose driver is still loading: read messages, wait for the import, retry. */
 export const UNKNOWN_DEVICE = 2;
 export const FAILED = 3;
 
@@ -75,6 +75,8 @@ export interface DeviceInfo {
   shared: Int32Array;
   driverUrl: string | undefined;
   driver: Driver | undefined;
+  /** The driver module is still being imported: its faults wait for it rather than skip its hook. */
+  driverLoading: boolean;
 }
 
 export interface PolicyHost {
@@ -277,7 +279,7 @@ export function serveFault(host: PolicyHost, r: RegionInfo, page: number, flags:
     if (kind === KIND_DEVICE) {
       const slot = (s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT;
       dev = host.devices[slot];
-      if (dev === undefined) {
+      if (dev === undefined || dev.driverLoading) {
         unlockPage(shared, page, s);
         return UNKNOWN_DEVICE;
       }

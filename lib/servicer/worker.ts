@@ -50,12 +50,15 @@ const host: PolicyHost = {
 
 function loadDriver(dev: DeviceInfo): void {
   if (dev.driverUrl === undefined) return;
+  dev.driverLoading = true;
   pendingImports.push(
     (import(dev.driverUrl) as Promise<Driver>).then(
       (mod) => {
         dev.driver = mod;
+        dev.driverLoading = false;
       },
       (err) => {
+        dev.driverLoading = false;
         post({
           type: 'error',
           deviceSlot: dev.slot,
@@ -88,7 +91,7 @@ function drainMessages(): void {
         regions.delete(msg.handle);
         break;
       case 'device': {
-        const dev: DeviceInfo = { ...msg, driver: undefined };
+        const dev: DeviceInfo = { ...msg, driver: undefined, driverLoading: false };
         host.devices[msg.slot] = dev;
         loadDriver(dev);
         break;
