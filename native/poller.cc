@@ -99,23 +99,50 @@ void takeOverAll(Poller& p) {
   }
 }
 
+constexpr uint64_t kWakeTag = 0;  // epoll data of the eventfd; regions are tagged by handle (>= 1)
+
+// Whether some region of p has a fault or event nobody has read yet (the set is only looked at).
+bool eventsWaiting(Poller& p) {
+  struct epoll_event evs[8];
+  int n = ::epoll_wait(p.epoll.get(), evs, 8, 0);
+  for (int i = 0; i < n; i++)
+    if (evs[i].data.u64 != kWakeTag) return true;
+  return false;
+}
+
+// A worker still starting is given this long, while faults wait, to reach pollerAttach.
+constexpr uint32_t kMinStartDeadlineMs = 10000;
+
 void watchLoop(std::shared_ptr<Poller> p, uint32_t deadlineMs) {
   uint64_t lastBeat = p->beat.load();
   auto since = std::chrono::steady_clock::now();
   const auto tick = std::chrono::milliseconds(std::max<uint32_t>(10, std::min<uint32_t>(100, deadlineMs / 4)));
+  const auto startDeadline = std::chrono::milliseconds(std::max(deadlineMs, kMinStartDeadlineMs));
   while (!p->dead.load()) {
     std::this_thread::sleep_for(tick);
     uint64_t b = p->beat.load();
     auto now = std::chrono::steady_clock::now();
-    // Waiting in pollerWait is idle, not stuck; before its first pollerWait the worker is starting.
-    if (b != lastBeat || b == 0 || p->inWait.load()) {
+    // Waiting in pollerWait is idle, not stuck.
+    if (b != lastBeat || p->inWait.load()) {
       lastBeat = b;
       since = now;
       continue;
     }
-    // Out of pollerWait that long, the worker is stuck serving what it read (a hook that hangs):
-    // those faults, and every later one, would wait for it forever.
-    if (now - since < std::chrono::milliseconds(deadlineMs)) continue;
+    if (b == 0) {
+      // Before its first pollerWait the worker is starting. One that dies before pollerAttach (it
+      // could not load: EMFILE, a broken install) has no cleanup hook to hand its regions over, and
+      // a main thread blocked on one of their faults never hears of the death: faults waiting that
+      // long for a worker that never attached are served by guards.
+      if (p->attachedTid.load() != 0 || !eventsWaiting(*p)) {
+        since = now;
+        continue;
+      }
+      if (now - since < startDeadline) continue;
+    } else if (now - since < std::chrono::milliseconds(deadlineMs)) {
+      // Out of pollerWait that long, the worker is stuck serving what it read (a hook that hangs):
+      // those faults, and every later one, would wait for it forever.
+      continue;
+    }
     p->dead.store(true);
     takeOverAll(*p);
   }
@@ -132,8 +159,6 @@ void onWorkerGone(void* arg) {
   takeOverAll(*p);
 }
 
-
-constexpr uint64_t kWakeTag = 0;  // epoll data of the eventfd; regions are tagged by handle (>= 1)
 
 // Record layout of one event in the output array; lib/servicer/events.ts mirrors it.
 constexpr int kStride = 6;
@@ -180,9 +205,15 @@ Napi::Value PollerAdd(const Napi::CallbackInfo& info) {
   ev.data.u64 = static_cast<uint64_t>(h);
   if (::epoll_ctl(p->epoll.get(), EPOLL_CTL_ADD, r->uffd.get(), &ev) != 0)
     throw systemError(env, errno, "epoll_ctl", "adding a region to the worker servicer");
-  std::lock_guard<std::mutex> lock(p->mu);
-  p->members.push_back(h);
-  p->hasMembers.store(true);
+  {
+    std::lock_guard<std::mutex> lock(p->mu);
+    p->members.push_back(h);
+    p->hasMembers.store(true);
+  }
+  // The worker may have died since the caller last looked (its 'exit' not yet delivered): a region
+  // joining a dead poller is served by a guard at once. takeOverAll sets dead before it reads
+  // members, so the region is taken either there or here.
+  if (p->dead.load()) takeOver(r);
   return env.Undefined();
 }
 

@@ -500,6 +500,7 @@ const inChild: Record<string, () => Promise<Seen[]>> = {
   'servicer-stalled': () => scenario('servicer-stalled'),
   'servicer-exited': () => scenario('servicer-exited'),
   'servicer-crashed': () => scenario('servicer-crashed'),
+  'servicer-start-failed': () => scenario('servicer-start-failed', ['prlimit', '--nofile=120:120']),
   platform: () => scenario('platform'),
   'addon-load': () => scenario('addon-load'),
 };
@@ -522,6 +523,8 @@ const UNREACHABLE = [
   'fork-gone',
   'toucher-gone',
   'poller-closed',
+  'servicer-start-stalled',
+  'guard-no-thread',
 ];
 
 // ---------------------------------------------------------------------------------------------
