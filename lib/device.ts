@@ -5,7 +5,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 
 import { native, PAGE_SIZE } from './native.js';
-import { UffdHmmError, deviceClosed, driverLoadFailed, invalidType, outOfRange, pageFreeHookThrew } from './errors.js';
+import { UffdHmmError, deviceClosed, driverLoadFailed, invalidType, outOfRange, pageFreeHookThrew, warnNow } from './errors.js';
 import { integer, optionsObject } from './validate.js';
 import {
   DEV_FAIL_ALLOC,
@@ -288,8 +288,9 @@ export class Device extends EventEmitter {
   /** @internal Reports a driver error where the user will see it. */
   reportError(err: unknown): void {
     if (this.listenerCount('error') > 0) this.emit('error', err);
-    // Unheard, it still must not be swallowed: a process warning prints it with its code.
-    else process.emitWarning(err instanceof Error ? err : new Error(String(err)));
+    // Unheard, it still must not be swallowed: a process warning prints it with its code, at once
+    // (the report may arrive as the process exits: see WorkerServicer).
+    else warnNow(err instanceof Error ? err : new Error(String(err)));
   }
 
   #pageFree(pfn: number): void {
@@ -300,10 +301,10 @@ export class Device extends EventEmitter {
         try {
           d.pageFree?.(ctx);
         } catch (e) {
-          this.reportError(new UffdHmmError('ERR_DRIVER_HOOK', pageFreeHookThrew(this.name), { cause: e }));
+          this.reportError(new UffdHmmError('ERR_DRIVER_HOOK', pageFreeHookThrew(this.name, e), { cause: e }));
         }
       },
-      (e) => this.reportError(new UffdHmmError('ERR_DRIVER_LOAD', driverLoadFailed(this.driverUrl!, this.name, 'its pageFree hook did not run'), { cause: e })),
+      (e) => this.reportError(new UffdHmmError('ERR_DRIVER_LOAD', driverLoadFailed(this.driverUrl!, this.name, e, 'its pageFree hook did not run'), { cause: e })),
     );
   }
 

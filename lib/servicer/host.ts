@@ -1,9 +1,9 @@
 // The main thread's side of the worker servicer: starts one worker for the process on first use,
 // tells it about regions and devices, and turns its reports into 'error' events.
-import { MessageChannel, Worker, type TransferListItem } from 'node:worker_threads';
+import { MessageChannel, Worker, receiveMessageOnPort, type TransferListItem } from 'node:worker_threads';
 
 import { native } from '../native.js';
-import { UffdHmmError } from '../errors.js';
+import { UffdHmmError, warnNow } from '../errors.js';
 import { integer, optionsObject } from '../validate.js';
 import type { Device } from '../device.js';
 import { CTRL_RUNNING, CTRL_STOP, CTRL_MAIL_SEQ, CTRL_WORDS, type FromWorker, type ToWorker } from './protocol.js';
@@ -21,6 +21,7 @@ export interface ServicedRegion {
 }
 
 let stallDeadlineMs = 5000;
+let exitHookInstalled = false;
 
 const NOT_STARTED =
   '; native guards serve its regions with the default policy now (no driver hooks), and the next Region.map starts a new ' +
@@ -110,6 +111,15 @@ export class WorkerServicer {
     this.#worker.unref();
     this.#port.on('message', (msg: FromWorker) => this.#onMessage(msg));
     this.#port.unref(); // after on('message'), which refs the port again
+    // Unref'd, the port would let a short script exit with a driver's error report still queued
+    // (posted before the faulting thread was woken): take what is left as the process exits.
+    if (!exitHookInstalled) {
+      exitHookInstalled = true;
+      process.on('exit', () => {
+        const live = WorkerServicer.#instance;
+        if (live !== undefined) live.#drainReports();
+      });
+    }
     this.#worker.on('error', (err) =>
       this.#fail(
         Atomics.load(this.#ctrl, CTRL_RUNNING) === 0
@@ -153,6 +163,7 @@ export class WorkerServicer {
    */
   #fail(err: Error): void {
     if (this.#failed) return;
+    this.#drainReports(); // what the worker said before it went: reported first, to whom it concerns
     this.#failed = true;
     clearInterval(this.#watch);
     if (WorkerServicer.#instance === this) WorkerServicer.#instance = undefined;
@@ -255,6 +266,10 @@ export class WorkerServicer {
     });
   }
 
+  #drainReports(): void {
+    for (let m = receiveMessageOnPort(this.#port); m !== undefined; m = receiveMessageOnPort(this.#port)) this.#onMessage(m.message as FromWorker);
+  }
+
   #onMessage(msg: FromWorker): void {
     if (msg.type === 'heap') {
       this.#heapRequests.get(msg.id)?.(msg.used);
@@ -270,7 +285,7 @@ export class WorkerServicer {
   }
 
   #broadcast(err: Error): void {
-    if (this.#regions.size === 0) process.emitWarning(err);
+    if (this.#regions.size === 0) warnNow(err);
     for (const r of this.#regions.values()) r.reportError(err);
   }
 
