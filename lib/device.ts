@@ -15,7 +15,7 @@ import {
   DEV_MIGRATED_TO_RAM,
   DEV_USED,
 } from './layout.js';
-import { allocDevicePage, allocHugeDevicePages, deviceSharedWords, devicePageRefcount, initDevicePages, putDevicePage } from './devicepages.js';
+import { allocDevicePage, allocHugeDevicePages, deviceSharedWords, devicePageRefcount, initDevicePages, putDevicePage, wantsRelease } from './devicepages.js';
 import type { Driver, PageFreeContext } from './driver.js';
 
 /** Options of `new` {@link Device}. */
@@ -281,6 +281,8 @@ export class Device extends EventEmitter {
   /** @internal Drops a reference; on the last, frees the page and calls the driver's pageFree. */
   putPage(pfn: number): boolean {
     const freed = putDevicePage(this.shared, this.capacity, pfn);
+    // RSS follows `used`: every few hundred frees, the oldest free pages go back to the kernel.
+    if (freed && wantsRelease(this.shared)) native.deviceRelease(this.slot);
     if (freed && this.driverUrl !== undefined) this.#pageFree(pfn);
     return freed;
   }

@@ -71,7 +71,7 @@ export const OUTCOME_WOKEN = 5;
 export const OUTCOME_PAGE_CACHE = 6;
 
 /** Int32 words before refcount[capacity] and freeStack[capacity] in a device's shared buffer. */
-export const DEVICE_HEADER = 8;
+export const DEVICE_HEADER = 10;
 export const DEV_LOCK = 0;
 export const DEV_FREE_TOP = 1;
 export const DEV_USED = 2;
@@ -81,6 +81,10 @@ export const DEV_MIGRATED_TO_RAM = 5;
 export const DEV_FREED = 6;
 /** HMM_DMIRROR_FLAG_FAIL_ALLOC: the next huge (PMD-sized) allocation fails, once. */
 export const DEV_FAIL_ALLOC = 7;
+/** Free-stack entries below this index were given back to the kernel (native/device.cc DeviceStore::release). */
+export const DEV_RELEASED = 8;
+/** While a release runs (> 0): entries below this index are being given back and may not be popped. */
+export const DEV_RELEASING = 9;
 
 /** Index of a page's state word in the region's Int32Array; its pfn word follows it. */
 export function stateIndex(page: number): number {

@@ -5,6 +5,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "napi_util.h"
@@ -40,9 +41,45 @@ bool DeviceStore::putPage(uint32_t pfn) {
   freeStack()[top] = static_cast<int32_t>(pfn);
   hdr[layout::kDevFreeTop] = top + 1;
   __atomic_fetch_sub(&hdr[layout::kDevUsed], 1, __ATOMIC_RELAXED);
+  const bool full = wantsRelease(top + 1);
   spinUnlock(&hdr[layout::kDevLock]);
   __atomic_fetch_add(&hdr[layout::kDevFreed], 1, __ATOMIC_RELAXED);
+  if (full) release();
   return true;
+}
+
+void DeviceStore::release() {
+  constexpr int32_t kMax = 1024;  // pages per call: the list lives on this thread's stack
+  uint32_t pfns[kMax];
+  int32_t* hdr = shared;
+  spinLock(&hdr[layout::kDevLock]);
+  const int32_t top = hdr[layout::kDevFreeTop];
+  const int32_t lo = hdr[layout::kDevReleased];
+  if (hdr[layout::kDevReleasing] != 0 || !wantsRelease(top)) {
+    spinUnlock(&hdr[layout::kDevLock]);
+    return;
+  }
+  // Entries [lo, hi) go back; the kReleaseWarm above them stay. Until this is done no thread may
+  // pop an entry below hi (it would write a page that madvise is about to drop): allocations that
+  // get that far, and huge allocations, wait on kDevReleasing (lib/devicepages.ts). Pushes land
+  // above hi and are not affected.
+  const int32_t hi = std::min(top - kReleaseWarm, lo + kMax);
+  const int32_t n = hi - lo;
+  for (int32_t i = 0; i < n; i++) pfns[i] = static_cast<uint32_t>(freeStack()[lo + i]);
+  __atomic_store_n(&hdr[layout::kDevReleasing], hi, __ATOMIC_RELEASE);
+  spinUnlock(&hdr[layout::kDevLock]);
+  // One madvise per run of consecutive pfns: pages freed in the order they were migrated coalesce.
+  std::sort(pfns, pfns + n);
+  for (int32_t i = 0; i < n;) {
+    int32_t j = i + 1;
+    while (j < n && pfns[j] == pfns[j - 1] + 1) j++;
+    ::madvise(page(pfns[i]), size_t(j - i) * pageSize, MADV_DONTNEED);
+    i = j;
+  }
+  spinLock(&hdr[layout::kDevLock]);
+  hdr[layout::kDevReleased] = hi;
+  __atomic_store_n(&hdr[layout::kDevReleasing], 0, __ATOMIC_RELEASE);
+  spinUnlock(&hdr[layout::kDevLock]);
 }
 
 // deviceCreate(capacity, sharedBuffer) -> slot
@@ -73,6 +110,12 @@ static uint32_t argPfn(const Napi::CallbackInfo& info, size_t i, const DeviceSto
   uint32_t pfn = argU32(info, i, "pfn");
   if (pfn >= dev.capacity) throw rangeError(info.Env(), "pfn is outside the device's memory");
   return pfn;
+}
+
+// deviceRelease(slot): DeviceStore::release, for pages the TypeScript side freed (lib/device.ts putPage).
+static Napi::Value DeviceRelease(const Napi::CallbackInfo& info) {
+  argDevice(info, 0)->release();
+  return info.Env().Undefined();
 }
 
 // deviceDestroy(slot): the TypeScript side has already evicted every page.
@@ -133,6 +176,7 @@ static Napi::Value DeviceChecksum(const Napi::CallbackInfo& info) {
 void initDevice(Napi::Env env, Napi::Object exports) {
   exports.Set("deviceCreate", Napi::Function::New(env, DeviceCreate));
   exports.Set("deviceDestroy", Napi::Function::New(env, DeviceDestroy));
+  exports.Set("deviceRelease", Napi::Function::New(env, DeviceRelease));
   exports.Set("deviceRead", Napi::Function::New(env, DeviceRead));
   exports.Set("deviceWrite", Napi::Function::New(env, DeviceWrite));
   exports.Set("deviceZero", Napi::Function::New(env, DeviceZero));

@@ -26,6 +26,18 @@ struct DeviceStore {
   // free-stack spinlock that the TypeScript side takes the same way.
   bool putPage(uint32_t pfn);
 
+  // Gives free pages back to the kernel (MADV_DONTNEED) once kReleaseWarm + kReleaseBatch of them
+  // hold memory, keeping the kReleaseWarm most recently freed, which the free stack hands out
+  // first: RSS follows `used` at one madvise per run of consecutive pfns per batch, never one
+  // per free. Allocates nothing; a no-op while another thread releases.
+  void release();
+  static constexpr int32_t kReleaseWarm = 1024;
+  static constexpr int32_t kReleaseBatch = 256;
+  // Whether the free stack, its top at `top`, holds enough resident pages for release().
+  bool wantsRelease(int32_t top) const {
+    return top - __atomic_load_n(&shared[layout::kDevReleased], __ATOMIC_RELAXED) >= kReleaseWarm + kReleaseBatch;
+  }
+
   uint8_t* store;
   size_t capacity;
   size_t pageSize;

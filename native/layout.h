@@ -71,7 +71,7 @@ constexpr int32_t kOutcomePageCache = 6;  // a minor fault: the file's own page 
 constexpr int32_t kOutcomeWoken = 5;  // already there (EEXIST): the thread was only woken
 
 // Device shared buffer: kDeviceHeader int32 words, refcount[capacity], freeStack[capacity].
-constexpr int kDeviceHeader = 8;
+constexpr int kDeviceHeader = 10;
 constexpr int kDevLock = 0;  // spinlock over the free stack
 constexpr int kDevFreeTop = 1;
 constexpr int kDevUsed = 2;
@@ -80,5 +80,10 @@ constexpr int kDevMigratedToDevice = 4;
 constexpr int kDevMigratedToRam = 5;
 constexpr int kDevFreed = 6;
 constexpr int kDevFailAlloc = 7;  // HMM_DMIRROR_FLAG_FAIL_ALLOC: the next huge allocation fails (one-shot)
+// Free pages given back to the kernel (native/device.cc DeviceStore::release): free-stack entries
+// below kDevReleased hold no memory; while a release runs, entries below kDevReleasing (> 0) are
+// being given back and may not be popped.
+constexpr int kDevReleased = 8;
+constexpr int kDevReleasing = 9;
 
 }  // namespace uffdhmm::layout
