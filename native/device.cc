@@ -3,9 +3,13 @@
 
 #include <napi.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
 #include <cstring>
 
 #include "napi_util.h"
@@ -31,6 +35,44 @@ static void spinLock(int32_t* lock) {
 
 static void spinUnlock(int32_t* lock) { __atomic_store_n(lock, 0, __ATOMIC_RELEASE); }
 
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_process_madvise
+#define SYS_process_madvise 440
+#endif
+
+// A pidfd of this process, for process_madvise; -1 when there is none (EMFILE: the caller
+// madvises run by run) or when this is a forked child, which inherited its parent's.
+static int ownPidfd() {
+  static std::atomic<int> fd{-1};
+  static std::atomic<pid_t> owner{0};
+  const pid_t me = ::getpid();
+  int f = fd.load(std::memory_order_acquire);
+  if (f >= 0) return owner.load(std::memory_order_acquire) == me ? f : -1;
+  f = static_cast<int>(::syscall(SYS_pidfd_open, me, 0));
+  if (f < 0) return -1;
+  owner.store(me, std::memory_order_release);
+  int expected = -1;
+  if (!fd.compare_exchange_strong(expected, f)) {
+    ::close(f);
+    return expected;
+  }
+  return f;
+}
+
+// MADV_DONTNEED over every run in one system call: process_madvise on this process, which Linux
+// 6.13+ accepts for any advice. False when it could not (an older kernel, no pidfd).
+static bool dropRuns(struct iovec* runs, int nruns, size_t bytes) {
+  static std::atomic<bool> unsupported{false};
+  if (nruns <= 1 || unsupported.load(std::memory_order_relaxed)) return false;
+  const int pidfd = ownPidfd();
+  if (pidfd < 0) return false;
+  const long rc = ::syscall(SYS_process_madvise, pidfd, runs, static_cast<size_t>(nruns), MADV_DONTNEED, 0u);
+  if (rc < 0 && (errno == EINVAL || errno == ENOSYS || errno == EPERM)) unsupported.store(true, std::memory_order_relaxed);
+  return rc == static_cast<long>(bytes);
+}
+
 bool DeviceStore::putPage(uint32_t pfn) {
   if (pfn >= capacity) return false;
   int32_t old = __atomic_fetch_sub(&refcount()[pfn], 1, __ATOMIC_ACQ_REL);
@@ -49,8 +91,10 @@ bool DeviceStore::putPage(uint32_t pfn) {
 }
 
 void DeviceStore::release() {
-  constexpr int32_t kMax = 1024;  // pages per call: the list lives on this thread's stack
-  uint32_t pfns[kMax];
+  constexpr int32_t kMax = 1024;  // entries given back per call
+  // Sorted and given back together. Small: this may run on a signal stack (the inline servicer
+  // frees pages in its SIGBUS handler), so about 1 KiB of it.
+  constexpr int32_t kChunk = 64;
   int32_t* hdr = shared;
   spinLock(&hdr[layout::kDevLock]);
   const int32_t top = hdr[layout::kDevFreeTop];
@@ -62,19 +106,29 @@ void DeviceStore::release() {
   // Entries [lo, hi) go back; the kReleaseWarm above them stay. Until this is done no thread may
   // pop an entry below hi (it would write a page that madvise is about to drop): allocations that
   // get that far, and huge allocations, wait on kDevReleasing (lib/devicepages.ts). Pushes land
-  // above hi and are not affected.
+  // at or above hi, so the entries read below without the lock stay as they are.
   const int32_t hi = std::min(top - kReleaseWarm, lo + kMax);
-  const int32_t n = hi - lo;
-  for (int32_t i = 0; i < n; i++) pfns[i] = static_cast<uint32_t>(freeStack()[lo + i]);
   __atomic_store_n(&hdr[layout::kDevReleasing], hi, __ATOMIC_RELEASE);
   spinUnlock(&hdr[layout::kDevLock]);
-  // One madvise per run of consecutive pfns: pages freed in the order they were migrated coalesce.
-  std::sort(pfns, pfns + n);
-  for (int32_t i = 0; i < n;) {
-    int32_t j = i + 1;
-    while (j < n && pfns[j] == pfns[j - 1] + 1) j++;
-    ::madvise(page(pfns[i]), size_t(j - i) * pageSize, MADV_DONTNEED);
-    i = j;
+  for (int32_t at = lo; at < hi; at += kChunk) {
+    const int32_t n = std::min(kChunk, hi - at);
+    uint32_t pfns[kChunk];
+    for (int32_t i = 0; i < n; i++) pfns[i] = static_cast<uint32_t>(freeStack()[at + i]);
+    // Runs of consecutive pfns coalesce (pages freed in the order they were migrated make one);
+    // pages freed in random order make many, given back in one process_madvise where it can.
+    std::sort(pfns, pfns + n);
+    struct iovec runs[kChunk];
+    int nruns = 0;
+    size_t bytes = 0;
+    for (int32_t i = 0; i < n;) {
+      int32_t j = i + 1;
+      while (j < n && pfns[j] == pfns[j - 1] + 1) j++;
+      runs[nruns++] = {page(pfns[i]), size_t(j - i) * pageSize};
+      bytes += size_t(j - i) * pageSize;
+      i = j;
+    }
+    if (!dropRuns(runs, nruns, bytes))
+      for (int i = 0; i < nruns; i++) ::madvise(runs[i].iov_base, runs[i].iov_len, MADV_DONTNEED);
   }
   spinLock(&hdr[layout::kDevLock]);
   hdr[layout::kDevReleased] = hi;

@@ -28,8 +28,9 @@ struct DeviceStore {
 
   // Gives free pages back to the kernel (MADV_DONTNEED) once kReleaseWarm + kReleaseBatch of them
   // hold memory, keeping the kReleaseWarm most recently freed, which the free stack hands out
-  // first: RSS follows `used` at one madvise per run of consecutive pfns per batch, never one
-  // per free. Allocates nothing; a no-op while another thread releases.
+  // first: RSS follows `used` at a few system calls per batch (one per 64 pages at most, one
+  // madvise per run where process_madvise is missing), none on the other frees. Allocates
+  // nothing; a no-op while another thread releases.
   void release();
   static constexpr int32_t kReleaseWarm = 1024;
   static constexpr int32_t kReleaseBatch = 256;
