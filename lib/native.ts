@@ -108,7 +108,7 @@ export interface Addon {
   pollerWait(poller: number, out: Float64Array, timeoutMs: number): number;
   pollerAttach(poller: number): void;
   pollerWatch(poller: number, deadlineMs: number): void;
-  pollerDead(poller: number): boolean;
+  pollerDead(poller: number): 0 | 1 | 2;
 
   benchTouch(region: number, order: Int32Array, threads: number, out: Float64Array, write: boolean): void;
   benchPlain(pages: number, order: Int32Array, threads: number, out: Float64Array): void;

@@ -75,6 +75,7 @@ struct Poller {
   std::atomic<uint64_t> beat{0};
   std::atomic<bool> inWait{false};
   std::atomic<bool> dead{false};
+  std::atomic<bool> workerGone{false};  // dead because the worker's environment went away, not stuck
   std::thread watchdog;
 };
 
@@ -155,6 +156,7 @@ void onWorkerGone(void* arg) {
   int handle = static_cast<int>(reinterpret_cast<intptr_t>(arg));
   auto p = pollers().get(handle);
   if (!p) return;
+  p->workerGone.store(true);
   p->dead.store(true);
   takeOverAll(*p);
 }
@@ -244,7 +246,7 @@ Napi::Value PollerRemove(const Napi::CallbackInfo& info) {
 }
 
 // pollerWatch(poller, deadlineMs): starts the stall watchdog (once). pollerDead(poller) says
-// whether it (or the worker's exit) has handed the poller's regions to native guards.
+// whether, and why, the poller's regions went to native guards.
 Napi::Value PollerWatch(const Napi::CallbackInfo& info) {
   auto p = argPoller(info, 0);
   uint32_t deadline = argU32(info, 1, "deadlineMs");
@@ -256,9 +258,11 @@ Napi::Value PollerWatch(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// -> 0 alive, 1 handed over by the watchdog, 2 handed over as the worker went away (its 'exit'
+// or 'error' event, which says why, is on its way to the owner).
 Napi::Value PollerDead(const Napi::CallbackInfo& info) {
   auto p = argPoller(info, 0);
-  return Napi::Boolean::New(info.Env(), p->dead.load());
+  return Napi::Number::New(info.Env(), !p->dead.load() ? 0 : p->workerGone.load() ? 2 : 1);
 }
 
 void markApplied(Poller& p);

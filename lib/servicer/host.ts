@@ -138,7 +138,8 @@ export class WorkerServicer {
     native.pollerWatch(this.poller, stallDeadlineMs);
     const deadline = stallDeadlineMs;
     this.#watch = setInterval(() => {
-      if (this.#exited || !native.pollerDead(this.poller)) return;
+      // A worker that went away (terminated, crashed) is reported by its own 'exit' or 'error' event.
+      if (this.#exited || native.pollerDead(this.poller) !== 1) return;
       this.#fail(
         Atomics.load(this.#ctrl, CTRL_RUNNING) === 0
           ? new UffdHmmError(
