@@ -26,6 +26,8 @@ export interface DeviceOptions {
    * Device memory in pages (of {@link PAGE_SIZE} bytes), 1 to {@link MAX_DEVICE_CAPACITY}.
    * Default 65536 (256 MiB of 4 KiB pages). The memory is reserved, not committed: a page costs
    * RAM only once something migrates into it, plus 8 bytes of bookkeeping per page up front.
+   * Freed pages go back to the kernel in batches, all but the 1024 freed last (4 MiB), which the
+   * next migrations reuse first: the memory a device holds follows {@link Device#used}.
    */
   capacity?: number;
   /**
