@@ -7,7 +7,7 @@ import { inspect, type InspectOptionsStylized } from 'node:util';
 import { pathToFileURL } from 'node:url';
 
 import { native, PAGE_SIZE } from './native.js';
-import { UffdHmmError, check, deviceClosed, driverLoadFailed, invalidType, outOfRange, pageFreeHookThrew } from './errors.js';
+import { UffdHmmError, check, deviceClosed, driverLoadFailed, invalidType, outOfRange, pageFreeHookThrew, warnNow } from './errors.js';
 import { integer, optionsObject } from './validate.js';
 import {
   DEV_FAIL_ALLOC,
@@ -26,6 +26,7 @@ import {
   drainFreedLog,
   initDevicePages,
   putDevicePage,
+  wantsRelease,
 } from './devicepages.js';
 import type { Driver, PageFreeContext } from './driver.js';
 import { summary } from './inspect.js';
@@ -38,6 +39,8 @@ export interface DeviceOptions {
    * Device memory in pages (of {@link PAGE_SIZE} bytes), 1 to {@link MAX_DEVICE_CAPACITY}.
    * Default 65536 (256 MiB of 4 KiB pages). The memory is reserved, not committed: a page costs
    * RAM only once something migrates into it, plus 8 bytes of bookkeeping per page up front.
+   * Freed pages go back to the kernel in batches, all but the 1024 freed last (4 MiB), which the
+   * next migrations reuse first: the memory a device holds follows {@link Device#used}.
    */
   capacity?: number;
   /**
@@ -326,6 +329,8 @@ export class Device extends EventEmitter {
   /** @internal Drops a reference; on the last, frees the page and calls the driver's pageFree. */
   putPage(pfn: number): boolean {
     const freed = putDevicePage(this.shared, this.capacity, pfn);
+    // RSS follows `used`: every few hundred frees, the oldest free pages go back to the kernel.
+    if (freed && wantsRelease(this.shared)) native.deviceRelease(this.slot);
     if (freed && this.driverUrl !== undefined) this.#pageFree(pfn);
     return freed;
   }
@@ -333,8 +338,9 @@ export class Device extends EventEmitter {
   /** @internal Reports a driver error where the user will see it. */
   reportError(err: unknown): void {
     if (this.listenerCount('error') > 0) this.emit('error', err);
-    // Unheard, it still must not be swallowed: a process warning prints it with its code.
-    else process.emitWarning(err instanceof Error ? err : new Error(String(err)));
+    // Unheard, it still must not be swallowed: a process warning prints it with its code, at once
+    // (the report may arrive as the process exits: see WorkerServicer).
+    else warnNow(err instanceof Error ? err : new Error(String(err)));
   }
 
   #drainFreedLog(): void {
@@ -350,10 +356,10 @@ export class Device extends EventEmitter {
         try {
           d.pageFree?.(ctx);
         } catch (e) {
-          this.reportError(new UffdHmmError('ERR_DRIVER_HOOK', pageFreeHookThrew(this.name), { cause: e }));
+          this.reportError(new UffdHmmError('ERR_DRIVER_HOOK', pageFreeHookThrew(this.name, e), { cause: e }));
         }
       },
-      (e) => this.reportError(new UffdHmmError('ERR_DRIVER_LOAD', driverLoadFailed(this.driverUrl!, this.name, 'its pageFree hook did not run'), { cause: e })),
+      (e) => this.reportError(new UffdHmmError('ERR_DRIVER_LOAD', driverLoadFailed(this.driverUrl!, this.name, e, 'its pageFree hook did not run'), { cause: e })),
     );
   }
 

@@ -7,8 +7,14 @@ import {
   DEV_FREED_LOGGED,
   DEV_FREE_TOP,
   DEV_LOCK,
+  DEV_RELEASED,
+  DEV_RELEASING,
   DEV_USED,
 } from './layout.js';
+
+// native/device.h DeviceStore: free pages holding memory before putPage has them given back.
+const RELEASE_WARM = 1024;
+const RELEASE_BATCH = 256;
 
 export function deviceSharedWords(capacity: number): number {
   return DEVICE_HEADER + 3 * capacity;
@@ -19,6 +25,7 @@ export function initDevicePages(shared: Int32Array, capacity: number): void {
   const stack = DEVICE_HEADER + capacity;
   for (let i = 0; i < capacity; i++) shared[stack + i] = capacity - 1 - i;
   shared[DEV_FREE_TOP] = capacity;
+  shared[DEV_RELEASED] = capacity; // never touched: none holds memory yet
 }
 
 function spinLock(shared: Int32Array): void {
@@ -33,18 +40,27 @@ function spinUnlock(shared: Int32Array): void {
 
 /** Takes a free device page with refcount 1, or returns -1 when the device is full. */
 export function allocDevicePage(shared: Int32Array, capacity: number): number {
-  spinLock(shared);
-  const top = shared[DEV_FREE_TOP];
-  if (top === 0) {
+  for (;;) {
+    spinLock(shared);
+    const top = shared[DEV_FREE_TOP];
+    if (top === 0) {
+      spinUnlock(shared);
+      return -1;
+    }
+    if (top - 1 < Atomics.load(shared, DEV_RELEASING)) {
+      // Being given back to the kernel right now (only once the warm pages above ran out): wait.
+      spinUnlock(shared);
+      continue;
+    }
+    const pfn = shared[DEVICE_HEADER + capacity + top - 1];
+    shared[DEV_FREE_TOP] = top - 1;
+    // A given-back page comes back zeroed on its first write: it holds memory again.
+    if (top - 1 < shared[DEV_RELEASED]) shared[DEV_RELEASED] = top - 1;
+    Atomics.store(shared, DEVICE_HEADER + pfn, 1);
+    Atomics.add(shared, DEV_USED, 1);
     spinUnlock(shared);
-    return -1;
+    return pfn;
   }
-  const pfn = shared[DEVICE_HEADER + capacity + top - 1];
-  shared[DEV_FREE_TOP] = top - 1;
-  Atomics.store(shared, DEVICE_HEADER + pfn, 1);
-  Atomics.add(shared, DEV_USED, 1);
-  spinUnlock(shared);
-  return pfn;
 }
 
 /**
@@ -55,8 +71,14 @@ export function allocDevicePage(shared: Int32Array, capacity: number): number {
 export function allocHugeDevicePages(shared: Int32Array, capacity: number, n: number): number {
   const free = new Uint8Array(capacity); // before the lock: servicer threads spin on it
   spinLock(shared);
+  while (Atomics.load(shared, DEV_RELEASING) !== 0) {
+    // A release is giving pages back: the scan below may take any free page, so wait it out.
+    spinUnlock(shared);
+    spinLock(shared);
+  }
   const stack = DEVICE_HEADER + capacity;
   const top = shared[DEV_FREE_TOP];
+  const released = shared[DEV_RELEASED];
   for (let i = 0; i < top; i++) free[shared[stack + i]] = 1;
   let base = -1;
   for (let b = 0; b + n <= capacity && base < 0; b += n) {
@@ -67,11 +89,16 @@ export function allocHugeDevicePages(shared: Int32Array, capacity: number, n: nu
   if (base >= 0) {
     // Drop the block from the free stack, keeping the order of the rest.
     let w = 0;
+    let keptReleased = 0;
     for (let i = 0; i < top; i++) {
       const pfn = shared[stack + i];
-      if (pfn < base || pfn >= base + n) shared[stack + w++] = pfn;
+      if (pfn < base || pfn >= base + n) {
+        if (i < released) keptReleased++;
+        shared[stack + w++] = pfn;
+      }
     }
     shared[DEV_FREE_TOP] = w;
+    shared[DEV_RELEASED] = keptReleased; // the given-back entries stay below the resident ones
     for (let i = 0; i < n; i++) Atomics.store(shared, DEVICE_HEADER + base + i, 1);
     Atomics.add(shared, DEV_USED, n);
   }
@@ -82,6 +109,11 @@ export function allocHugeDevicePages(shared: Int32Array, capacity: number, n: nu
 /** Adds a reference (a second mapping of the same device page, as after fork). */
 export function getDevicePage(shared: Int32Array, pfn: number): void {
   Atomics.add(shared, DEVICE_HEADER + pfn, 1);
+}
+
+/** Whether enough freed pages hold memory for the device to give some back (native deviceRelease). */
+export function wantsRelease(shared: Int32Array): boolean {
+  return Atomics.load(shared, DEV_FREE_TOP) - Atomics.load(shared, DEV_RELEASED) >= RELEASE_WARM + RELEASE_BATCH;
 }
 
 /** Drops a reference; returns true when it was the last and the page went back to the free stack. */

@@ -1,5 +1,7 @@
 // Error constructors with the stable `code` docs/ERRORS.md lists, and the SystemError shape
 // (code, errno, syscall) for system-call failures.
+import { fileURLToPath } from 'node:url';
+
 import { native } from './native.js';
 
 /**
@@ -160,19 +162,58 @@ export function deviceClosed(name: string): UffdHmmError {
 
 // Driver errors are raised on the main thread and in the worker servicer alike: one wording for both.
 
-/** ERR_DRIVER_HOOK: a fault hook threw or answered wrongly (the error is err.cause). */
-export function faultHookFailed(device: string): string {
-  return `driver fault hook of ${device} failed (the error is err.cause); the fault was served by the default policy (migrated back); fix the hook`;
+// Stack frames in this package's own files (the servicer that called the hook) are not the driver's.
+const OWN_FILES = [new URL('.', import.meta.url).href, fileURLToPath(new URL('.', import.meta.url))];
+
+/**
+ * What a hook threw, for a message the user reads without opening err.cause: its name and first
+ * line of message, and its first stack frame in the driver's code ("Error: bad pfn, at fault
+ * (file:///app/driver.mjs:3:9)"). A warning printed without a listener shows nothing else.
+ */
+export function describeThrown(thrown: unknown): string {
+  if (!(thrown instanceof Error) && !(typeof thrown === 'object' && thrown !== null && 'message' in thrown)) {
+    return `a non-Error: ${typeof thrown === 'string' ? JSON.stringify(thrown) : String(thrown)}`;
+  }
+  const e = thrown as { name?: unknown; message?: unknown; stack?: unknown };
+  const head = `${String(e.name ?? 'Error')}: ${String(e.message).split('\n')[0]}`;
+  const frame =
+    typeof e.stack === 'string'
+      ? e.stack
+          .split('\n')
+          .map((l) => l.trim())
+          .find((l) => l.startsWith('at ') && !OWN_FILES.some((own) => l.includes(own)))
+      : undefined;
+  return frame === undefined ? head : `${head}, ${frame}`;
 }
 
-/** ERR_DRIVER_HOOK: a pageFree hook threw. */
-export function pageFreeHookThrew(device: string): string {
-  return `driver pageFree hook of ${device} threw (the error is err.cause); the page was freed anyway; fix the hook`;
+/** ERR_DRIVER_HOOK: a fault hook threw or answered wrongly (`thrown`, also err.cause). */
+export function faultHookFailed(device: string, thrown: unknown): string {
+  return (
+    `driver fault hook of ${device} failed with ${describeThrown(thrown)} (err.cause is the whole error); the fault was ` +
+    'served by the default policy (migrated back); fix the hook'
+  );
 }
 
-/** ERR_DRIVER_LOAD; `consequence` says what runs without the driver. */
-export function driverLoadFailed(url: string, device: string, consequence: string): string {
-  return `could not load driver ${url} of ${device} (the error is err.cause); ${consequence}; check that it names an ES module that imports without error`;
+/** ERR_DRIVER_HOOK: a pageFree hook threw `thrown` (also err.cause). */
+export function pageFreeHookThrew(device: string, thrown: unknown): string {
+  return `driver pageFree hook of ${device} threw ${describeThrown(thrown)} (err.cause is the whole error); the page was freed anyway; fix the hook`;
+}
+
+/**
+ * Prints `err` as a process warning now, as process.emitWarning does a tick later: a report made
+ * while the process exits (the 'exit' event) would never get that tick. Node's own listener
+ * prints it, and honours --no-warnings and --redirect-warnings.
+ */
+export function warnNow(err: Error): void {
+  process.emit('warning', err);
+}
+
+/** ERR_DRIVER_LOAD: the import of `url` failed with `thrown` (also err.cause); `consequence` says what runs without the driver. */
+export function driverLoadFailed(url: string, device: string, thrown: unknown, consequence: string): string {
+  return (
+    `could not load driver ${url} of ${device}: ${describeThrown(thrown)} (err.cause is the whole error); ${consequence}; ` +
+    'check that it names an ES module that imports without error'
+  );
 }
 
 /** ERR_BENCH_CHECK: the benchmark's own sanity checks, which only a bug in uffd-hmm can fail. */

@@ -83,7 +83,7 @@ export const OUTCOME_WOKEN = 5;
 export const OUTCOME_PAGE_CACHE = 6;
 
 /** Int32 words before refcount[capacity], freeStack[capacity] and freedLog[capacity] in a device's shared buffer. */
-export const DEVICE_HEADER = 10;
+export const DEVICE_HEADER = 12;
 export const DEV_LOCK = 0;
 export const DEV_FREE_TOP = 1;
 export const DEV_USED = 2;
@@ -93,14 +93,18 @@ export const DEV_MIGRATED_TO_RAM = 5;
 export const DEV_FREED = 6;
 /** HMM_DMIRROR_FLAG_FAIL_ALLOC: the next huge (PMD-sized) allocation fails, once. */
 export const DEV_FAIL_ALLOC = 7;
+/** Free-stack entries below this index were given back to the kernel (native/device.cc DeviceStore::release). */
+export const DEV_RELEASED = 8;
+/** While a release runs (> 0): entries below this index are being given back and may not be popped. */
+export const DEV_RELEASING = 9;
 /**
  * 1 when the driver has a pageFree hook for the main thread: pages freed by native code (a native
  * or inline servicer, a guard, a fork child's references) are logged in freedLog under DEV_LOCK,
  * and the main thread drains the log and calls the hook. The worker servicer calls it itself.
  */
-export const DEV_LOG_FREES = 8;
+export const DEV_LOG_FREES = 10;
 /** Entries in freedLog not yet drained. */
-export const DEV_FREED_LOGGED = 9;
+export const DEV_FREED_LOGGED = 11;
 
 /** Index of a page's state word in the region's Int32Array; its pfn word follows it. */
 export function stateIndex(page: number): number {

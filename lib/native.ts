@@ -46,6 +46,7 @@ export interface Addon {
   deviceRead(slot: number, pfn: number, out: Uint8Array): void;
   deviceWrite(slot: number, pfn: number, data: ArrayBufferView, offset: number): void;
   deviceZero(slot: number, pfn: number): void;
+  deviceRelease(slot: number): void;
   deviceCopyPage(srcSlot: number, srcPfn: number, dstSlot: number, dstPfn: number): void;
   deviceChecksum(slot: number, pfn: number): number;
 
@@ -111,7 +112,7 @@ export interface Addon {
   pollerWait(poller: number, out: Float64Array, timeoutMs: number): number;
   pollerAttach(poller: number): void;
   pollerWatch(poller: number, deadlineMs: number): void;
-  pollerDead(poller: number): boolean;
+  pollerDead(poller: number): 0 | 1 | 2;
 
   benchTouch(region: number, order: Int32Array, threads: number, out: Float64Array, write: boolean): void;
   benchPlain(pages: number, order: Int32Array, threads: number, out: Float64Array): void;

@@ -3,8 +3,13 @@
 
 #include <napi.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
 #include <cstring>
 
 #include "napi_util.h"
@@ -30,6 +35,44 @@ static void spinLock(int32_t* lock) {
 
 static void spinUnlock(int32_t* lock) { __atomic_store_n(lock, 0, __ATOMIC_RELEASE); }
 
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_process_madvise
+#define SYS_process_madvise 440
+#endif
+
+// A pidfd of this process, for process_madvise; -1 when there is none (EMFILE: the caller
+// madvises run by run) or when this is a forked child, which inherited its parent's.
+static int ownPidfd() {
+  static std::atomic<int> fd{-1};
+  static std::atomic<pid_t> owner{0};
+  const pid_t me = ::getpid();
+  int f = fd.load(std::memory_order_acquire);
+  if (f >= 0) return owner.load(std::memory_order_acquire) == me ? f : -1;
+  f = static_cast<int>(::syscall(SYS_pidfd_open, me, 0));
+  if (f < 0) return -1;
+  owner.store(me, std::memory_order_release);
+  int expected = -1;
+  if (!fd.compare_exchange_strong(expected, f)) {
+    ::close(f);
+    return expected;
+  }
+  return f;
+}
+
+// MADV_DONTNEED over every run in one system call: process_madvise on this process, which Linux
+// 6.13+ accepts for any advice. False when it could not (an older kernel, no pidfd).
+static bool dropRuns(struct iovec* runs, int nruns, size_t bytes) {
+  static std::atomic<bool> unsupported{false};
+  if (nruns <= 1 || unsupported.load(std::memory_order_relaxed)) return false;
+  const int pidfd = ownPidfd();
+  if (pidfd < 0) return false;
+  const long rc = ::syscall(SYS_process_madvise, pidfd, runs, static_cast<size_t>(nruns), MADV_DONTNEED, 0u);
+  if (rc < 0 && (errno == EINVAL || errno == ENOSYS || errno == EPERM)) unsupported.store(true, std::memory_order_relaxed);
+  return rc == static_cast<long>(bytes);
+}
+
 bool DeviceStore::putPage(uint32_t pfn, bool logFree) {
   if (pfn >= capacity) return false;
   int32_t old = __atomic_fetch_sub(&refcount()[pfn], 1, __ATOMIC_ACQ_REL);
@@ -47,9 +90,57 @@ bool DeviceStore::putPage(uint32_t pfn, bool logFree) {
     __atomic_store_n(&hdr[layout::kDevFreedLogged], logged + 1, __ATOMIC_RELEASE);
   }
   __atomic_fetch_sub(&hdr[layout::kDevUsed], 1, __ATOMIC_RELAXED);
+  const bool full = wantsRelease(top + 1);
   spinUnlock(&hdr[layout::kDevLock]);
   __atomic_fetch_add(&hdr[layout::kDevFreed], 1, __ATOMIC_RELAXED);
+  if (full) release();
   return true;
+}
+
+void DeviceStore::release() {
+  constexpr int32_t kMax = 1024;  // entries given back per call
+  // Sorted and given back together. Small: this may run on a signal stack (the inline servicer
+  // frees pages in its SIGBUS handler), so about 1 KiB of it.
+  constexpr int32_t kChunk = 64;
+  int32_t* hdr = shared;
+  spinLock(&hdr[layout::kDevLock]);
+  const int32_t top = hdr[layout::kDevFreeTop];
+  const int32_t lo = hdr[layout::kDevReleased];
+  if (hdr[layout::kDevReleasing] != 0 || !wantsRelease(top)) {
+    spinUnlock(&hdr[layout::kDevLock]);
+    return;
+  }
+  // Entries [lo, hi) go back; the kReleaseWarm above them stay. Until this is done no thread may
+  // pop an entry below hi (it would write a page that madvise is about to drop): allocations that
+  // get that far, and huge allocations, wait on kDevReleasing (lib/devicepages.ts). Pushes land
+  // at or above hi, so the entries read below without the lock stay as they are.
+  const int32_t hi = std::min(top - kReleaseWarm, lo + kMax);
+  __atomic_store_n(&hdr[layout::kDevReleasing], hi, __ATOMIC_RELEASE);
+  spinUnlock(&hdr[layout::kDevLock]);
+  for (int32_t at = lo; at < hi; at += kChunk) {
+    const int32_t n = std::min(kChunk, hi - at);
+    uint32_t pfns[kChunk];
+    for (int32_t i = 0; i < n; i++) pfns[i] = static_cast<uint32_t>(freeStack()[at + i]);
+    // Runs of consecutive pfns coalesce (pages freed in the order they were migrated make one);
+    // pages freed in random order make many, given back in one process_madvise where it can.
+    std::sort(pfns, pfns + n);
+    struct iovec runs[kChunk];
+    int nruns = 0;
+    size_t bytes = 0;
+    for (int32_t i = 0; i < n;) {
+      int32_t j = i + 1;
+      while (j < n && pfns[j] == pfns[j - 1] + 1) j++;
+      runs[nruns++] = {page(pfns[i]), size_t(j - i) * pageSize};
+      bytes += size_t(j - i) * pageSize;
+      i = j;
+    }
+    if (!dropRuns(runs, nruns, bytes))
+      for (int i = 0; i < nruns; i++) ::madvise(runs[i].iov_base, runs[i].iov_len, MADV_DONTNEED);
+  }
+  spinLock(&hdr[layout::kDevLock]);
+  hdr[layout::kDevReleased] = hi;
+  __atomic_store_n(&hdr[layout::kDevReleasing], 0, __ATOMIC_RELEASE);
+  spinUnlock(&hdr[layout::kDevLock]);
 }
 
 // deviceCreate(capacity, sharedBuffer) -> slot
@@ -80,6 +171,12 @@ static uint32_t argPfn(const Napi::CallbackInfo& info, size_t i, const DeviceSto
   uint32_t pfn = argU32(info, i, "pfn");
   if (pfn >= dev.capacity) throw rangeError(info.Env(), "pfn is outside the device's memory");
   return pfn;
+}
+
+// deviceRelease(slot): DeviceStore::release, for pages the TypeScript side freed (lib/device.ts putPage).
+static Napi::Value DeviceRelease(const Napi::CallbackInfo& info) {
+  argDevice(info, 0)->release();
+  return info.Env().Undefined();
 }
 
 // deviceDestroy(slot): the TypeScript side has already evicted every page.
@@ -140,6 +237,7 @@ static Napi::Value DeviceChecksum(const Napi::CallbackInfo& info) {
 void initDevice(Napi::Env env, Napi::Object exports) {
   exports.Set("deviceCreate", Napi::Function::New(env, DeviceCreate));
   exports.Set("deviceDestroy", Napi::Function::New(env, DeviceDestroy));
+  exports.Set("deviceRelease", Napi::Function::New(env, DeviceRelease));
   exports.Set("deviceRead", Napi::Function::New(env, DeviceRead));
   exports.Set("deviceWrite", Napi::Function::New(env, DeviceWrite));
   exports.Set("deviceZero", Napi::Function::New(env, DeviceZero));

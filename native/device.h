@@ -29,6 +29,19 @@ struct DeviceStore {
   // that the TypeScript side takes the same way.
   bool putPage(uint32_t pfn, bool logFree = true);
 
+  // Gives free pages back to the kernel (MADV_DONTNEED) once kReleaseWarm + kReleaseBatch of them
+  // hold memory, keeping the kReleaseWarm most recently freed, which the free stack hands out
+  // first: RSS follows `used` at a few system calls per batch (one per 64 pages at most, one
+  // madvise per run where process_madvise is missing), none on the other frees. Allocates
+  // nothing; a no-op while another thread releases.
+  void release();
+  static constexpr int32_t kReleaseWarm = 1024;
+  static constexpr int32_t kReleaseBatch = 256;
+  // Whether the free stack, its top at `top`, holds enough resident pages for release().
+  bool wantsRelease(int32_t top) const {
+    return top - __atomic_load_n(&shared[layout::kDevReleased], __ATOMIC_RELAXED) >= kReleaseWarm + kReleaseBatch;
+  }
+
   uint8_t* store;
   size_t capacity;
   size_t pageSize;

@@ -86,7 +86,7 @@ constexpr int32_t kOutcomeWoken = 5;  // already there (EEXIST): the thread was 
 
 // Device shared buffer: kDeviceHeader int32 words, refcount[capacity], freeStack[capacity],
 // freedLog[capacity].
-constexpr int kDeviceHeader = 10;
+constexpr int kDeviceHeader = 12;
 constexpr int kDevLock = 0;  // spinlock over the free stack
 constexpr int kDevFreeTop = 1;
 constexpr int kDevUsed = 2;
@@ -95,11 +95,16 @@ constexpr int kDevMigratedToDevice = 4;
 constexpr int kDevMigratedToRam = 5;
 constexpr int kDevFreed = 6;
 constexpr int kDevFailAlloc = 7;  // HMM_DMIRROR_FLAG_FAIL_ALLOC: the next huge allocation fails (one-shot)
+// Free pages given back to the kernel (native/device.cc DeviceStore::release): free-stack entries
+// below kDevReleased hold no memory; while a release runs, entries below kDevReleasing (> 0) are
+// being given back and may not be popped.
+constexpr int kDevReleased = 8;
+constexpr int kDevReleasing = 9;
 // The driver has a pageFree hook that the main thread runs: pages freed by native code (a native or
 // inline servicer, a guard, a fork child's references) are logged in freedLog under kDevLock, and
 // the main thread drains the log and calls the hook. The worker servicer calls the hook itself.
-constexpr int kDevLogFrees = 8;
-constexpr int kDevFreedLogged = 9;  // entries in freedLog not yet drained
+constexpr int kDevLogFrees = 10;
+constexpr int kDevFreedLogged = 11;  // entries in freedLog not yet drained
 
 // The event records pollerWait writes for the worker servicer: kEventStride doubles each,
 // a fault is [region handle, kEventPagefault, flags, page, tid, t0 µs], a zap [region handle,

@@ -75,10 +75,7 @@ struct Poller {
   std::atomic<uint64_t> beat{0};
   std::atomic<bool> inWait{false};
   std::atomic<bool> dead{false};
-  // Dead because the watchdog found the worker stuck, not because the worker went away: only a
-  // stall is reported as such (a worker that exited is reported by its 'exit' event, which can
-  // reach the main thread well after its environment's teardown made the poller dead).
-  std::atomic<bool> stalled{false};
+  std::atomic<bool> workerGone{false};  // dead because the worker's environment went away, not stuck
   std::thread watchdog;
 };
 
@@ -103,24 +100,50 @@ void takeOverAll(Poller& p) {
   }
 }
 
+constexpr uint64_t kWakeTag = 0;  // epoll data of the eventfd; regions are tagged by handle (>= 1)
+
+// Whether some region of p has a fault or event nobody has read yet (the set is only looked at).
+bool eventsWaiting(Poller& p) {
+  struct epoll_event evs[8];
+  int n = ::epoll_wait(p.epoll.get(), evs, 8, 0);
+  for (int i = 0; i < n; i++)
+    if (evs[i].data.u64 != kWakeTag) return true;
+  return false;
+}
+
+// A worker still starting is given this long, while faults wait, to reach pollerAttach.
+constexpr uint32_t kMinStartDeadlineMs = 10000;
+
 void watchLoop(std::shared_ptr<Poller> p, uint32_t deadlineMs) {
   uint64_t lastBeat = p->beat.load();
   auto since = std::chrono::steady_clock::now();
   const auto tick = std::chrono::milliseconds(std::max<uint32_t>(10, std::min<uint32_t>(100, deadlineMs / 4)));
+  const auto startDeadline = std::chrono::milliseconds(std::max(deadlineMs, kMinStartDeadlineMs));
   while (!p->dead.load()) {
     std::this_thread::sleep_for(tick);
     uint64_t b = p->beat.load();
     auto now = std::chrono::steady_clock::now();
-    // Waiting in pollerWait is idle, not stuck; before its first pollerWait the worker is starting.
-    if (b != lastBeat || b == 0 || p->inWait.load()) {
+    // Waiting in pollerWait is idle, not stuck.
+    if (b != lastBeat || p->inWait.load()) {
       lastBeat = b;
       since = now;
       continue;
     }
-    // Out of pollerWait that long, the worker is stuck serving what it read (a hook that hangs):
-    // those faults, and every later one, would wait for it forever.
-    if (now - since < std::chrono::milliseconds(deadlineMs)) continue;
-    p->stalled.store(true);
+    if (b == 0) {
+      // Before its first pollerWait the worker is starting. One that dies before pollerAttach (it
+      // could not load: EMFILE, a broken install) has no cleanup hook to hand its regions over, and
+      // a main thread blocked on one of their faults never hears of the death: faults waiting that
+      // long for a worker that never attached are served by guards.
+      if (p->attachedTid.load() != 0 || !eventsWaiting(*p)) {
+        since = now;
+        continue;
+      }
+      if (now - since < startDeadline) continue;
+    } else if (now - since < std::chrono::milliseconds(deadlineMs)) {
+      // Out of pollerWait that long, the worker is stuck serving what it read (a hook that hangs):
+      // those faults, and every later one, would wait for it forever.
+      continue;
+    }
     p->dead.store(true);
     takeOverAll(*p);
   }
@@ -133,12 +156,11 @@ void onWorkerGone(void* arg) {
   int handle = static_cast<int>(reinterpret_cast<intptr_t>(arg));
   auto p = pollers().get(handle);
   if (!p) return;
+  p->workerGone.store(true);
   p->dead.store(true);
   takeOverAll(*p);
 }
 
-
-constexpr uint64_t kWakeTag = 0;  // epoll data of the eventfd; regions are tagged by handle (>= 1)
 
 // One event in the output array: layout::kEventStride doubles (native/layout.h has the fields).
 constexpr int kStride = layout::kEventStride;
@@ -182,9 +204,15 @@ Napi::Value PollerAdd(const Napi::CallbackInfo& info) {
   ev.data.u64 = static_cast<uint64_t>(h);
   if (::epoll_ctl(p->epoll.get(), EPOLL_CTL_ADD, r->uffd.get(), &ev) != 0)
     throw systemError(env, errno, "epoll_ctl", "adding a region to the worker servicer");
-  std::lock_guard<std::mutex> lock(p->mu);
-  p->members.push_back(h);
-  p->hasMembers.store(true);
+  {
+    std::lock_guard<std::mutex> lock(p->mu);
+    p->members.push_back(h);
+    p->hasMembers.store(true);
+  }
+  // The worker may have died since the caller last looked (its 'exit' not yet delivered): a region
+  // joining a dead poller is served by a guard at once. takeOverAll sets dead before it reads
+  // members, so the region is taken either there or here.
+  if (p->dead.load()) takeOver(r);
   return env.Undefined();
 }
 
@@ -215,7 +243,7 @@ Napi::Value PollerRemove(const Napi::CallbackInfo& info) {
 }
 
 // pollerWatch(poller, deadlineMs): starts the stall watchdog (once). pollerDead(poller) says
-// whether it found the worker stalled and handed the poller's regions to native guards.
+// whether, and why, the poller's regions went to native guards.
 Napi::Value PollerWatch(const Napi::CallbackInfo& info) {
   auto p = argPoller(info, 0);
   uint32_t deadline = argU32(info, 1, "deadlineMs");
@@ -227,9 +255,11 @@ Napi::Value PollerWatch(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// -> 0 alive, 1 handed over by the watchdog, 2 handed over as the worker went away (its 'exit'
+// or 'error' event, which says why, is on its way to the owner).
 Napi::Value PollerDead(const Napi::CallbackInfo& info) {
   auto p = argPoller(info, 0);
-  return Napi::Boolean::New(info.Env(), p->stalled.load());
+  return Napi::Number::New(info.Env(), !p->dead.load() ? 0 : p->workerGone.load() ? 2 : 1);
 }
 
 void markApplied(Poller& p);

@@ -12,6 +12,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <system_error>
 
 #include "device.h"
 #include "napi_util.h"
@@ -368,10 +369,15 @@ void retireRegionsOf(const void* env) {
 // fault always sees the table the kernel would show it. (The kernel updates the pte before the
 // fault returns; waking first would let the thread run ahead of our table.)
 
-// regionTakeOver(region) -> true if this call took over (false: already guarded or closed).
+// regionTakeOver(region) -> true if this call took over (false: already guarded or closed); throws
+// a SystemError (pthread_create) when no guard thread could be started.
 static Napi::Value RegionTakeOver(const Napi::CallbackInfo& info) {
   auto r = argRegion(info, 0);
-  return Napi::Boolean::New(info.Env(), takeOver(r));
+  int err = 0;
+  TakeOver done = takeOver(r, &err);
+  if (done == TakeOver::NoThread)
+    throw systemError(info.Env(), err, "pthread_create", "starting a native guard to serve the region's faults");
+  return Napi::Boolean::New(info.Env(), done == TakeOver::Done);
 }
 
 // regionTraceSet(region, buffer: Int32Array | null): attaches a trace ring (lib/trace.ts), or detaches.
@@ -568,8 +574,8 @@ static int readPagemap(const RegionState& r, uint32_t first, uint32_t count, uin
   return 0;
 }
 
-bool takeOver(const std::shared_ptr<RegionState>& r) {
-  if (r->closed.load(std::memory_order_acquire) || r->guarded.exchange(true)) return false;
+TakeOver takeOver(const std::shared_ptr<RegionState>& r, int* err) {
+  if (r->closed.load(std::memory_order_acquire) || r->guarded.exchange(true)) return TakeOver::Already;
   // Pages the dead servicer held locked stay locked forever unless released here. Whether its fill
   // happened is read from the kernel's pagemap, so the table ends up as the kernel sees the page.
   for (uint32_t page = 0; page < r->pages; page++) {
@@ -601,14 +607,23 @@ bool takeOver(const std::shared_ptr<RegionState>& r) {
   __atomic_store_n(r->stat(layout::kZapBatchesDone), __atomic_load_n(r->stat(layout::kZapBatchesRead), __ATOMIC_SEQ_CST),
                    __ATOMIC_SEQ_CST);
   if (!r->servicer.joinable()) {
+    // The worker may have died of the very shortage that fails this eventfd (EMFILE at start-up).
+    // The guard serves without it: the eventfd only makes its stop prompt, and a guard without one
+    // looks at its stop flag every few milliseconds instead (servicer_thread.cc).
     int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (efd < 0) return false;
-    r->wakeFd = UniqueFd(efd);
-    startNativeServicer(r);
+    if (efd >= 0) r->wakeFd = UniqueFd(efd);
+    try {
+      startNativeServicer(r);
+    } catch (const std::system_error& e) {
+      // No thread (EAGAIN): nobody serves r. Say so rather than look guarded, and let a later try run.
+      if (err) *err = e.code().value();
+      r->guarded.store(false);
+      return TakeOver::NoThread;
+    }
   }
   // Faults the dead servicer read but never served: wake their threads so they fault afresh.
   wake(r->uffd.get(), reinterpret_cast<uint64_t>(r->base), r->length);
-  return true;
+  return TakeOver::Done;
 }
 
 // regionCopyOut(region, first, count, device, pfns: Int32Array) -> pages that held data.

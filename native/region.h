@@ -107,8 +107,10 @@ void testHoldPoint(RegionState& r, const std::atomic<bool>& stop);
 
 // The guard: a native servicer thread takes over r's faults with the default policy because its
 // worker servicer died. Releases pages the dead servicer held locked, then wakes every thread blocked
-// in the range so faults it had read are raised again. True if this call did it (once per region).
-bool takeOver(const std::shared_ptr<RegionState>& r);
+// in the range so faults it had read are raised again. Done if this call did it (once per region);
+// NoThread (errno in *err) if no thread could be started: r is left unguarded, for a later try.
+enum class TakeOver { Done, Already, NoThread };
+TakeOver takeOver(const std::shared_ptr<RegionState>& r, int* err = nullptr);
 
 // True when thread `tid` (of this process) is blocked inside a system call, i.e. its page fault
 // was taken in kernel mode (copy_to_user and friends): /proc/self/task/<tid>/syscall says which.

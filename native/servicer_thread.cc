@@ -60,7 +60,8 @@ void serviceLoop(std::shared_ptr<RegionState> r) {
       struct timespec ts = {0, 20 * 1000};
       ::nanosleep(&ts, nullptr);
     }
-    int timeout = npending > 0 ? 0 : 1000;
+    // A guard started without its wake-up eventfd (region.cc takeOver) sees its stop flag only here.
+    int timeout = npending > 0 ? 0 : r->wakeFd.valid() ? 1000 : 10;
     int rc = ::poll(fds, 2, timeout);
     if (rc < 0) {
       if (errno == EINTR) continue;

@@ -1,12 +1,12 @@
 // The main thread's side of the worker servicer: starts one worker for the process on first use,
 // tells it about regions and devices, and turns its reports into 'error' events.
-import { MessageChannel, Worker } from 'node:worker_threads';
+import { MessageChannel, Worker, receiveMessageOnPort, type TransferListItem } from 'node:worker_threads';
 
 import { native } from '../native.js';
-import { UffdHmmError } from '../errors.js';
+import { UffdHmmError, warnNow } from '../errors.js';
 import { integer, optionsObject } from '../validate.js';
 import type { Device } from '../device.js';
-import { CTRL_STOP, CTRL_MAIL_SEQ, CTRL_WORDS, type FromWorker, type ToWorker } from './protocol.js';
+import { CTRL_RUNNING, CTRL_STOP, CTRL_MAIL_SEQ, CTRL_WORDS, type FromWorker, type ToWorker } from './protocol.js';
 
 export interface ServicedRegion {
   readonly handle: number;
@@ -21,6 +21,12 @@ export interface ServicedRegion {
 }
 
 let stallDeadlineMs = 5000;
+let exitHookInstalled = false;
+
+const NOT_STARTED =
+  '; native guards serve its regions with the default policy now (no driver hooks), and the next Region.map starts a new ' +
+  'worker; a worker fails to start when the process is out of file descriptors (EMFILE, ERR_WORKER_INIT_FAILED): close ' +
+  'regions and devices it no longer uses, or raise the limit (ulimit -n)';
 
 const TAKEN_OVER =
   '; native guards serve its regions with the default policy now (no driver hooks), and the next Region.map starts a new ' +
@@ -52,6 +58,22 @@ export function configureServicers(options: { stallDeadlineMs?: number }): void 
   if (opts.stallDeadlineMs !== undefined) stallDeadlineMs = integer('options.stallDeadlineMs', opts.stallDeadlineMs, 10, 3_600_000);
 }
 
+/**
+ * Starts the servicer worker under whatever flags this process was given. The worker inherits
+ * them the way Node lets a worker inherit (no execArgv: V8 and process-wide flags such as
+ * --expose-gc, --max-old-space-size or --title are the process's already, and a worker given them
+ * explicitly refuses to start). The entry is a one-line eval that imports worker.js: a module
+ * file as the entry of a worker that inherits --input-type (node --input-type=module -e …) is
+ * refused with ERR_INPUT_TYPE_NOT_ALLOWED, an import from an eval is not.
+ */
+function startWorker(workerData: unknown, transferList: TransferListItem[]): Worker {
+  const entry = JSON.stringify(new URL('./worker.js', import.meta.url).href);
+  // A failed import (EMFILE, a broken install) is thrown as an uncaught exception, so the worker
+  // dies with it and 'error' reports it, whatever --unhandled-rejections says.
+  const code = `import(${entry}).catch((e) => process.nextTick(() => { throw e; }));`;
+  return new Worker(code, { eval: true, workerData, transferList });
+}
+
 export class WorkerServicer {
   static #instance: WorkerServicer | undefined;
 
@@ -78,18 +100,32 @@ export class WorkerServicer {
     this.poller = native.pollerCreate();
     const { port1, port2 } = new MessageChannel();
     this.#port = port1;
-    this.#worker = new Worker(new URL('./worker.js', import.meta.url), {
-      workerData: { poller: this.poller, ctrl: this.#ctrl, port: port2 },
-      transferList: [port2],
-      // Flags such as --input-type=module make a worker refuse to start; the servicer needs none.
-      execArgv: process.execArgv.filter((a) => !a.startsWith('--input-type') && a !== '-e' && a !== '--eval'),
-    });
+    try {
+      this.#worker = startWorker({ poller: this.poller, ctrl: this.#ctrl, port: port2 }, [port2]);
+    } catch (e) {
+      port1.close();
+      native.pollerDestroy(this.poller); // its epoll fd and eventfd: a failed map leaks nothing
+      throw e;
+    }
     // A servicer must not keep the process alive: exit stays prompt with regions still open.
     this.#worker.unref();
     this.#port.on('message', (msg: FromWorker) => this.#onMessage(msg));
     this.#port.unref(); // after on('message'), which refs the port again
+    // Unref'd, the port would let a short script exit with a driver's error report still queued
+    // (posted before the faulting thread was woken): take what is left as the process exits.
+    if (!exitHookInstalled) {
+      exitHookInstalled = true;
+      process.on('exit', () => {
+        const live = WorkerServicer.#instance;
+        if (live !== undefined) live.#drainReports();
+      });
+    }
     this.#worker.on('error', (err) =>
-      this.#fail(new UffdHmmError('ERR_SERVICER_FAILED', `the worker servicer crashed (the error is err.cause)${TAKEN_OVER}`, { cause: err })),
+      this.#fail(
+        Atomics.load(this.#ctrl, CTRL_RUNNING) === 0
+          ? new UffdHmmError('ERR_SERVICER_FAILED', `the worker servicer could not start (the error is err.cause)${NOT_STARTED}`, { cause: err })
+          : new UffdHmmError('ERR_SERVICER_FAILED', `the worker servicer crashed (the error is err.cause)${TAKEN_OVER}`, { cause: err }),
+      ),
     );
     this.#worker.on('exit', (code) => {
       this.#exited = true;
@@ -102,14 +138,20 @@ export class WorkerServicer {
     native.pollerWatch(this.poller, stallDeadlineMs);
     const deadline = stallDeadlineMs;
     this.#watch = setInterval(() => {
-      if (this.#exited || !native.pollerDead(this.poller)) return;
+      // A worker that went away (terminated, crashed) is reported by its own 'exit' or 'error' event.
+      if (this.#exited || native.pollerDead(this.poller) !== 1) return;
       this.#fail(
-        new UffdHmmError(
-          'ERR_SERVICER_STALLED',
-          `the worker servicer stayed away from reading faults for over ${deadline} ms (a driver hook that does not return?); ` +
-            'native guards serve its regions with the default policy now (no driver hooks); fix the hook, or raise ' +
-            'configureServicers({ stallDeadlineMs }) if it is only slow',
-        ),
+        Atomics.load(this.#ctrl, CTRL_RUNNING) === 0
+          ? new UffdHmmError(
+              'ERR_SERVICER_FAILED',
+              `the worker servicer had not started after ${Math.max(deadline, 10_000)} ms with faults waiting for it${NOT_STARTED}`,
+            )
+          : new UffdHmmError(
+              'ERR_SERVICER_STALLED',
+              `the worker servicer stayed away from reading faults for over ${deadline} ms (a driver hook that does not return?); ` +
+                'native guards serve its regions with the default policy now (no driver hooks); fix the hook, or raise ' +
+                'configureServicers({ stallDeadlineMs }) if it is only slow',
+            ),
       );
       void this.#worker.terminate();
     }, Math.min(250, deadline));
@@ -122,6 +164,7 @@ export class WorkerServicer {
    */
   #fail(err: Error): void {
     if (this.#failed) return;
+    this.#drainReports(); // what the worker said before it went: reported first, to whom it concerns
     this.#failed = true;
     clearInterval(this.#watch);
     if (WorkerServicer.#instance === this) WorkerServicer.#instance = undefined;
@@ -131,7 +174,18 @@ export class WorkerServicer {
         native.regionTakeOver(handle); // usually already done natively as the worker went away
         region.servicerTakenOver();
       } catch (e) {
-        if ((e as { code?: string }).code !== 'ERR_REGION_CLOSED') throw e;
+        if ((e as { code?: string }).code === 'ERR_REGION_CLOSED') continue;
+        // No guard thread (pthread_create: EAGAIN): say plainly that this region is not served.
+        region.reportError(
+          new UffdHmmError(
+            'ERR_SERVICER_FAILED',
+            `${err.message.split(';')[0]}, and no native guard could start to serve this region (the error is err.cause): ` +
+              'its device-resident pages cannot be touched; end threads this process no longer needs, then migrate them back ' +
+              'with region.migrateToRam()',
+            { cause: e },
+          ),
+        );
+        continue;
       }
       region.reportError(err);
     }
@@ -213,6 +267,10 @@ export class WorkerServicer {
     });
   }
 
+  #drainReports(): void {
+    for (let m = receiveMessageOnPort(this.#port); m !== undefined; m = receiveMessageOnPort(this.#port)) this.#onMessage(m.message as FromWorker);
+  }
+
   #onMessage(msg: FromWorker): void {
     if (msg.type === 'heap') {
       this.#heapRequests.get(msg.id)?.(msg.used);
@@ -228,7 +286,7 @@ export class WorkerServicer {
   }
 
   #broadcast(err: Error): void {
-    if (this.#regions.size === 0) process.emitWarning(err);
+    if (this.#regions.size === 0) warnNow(err);
     for (const r of this.#regions.values()) r.reportError(err);
   }
 

@@ -42,7 +42,7 @@ const host: PolicyHost = {
       deviceSlot: device.slot,
       deviceId: device.id,
       code: 'ERR_DRIVER_HOOK',
-      message: hook === 'fault' ? faultHookFailed(device.name) : pageFreeHookThrew(device.name),
+      message: hook === 'fault' ? faultHookFailed(device.name, err) : pageFreeHookThrew(device.name, err),
       cause: err,
     });
   },
@@ -64,7 +64,7 @@ function loadDriver(dev: DeviceInfo): void {
           deviceSlot: dev.slot,
           deviceId: dev.id,
           code: 'ERR_DRIVER_LOAD',
-          message: driverLoadFailed(dev.driverUrl!, dev.name, 'its faults use the default policy'),
+          message: driverLoadFailed(dev.driverUrl!, dev.name, err, 'its faults use the default policy'),
           cause: err,
         });
       },
