@@ -13,6 +13,7 @@ import {
   DEV_FAIL_ALLOC,
   DEV_FAULTS,
   DEV_FREED,
+  DEV_FREE_TOP,
   DEV_LOG_FREES,
   DEV_MIGRATED_TO_DEVICE,
   DEV_MIGRATED_TO_RAM,
@@ -83,6 +84,22 @@ const FREED_LOG_POLL_MS = 10;
 let nextId = 1;
 const bySlot = new Map<number, Device>();
 
+/**
+ * How often free device pages that nobody took since the last tick go back to the kernel, so that
+ * RSS follows `used` within about two ticks while a page freed and taken again soon (a migration
+ * round trip) keeps its memory and costs no first touch.
+ */
+const RELEASE_TICK_MS = 250;
+let releaseTimer: NodeJS.Timeout | undefined;
+
+function releaseTick(): void {
+  for (const device of bySlot.values()) device.releaseIdle();
+  if (bySlot.size === 0) {
+    clearInterval(releaseTimer);
+    releaseTimer = undefined;
+  }
+}
+
 /** @internal The open device that owns `slot`. */
 export function deviceBySlot(slot: number): Device | undefined {
   return bySlot.get(slot);
@@ -145,6 +162,8 @@ export class Device extends EventEmitter {
   #closing: Promise<void> | undefined;
   /** With a driver: drains the log of pages native code freed, so their pageFree runs here. */
   #freedLogTimer: NodeJS.Timeout | undefined;
+  /** The lowest the free stack's top fell to since the last release tick: entries below it sat idle. */
+  #freeTopLow = 0;
 
   /**
    * Creates the device and reserves its memory; it has no pages in use yet.
@@ -168,6 +187,7 @@ export class Device extends EventEmitter {
     this.slot = native.deviceCreate(capacity, this.shared);
     this.id = nextId++;
     bySlot.set(this.slot, this);
+    releaseTimer ??= setInterval(releaseTick, RELEASE_TICK_MS).unref();
     if (this.driverUrl !== undefined) {
       // Pages a native or inline servicer, a guard or a fork child frees are logged for us: their
       // pageFree runs on this thread, soon after (the worker servicer calls it for its own frees).
@@ -302,7 +322,9 @@ export class Device extends EventEmitter {
   allocPage(): number {
     // A logged pfn must not be handed out again before its pageFree: that keeps the log within capacity.
     this.#drainFreedLog();
-    return allocDevicePage(this.shared, this.capacity);
+    const pfn = allocDevicePage(this.shared, this.capacity);
+    this.#noteFreeTop();
+    return pfn;
   }
 
   /**
@@ -312,7 +334,28 @@ export class Device extends EventEmitter {
   allocHugePage(n: number): number {
     if (Atomics.exchange(this.shared, DEV_FAIL_ALLOC, 0) !== 0) return -1;
     this.#drainFreedLog();
-    return allocHugeDevicePages(this.shared, this.capacity, n);
+    const base = allocHugeDevicePages(this.shared, this.capacity, n);
+    this.#freeTopLow = 0; // it reorders the free stack: count every free page as taken this tick
+    return base;
+  }
+
+  /**
+   * @internal The release tick: gives back to the kernel the free pages nobody took since the last
+   * tick (those below the lowest the free stack fell to), beyond a warm reserve. No system call
+   * while there is nothing to give back.
+   */
+  releaseIdle(): void {
+    const top = Atomics.load(this.shared, DEV_FREE_TOP);
+    const idleTop = Math.min(this.#freeTopLow, top);
+    this.#freeTopLow = top;
+    if (!wantsRelease(this.shared)) return;
+    // Up to 1024 pages a call; a tick gives back at most 1 GiB.
+    for (let calls = 0; calls < 256 && native.deviceRelease(this.slot, idleTop) > 0; calls++);
+  }
+
+  /** After an allocation: the lowest the free stack fell to since the last release tick. */
+  #noteFreeTop(): void {
+    this.#freeTopLow = Math.min(this.#freeTopLow, Atomics.load(this.shared, DEV_FREE_TOP));
   }
 
   /**
@@ -329,8 +372,6 @@ export class Device extends EventEmitter {
   /** @internal Drops a reference; on the last, frees the page and calls the driver's pageFree. */
   putPage(pfn: number): boolean {
     const freed = putDevicePage(this.shared, this.capacity, pfn);
-    // RSS follows `used`: every few hundred frees, the oldest free pages go back to the kernel.
-    if (freed && wantsRelease(this.shared)) native.deviceRelease(this.slot);
     if (freed && this.driverUrl !== undefined) this.#pageFree(pfn);
     return freed;
   }

@@ -12,7 +12,8 @@ import {
   DEV_USED,
 } from './layout.js';
 
-// native/device.h DeviceStore: free pages holding memory before putPage has them given back.
+// native/device.h DeviceStore: free pages kept holding memory, and the least more that the release
+// tick (lib/device.ts releaseIdle) gives back.
 const RELEASE_WARM = 1024;
 const RELEASE_BATCH = 256;
 

@@ -46,7 +46,7 @@ export interface Addon {
   deviceRead(slot: number, pfn: number, out: Uint8Array): void;
   deviceWrite(slot: number, pfn: number, data: ArrayBufferView, offset: number): void;
   deviceZero(slot: number, pfn: number): void;
-  deviceRelease(slot: number): void;
+  deviceRelease(slot: number, idleTop: number): number;
   deviceCopyPage(srcSlot: number, srcPfn: number, dstSlot: number, dstPfn: number): void;
   deviceChecksum(slot: number, pfn: number): number;
 

@@ -90,14 +90,12 @@ bool DeviceStore::putPage(uint32_t pfn, bool logFree) {
     __atomic_store_n(&hdr[layout::kDevFreedLogged], logged + 1, __ATOMIC_RELEASE);
   }
   __atomic_fetch_sub(&hdr[layout::kDevUsed], 1, __ATOMIC_RELAXED);
-  const bool full = wantsRelease(top + 1);
   spinUnlock(&hdr[layout::kDevLock]);
   __atomic_fetch_add(&hdr[layout::kDevFreed], 1, __ATOMIC_RELAXED);
-  if (full) release();
   return true;
 }
 
-void DeviceStore::release() {
+int32_t DeviceStore::release(int32_t idleTop) {
   constexpr int32_t kMax = 1024;  // entries given back per call
   // Sorted and given back together. Small: this may run on a signal stack (the inline servicer
   // frees pages in its SIGBUS handler), so about 1 KiB of it.
@@ -106,15 +104,15 @@ void DeviceStore::release() {
   spinLock(&hdr[layout::kDevLock]);
   const int32_t top = hdr[layout::kDevFreeTop];
   const int32_t lo = hdr[layout::kDevReleased];
-  if (hdr[layout::kDevReleasing] != 0 || !wantsRelease(top)) {
+  if (hdr[layout::kDevReleasing] != 0 || !wantsRelease(top) || std::min(top - kReleaseWarm, idleTop) <= lo) {
     spinUnlock(&hdr[layout::kDevLock]);
-    return;
+    return 0;
   }
   // Entries [lo, hi) go back; the kReleaseWarm above them stay. Until this is done no thread may
   // pop an entry below hi (it would write a page that madvise is about to drop): allocations that
   // get that far, and huge allocations, wait on kDevReleasing (lib/devicepages.ts). Pushes land
   // at or above hi, so the entries read below without the lock stay as they are.
-  const int32_t hi = std::min(top - kReleaseWarm, lo + kMax);
+  const int32_t hi = std::min({top - kReleaseWarm, lo + kMax, idleTop});
   __atomic_store_n(&hdr[layout::kDevReleasing], hi, __ATOMIC_RELEASE);
   spinUnlock(&hdr[layout::kDevLock]);
   for (int32_t at = lo; at < hi; at += kChunk) {
@@ -141,6 +139,7 @@ void DeviceStore::release() {
   hdr[layout::kDevReleased] = hi;
   __atomic_store_n(&hdr[layout::kDevReleasing], 0, __ATOMIC_RELEASE);
   spinUnlock(&hdr[layout::kDevLock]);
+  return hi - lo;
 }
 
 // deviceCreate(capacity, sharedBuffer) -> slot
@@ -173,10 +172,12 @@ static uint32_t argPfn(const Napi::CallbackInfo& info, size_t i, const DeviceSto
   return pfn;
 }
 
-// deviceRelease(slot): DeviceStore::release, for pages the TypeScript side freed (lib/device.ts putPage).
+// deviceRelease(slot, idleTop) -> pages given back: DeviceStore::release, from the main thread's
+// release tick (lib/device.ts).
 static Napi::Value DeviceRelease(const Napi::CallbackInfo& info) {
-  argDevice(info, 0)->release();
-  return info.Env().Undefined();
+  auto dev = argDevice(info, 0);
+  const int32_t idleTop = static_cast<int32_t>(std::min<uint32_t>(argU32(info, 1, "idleTop"), static_cast<uint32_t>(dev->capacity)));
+  return Napi::Number::New(info.Env(), dev->release(idleTop));
 }
 
 // deviceDestroy(slot): the TypeScript side has already evicted every page.

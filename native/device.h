@@ -31,10 +31,12 @@ struct DeviceStore {
 
   // Gives free pages back to the kernel (MADV_DONTNEED) once kReleaseWarm + kReleaseBatch of them
   // hold memory, keeping the kReleaseWarm most recently freed, which the free stack hands out
-  // first: RSS follows `used` at a few system calls per batch (one per 64 pages at most, one
-  // madvise per run where process_madvise is missing), none on the other frees. Allocates
-  // nothing; a no-op while another thread releases.
-  void release();
+  // first, and only free-stack entries below idleTop: those nobody took during the caller's last
+  // interval. One system call per 64 pages at most (one madvise per run where process_madvise is
+  // missing); up to 1024 pages a call. Returns how many went back (0 while another call releases).
+  // Never called on a free: a page freed and taken again soon (a migration round trip) must not
+  // pay a first touch in between.
+  int32_t release(int32_t idleTop);
   static constexpr int32_t kReleaseWarm = 1024;
   static constexpr int32_t kReleaseBatch = 256;
   // Whether the free stack, its top at `top`, holds enough resident pages for release().

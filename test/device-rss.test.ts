@@ -42,7 +42,8 @@ describeUffd('device memory after it is freed', () => {
         const now = Atomics.load(d.shared, DEV_RELEASED);
         if (now > released) releases++;
         released = now;
-        if (round % 16 === 0) await new Promise((res) => setImmediate(res));
+        // Pages go back only after sitting free for a whole release tick (250 ms): pause for two.
+        if (round % 16 === 0) await new Promise((res) => setTimeout(res, 600));
       }
     } finally {
       t.stop();

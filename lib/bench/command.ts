@@ -135,7 +135,7 @@ async function bench(argv: string[]): Promise<number> {
   const { probe } = await import('../probe.js');
   const p = probe();
   if (!p.available) {
-    process.stderr.write(`uffd-hmm bench: userfaultfd is unavailable: ${p.problem ?? 'unknown reason'}\n  fix: ${p.fix ?? 'run as root'}\n`);
+    process.stderr.write(`uffd-hmm bench: ${p.problem ?? 'userfaultfd is unavailable'}\n  fix: ${p.fix ?? 'run as root'}\n`);
     return 1;
   }
   // Created first: an unwritable folder should fail now, not after minutes of measuring.
