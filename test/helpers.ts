@@ -1,7 +1,7 @@
 // Shared test helpers: which servicers to run every behaviour against, and small utilities for
 // checking bytes without copying whole regions.
 import { spawn } from 'node:child_process';
-import { afterEach, describe } from 'vitest';
+import { afterEach, describe, expect } from 'vitest';
 import { probe, type Region } from 'uffd-hmm';
 
 export const uffdAvailable = probe().available;
@@ -33,6 +33,21 @@ export function checkPages(region: Region, first: number, count: number, seed = 
     }
   }
   return null;
+}
+
+/**
+ * A NativeToucher in 'increment' mode keeps one uint32 counter per thread at the start of each
+ * page: every thread made some increments, and the counters over `pages` sum to exactly the
+ * increments it made, so none was lost to a migration, zap or release racing it.
+ */
+export function expectNoLostIncrement(region: Region, pages: number, counts: number[]): void {
+  const view = new Uint32Array(region.bytes.buffer, region.bytes.byteOffset, (pages * region.pageSize) / 4);
+  for (let k = 0; k < counts.length; k++) {
+    let sum = 0;
+    for (let p = 0; p < pages; p++) sum += view[(p * region.pageSize) / 4 + k];
+    expect(counts[k]).toBeGreaterThan(0);
+    expect(sum).toBe(counts[k]);
+  }
 }
 
 export function crc32(data: Uint8Array): number {
