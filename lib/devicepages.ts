@@ -10,12 +10,10 @@ import {
   DEV_RELEASED,
   DEV_RELEASING,
   DEV_USED,
+  RELEASE_BATCH,
+  RELEASE_WARM,
 } from './layout.js';
 
-// native/device.h DeviceStore: free pages kept holding memory, and the least more that the release
-// tick (lib/device.ts releaseIdle) gives back.
-const RELEASE_WARM = 1024;
-const RELEASE_BATCH = 256;
 
 export function deviceSharedWords(capacity: number): number {
   return DEVICE_HEADER + 3 * capacity;

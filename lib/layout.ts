@@ -97,6 +97,10 @@ export const DEV_FAIL_ALLOC = 7;
 export const DEV_RELEASED = 8;
 /** While a release runs (> 0): entries below this index are being given back and may not be popped. */
 export const DEV_RELEASING = 9;
+/** Free pages that keep their memory (the most recently freed, handed out first). */
+export const RELEASE_WARM = 1024;
+/** How many free pages beyond RELEASE_WARM must hold memory before the release tick gives any back. */
+export const RELEASE_BATCH = 256;
 /**
  * 1 when the driver has a pageFree hook for the main thread: pages freed by native code (a native
  * or inline servicer, a guard, a fork child's references) are logged in freedLog under DEV_LOCK,

@@ -37,8 +37,8 @@ struct DeviceStore {
   // Never called on a free: a page freed and taken again soon (a migration round trip) must not
   // pay a first touch in between.
   int32_t release(int32_t idleTop);
-  static constexpr int32_t kReleaseWarm = 1024;
-  static constexpr int32_t kReleaseBatch = 256;
+  static constexpr int32_t kReleaseWarm = layout::kReleaseWarm;
+  static constexpr int32_t kReleaseBatch = layout::kReleaseBatch;
   // Whether the free stack, its top at `top`, holds enough resident pages for release().
   bool wantsRelease(int32_t top) const {
     return top - __atomic_load_n(&shared[layout::kDevReleased], __ATOMIC_RELAXED) >= kReleaseWarm + kReleaseBatch;

@@ -100,6 +100,10 @@ constexpr int kDevFailAlloc = 7;  // HMM_DMIRROR_FLAG_FAIL_ALLOC: the next huge 
 // being given back and may not be popped.
 constexpr int kDevReleased = 8;
 constexpr int kDevReleasing = 9;
+// Free pages that keep their memory (the most recently freed, handed out first), and how many more
+// must hold memory before the release tick gives any back.
+constexpr int32_t kReleaseWarm = 1024;
+constexpr int32_t kReleaseBatch = 256;
 // The driver has a pageFree hook that the main thread runs: pages freed by native code (a native or
 // inline servicer, a guard, a fork child's references) are logged in freedLog under kDevLock, and
 // the main thread drains the log and calls the hook. The worker servicer calls the hook itself.
