@@ -14,6 +14,7 @@ import {
   DEV_FAULTS,
   DEV_FREED,
   DEV_FREE_TOP,
+  DEV_ASK_FAULT,
   DEV_LOG_FREES,
   DEV_MIGRATED_TO_DEVICE,
   DEV_MIGRATED_TO_RAM,
@@ -189,9 +190,11 @@ export class Device extends EventEmitter {
     bySlot.set(this.slot, this);
     releaseTimer ??= setInterval(releaseTick, RELEASE_TICK_MS).unref();
     if (this.driverUrl !== undefined) {
-      // Pages a native or inline servicer, a guard or a fork child frees are logged for us: their
-      // pageFree runs on this thread, soon after (the worker servicer calls it for its own frees).
+      // Pages native code frees (every servicer, a guard, a migration back, a fork child) are logged
+      // for us: their pageFree runs on this thread, soon after. Faults on this device are handed to
+      // the worker servicer's JS, which asks the driver's fault hook, until it finds there is none.
       Atomics.store(this.shared, DEV_LOG_FREES, 1);
+      Atomics.store(this.shared, DEV_ASK_FAULT, 1);
       this.#freedLogTimer = setInterval(() => this.#drainFreedLog(), FREED_LOG_POLL_MS).unref();
     }
   }

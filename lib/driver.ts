@@ -41,8 +41,11 @@ export type FaultDecision = 'migrate' | 'sigbus';
  * A driver module: an ES module, named by {@link DeviceOptions.driver}, exporting any of these
  * hooks, the seed patch's `dev_pagemap` callbacks. `fault` runs in the worker servicer's thread,
  * for `'worker'` regions only (`'native'` and `'inline'` regions apply the default policy: migrate
- * back); `pageFree` runs once for every freed page, in the worker for pages its faults and zaps
- * freed and on the main thread for all others ({@link Driver.pageFree}). A hook that throws, or a `fault` hook
+ * back); `pageFree` runs once for every freed page, whoever freed it, on the thread that created
+ * the Device, shortly after the free and always before that page is handed out again
+ * ({@link Driver.pageFree}). The two hooks may thus run in two instances of the module (the worker's
+ * and the main thread's): keep state they share in the device's memory or a SharedArrayBuffer,
+ * not in module variables. A hook that throws, or a `fault` hook
  * that returns anything but a {@link FaultDecision} (a Promise included: it must decide
  * synchronously), is a driver bug: the fault is still served by the default policy and the Device
  * emits `'error'` with code `ERR_DRIVER_HOOK` (a process warning when nobody listens), never
@@ -70,13 +73,13 @@ export interface Driver {
   fault?(ctx: FaultContext): FaultDecision | void;
   /**
    * free_devpage (page_free): a device page lost its last reference (migrated back, discarded,
-   * unmapped, or its region closed). Called exactly once per freed page: in the worker thread for
-   * pages the worker servicer frees, and on the main thread, asynchronously, for all others:
-   * pages freed from JS (`region.close`, `discard`, `migrateToRam`, a shrinking `remap`,
-   * `device.close`, a migration to another device) and pages freed by native code (a `'native'`
-   * or `'inline'` servicer, a guard, a `region.fork` child), which the main thread collects every
-   * 10 ms. The two threads each import their own instance of the module: module-level state is
-   * not shared.
+   * unmapped, or its region closed). Called exactly once per freed page, on the thread that
+   * created the Device, asynchronously: pages freed from JS (`region.close`, `discard`,
+   * `migrateToRam`, a shrinking `remap`, `device.close`, a migration to another device) and pages
+   * freed by native code (any servicer's faults and zaps, a guard, a `region.fork` child), which
+   * the main thread collects every 10 ms and before each migration to the device, so a page is
+   * never handed out again before its pageFree. `fault` runs in the worker: the two hooks may run
+   * in two instances of the module, whose module-level state is not shared.
    */
   pageFree?(ctx: PageFreeContext): void;
 }

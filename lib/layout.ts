@@ -26,8 +26,6 @@ export const ZAP_READING = 10;
 export const ZAP_BATCHES_READ = 11;
 /** Of those, the batches whose REMOVE/UNMAP events are applied. */
 export const ZAP_BATCHES_DONE = 12;
-/** native.regionComplete's stats mask: bit i counts header word i, bit STAT_DEVICE_SHIFT + i device word i. */
-export const STAT_DEVICE_SHIFT = 16;
 
 export const KIND_MASK = 0x3;
 export const KIND_NONE = 0;
@@ -83,7 +81,7 @@ export const OUTCOME_WOKEN = 5;
 export const OUTCOME_PAGE_CACHE = 6;
 
 /** Int32 words before refcount[capacity], freeStack[capacity] and freedLog[capacity] in a device's shared buffer. */
-export const DEVICE_HEADER = 12;
+export const DEVICE_HEADER = 13;
 export const DEV_LOCK = 0;
 export const DEV_FREE_TOP = 1;
 export const DEV_USED = 2;
@@ -102,13 +100,29 @@ export const RELEASE_WARM = 1024;
 /** How many free pages beyond RELEASE_WARM must hold memory before the release tick gives any back. */
 export const RELEASE_BATCH = 256;
 /**
- * 1 when the driver has a pageFree hook for the main thread: pages freed by native code (a native
- * or inline servicer, a guard, a fork child's references) are logged in freedLog under DEV_LOCK,
- * and the main thread drains the log and calls the hook. The worker servicer calls it itself.
+ * 1 when the driver has a pageFree hook: every page freed by native code (any servicer, a guard, a
+ * migration back, a fork child's references) is logged in freedLog under DEV_LOCK, and the main
+ * thread drains the log and calls the hook, so it runs once per freed page whoever freed it.
  */
 export const DEV_LOG_FREES = 10;
 /** Entries in freedLog not yet drained. */
 export const DEV_FREED_LOGGED = 11;
+/**
+ * 1 while the device's driver may have a fault hook: the worker servicer's poller hands its faults
+ * to JS (EVENT_ASK) instead of serving them natively. Set by Device for a device with a driver,
+ * cleared by the worker once the module turns out to have no fault hook or fails to load.
+ */
+export const DEV_ASK_FAULT = 12;
+
+/** A driver's answer to a fault hook, handed to native.faultServe and carried across retries. */
+export const VERDICT_NONE = 0;
+export const VERDICT_MIGRATE = 1;
+export const VERDICT_SIGBUS = 2;
+
+/** The device slot a device entry's state word names. */
+export function deviceSlotOf(state: number): number {
+  return (state >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT;
+}
 
 /** Index of a page's state word in the region's Int32Array; its pfn word follows it. */
 export function stateIndex(page: number): number {
@@ -123,12 +137,8 @@ export const UFFD_PAGEFAULT_FLAG_MINOR = 4;
 /** Ours, beside the kernel's flags: the fault was taken inside a system call (kernel mode). */
 export const FAULT_KERNEL = 1 << 16;
 
-// The event records pollerWait writes (native/poller.cc): a fault is [region handle,
-// EVENT_PAGEFAULT, flags, page, tid, t0 µs], a zap [region handle, EVENT_REMOVE | EVENT_UNMAP, 0,
-// first page, page count, 0].
-export const EVENT_STRIDE = 6;
-export const EVENT_PAGEFAULT = 1;
-/** MADV_DONTNEED/MADV_REMOVE over [page, page + count) by any thread. */
-export const EVENT_REMOVE = 2;
-/** munmap over [page, page + count) by any thread. */
-export const EVENT_UNMAP = 3;
+// The records pollerWait writes (native/poller.cc): faults whose driver must be asked; every other
+// fault and event is served in native code. [region handle, EVENT_ASK, flags, page, tid, t0 µs,
+// state word, pfn].
+export const EVENT_STRIDE = 8;
+export const EVENT_ASK = 1;

@@ -66,35 +66,24 @@ export interface Addon {
   /** MADV_COLLAPSE over the range: 0 or -errno. */
   regionCollapse(handle: number, first: number, count: number): number;
   regionClose(handle: number): void;
-  /** UFFDIO_CONTINUE (DONTWAKE) at a minor fault, or a zero fill if the file lost the page: 0 or -errno. */
-  regionContinue(handle: number, page: number): number;
   regionTakeOver(handle: number): boolean;
   regionGuarded(handle: number): boolean;
-  regionComplete(
-    handle: number,
-    page: number,
-    state: number,
-    freeSlot: number,
-    freePfn: number,
-    stats: number,
-    wake?: boolean,
-    flags?: number,
-    tid?: number,
-    t0Us?: number,
-    outcome?: number,
-  ): number;
   regionTraceSet(handle: number, buffer: Int32Array | null): void;
-  regionMigrateSharers(handle: number, page: number, slot: number, pfn: number): void;
   regionFork(handle: number, steps: Int32Array, childShared: Int32Array, timeoutMs: number): number;
   forkPoll(job: number): NativeForkResult | undefined;
   forkStart(job: number): void;
   /** Device removal for region.fork children: their entries on the device migrate back. 0 or -errno. */
   forkEvictDevice(slot: number): number;
-  regionCopyIn(handle: number, page: number, slot: number, pfn: number, writeProtect: boolean, count?: number): number;
-  regionZeroFill(handle: number, page: number, write: boolean): number;
+  /**
+   * The fault engine, once a driver's fault hook has decided (verdict 1 migrate, 2 SIGBUS) for the
+   * entry (state word, pfn) it was asked about: 0 served, 1 deferred (keep the verdict, try again),
+   * 2 the entry changed (ask again), 3 failed (its thread was woken to fault afresh).
+   */
+  faultServe(handle: number, page: number, flags: number, tid: number, t0Us: number, verdict: number, state: number, pfn: number): number;
+  /** Migrate back of locked pages [page, page + count) from device pages [pfn, …): 0 or -errno; publishes nothing. */
+  regionFillFromDevice(handle: number, page: number, count: number, slot: number, pfn: number, writeProtect: boolean): number;
   regionWake(handle: number, first: number, count: number): number;
   regionWriteProtect(handle: number, first: number, count: number, protect: boolean, wake: boolean): number;
-  regionPoison(handle: number, page: number): number;
   regionCopyOut(handle: number, first: number, count: number, slot: number, pfns: Int32Array): number;
   regionPagemap(handle: number, first: number, count: number, out: BigUint64Array): void;
   regionDiscard(handle: number, first: number, count: number, free?: boolean): number;
@@ -107,8 +96,11 @@ export interface Addon {
   pollerAdd(poller: number, region: number): void;
   pollerRemove(poller: number, region: number): void;
   pollerKick(poller: number): void;
-  /** The worker servicer has applied the zap records pollerWait gave it (Region#settleZaps waits on it). */
-  pollerApplied(poller: number): void;
+  /**
+   * Serves what the poller's regions have for it, in native code, and writes into `out` the faults
+   * a driver's fault hook must decide (EVENT_ASK records): their count, or -1 when kicked with none,
+   * -2 when native guards serve these regions now.
+   */
   pollerWait(poller: number, out: Float64Array, timeoutMs: number): number;
   pollerAttach(poller: number): void;
   pollerWatch(poller: number, deadlineMs: number): void;

@@ -40,3 +40,13 @@ export function unlockPage(shared: Int32Array, page: number, state: number): voi
   Atomics.add(shared, UNLOCK_SEQ, 1);
   Atomics.notify(shared, UNLOCK_SEQ);
 }
+
+/** The state word (LOCKED included) a page holds now, read without locking it. */
+export function peekState(shared: Int32Array, page: number): number {
+  return Atomics.load(shared, stateIndex(page));
+}
+
+/** The device page a page's entry names, read without locking it (meaningful for device entries). */
+export function peekPfn(shared: Int32Array, page: number): number {
+  return Atomics.load(shared, stateIndex(page) + 1);
+}

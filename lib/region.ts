@@ -23,7 +23,6 @@ import {
   PMD_SIZE,
   REGION_HEADER,
   STAT_FAULTS,
-  STAT_FILL_RACED,
   STAT_FILL_RETRIES,
   STAT_KERNEL_FAULTS,
   STAT_MIGRATED_BACK,
@@ -257,7 +256,6 @@ const PROT_READ = 1;
 const PROT_WRITE = 2;
 const PROT_READWRITE = 3;
 const EAGAIN = -11;
-const EEXIST = -17;
 /** Why opening a userfaultfd fails when it is not permitted or not there (EPERM, ENOENT, EACCES, ENOSYS). */
 const UNAVAILABLE_ERRNOS = new Set([1, 2, 13, 38]);
 
@@ -1206,19 +1204,7 @@ export class Region extends EventEmitter implements DeviceHolder {
         k++;
       }
       try {
-        this.#retry(() => {
-          const rc = native.regionCopyIn(this.handle, page, slot, pfn, !write, k);
-          if (rc === EEXIST && k === 1) Atomics.add(shared, STAT_FILL_RACED, 1);
-          if (rc === 0 || rc === EAGAIN || k === 1) return rc === EEXIST ? 0 : rc;
-          // The run crosses a vma boundary (mprotect split it: ENOENT) or part of it is there
-          // already (EEXIST): fill it page by page, which each vma accepts.
-          for (let i = 0; i < k; i++) {
-            const one = native.regionCopyIn(this.handle, page + i, slot, pfn + i, !write);
-            if (one === EEXIST) Atomics.add(shared, STAT_FILL_RACED, 1);
-            else if (one !== 0) return one;
-          }
-          return 0;
-        }, 'ioctl(UFFDIO_COPY)', `migrating ${pageSpan(page, k)} back to system memory`);
+        this.#retry(() => native.regionFillFromDevice(this.handle, page, k, slot, pfn, !write), 'ioctl(UFFDIO_COPY)', `migrating ${pageSpan(page, k)} back to system memory`);
       } catch (e) {
         for (let i = 0; i < k; i++) this.#release(page + i, s);
         throw e;

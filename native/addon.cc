@@ -12,6 +12,7 @@ void initBench(Napi::Env env, Napi::Object exports);
 void initToucher(Napi::Env env, Napi::Object exports);
 void initFork(Napi::Env env, Napi::Object exports);
 void initProtocol(Napi::Env env, Napi::Object exports);
+void initFault(Napi::Env env, Napi::Object exports);
 void retireForkJobsOf(const void* env);
 void retireRegionsOf(const void* env);
 }  // namespace uffdhmm
@@ -45,6 +46,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   uffdhmm::initToucher(env, exports);
   uffdhmm::initFork(env, exports);
   uffdhmm::initProtocol(env, exports);
+  uffdhmm::initFault(env, exports);
   return exports;
 }
 

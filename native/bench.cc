@@ -25,7 +25,7 @@
 
 #include "napi_util.h"
 #include "region.h"
-#include "servicer_thread.h"
+#include "dispatch.h"
 #include "uffd.h"
 
 namespace uffdhmm {

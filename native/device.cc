@@ -73,10 +73,34 @@ static bool dropRuns(struct iovec* runs, int nruns, size_t bytes) {
   return rc == static_cast<long>(bytes);
 }
 
-bool DeviceStore::putPage(uint32_t pfn, bool logFree) {
+bool DeviceStore::putPage(uint32_t pfn) {
   if (pfn >= capacity) return false;
   int32_t old = __atomic_fetch_sub(&refcount()[pfn], 1, __ATOMIC_ACQ_REL);
   if (old != 1) return false;
+  pushFree(pfn, true);
+  return true;
+}
+
+bool DeviceStore::dropRef(uint32_t pfn) {
+  if (pfn >= capacity) return false;
+  if (__atomic_fetch_sub(&refcount()[pfn], 1, __ATOMIC_ACQ_REL) != 1) return false;
+  __atomic_fetch_sub(&shared[layout::kDevUsed], 1, __ATOMIC_RELAXED);
+  __atomic_fetch_add(&shared[layout::kDevFreed], 1, __ATOMIC_RELAXED);
+  return true;
+}
+
+void DeviceStore::freeDropped(uint32_t pfn) { pushFree(pfn, false); }
+
+void DeviceStore::undoDrop(uint32_t pfn, bool wasLast) {
+  if (pfn >= capacity) return;
+  if (wasLast) {
+    __atomic_fetch_add(&shared[layout::kDevUsed], 1, __ATOMIC_RELAXED);
+    __atomic_fetch_sub(&shared[layout::kDevFreed], 1, __ATOMIC_RELAXED);
+  }
+  __atomic_fetch_add(&refcount()[pfn], 1, __ATOMIC_ACQ_REL);
+}
+
+void DeviceStore::pushFree(uint32_t pfn, bool count) {
   int32_t* hdr = shared;
   spinLock(&hdr[layout::kDevLock]);
   int32_t top = hdr[layout::kDevFreeTop];
@@ -85,14 +109,13 @@ bool DeviceStore::putPage(uint32_t pfn, bool logFree) {
   // Pages are allocated only by the main thread, which drains the log first: between two drains a
   // pfn is freed at most once, so the log (capacity entries) cannot overflow.
   const int32_t logged = hdr[layout::kDevFreedLogged];
-  if (logFree && __atomic_load_n(&hdr[layout::kDevLogFrees], __ATOMIC_RELAXED) && logged < static_cast<int32_t>(capacity)) {
+  if (__atomic_load_n(&hdr[layout::kDevLogFrees], __ATOMIC_RELAXED) && logged < static_cast<int32_t>(capacity)) {
     freedLog()[logged] = static_cast<int32_t>(pfn);
     __atomic_store_n(&hdr[layout::kDevFreedLogged], logged + 1, __ATOMIC_RELEASE);
   }
-  __atomic_fetch_sub(&hdr[layout::kDevUsed], 1, __ATOMIC_RELAXED);
+  if (count) __atomic_fetch_sub(&hdr[layout::kDevUsed], 1, __ATOMIC_RELAXED);
   spinUnlock(&hdr[layout::kDevLock]);
-  __atomic_fetch_add(&hdr[layout::kDevFreed], 1, __ATOMIC_RELAXED);
-  return true;
+  if (count) __atomic_fetch_add(&hdr[layout::kDevFreed], 1, __ATOMIC_RELAXED);
 }
 
 int32_t DeviceStore::release(int32_t idleTop) {

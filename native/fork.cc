@@ -20,7 +20,7 @@
 
 #include "device.h"
 #include "napi_util.h"
-#include "policy.h"
+#include "fault.h"
 #include "region.h"
 #include "registry.h"
 #include "servicer_thread.h"

@@ -14,7 +14,7 @@
 #include <mutex>
 
 #include "device.h"
-#include "policy.h"
+#include "fault.h"
 #include "trace.h"
 
 namespace uffdhmm {
@@ -127,7 +127,7 @@ void onSigbus(int sig, siginfo_t* info, void* uctx) {
       uint32_t flags = faultWasWrite(uctx) ? UFFD_PAGEFAULT_FLAG_WRITE : 0;
       if (present > 0 || (present < 0 && (s & layout::kKindMask) == layout::kKindPresent)) flags |= UFFD_PAGEFAULT_FLAG_WP;
       for (int spins = 0;; spins++) {
-        Served rc = serveFaultDefault(*r, page, flags, tid, t0Ns);
+        Served rc = serveFault(*r, page, flags, tid, t0Ns, nullptr);
         if (rc == Served::Done) {
           served = true;
           break;

@@ -33,9 +33,6 @@ constexpr int kStatFillRaced = 9;
 constexpr int kZapReading = 10;
 constexpr int kZapBatchesRead = 11;
 constexpr int kZapBatchesDone = 12;
-// regionComplete's stats mask: bit i counts region header word i; bit kStatDeviceShift + i counts
-// device header word i.
-constexpr int kStatDeviceShift = 16;
 
 // A page's state word.
 constexpr int32_t kKindMask = 0x3;
@@ -86,7 +83,7 @@ constexpr int32_t kOutcomeWoken = 5;  // already there (EEXIST): the thread was 
 
 // Device shared buffer: kDeviceHeader int32 words, refcount[capacity], freeStack[capacity],
 // freedLog[capacity].
-constexpr int kDeviceHeader = 12;
+constexpr int kDeviceHeader = 13;
 constexpr int kDevLock = 0;  // spinlock over the free stack
 constexpr int kDevFreeTop = 1;
 constexpr int kDevUsed = 2;
@@ -104,18 +101,27 @@ constexpr int kDevReleasing = 9;
 // must hold memory before the release tick gives any back.
 constexpr int32_t kReleaseWarm = 1024;
 constexpr int32_t kReleaseBatch = 256;
-// The driver has a pageFree hook that the main thread runs: pages freed by native code (a native or
-// inline servicer, a guard, a fork child's references) are logged in freedLog under kDevLock, and
-// the main thread drains the log and calls the hook. The worker servicer calls the hook itself.
+// The driver has a pageFree hook: every page freed by native code (any servicer, a guard, a
+// migration back, a fork child's references) is logged in freedLog under kDevLock, and the main
+// thread drains the log and calls the hook, so it runs once per freed page whoever freed it.
 constexpr int kDevLogFrees = 10;
 constexpr int kDevFreedLogged = 11;  // entries in freedLog not yet drained
+// The driver may have a fault hook (dev_pagemap_ops.migrate_to_ram's decision): the worker
+// servicer's poller hands this device's faults to JS to ask it (kEventAsk) instead of serving them.
+// Set by the main thread for a device with a driver; cleared by the worker once the driver module
+// turns out to have no fault hook (or failed to load).
+constexpr int kDevAskFault = 12;
 
-// The event records pollerWait writes for the worker servicer: kEventStride doubles each,
-// a fault is [region handle, kEventPagefault, flags, page, tid, t0 µs], a zap [region handle,
-// kEventRemove | kEventUnmap, 0, first page, page count, 0] (native/poller.cc writes them).
-constexpr int kEventStride = 6;
-constexpr int kEventPagefault = 1;
-constexpr int kEventRemove = 2;  // MADV_DONTNEED / MADV_REMOVE over a range, by any thread
-constexpr int kEventUnmap = 3;   // munmap over a range, by any thread
+// A driver's answer to a fault hook, passed back to the engine (faultServe) and carried across
+// retries of the same fault.
+constexpr int32_t kVerdictNone = 0;
+constexpr int32_t kVerdictMigrate = 1;
+constexpr int32_t kVerdictSigbus = 2;
+
+// The records pollerWait writes for the worker servicer: faults whose driver must be asked (every
+// other fault and event is served in native code), kEventStride doubles each: [region handle,
+// kEventAsk, flags, page, tid, t0 µs, state word, pfn] (native/poller.cc writes them).
+constexpr int kEventStride = 8;
+constexpr int kEventAsk = 1;
 
 }  // namespace uffdhmm::layout

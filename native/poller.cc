@@ -1,6 +1,7 @@
-// The worker servicer's event source: one epoll set over the userfaultfds of every region it
-// serves, plus an eventfd so the owner can wake it. Events land in a caller-owned Float64Array,
-// already translated from addresses to (region, page), so the JS hot path allocates nothing.
+// The worker servicer's native half: one epoll set over the userfaultfds of every region it
+// serves, plus an eventfd so the owner can wake it. It dispatches what it reads through the fault
+// engine (dispatch.h) and hands JS only the faults a driver's fault hook must decide, in a
+// caller-owned Float64Array, so the JS hot path allocates nothing.
 #include <napi.h>
 #include <poll.h>
 #include <sys/epoll.h>
@@ -22,6 +23,7 @@
 #include "napi_util.h"
 #include "region.h"
 #include "registry.h"
+#include "dispatch.h"
 #include "servicer_thread.h"
 #include "trace.h"
 
@@ -32,37 +34,16 @@ namespace {
 struct Poller {
   UniqueFd epoll;
   UniqueFd wakeFd;
-  // Events read but not reported yet: faults at addresses a region does not cover yet (a remap's
-  // new address, queued before its EVENT_REMAP), or overflow while a fork holds us in native code.
-  // A fixed array: the waiting thread must not allocate. Only that thread uses it.
-  struct Parked {
-    int handle;
-    struct uffd_msg msg;
-  };
-  static constexpr int kMaxParked = 1024;
-  Parked parked[kMaxParked];
-  int nparked = 0;
+  // Faults read but not served yet (dispatch.h), and the JS side's array of faults to ask about.
+  // Fixed arrays: the waiting thread must not allocate. Only that thread uses them.
+  FaultQueue deferred;
+  struct Asks : AskSink {
+    double* out = nullptr;
+    int capacity = 0;
+    int written = 0;
+    bool ask(int handle, uint32_t page, uint32_t flags, uint32_t tid, uint64_t t0Ns, const Carried& entry) override;
+  } asks;
   bool kicked = false;
-  void park(int h, const struct uffd_msg& m) {
-    if (nparked < kMaxParked) parked[nparked++] = {h, m};
-  }
-  // Batches read per region since the worker last came back (Region#settleZaps): at the next
-  // pollerWait the worker has applied their zaps, unless some of the region's messages are parked.
-  struct ReadMark {
-    int handle;
-    int32_t batch;
-  };
-  static constexpr int kMaxReadMarks = 64;
-  ReadMark readMarks[kMaxReadMarks];
-  int nReadMarks = 0;
-  void markRead(int h, int32_t batch) {
-    for (int i = 0; i < nReadMarks; i++)
-      if (readMarks[i].handle == h) {
-        readMarks[i].batch = batch;
-        return;
-      }
-    if (nReadMarks < kMaxReadMarks) readMarks[nReadMarks++] = {h, batch};
-  }
   std::atomic<bool> holding{false};     // held in pollerWait while a fork is in progress
   std::atomic<pid_t> attachedTid{0};    // the worker thread that waits on this poller
   std::atomic<bool> hasMembers{false};
@@ -262,14 +243,6 @@ Napi::Value PollerDead(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), !p->dead.load() ? 0 : p->workerGone.load() ? 2 : 1);
 }
 
-void markApplied(Poller& p);
-
-// pollerApplied(poller): the worker has applied the zaps it was given (see markApplied).
-Napi::Value PollerApplied(const Napi::CallbackInfo& info) {
-  markApplied(*argPoller(info, 0));
-  return info.Env().Undefined();
-}
-
 // pollerKick(poller): wakes a pollerWait in progress (new messages, or stop).
 Napi::Value PollerKick(const Napi::CallbackInfo& info) {
   auto p = argPoller(info, 0);
@@ -278,83 +251,26 @@ Napi::Value PollerKick(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// One event into out (or into the parked list when out is full, or for a fault at an address the
-// region does not cover yet). FORK and REMAP are handled right here, in native code.
-void record(Poller& p, int h, RegionState& r, const struct uffd_msg& m, double* out, int capacity, int& written) {
-  if (m.event == UFFD_EVENT_REMAP) {
-    r.applyRemap(m.arg.remap.from);
-    return;
-  }
-  if (m.event == UFFD_EVENT_FORK) {
-    onForkEvent(r, static_cast<int>(m.arg.fork.ufd));
-    return;
-  }
-  if (m.event == UFFD_EVENT_PAGEFAULT && r.pageOf(m.arg.pagefault.address) < 0) {
-    p.park(h, m);
-    return;
-  }
-  if (written >= capacity) {
-    p.park(h, m);
-    return;
-  }
+// A fault whose driver must decide, into the worker's array: [region, kEventAsk, flags, page, tid,
+// t0 µs, state word, pfn]. No room: the fault waits in the queue and is asked about next time.
+bool Poller::Asks::ask(int handle, uint32_t page, uint32_t flags, uint32_t tid, uint64_t t0Ns, const Carried& entry) {
+  if (written >= capacity) return false;
   double* rec = out + size_t(written) * kStride;
-  if (m.event == UFFD_EVENT_REMOVE || m.event == UFFD_EVENT_UNMAP) {
-    // As page numbers clamped to the region: [first, first + count).
-    const uint64_t base = reinterpret_cast<uint64_t>(r.base);
-    uint64_t lo = std::max<uint64_t>(m.arg.remove.start, base);
-    uint64_t hi = std::min<uint64_t>(m.arg.remove.end, base + r.length);
-    if (hi <= lo) return;
-    rec[0] = h;
-    rec[1] = m.event == UFFD_EVENT_REMOVE ? layout::kEventRemove : layout::kEventUnmap;
-    rec[2] = 0;
-    rec[3] = static_cast<double>((lo - base) / r.pageSize);
-    rec[4] = static_cast<double>((hi - lo + r.pageSize - 1) / r.pageSize);
-    written++;
-    return;
-  }
-  if (m.event != UFFD_EVENT_PAGEFAULT) return;
-  uint32_t flags = static_cast<uint32_t>(m.arg.pagefault.flags);
-  if (r.classifyFaults && faultInSyscall(m.arg.pagefault.feat.ptid)) flags |= layout::kFaultKernel;
-  rec[0] = h;
-  rec[1] = layout::kEventPagefault;
+  rec[0] = handle;
+  rec[1] = layout::kEventAsk;
   rec[2] = static_cast<double>(flags);
-  rec[3] = static_cast<double>(r.pageOf(m.arg.pagefault.address));
-  rec[4] = static_cast<double>(m.arg.pagefault.feat.ptid);
-  rec[5] = r.trace ? double(monoNs()) / 1000.0 : 0;  // read time, µs, for the trace
+  rec[3] = static_cast<double>(page);
+  rec[4] = static_cast<double>(tid);
+  rec[5] = double(t0Ns) / 1000.0;
+  rec[6] = static_cast<double>(entry.state);
+  rec[7] = static_cast<double>(entry.pfn);
   written++;
+  return true;
 }
 
-// The worker is back for more: it has applied the zaps of every batch it was given. A region with
-// messages still parked keeps its mark until they have been reported too.
-void markApplied(Poller& p) {
-  int kept = 0;
-  for (int i = 0; i < p.nReadMarks; i++) {
-    const Poller::ReadMark m = p.readMarks[i];
-    bool parked = false;
-    for (int k = 0; k < p.nparked && !parked; k++) parked = p.parked[k].handle == m.handle;
-    if (parked) {
-      p.readMarks[kept++] = m;
-      continue;
-    }
-    auto r = regions().get(m.handle);
-    if (r) __atomic_store_n(r->stat(layout::kZapBatchesDone), m.batch, __ATOMIC_SEQ_CST);
-  }
-  p.nReadMarks = kept;
-}
-
-// Re-reports parked events; record() parks again what still cannot be reported.
-void unpark(Poller& p, double* out, int capacity, int& written) {
-  const int n = p.nparked;
-  p.nparked = 0;
-  for (int i = 0; i < n; i++) {
-    const Poller::Parked e = p.parked[i];  // a copy: record() may park into slots already read
-    auto r = regions().get(e.handle);
-    if (r) record(p, e.handle, *r, e.msg, out, capacity, written);  // a closed region's threads were woken
-  }
-}
-
-// One round: wait up to timeoutMs for ready userfaultfds, read their messages, record them.
-void pump(Poller& p, double* out, int capacity, int& written, int timeoutMs) {
+// One round: wait up to timeoutMs for ready userfaultfds, read and dispatch their messages. Every
+// event and every fault that needs no driver decision is served here, in native code.
+void pump(Poller& p, int timeoutMs) {
   constexpr int kMaxReady = 16;
   struct epoll_event ready[kMaxReady];
   int nready;
@@ -373,15 +289,12 @@ void pump(Poller& p, double* out, int capacity, int& written, int timeoutMs) {
     int h = static_cast<int>(ready[i].data.u64);
     auto r = regions().get(h);
     if (!r) continue;
-    // Leave messages in the kernel's queue rather than overflow ours (unless a fork waits).
-    int room = std::min(kBatch, std::max(capacity - written, 0) + (Poller::kMaxParked - p.nparked));
+    // Leave messages in the kernel's queue rather than overflow ours.
+    int room = std::min(kBatch, FaultQueue::kCapacity - p.deferred.size());
     if (room <= 0) continue;
-    __atomic_store_n(r->stat(layout::kZapReading), 1, __ATOMIC_SEQ_CST);
-    int n = readMessages(r->uffd.get(), msgs, room);
-    if (hasZaps(msgs, n)) p.markRead(h, __atomic_add_fetch(r->stat(layout::kZapBatchesRead), 1, __ATOMIC_SEQ_CST));
-    __atomic_store_n(r->stat(layout::kZapReading), 0, __ATOMIC_SEQ_CST);
-    if (n > 0) testHoldPoint(*r, r->stopServicer);  // test only: see RegionState::testHoldBatches
-    for (int k = 0; k < n; k++) record(p, h, *r, msgs[k], out, capacity, written);
+    int32_t zapBatch = 0;
+    int n = readBatch(*r, msgs, room, &zapBatch);
+    if (n > 0) dispatchBatch(*r, h, msgs, n, zapBatch, p.deferred, &p.asks);
   }
 }
 
@@ -426,9 +339,9 @@ void installForkHandlers() {
 
 namespace {
 
-// pollerWait(poller, out: Float64Array, timeoutMs) -> number of events written (may be 0), or
-// -1 when woken by pollerKick with no event. Records: [region, type, flags, page, tid] for faults,
-// [region, type, 0, first page, page count] for zaps (REMOVE, UNMAP).
+// pollerWait(poller, out: Float64Array, timeoutMs) -> number of faults to ask a driver about written
+// to out (may be 0), or -1 when woken by pollerKick with none. Everything else read meanwhile
+// (events, and faults that need no decision) is served before it returns.
 Napi::Value PollerWait(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto p = argPoller(info, 0);
@@ -441,19 +354,31 @@ Napi::Value PollerWait(const Napi::CallbackInfo& info) {
   if (p->dead.load()) return Napi::Number::New(env, -2);  // guards serve these regions now
   p->beat.fetch_add(1, std::memory_order_relaxed);
   p->inWait.store(true, std::memory_order_relaxed);
-  int written = 0;
+  p->asks.out = out;
+  p->asks.capacity = capacity;
+  p->asks.written = 0;
   p->kicked = false;
-  markApplied(*p);
-  unpark(*p, out, capacity, written);
-  pump(*p, out, capacity, written, p->nparked == 0 && written == 0 ? static_cast<int>(timeout) : 0);
+  retryDeferred(p->deferred, nullptr, &p->asks);
+  pump(*p, p->asks.written == 0 && p->deferred.size() == 0 ? static_cast<int>(timeout) : 0);
+  // Faults on locked pages: a migration holds a page for microseconds. Look again shortly, here,
+  // until one needs JS, a kick comes, or the caller's timeout is up.
+  for (uint32_t waited = 0; p->asks.written == 0 && !p->kicked && p->deferred.size() > 0 && waited < timeout * 50; waited++) {
+    struct timespec ts = {0, 20 * 1000};
+    ::nanosleep(&ts, nullptr);
+    retryDeferred(p->deferred, nullptr, &p->asks);
+    pump(*p, 0);
+  }
   // Never go back to JS (which may allocate) while a fork is in progress: see prepareFork.
   while (gForkGate.load(std::memory_order_acquire) != 0) {
     p->holding.store(true, std::memory_order_release);
-    pump(*p, out, capacity, written, 1);
+    retryDeferred(p->deferred, nullptr, &p->asks);
+    pump(*p, 1);
   }
   p->holding.store(false, std::memory_order_release);
   p->beat.fetch_add(1, std::memory_order_relaxed);
   p->inWait.store(false, std::memory_order_relaxed);
+  const int written = p->asks.written;
+  p->asks.out = nullptr;
   return Napi::Number::New(env, written == 0 && p->kicked ? -1 : written);
 }
 
@@ -466,7 +391,6 @@ void initPoller(Napi::Env env, Napi::Object exports) {
   exports.Set("pollerAdd", Napi::Function::New(env, PollerAdd));
   exports.Set("pollerRemove", Napi::Function::New(env, PollerRemove));
   exports.Set("pollerKick", Napi::Function::New(env, PollerKick));
-  exports.Set("pollerApplied", Napi::Function::New(env, PollerApplied));
   exports.Set("pollerWait", Napi::Function::New(env, PollerWait));
   exports.Set("pollerAttach", Napi::Function::New(env, PollerAttach));
   exports.Set("pollerWatch", Napi::Function::New(env, PollerWatch));

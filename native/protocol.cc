@@ -12,14 +12,14 @@ namespace {
 #define PROTOCOL_CONSTANTS(X)                                                                                        \
   X(kFaultKernel) X(kRegionHeader) X(kStatFaults) X(kStatWriteFaults) X(kStatWpFaults) X(kStatKernelFaults)         \
   X(kStatMigratedBack) X(kStatZeroFills) X(kStatPoisoned) X(kUnlockSeq) X(kStatFillRetries) X(kStatFillRaced)       \
-  X(kZapReading) X(kZapBatchesRead) X(kZapBatchesDone) X(kStatDeviceShift) X(kKindMask) X(kKindNone)                \
+  X(kZapReading) X(kZapBatchesRead) X(kZapBatchesDone) X(kKindMask) X(kKindNone)                \
   X(kKindPresent) X(kKindDevice) X(kKindPoison) X(kWrite) X(kLocked) X(kUnmapped) X(kZapping) X(kHuge)              \
   X(kZapPending) X(kPmdSize) X(kDeviceShift) X(kMaxDeviceSlot) X(kTraceHeader) X(kTraceEnabled) X(kTraceNext)       \
   X(kTraceOverwritten) X(kTraceCapacity) X(kTraceStride) X(kTraceSeq) X(kTraceT0) X(kTracePage) X(kTraceFlags)      \
   X(kTraceTid) X(kTraceSlot) X(kTraceOutcome) X(kTraceServiceUs) X(kOutcomeMigrated) X(kOutcomeZeroPage)            \
   X(kOutcomeUnprotected) X(kOutcomeSigbus) X(kOutcomePageCache) X(kOutcomeWoken) X(kDeviceHeader) X(kDevLock)       \
   X(kDevFreeTop) X(kDevUsed) X(kDevFaults) X(kDevMigratedToDevice) X(kDevMigratedToRam) X(kDevFreed)                \
-  X(kDevFailAlloc) X(kDevReleased) X(kDevReleasing) X(kReleaseWarm) X(kReleaseBatch) X(kDevLogFrees) X(kDevFreedLogged) X(kEventStride) X(kEventPagefault) X(kEventRemove) X(kEventUnmap)
+  X(kDevFailAlloc) X(kDevReleased) X(kDevReleasing) X(kReleaseWarm) X(kReleaseBatch) X(kDevLogFrees) X(kDevFreedLogged) X(kDevAskFault) X(kVerdictNone) X(kVerdictMigrate) X(kVerdictSigbus) X(kEventStride) X(kEventAsk)
 
 // protocolConstants(): { kStatFaults: 0, …, UFFD_PAGEFAULT_FLAG_WRITE: 1, … }. The kernel's fault
 // flags come along because lib/layout.ts restates them for the worker, which has no header to read.

@@ -16,7 +16,7 @@
 
 #include "device.h"
 #include "napi_util.h"
-#include "policy.h"
+#include "fault.h"
 #include "inline_servicer.h"
 #include "servicer_thread.h"
 #include "trace.h"
@@ -407,102 +407,6 @@ static Napi::Value RegionGuarded(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), r && r->guarded.load());
 }
 
-// regionComplete(region, page, state, freeSlot, freePfn, stats) -> 1 if a device page was freed, else 0.
-// The end of serving a fault, decided in TypeScript but done here in one call, so that a worker
-// terminated at any point leaves either nothing done or everything done: store the page's new
-// state (unlocking it), drop the device page's reference (freeSlot > 0), add 1 to each counter in
-// `stats` (bits 0..15: region header words; from bit kStatDeviceShift: device header words of freeSlot), then
-// wake the faulting thread.
-static Napi::Value RegionComplete(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  auto r = argRegion(info, 0);
-  uint32_t page = argU32(info, 1, "page");
-  checkRange(info, *r, page, 1);
-  int32_t state = static_cast<int32_t>(argU32(info, 2, "state"));
-  uint32_t freeSlot = argU32(info, 3, "freeSlot");
-  uint32_t freePfn = argU32(info, 4, "freePfn");
-  uint32_t statMask = argU32(info, 5, "stats");
-  bool wakeup = info.Length() > 6 ? argBool(info, 6, "wake") : true;
-  // Trace: [flags, tid, t0 µs, outcome] of the fault this completes (outcome 0: nothing to trace).
-  const uint32_t outcome = info.Length() > 10 ? argU32(info, 10, "outcome") : 0;
-  std::shared_ptr<DeviceStore> dev;
-  if (freeSlot > 0) {
-    dev = devices().get(static_cast<int>(freeSlot));
-    if (!dev) throw codedError(env, "ERR_DEVICE_CLOSED", kDeviceClosed);
-    if (freePfn >= dev->capacity) throw rangeError(env, "pfn is outside the device's memory");
-  }
-  int32_t* st = r->state(page);
-  if (dev) st[1] = 0;
-  __atomic_store_n(st, state & ~layout::kLocked, __ATOMIC_RELEASE);
-  noteUnlock(*r);
-  bool freed = dev ? dev->putPage(freePfn, /* logFree: the worker calls pageFree itself */ false) : false;
-  for (int i = 0; i < layout::kStatDeviceShift; i++)
-    if (statMask & (1u << i)) __atomic_fetch_add(r->stat(i), 1, __ATOMIC_RELAXED);
-  for (int i = 0; i < layout::kDeviceHeader && dev; i++)
-    if (statMask & (1u << (layout::kStatDeviceShift + i))) __atomic_fetch_add(&dev->shared[i], 1, __ATOMIC_RELAXED);
-  if (outcome != 0 && r->trace) {
-    const double t0Us = info[9].As<Napi::Number>().DoubleValue();
-    traceRecord(*r, page, argU32(info, 7, "flags"), argU32(info, 8, "tid"), static_cast<int32_t>(freeSlot),
-                static_cast<int32_t>(outcome), static_cast<uint64_t>(t0Us * 1000.0));
-  }
-  if (wakeup) wake(r->uffd.get(), r->addr(page), r->pageSize);
-  return Napi::Number::New(env, freed ? 1 : 0);
-}
-
-// regionMigrateSharers(region, page, device, pfn): after page came back from a device page that
-// forked children still map, migrate it back for them too (see migrateSharers in policy.h).
-static Napi::Value RegionMigrateSharers(const Napi::CallbackInfo& info) {
-  auto r = argRegion(info, 0);
-  uint32_t page = argU32(info, 1, "page");
-  checkRange(info, *r, page, 1);
-  uint32_t slot = argU32(info, 2, "device");
-  uint32_t pfn = argU32(info, 3, "pfn");
-  migrateSharers(*r, page, static_cast<int32_t>(slot), pfn);
-  return info.Env().Undefined();
-}
-
-// regionCopyIn(region, page, device, pfn, writeProtect, count = 1) -> 0 | -errno. The migrate-back
-// fill of `count` pages from consecutive device pages (fault-around).
-static Napi::Value RegionCopyIn(const Napi::CallbackInfo& info) {
-  auto r = argRegion(info, 0);
-  uint32_t page = argU32(info, 1, "page");
-  checkRange(info, *r, page, 1);
-  auto dev = devices().get(static_cast<int>(argU32(info, 2, "device")));
-  if (!dev) throw codedError(info.Env(), "ERR_DEVICE_CLOSED", kDeviceClosed);
-  uint32_t pfn = argU32(info, 3, "pfn");
-  if (pfn >= dev->capacity) throw rangeError(info.Env(), "pfn is outside the device's memory");
-  bool wp = argBool(info, 4, "writeProtect");
-  uint32_t count = info.Length() > 5 ? argU32(info, 5, "count") : 1;
-  if (count < 1 || !r->contains(page, count) || pfn + uint64_t(count) > dev->capacity)
-    throw rangeError(info.Env(), "page run is outside the region or the device");
-  int rc = copy(r->uffd.get(), r->addr(page), reinterpret_cast<uint64_t>(dev->page(pfn)), uint64_t(count) * r->pageSize,
-                UFFDIO_COPY_MODE_DONTWAKE | (wp ? UFFDIO_COPY_MODE_WP : 0), nullptr);
-  return Napi::Number::New(info.Env(), rc);
-}
-
-// regionZeroFill(region, page, write) -> 0 | -errno. A write fault gets a zeroed private page in
-// one step; a read fault maps the shared zero page, as the kernel does for a read of a hole.
-static Napi::Value RegionZeroFill(const Napi::CallbackInfo& info) {
-  alignas(4096) static const uint8_t zeros[65536] = {};
-  auto r = argRegion(info, 0);
-  uint32_t page = argU32(info, 1, "page");
-  checkRange(info, *r, page, 1);
-  bool write = argBool(info, 2, "write");
-  int rc = write ? copy(r->uffd.get(), r->addr(page), reinterpret_cast<uint64_t>(zeros), r->pageSize, UFFDIO_COPY_MODE_DONTWAKE, nullptr)
-                 : zeropage(r->uffd.get(), r->addr(page), r->pageSize, UFFDIO_ZEROPAGE_MODE_DONTWAKE, nullptr);
-  return Napi::Number::New(info.Env(), rc);
-}
-
-// regionContinue(region, page) -> 0 | -errno: a minor fault on a private file page whose private
-// copy is gone: map the page cache's page (the file's bytes), as the kernel's fault would. If the
-// file lost the page meanwhile (a hole punched), fill the hole with zeroes instead.
-static Napi::Value RegionContinue(const Napi::CallbackInfo& info) {
-  auto r = argRegion(info, 0);
-  uint32_t page = argU32(info, 1, "page");
-  checkRange(info, *r, page, 1);
-  return Napi::Number::New(info.Env(), continueOrZero(*r, page));
-}
-
 // regionWake(region, first, count) -> 0 | -errno
 static Napi::Value RegionWake(const Napi::CallbackInfo& info) {
   auto r = argRegion(info, 0);
@@ -521,14 +425,6 @@ static Napi::Value RegionWriteProtect(const Napi::CallbackInfo& info) {
   bool protect = argBool(info, 3, "protect");
   bool wakeup = argBool(info, 4, "wake");
   return Napi::Number::New(info.Env(), writeProtect(r->uffd.get(), r->addr(first), uint64_t(count) * r->pageSize, protect, wakeup));
-}
-
-// regionPoison(region, page) -> 0 | -errno: once woken, the faulting thread (and every later access) gets SIGBUS.
-static Napi::Value RegionPoison(const Napi::CallbackInfo& info) {
-  auto r = argRegion(info, 0);
-  uint32_t page = argU32(info, 1, "page");
-  checkRange(info, *r, page, 1);
-  return Napi::Number::New(info.Env(), poison(r->uffd.get(), r->addr(page), r->pageSize, kPoisonModeDontwake, nullptr));
 }
 
 // /proc/self/pagemap, opened on first use and kept open. A failed open (EMFILE, at the descriptor
@@ -842,14 +738,8 @@ void initRegion(Napi::Env env, Napi::Object exports) {
   exports.Set("regionTakeOver", Napi::Function::New(env, RegionTakeOver));
   exports.Set("regionGuarded", Napi::Function::New(env, RegionGuarded));
   exports.Set("regionTraceSet", Napi::Function::New(env, RegionTraceSet));
-  exports.Set("regionComplete", Napi::Function::New(env, RegionComplete));
-  exports.Set("regionMigrateSharers", Napi::Function::New(env, RegionMigrateSharers));
-  exports.Set("regionCopyIn", Napi::Function::New(env, RegionCopyIn));
-  exports.Set("regionZeroFill", Napi::Function::New(env, RegionZeroFill));
   exports.Set("regionWake", Napi::Function::New(env, RegionWake));
-  exports.Set("regionContinue", Napi::Function::New(env, RegionContinue));
   exports.Set("regionWriteProtect", Napi::Function::New(env, RegionWriteProtect));
-  exports.Set("regionPoison", Napi::Function::New(env, RegionPoison));
   exports.Set("regionCopyOut", Napi::Function::New(env, RegionCopyOut));
   exports.Set("regionPagemap", Napi::Function::New(env, RegionPagemap));
   exports.Set("regionDiscard", Napi::Function::New(env, RegionDiscard));

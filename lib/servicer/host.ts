@@ -12,7 +12,6 @@ export interface ServicedRegion {
   readonly handle: number;
   readonly shared: Int32Array;
   readonly pages: number;
-  readonly faultAround: number;
   readonly address: bigint;
   readonly pageSize: number;
   reportError(err: Error): void;
@@ -205,7 +204,6 @@ export class WorkerServicer {
       handle: region.handle,
       shared: region.shared,
       pages: region.pages,
-      faultAround: region.faultAround,
       address: region.address,
       pageSize: region.pageSize,
     });
@@ -215,7 +213,7 @@ export class WorkerServicer {
   /** The region's table moved to a new buffer (remap): the worker switches before the move. */
   replaceTable(region: ServicedRegion, shared: Int32Array, pages: number): void {
     if (!this.#regions.has(region.handle)) return;
-    this.#post({ type: 'region', handle: region.handle, shared, pages, faultAround: region.faultAround, address: region.address, pageSize: region.pageSize });
+    this.#post({ type: 'region', handle: region.handle, shared, pages, address: region.address, pageSize: region.pageSize });
   }
 
   removeRegion(handle: number): void {

@@ -17,7 +17,6 @@ export interface RegionMessage {
   handle: number;
   shared: Int32Array;
   pages: number;
-  faultAround: number;
   address: bigint;
   pageSize: number;
 }

@@ -1,14 +1,16 @@
-// The worker_thread servicer: reads the faults of every worker-mode region through one native
-// poller and serves each with lib/servicer/policy.ts. Its loop stays synchronous (no event-loop
+// The worker_thread servicer: one native poller serves the faults and events of every worker-mode
+// region in native code and hands this thread only the faults a driver's fault hook must decide;
+// each is then served by one native.faultServe call. The loop stays synchronous (no event-loop
 // turn per fault); it yields only to await a driver module's import.
 import { getHeapStatistics } from 'node:v8';
 import { workerData, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 
 import { native } from '../native.js';
-import { driverLoadFailed, faultHookFailed, pageFreeHookThrew } from '../errors.js';
-import { EVENT_PAGEFAULT, EVENT_REMOVE, EVENT_STRIDE, EVENT_UNMAP } from '../layout.js';
+import { driverLoadFailed, faultHookFailed } from '../errors.js';
+import { DEV_ASK_FAULT, EVENT_ASK, EVENT_STRIDE, KIND_DEVICE, KIND_MASK, LOCKED, VERDICT_NONE, deviceSlotOf } from '../layout.js';
+import { peekPfn, peekState } from '../pagelock.js';
 import { CTRL_MAIL_SEQ, CTRL_NAP, CTRL_RUNNING, CTRL_STOP, type FromWorker, type ToWorker } from './protocol.js';
-import { DEFERRED, FAILED, SERVED, UNKNOWN_DEVICE, carried, serveFault, zapRange, type DeviceInfo, type PolicyHost, type RegionInfo } from './policy.js';
+import { ASK, DEFERRED, askDriver, type DeviceInfo, type PolicyHost, type RegionInfo } from './policy.js';
 import type { Driver } from '../driver.js';
 
 interface Data {
@@ -22,8 +24,9 @@ const BATCH = 64;
 const MAX_DEFERRED = 4096;
 const events = new Float64Array(BATCH * EVENT_STRIDE);
 const regions = new Map<number, RegionInfo>();
-// Deferred faults: region handle, page, flags, tid, read time, and the driver's answer carried to
-// the retry (verdict, state, pfn: see policy.ts `carried`); retried until served.
+// Faults to ask about that must wait (a driver still loading, a locked page, EAGAIN): region handle,
+// page, flags, tid, read time, and the driver's answer carried to the retry with the entry it was
+// for (verdict, state, pfn), so one CPU access asks the hook once; retried until served.
 const DEFER_STRIDE = 8;
 const deferred = new Float64Array(MAX_DEFERRED * DEFER_STRIDE);
 let ndeferred = 0;
@@ -42,7 +45,7 @@ const host: PolicyHost = {
       deviceSlot: device.slot,
       deviceId: device.id,
       code: 'ERR_DRIVER_HOOK',
-      message: hook === 'fault' ? faultHookFailed(device.name, err) : pageFreeHookThrew(device.name, err),
+      message: faultHookFailed(device.name, err),
       cause: err,
     });
   },
@@ -56,9 +59,12 @@ function loadDriver(dev: DeviceInfo): void {
       (mod) => {
         dev.driver = mod;
         dev.driverLoading = false;
+        // No fault hook: the poller serves this device's faults natively from now on.
+        if (typeof mod.fault !== 'function') Atomics.store(dev.shared, DEV_ASK_FAULT, 0);
       },
       (err) => {
         dev.driverLoading = false;
+        Atomics.store(dev.shared, DEV_ASK_FAULT, 0);
         post({
           type: 'error',
           deviceSlot: dev.slot,
@@ -82,7 +88,6 @@ function drainMessages(): void {
           handle: msg.handle,
           shared: msg.shared,
           pages: msg.pages,
-          faultAround: msg.faultAround,
           address: msg.address,
           pageSize: msg.pageSize,
         });
@@ -106,7 +111,7 @@ function drainMessages(): void {
   }
 }
 
-function defer(region: number, page: number, flags: number, tid: number, t0Us: number): void {
+function defer(region: number, page: number, flags: number, tid: number, t0Us: number, verdict: number, state: number, pfn: number): void {
   if (ndeferred === MAX_DEFERRED) return; // cannot happen: at most one fault per blocked thread
   const at = ndeferred * DEFER_STRIDE;
   deferred[at] = region;
@@ -114,71 +119,72 @@ function defer(region: number, page: number, flags: number, tid: number, t0Us: n
   deferred[at + 2] = flags;
   deferred[at + 3] = tid;
   deferred[at + 4] = t0Us;
-  deferred[at + 5] = carried.verdict;
-  deferred[at + 6] = carried.state;
-  deferred[at + 7] = carried.pfn;
+  deferred[at + 5] = verdict;
+  deferred[at + 6] = state;
+  deferred[at + 7] = pfn;
   ndeferred++;
 }
 
-function serve(handle: number, page: number, flags: number, tid: number, t0Us: number): number {
+/**
+ * A fault on a device entry (state, pfn) whose driver may have a fault hook: asks it (unless a
+ * verdict for that entry is carried), then serves the fault in one native call. Returns true when
+ * done, false when it must wait; then `pending` holds the verdict and entry to retry with.
+ */
+const pending = { verdict: VERDICT_NONE, state: 0, pfn: 0 };
+function decideAndServe(handle: number, page: number, flags: number, tid: number, t0Us: number, verdict: number, state: number, pfn: number): boolean {
   let r = regions.get(handle);
   if (r === undefined) {
     drainMessages();
     r = regions.get(handle);
-    if (r === undefined) return SERVED; // closed: its faults were woken by the unregister
+    if (r === undefined) return true; // closed: its faults were woken by the unregister
   }
-  try {
-    let rc = serveFault(host, r, page, flags, tid, t0Us);
-    if (rc === UNKNOWN_DEVICE) {
-      drainMessages();
-      rc = serveFault(host, r, page, flags, tid, t0Us);
+  // The entry may change between asking and serving (bounded: each round is someone else's move).
+  for (let round = 0; round < 8; round++) {
+    if (verdict === VERDICT_NONE && (state & (KIND_MASK | LOCKED)) === KIND_DEVICE) {
+      let dev = host.devices[deviceSlotOf(state)];
+      if (dev === undefined || dev.driverLoading) {
+        drainMessages(); // a device announced a moment ago
+        dev = host.devices[deviceSlotOf(state)];
+      }
+      if (dev === undefined || dev.driverLoading) break;
+      verdict = askDriver(host, dev, r, page, pfn, flags);
     }
-    if (rc === FAILED) {
-      // Never leave a thread blocked: wake it, so it retries the access and faults afresh.
-      native.regionWake(handle, page, 1);
-      return SERVED;
+    let rc: number;
+    try {
+      rc = native.faultServe(handle, page, flags, tid, t0Us, verdict, state, pfn);
+    } catch (err) {
+      // The region closed between reading the fault and serving it; closing woke its threads.
+      if ((err as { code?: string }).code === 'ERR_REGION_CLOSED') return true;
+      throw err;
     }
-    return rc;
-  } catch (err) {
-    // The region closed between reading the fault and serving it; closing woke its threads.
-    if ((err as { code?: string }).code === 'ERR_REGION_CLOSED') return SERVED;
-    throw err;
+    if (rc === DEFERRED) break;
+    if (rc !== ASK) return true; // served, or failed (and its thread woken to fault afresh)
+    // Someone changed the page since: the decision was for another entry. A locked page waits for
+    // its holder; any other entry is served (or asked about) as it is now.
+    verdict = VERDICT_NONE;
+    state = peekState(r.shared, page);
+    pfn = peekPfn(r.shared, page);
+    if ((state & LOCKED) !== 0) break;
   }
+  pending.verdict = verdict;
+  pending.state = state;
+  pending.pfn = pfn;
+  return false;
 }
 
-function zap(handle: number, first: number, count: number, unmapped: boolean): void {
-  // Entries may name a device announced a moment ago: know every device before dropping references.
-  if (Atomics.load(ctrl, CTRL_MAIL_SEQ) !== seenMail) drainMessages();
-  let r = regions.get(handle);
-  if (r === undefined) {
-    drainMessages();
-    r = regions.get(handle);
-    if (r === undefined) return;
-  }
-  try {
-    zapRange(host, r, first, count, unmapped);
-  } catch (err) {
-    if ((err as { code?: string }).code !== 'ERR_REGION_CLOSED') throw err;
-  }
+function serveAsk(handle: number, page: number, flags: number, tid: number, t0Us: number, verdict: number, state: number, pfn: number): void {
+  if (!decideAndServe(handle, page, flags, tid, t0Us, verdict, state, pfn))
+    defer(handle, page, flags, tid, t0Us, pending.verdict, pending.state, pending.pfn);
 }
 
 function retryDeferred(): void {
-  let kept = 0;
-  for (let i = 0; i < ndeferred; i++) {
+  const n = ndeferred;
+  ndeferred = 0;
+  for (let i = 0; i < n; i++) {
     const at = i * DEFER_STRIDE;
-    carried.verdict = deferred[at + 5];
-    carried.state = deferred[at + 6];
-    carried.pfn = deferred[at + 7];
-    const rc = serve(deferred[at], deferred[at + 1], deferred[at + 2], deferred[at + 3], deferred[at + 4]);
-    if (rc === DEFERRED || rc === UNKNOWN_DEVICE) {
-      deferred.copyWithin(kept * DEFER_STRIDE, at, at + DEFER_STRIDE);
-      deferred[kept * DEFER_STRIDE + 5] = carried.verdict;
-      deferred[kept * DEFER_STRIDE + 6] = carried.state;
-      deferred[kept * DEFER_STRIDE + 7] = carried.pfn;
-      kept++;
-    }
+    // defer() only writes at or below slot i: this slot is read before anything overwrites it.
+    serveAsk(deferred[at], deferred[at + 1], deferred[at + 2], deferred[at + 3], deferred[at + 4], deferred[at + 5], deferred[at + 6], deferred[at + 7]);
   }
-  ndeferred = kept;
 }
 
 async function run(): Promise<void> {
@@ -195,34 +201,11 @@ async function run(): Promise<void> {
     }
     const n = native.pollerWait(poller, events, ndeferred > 0 ? 0 : 250);
     if (n === -2) break; // the stall watchdog handed our regions to native guards: we are done
-    // Zaps first, then faults. read() hands out every pending fault before any event, so a batch
-    // can hold a fault together with the REMOVE or UNMAP that explains it, the fault first. Served
-    // in that order, the fault would migrate back device data the zap has dropped, possibly after
-    // the kernel's zap is done: stale bytes where the page must read zero (native/servicer_thread.cc).
-    let zaps = 0;
+    // Every event and every fault that needs no decision was served in pollerWait; these need one.
     for (let i = 0; i < n; i++) {
       const at = i * EVENT_STRIDE;
-      const type = events[at + 1];
-      if (type === EVENT_REMOVE || type === EVENT_UNMAP) {
-        zap(events[at], events[at + 3], events[at + 4], type === EVENT_UNMAP);
-        zaps++;
-      }
-    }
-    // A migration on the main thread may be waiting for these zaps to be applied (Region#settleZaps):
-    // say so now, not after the faults of this batch are served.
-    if (zaps > 0) native.pollerApplied(poller);
-    for (let i = 0; i < n; i++) {
-      const at = i * EVENT_STRIDE;
-      const type = events[at + 1];
-      if (type !== EVENT_PAGEFAULT) continue;
-      const handle = events[at];
-      const flags = events[at + 2];
-      const page = events[at + 3];
-      const tid = events[at + 4];
-      const t0Us = events[at + 5];
-      carried.verdict = 0; // a new fault: the hook has not been asked
-      const rc = serve(handle, page, flags, tid, t0Us);
-      if (rc === DEFERRED || rc === UNKNOWN_DEVICE) defer(handle, page, flags, tid, t0Us);
+      if (events[at + 1] !== EVENT_ASK) continue;
+      serveAsk(events[at], events[at + 3], events[at + 2], events[at + 4], events[at + 5], VERDICT_NONE, events[at + 6], events[at + 7]);
     }
   }
   Atomics.store(ctrl, CTRL_RUNNING, 0);

@@ -1,0 +1,390 @@
+// The fault engine; see fault.h. How a fault is served, in one place for every servicer.
+#include "fault.h"
+
+#include <time.h>
+
+#include <algorithm>
+#include <cerrno>
+
+#include "device.h"
+#include "trace.h"
+
+namespace uffdhmm {
+
+using namespace layout;
+
+static const uint8_t* zeroPage() {
+  alignas(4096) static const uint8_t zeros[65536] = {};
+  return zeros;
+}
+
+static inline void bump(RegionState& r, int index) { __atomic_fetch_add(r.stat(index), 1, __ATOMIC_RELAXED); }
+static inline void bumpDevice(DeviceStore& dev, int index) { __atomic_fetch_add(&dev.shared[index], 1, __ATOMIC_RELAXED); }
+
+static inline bool lockPage(int32_t* st, int32_t seen) {
+  return __atomic_compare_exchange_n(st, &seen, seen | kLocked, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
+}
+
+static inline void unlockPage(RegionState& r, int32_t* st, int32_t value) {
+  __atomic_store_n(st, value & ~kLocked, __ATOMIC_RELEASE);
+  noteUnlock(r);
+}
+
+// The new state, stored before a fill that wakes the faulting thread, still locked: the thread
+// resumes on a word that already says what its page is, and nobody else takes the page before
+// the books are done. A failed fill stores the old word back.
+static inline void publishLocked(int32_t* st, int32_t value) { __atomic_store_n(st, value | kLocked, __ATOMIC_RELEASE); }
+
+void publishMigratedBack(RegionState& r, uint32_t page, int32_t next, DeviceStore& dev, uint32_t pfn) {
+  int32_t* st = r.state(page);
+  st[1] = 0;
+  unlockPage(r, st, next);
+  dev.putPage(pfn);
+  bump(r, kStatMigratedBack);
+  bumpDevice(dev, kDevMigratedToRam);
+}
+
+void migrateSharers(RegionState& r, uint32_t page, int32_t slot, uint32_t pfn) {
+  auto dev = devices().get(slot);
+  if (!dev || pfn >= dev->capacity) return;
+  if (__atomic_load_n(&dev->refcount()[pfn], __ATOMIC_ACQUIRE) <= 1) return;
+  forEachSharer(r, [&](RegionState& m) {
+    if (page >= m.pages || m.closed.load(std::memory_order_acquire)) return;
+    int32_t* st = m.state(page);
+    int32_t s = __atomic_load_n(st, __ATOMIC_ACQUIRE);
+    // Locked: its own servicer is migrating it back right now (several processes faulting the same
+    // page at once), or its owner is moving it. Never wait for that lock: this thread holds our
+    // page's lock, and that holder may be waiting for it (each sharer's servicer migrating back for
+    // the others), so waits would chain across every sharer, under the family lock besides. The
+    // holder keeps the books: that mapping keeps its entry and its reference until it comes back
+    // by its holder or on its own fault, from the same device page.
+    if ((s & kLocked) || (s & kKindMask) != kKindDevice || ((s >> kDeviceShift) & kMaxDeviceSlot) != slot ||
+        static_cast<uint32_t>(st[1]) != pfn)
+      return;
+    if (!lockPage(st, s)) return;
+    const uint64_t addr = m.addr(page);
+    int rc = copy(m.uffd.get(), addr, reinterpret_cast<uint64_t>(dev->page(pfn)), m.pageSize,
+                  UFFDIO_COPY_MODE_DONTWAKE | UFFDIO_COPY_MODE_WP, nullptr);
+    if (rc != 0 && rc != -EEXIST) {
+      if (rc == -EAGAIN) bump(m, kStatFillRetries);
+      unlockPage(m, st, s);
+      return;
+    }
+    if (rc == -EEXIST) bump(m, kStatFillRaced);
+    st[1] = 0;
+    unlockPage(m, st, kKindPresent);
+    dev->putPage(pfn);
+    // That mapping's page came back; the device page migrated once (counted by the faulting side).
+    bump(m, kStatMigratedBack);
+    wake(m.uffd.get(), addr, m.pageSize);
+  });
+}
+
+void zapRange(RegionState& r, uint64_t start, uint64_t end, bool unmapped) {
+  const uint64_t base = reinterpret_cast<uint64_t>(r.base);
+  const uint64_t lo = std::max(start, base), hi = std::min(end, base + r.length);
+  for (uint64_t a = lo; a < hi; a += r.pageSize) {
+    uint32_t page = static_cast<uint32_t>((a - base) / r.pageSize);
+    int32_t* st = r.state(page);
+    for (;;) {
+      int32_t s = __atomic_load_n(st, __ATOMIC_ACQUIRE);
+      if (s & kLocked) {
+        // Our own zap (the lock holder flagged it) or a page mid-migration: its holder keeps the
+        // books. A migration must learn of the zap, or it would publish what the zap dropped.
+        if (s & kZapping) {
+          __atomic_fetch_and(st, ~kZapping, __ATOMIC_RELEASE);
+          noteUnlock(r);
+        } else {
+          __atomic_fetch_or(st, kZapPending | (unmapped ? kUnmapped : 0), __ATOMIC_RELEASE);
+        }
+        break;
+      }
+      if (!lockPage(st, s)) continue;
+      if ((s & kKindMask) == kKindDevice) {
+        auto dev = devices().get((s >> kDeviceShift) & kMaxDeviceSlot);
+        uint32_t pfn = static_cast<uint32_t>(st[1]);
+        st[1] = 0;
+        if (dev) dev->putPage(pfn);
+      }
+      unlockPage(r, st, kKindNone | (unmapped || (s & kUnmapped) ? kUnmapped : 0));
+      break;
+    }
+  }
+}
+
+// Fault-around: locks the pages after `page` (locked already, state s, device page pfn) whose
+// entries name the following device pages with the same kind, up to r.faultAround in all, and
+// returns how many pages from `page` on are locked. A page other processes still map must come back
+// for them too: it is left to its own fault.
+static uint32_t lockNeighbours(RegionState& r, uint32_t page, int32_t s, uint32_t pfn, const DeviceStore& dev) {
+  uint32_t k = 1;
+  while (k < r.faultAround && page + k < r.pages && pfn + k < dev.capacity) {
+    int32_t* st = r.state(page + k);
+    // Same kind, write bit and device (the whole state word): only the pfn differs.
+    if (__atomic_load_n(st, __ATOMIC_ACQUIRE) != s || static_cast<uint32_t>(st[1]) != pfn + k) break;
+    if (__atomic_load_n(&dev.refcount()[pfn + k], __ATOMIC_ACQUIRE) != 1) break;
+    if (!lockPage(st, s)) break;
+    k++;
+  }
+  return k;
+}
+
+// A huge device entry comes back whole, as the kernel migrates the folio back (migrate_to_ram of a
+// PMD device entry): locks the other entries of page's PMD-aligned block if they still make one
+// huge entry with it (same state word, the matching pfns of one aligned huge device page, mapped
+// once) and returns the block's first page with *count set to its size. Otherwise (the block was
+// split: part of it discarded, protected or faulted back; or the CPU side's huge allocation is
+// made to fail, HMM_DMIRROR_FLAG_FAIL_ALLOC) only `page` comes back: returns page, *count 1.
+static uint32_t lockHugeBlock(RegionState& r, uint32_t page, int32_t s, uint32_t pfn, DeviceStore& dev, uint32_t* count) {
+  *count = 1;
+  const uint32_t n = static_cast<uint32_t>(kPmdSize / r.pageSize);
+  const uint32_t off = static_cast<uint32_t>((r.addr(page) / r.pageSize) % n);
+  if (off > page || page - off + n > r.pages || off > pfn || (pfn - off) % n != 0 || pfn - off + n > dev.capacity) return page;
+  const uint32_t first = page - off;
+  const uint32_t pfn0 = pfn - off;
+  uint32_t i = 0;
+  for (; i < n; i++) {
+    if (i == off) continue;
+    int32_t* st = r.state(first + i);
+    if (__atomic_load_n(st, __ATOMIC_ACQUIRE) != s || static_cast<uint32_t>(st[1]) != pfn0 + i) break;
+    if (__atomic_load_n(&dev.refcount()[pfn0 + i], __ATOMIC_ACQUIRE) != 1) break;
+    if (!lockPage(st, s)) break;
+  }
+  const bool whole = i == n && __atomic_exchange_n(&dev.shared[kDevFailAlloc], 0, __ATOMIC_ACQ_REL) == 0;
+  if (!whole) {
+    for (uint32_t j = 0; j < i; j++)
+      if (j != off) unlockPage(r, r.state(first + j), s);
+    return page;
+  }
+  *count = n;
+  return first;
+}
+
+int continueOrZero(RegionState& r, uint32_t page, bool dontwake) {
+  const int fd = r.uffd.get();
+  int rc = continueRange(fd, r.addr(page), r.pageSize, dontwake ? UFFDIO_CONTINUE_MODE_DONTWAKE : 0);
+  if (rc == -EFAULT) rc = zeropage(fd, r.addr(page), r.pageSize, dontwake ? UFFDIO_ZEROPAGE_MODE_DONTWAKE : 0, nullptr);
+  return rc;
+}
+
+int fillFromDevice(RegionState& r, uint32_t page, DeviceStore& dev, uint32_t pfn, uint32_t count, bool writeProtect) {
+  const int fd = r.uffd.get();
+  const uint64_t mode = UFFDIO_COPY_MODE_DONTWAKE | (writeProtect ? UFFDIO_COPY_MODE_WP : 0);
+  int rc = copy(fd, r.addr(page), reinterpret_cast<uint64_t>(dev.page(pfn)), uint64_t(count) * r.pageSize, mode, nullptr);
+  if (rc == 0 || rc == -EAGAIN || (count == 1 && rc != -EEXIST)) return rc;
+  if (count == 1) {
+    bump(r, kStatFillRaced);
+    return 0;
+  }
+  for (uint32_t i = 0; i < count; i++) {
+    rc = copy(fd, r.addr(page + i), reinterpret_cast<uint64_t>(dev.page(pfn + i)), r.pageSize, mode, nullptr);
+    if (rc == -EEXIST) bump(r, kStatFillRaced);
+    else if (rc != 0) return rc;
+  }
+  return 0;
+}
+
+// What a served fault did, for its trace record.
+static int32_t outcomeOf(int32_t kind, int32_t s, int32_t next, uint32_t flags) {
+  if (next == s) return kOutcomeWoken;
+  if (next == kKindPoison) return kOutcomeSigbus;
+  if (kind == kKindDevice) return kOutcomeMigrated;
+  if (kind == kKindPresent && (flags & UFFD_PAGEFAULT_FLAG_WP)) return kOutcomeUnprotected;
+  if (flags & UFFD_PAGEFAULT_FLAG_MINOR) return kOutcomePageCache;
+  return kOutcomeZeroPage;
+}
+
+// The counters one served fault adds (sign +1) or, when a fill that was to wake fails, takes back.
+static void countFault(RegionState& r, DeviceStore* dev, int32_t kind, int32_t s, int32_t next, uint32_t flags, uint32_t k,
+                       int sign) {
+  auto add = [sign](int32_t* word, uint32_t n) { __atomic_fetch_add(word, sign * static_cast<int32_t>(n), __ATOMIC_RELAXED); };
+  add(r.stat(kStatFaults), 1);
+  if (flags & kFaultKernel) add(r.stat(kStatKernelFaults), 1);
+  if (flags & UFFD_PAGEFAULT_FLAG_WRITE) add(r.stat(kStatWriteFaults), 1);
+  if (kind == kKindDevice && next != s) {
+    add(&dev->shared[kDevFaults], 1);
+    if (next == kKindPoison) {
+      add(r.stat(kStatPoisoned), 1);
+    } else {
+      add(r.stat(kStatMigratedBack), k);
+      add(&dev->shared[kDevMigratedToRam], k);
+    }
+  } else if (kind == kKindPresent && (flags & UFFD_PAGEFAULT_FLAG_WP)) {
+    add(r.stat(kStatWpFaults), 1);
+  } else if (kind == kKindNone && next != s && !(flags & UFFD_PAGEFAULT_FLAG_MINOR)) {
+    add(r.stat(kStatZeroFills), 1);
+  }
+}
+
+namespace {
+
+enum class Fill { FromDevice, Poison, Unprotect, PageCache, Zero };
+
+// Device pages a fault-around run or a huge entry frees, one bit per page of the run.
+struct RunBits {
+  uint64_t w[8] = {};  // kPmdSize / 4 KiB pages at most: 512
+  void set(uint32_t i) { w[i / 64] |= uint64_t(1) << (i % 64); }
+  bool test(uint32_t i) const { return w[i / 64] >> (i % 64) & 1; }
+};
+
+}  // namespace
+
+// The fill itself: UFFDIO_COPY from the device / ZEROPAGE / COPY of zeroes / WRITEPROTECT / CONTINUE
+// / POISON over [first, first + k). 0 or -errno.
+static int doFill(RegionState& r, Fill fill, uint32_t first, uint32_t k, const DeviceStore* dev, uint32_t pfn0, bool writable,
+                  uint32_t flags, bool wake) {
+  const int fd = r.uffd.get();
+  const uint64_t addr = r.addr(first);
+  switch (fill) {
+    case Fill::FromDevice:
+      return copy(fd, addr, reinterpret_cast<uint64_t>(dev->page(pfn0)), uint64_t(k) * r.pageSize,
+                  (wake ? 0 : UFFDIO_COPY_MODE_DONTWAKE) | (writable ? 0 : UFFDIO_COPY_MODE_WP), nullptr);
+    case Fill::Poison:
+      return poison(fd, addr, r.pageSize, wake ? 0 : kPoisonModeDontwake, nullptr);
+    case Fill::Unprotect:
+      return writeProtect(fd, addr, r.pageSize, false, wake);
+    case Fill::PageCache:
+      return continueOrZero(r, first, !wake);
+    case Fill::Zero:
+      // A write fault gets a zeroed private page in one step; a read maps the shared zero page.
+      if (flags & UFFD_PAGEFAULT_FLAG_WRITE)
+        return copy(fd, addr, reinterpret_cast<uint64_t>(zeroPage()), r.pageSize, wake ? 0 : UFFDIO_COPY_MODE_DONTWAKE, nullptr);
+      return zeropage(fd, addr, r.pageSize, wake ? 0 : UFFDIO_ZEROPAGE_MODE_DONTWAKE, nullptr);
+  }
+  return -EINVAL;
+}
+
+Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, uint64_t t0Ns, Carried* ask) {
+  if (page >= r.pages) return Served::Failed;
+  int32_t* st = r.state(page);
+  const int fd = r.uffd.get();
+  // Under UFFD_FEATURE_SIGBUS (inline) no thread ever sleeps on the userfaultfd: nothing to wake.
+  const bool wakes = !r.inlineMode;
+  for (;;) {
+    const int32_t s = __atomic_load_n(st, __ATOMIC_ACQUIRE);
+    if (s & kLocked) return Served::Deferred;
+    if (!lockPage(st, s)) continue;
+    const int32_t kind = s & kKindMask;
+    Fill fill;
+    int32_t next;
+    std::shared_ptr<DeviceStore> dev;
+    uint32_t pfn = 0, first = page, k = 1;  // pages [first, first + k) come back together
+    if (kind == kKindDevice) {
+      pfn = static_cast<uint32_t>(st[1]);
+      dev = devices().get((s >> kDeviceShift) & kMaxDeviceSlot);
+      if (!dev) {
+        // The device vanished with an entry still naming it: refuse rather than invent data.
+        unlockPage(r, st, s);
+        return Served::Failed;
+      }
+      int32_t verdict = kVerdictMigrate;
+      if (ask) {
+        // A retry of this very fault on the same entry keeps the answer it had.
+        if (ask->verdict != kVerdictNone && ask->state == s && ask->pfn == pfn) {
+          verdict = ask->verdict;
+        } else if (__atomic_load_n(&dev->shared[kDevAskFault], __ATOMIC_ACQUIRE) != 0) {
+          *ask = {kVerdictNone, s, pfn};
+          unlockPage(r, st, s);
+          return Served::Ask;
+        }
+      }
+      if (verdict == kVerdictSigbus) {
+        // The driver refused (VM_FAULT_SIGBUS): the page becomes poison and the thread gets SIGBUS.
+        fill = Fill::Poison;
+        next = kKindPoison;
+      } else {
+        fill = Fill::FromDevice;
+        next = kKindPresent | (s & kWrite);
+        if (s & kHuge)
+          first = lockHugeBlock(r, page, s, pfn, *dev, &k);
+        else if (r.faultAround > 1 && dev->refcount()[pfn] == 1)
+          k = lockNeighbours(r, page, s, pfn, *dev);
+        // Shared with forked children: they get the page back too, as the kernel's rmap walk does.
+        migrateSharers(r, page, (s >> kDeviceShift) & kMaxDeviceSlot, pfn);
+      }
+    } else if (kind == kKindPresent && (flags & UFFD_PAGEFAULT_FLAG_WP)) {
+      fill = Fill::Unprotect;
+      next = kKindPresent | kWrite;
+    } else if (kind == kKindPoison) {
+      fill = Fill::Poison;
+      next = s;
+    } else if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
+      // A private file page with no private copy: the file's own bytes, mapped read-only.
+      fill = Fill::PageCache;
+      next = kKindPresent;
+    } else {
+      // A hole, or a CPU page zapped behind our back: it reads as zeroes.
+      fill = Fill::Zero;
+      next = kKindPresent | kWrite;
+    }
+    const uint32_t pfn0 = pfn - (page - first);
+    // Where a thread sleeps on the fault, the fill wakes it itself: one system call fewer than a
+    // fill and a UFFDIO_WAKE. So everything that thread may look at once it runs (the state words,
+    // the counters, the device's books) is done first, the pages staying locked until the end, and
+    // taken back if the fill fails. Not for a trace (its record times the fill), nor for a page
+    // the table already calls present (most likely there: a fault-around neighbour's thread, or a
+    // racing fill; its word must not change until the fill says so).
+    bool early = wakes && !r.trace && next != s && kind != kKindPresent;
+    if (kind == kKindPresent && fill == Fill::Unprotect) early = wakes && !r.trace;
+    RunBits freed;
+    if (early) {
+      for (uint32_t i = 0; i < k; i++) publishLocked(r.state(first + i), next);
+      if (kind == kKindDevice)
+        for (uint32_t i = 0; i < k; i++)
+          if (dev->dropRef(pfn0 + i)) freed.set(i);
+      countFault(r, dev.get(), kind, s, next, flags, k, +1);
+    }
+    int rc = doFill(r, fill, first, k, dev.get(), pfn0, next & kWrite, flags, early);
+    if (rc != 0 && early) {
+      // Nothing was filled and nobody woken: take it all back.
+      countFault(r, dev.get(), kind, s, next, flags, k, -1);
+      if (kind == kKindDevice)
+        for (uint32_t i = 0; i < k; i++) dev->undoDrop(pfn0 + i, freed.test(i));
+      for (uint32_t i = 0; i < k; i++) publishLocked(r.state(first + i), s);
+      early = false;
+    }
+    if (rc != 0 && k > 1) {
+      // Part of the run is there already, or it crosses a vma boundary: this page alone.
+      for (uint32_t i = 0; i < k; i++)
+        if (first + i != page) unlockPage(r, r.state(first + i), s);
+      first = page;
+      k = 1;
+      rc = doFill(r, fill, page, 1, dev.get(), pfn, next & kWrite, flags, false);
+    }
+    if (rc == -EEXIST) {
+      rc = 0;  // another path filled it first: keep the state, just wake
+      next = s;
+      bump(r, kStatFillRaced);
+    }
+    if (rc == -EAGAIN) {
+      // The mm is changing: an event (REMOVE, UNMAP, REMAP, FORK) waits to be read, and the kernel
+      // refuses every fill until it is. The caller reads it, then serves this fault again.
+      bump(r, kStatFillRetries);
+      unlockPage(r, st, s);
+      return Served::Deferred;
+    }
+    if (rc != 0) {
+      unlockPage(r, st, s);
+      return Served::Failed;
+    }
+    const bool migrated = kind == kKindDevice && next != s;
+    for (uint32_t i = 0; i < k; i++) {
+      int32_t* sq = r.state(first + i);
+      if (migrated) sq[1] = 0;
+      unlockPage(r, sq, next);
+      if (!migrated) continue;
+      if (!early) dev->putPage(pfn0 + i);
+      else if (freed.test(i)) dev->freeDropped(pfn0 + i);
+    }
+    if (early) return Served::Done;
+    countFault(r, dev.get(), kind, s, next, flags, k, +1);
+    if (r.trace) {
+      traceRecord(r, page, flags, tid, kind == kKindDevice ? (s >> kDeviceShift) & kMaxDeviceSlot : 0, outcomeOf(kind, s, next, flags),
+                  t0Ns ? t0Ns : monoNs());
+    }
+    if (wakes) wake(fd, r.addr(first), uint64_t(k) * r.pageSize);
+    return Served::Done;
+  }
+}
+
+}  // namespace uffdhmm

@@ -1,0 +1,81 @@
+// The fault engine's two entries for JS: the worker servicer's faultServe, once a driver's fault
+// hook has decided, and Region#migrateToRam's fill (regionFillFromDevice). Everything else about a
+// fault is done in native code (fault.h, dispatch.h).
+#include <napi.h>
+
+#include <cerrno>
+
+#include "device.h"
+#include "dispatch.h"
+#include "fault.h"
+#include "napi_util.h"
+
+namespace uffdhmm {
+namespace {
+
+std::shared_ptr<RegionState> openRegion(const Napi::CallbackInfo& info, size_t i) {
+  auto r = regions().get(static_cast<int>(argU32(info, i, "region")));
+  if (!r || r->closed.load(std::memory_order_acquire)) throw codedError(info.Env(), "ERR_REGION_CLOSED", kRegionClosed);
+  return r;
+}
+
+// Return codes of faultServe; lib/servicer/policy.ts names them.
+constexpr int kServed = 0;
+constexpr int kDeferred = 1;
+constexpr int kAsk = 2;
+constexpr int kFailed = 3;
+
+// faultServe(region, page, flags, tid, t0Us, verdict, state, pfn) -> 0 served, 1 deferred (keep
+// the verdict and try again), 2 the entry changed and the driver must be asked anew, 3 failed
+// (the thread was woken to fault afresh). verdict/state/pfn: the driver's decision for that entry.
+// All in one call, so that a worker terminated at any point leaves nothing half done.
+Napi::Value FaultServe(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto r = openRegion(info, 0);
+  const uint32_t page = argU32(info, 1, "page");
+  if (page >= r->pages) throw rangeError(env, "page is outside the region");
+  const uint32_t flags = argU32(info, 2, "flags");
+  const uint32_t tid = argU32(info, 3, "tid");
+  const double t0Us = info[4].As<Napi::Number>().DoubleValue();
+  Carried carried;
+  carried.verdict = static_cast<int32_t>(argU32(info, 5, "verdict"));
+  if (carried.verdict > layout::kVerdictSigbus) throw rangeError(env, "verdict must be 0, 1 or 2");
+  carried.state = static_cast<int32_t>(argU32(info, 6, "state"));
+  carried.pfn = argU32(info, 7, "pfn");
+  switch (serveFault(*r, page, flags, tid, t0Us > 0 ? static_cast<uint64_t>(t0Us * 1000.0) : 0, &carried)) {
+    case Served::Done:
+      return Napi::Number::New(env, kServed);
+    case Served::Deferred:
+      return Napi::Number::New(env, kDeferred);
+    case Served::Ask:
+      return Napi::Number::New(env, kAsk);
+    case Served::Failed:
+      break;
+  }
+  wake(r->uffd.get(), r->addr(page), r->pageSize);
+  return Napi::Number::New(env, kFailed);
+}
+
+// regionFillFromDevice(region, page, count, device, pfn, writeProtect) -> 0 | -errno: see
+// fillFromDevice in fault.h. The caller holds the pages locked.
+Napi::Value RegionFillFromDevice(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto r = openRegion(info, 0);
+  const uint32_t page = argU32(info, 1, "page");
+  const uint32_t count = argU32(info, 2, "count");
+  if (count < 1 || !r->contains(page, count)) throw rangeError(env, "page range is outside the region");
+  auto dev = devices().get(static_cast<int>(argU32(info, 3, "device")));
+  if (!dev) throw codedError(env, "ERR_DEVICE_CLOSED", kDeviceClosed);
+  const uint32_t pfn = argU32(info, 4, "pfn");
+  if (pfn >= dev->capacity || count > dev->capacity - pfn) throw rangeError(env, "pfn run is outside the device's memory");
+  return Napi::Number::New(env, fillFromDevice(*r, page, *dev, pfn, count, argBool(info, 5, "writeProtect")));
+}
+
+}  // namespace
+
+void initFault(Napi::Env env, Napi::Object exports) {
+  exports.Set("faultServe", Napi::Function::New(env, FaultServe, "faultServe"));
+  exports.Set("regionFillFromDevice", Napi::Function::New(env, RegionFillFromDevice, "regionFillFromDevice"));
+}
+
+}  // namespace uffdhmm
