@@ -142,3 +142,15 @@ export const FAULT_KERNEL = 1 << 16;
 // state word, pfn].
 export const EVENT_STRIDE = 8;
 export const EVENT_ASK = 1;
+
+// region.fork's steps, as lib/fork.ts encodes them for native/fork.cc: FORK_STEP_STRIDE int32 per
+// step, [op, a, b, c].
+export const FORK_STEP_STRIDE = 4;
+/** [op, page, offset, _] -> the byte. */
+export const FORK_OP_READ = 1;
+/** [op, page, offset, value] -> 0. */
+export const FORK_OP_WRITE = 2;
+/** [op, first, count, _] -> CRC32 of those pages. */
+export const FORK_OP_CHECKSUM = 3;
+/** [op, ms, _, _] -> 0. */
+export const FORK_OP_SLEEP = 4;

@@ -77,9 +77,11 @@ export interface Addon {
   /**
    * The fault engine, once a driver's fault hook has decided (verdict 1 migrate, 2 SIGBUS) for the
    * entry (state word, pfn) it was asked about: 0 served, 1 deferred (keep the verdict, try again),
-   * 2 the entry changed (ask again), 3 failed (its thread was woken to fault afresh).
+   * 2 the page holds another entry and is locked for the caller (ask again, then serve it held),
+   * 3 failed (its thread was woken to fault afresh). held: the caller holds the page locked since
+   * an ask; verdict 0 then only unlocks it.
    */
-  faultServe(handle: number, page: number, flags: number, tid: number, t0Us: number, verdict: number, state: number, pfn: number): number;
+  faultServe(handle: number, page: number, flags: number, tid: number, t0Us: number, verdict: number, state: number, pfn: number, held: boolean): number;
   /** Migrate back of locked pages [page, page + count) from device pages [pfn, …): 0 or -errno; publishes nothing. */
   regionFillFromDevice(handle: number, page: number, count: number, slot: number, pfn: number, writeProtect: boolean): number;
   regionWake(handle: number, first: number, count: number): number;

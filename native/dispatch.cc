@@ -40,7 +40,11 @@ Served serveAt(RegionState& r, int handle, const PendingFault& f, AskSink* sink)
   if (page < 0) return r.expectingRemap.load(std::memory_order_acquire) ? Served::Deferred : Served::Failed;
   Carried entry;
   Served rc = serveFault(r, static_cast<uint32_t>(page), f.flags, f.tid, f.t0Ns, sink ? &entry : nullptr);
-  if (rc == Served::Ask && !sink->ask(handle, static_cast<uint32_t>(page), f.flags, f.tid, f.t0Ns, entry)) return Served::Deferred;
+  if (rc == Served::Ask && !sink->ask(handle, static_cast<uint32_t>(page), f.flags, f.tid, f.t0Ns, entry)) {
+    // No room to ask now: the page the engine left locked for the asker goes back as it was.
+    entry.verdict = layout::kVerdictNone;
+    return serveFault(r, static_cast<uint32_t>(page), f.flags, f.tid, f.t0Ns, &entry, true);
+  }
   return rc;
 }
 

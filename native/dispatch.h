@@ -60,8 +60,9 @@ class FaultQueue {
   int n_ = 0;
 };
 
-// Where faults whose driver must decide go (the worker's poller hands them to JS). False: no room
-// now; the fault is queued and asked again later.
+// Where faults whose driver must decide go (the worker's poller hands them to JS, the page locked
+// until its faultServe). False: no room now; the page is unlocked, the fault queued and asked
+// about again later.
 struct AskSink {
   virtual bool ask(int handle, uint32_t page, uint32_t flags, uint32_t tid, uint64_t t0Ns, const Carried& entry) = 0;
 };

@@ -254,16 +254,26 @@ static int doFill(RegionState& r, Fill fill, uint32_t first, uint32_t k, const D
   return -EINVAL;
 }
 
-Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, uint64_t t0Ns, Carried* ask) {
+Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, uint64_t t0Ns, Carried* ask, bool held) {
   if (page >= r.pages) return Served::Failed;
   int32_t* st = r.state(page);
   const int fd = r.uffd.get();
   // Under UFFD_FEATURE_SIGBUS (inline) no thread ever sleeps on the userfaultfd: nothing to wake.
   const bool wakes = !r.inlineMode;
   for (;;) {
-    const int32_t s = __atomic_load_n(st, __ATOMIC_ACQUIRE);
-    if (s & kLocked) return Served::Deferred;
-    if (!lockPage(st, s)) continue;
+    int32_t s;
+    if (held) {
+      s = __atomic_load_n(st, __ATOMIC_ACQUIRE) & ~kLocked;
+      held = false;
+      if (!ask || ask->verdict == kVerdictNone) {
+        unlockPage(r, st, s);
+        return Served::Deferred;
+      }
+    } else {
+      s = __atomic_load_n(st, __ATOMIC_ACQUIRE);
+      if (s & kLocked) return Served::Deferred;
+      if (!lockPage(st, s)) continue;
+    }
     const int32_t kind = s & kKindMask;
     Fill fill;
     int32_t next;
@@ -284,8 +294,7 @@ Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, u
           verdict = ask->verdict;
         } else if (__atomic_load_n(&dev->shared[kDevAskFault], __ATOMIC_ACQUIRE) != 0) {
           *ask = {kVerdictNone, s, pfn};
-          unlockPage(r, st, s);
-          return Served::Ask;
+          return Served::Ask;  // still locked: the caller asks the driver, then serves it held
         }
       }
       if (verdict == kVerdictSigbus) {

@@ -14,7 +14,8 @@ namespace uffdhmm {
 struct DeviceStore;
 
 // Ask: the page holds a device entry whose driver must decide (only for callers that pass a
-// Carried, i.e. the worker servicer); the page is left unlocked and *carried says which entry.
+// Carried, i.e. the worker servicer); *carried says which entry, and the page is left LOCKED for
+// the caller, as the kernel holds the page lock across dev_pagemap_ops.migrate_to_ram.
 enum class Served { Done, Deferred, Failed, Ask };
 
 // A driver's decision (layout::kVerdict*) for one entry, carried across retries of the same fault
@@ -32,7 +33,9 @@ struct Carried {
 // minor fault -> the file's page. Publishes the new state, counts, traces and wakes the thread.
 // Deferred when the page is locked or the mm is changing (EAGAIN); Failed when the page is not
 // ours (the caller wakes the thread so it faults afresh). `ask` null: never ask a driver.
-Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, uint64_t t0Ns, Carried* ask);
+// `held`: the caller holds the page locked since an Ask; with ask->verdict kVerdictNone the page
+// is only unlocked (Deferred): the caller could not ask yet.
+Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, uint64_t t0Ns, Carried* ask, bool held = false);
 
 // The main thread's migrate back of pages it holds locked, [page, page + count) from device pages
 // [pfn, pfn + count) of dev: one UFFDIO_COPY for the run, page by page where the run crosses a vma

@@ -25,9 +25,11 @@ constexpr int kDeferred = 1;
 constexpr int kAsk = 2;
 constexpr int kFailed = 3;
 
-// faultServe(region, page, flags, tid, t0Us, verdict, state, pfn) -> 0 served, 1 deferred (keep
-// the verdict and try again), 2 the entry changed and the driver must be asked anew, 3 failed
-// (the thread was woken to fault afresh). verdict/state/pfn: the driver's decision for that entry.
+// faultServe(region, page, flags, tid, t0Us, verdict, state, pfn, held) -> 0 served, 1 deferred
+// (keep the verdict and try again), 2 ask the driver about the entry the page holds now (the page
+// is locked for the caller: serve it with held), 3 failed (the thread was woken to fault afresh).
+// verdict/state/pfn: the driver's decision and the entry it was for. held: the caller holds the
+// page locked since an ask (a pollerWait record or a 2 from here); verdict 0 then just unlocks it.
 // All in one call, so that a worker terminated at any point leaves nothing half done.
 Napi::Value FaultServe(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -42,7 +44,10 @@ Napi::Value FaultServe(const Napi::CallbackInfo& info) {
   if (carried.verdict > layout::kVerdictSigbus) throw rangeError(env, "verdict must be 0, 1 or 2");
   carried.state = static_cast<int32_t>(argU32(info, 6, "state"));
   carried.pfn = argU32(info, 7, "pfn");
-  switch (serveFault(*r, page, flags, tid, t0Us > 0 ? static_cast<uint64_t>(t0Us * 1000.0) : 0, &carried)) {
+  const bool held = argBool(info, 8, "held");
+  if (held && !(__atomic_load_n(r->state(page), __ATOMIC_ACQUIRE) & layout::kLocked))
+    throw rangeError(env, "held: the page is not locked");
+  switch (serveFault(*r, page, flags, tid, t0Us > 0 ? static_cast<uint64_t>(t0Us * 1000.0) : 0, &carried, held)) {
     case Served::Done:
       return Napi::Number::New(env, kServed);
     case Served::Deferred:

@@ -29,11 +29,12 @@ namespace uffdhmm {
 
 namespace {
 
-// Step encoding shared with lib/fork.ts: four int32 per step.
-constexpr int32_t kOpRead = 1;      // [op, page, offset, _]      -> the byte
-constexpr int32_t kOpWrite = 2;     // [op, page, offset, value]  -> 0
-constexpr int32_t kOpChecksum = 3;  // [op, first, count, _]      -> CRC32 of those pages
-constexpr int32_t kOpSleep = 4;     // [op, ms, _, _]             -> 0
+// The step encoding is the protocol's (layout.h, kForkOp*).
+using layout::kForkOpChecksum;
+using layout::kForkOpRead;
+using layout::kForkOpSleep;
+using layout::kForkOpWrite;
+using layout::kForkStepStride;
 constexpr int kMaxSteps = 4096;
 
 struct ForkJob {
@@ -65,19 +66,19 @@ Registry<ForkJob>& jobs() {
   while (read(go, &byte, 1) < 0 && errno == EINTR) {
   }
   for (int i = 0; i < n; i++) {
-    const int32_t* st = steps + 4 * i;
+    const int32_t* st = steps + kForkStepStride * i;
     double result = 0;
     switch (st[0]) {
-      case kOpRead:
+      case kForkOpRead:
         result = *reinterpret_cast<volatile uint8_t*>(r.base + size_t(st[1]) * r.pageSize + st[2]);
         break;
-      case kOpWrite:
+      case kForkOpWrite:
         *reinterpret_cast<volatile uint8_t*>(r.base + size_t(st[1]) * r.pageSize + st[2]) = static_cast<uint8_t>(st[3]);
         break;
-      case kOpChecksum:
+      case kForkOpChecksum:
         result = crc32(0, r.base + size_t(st[1]) * r.pageSize, size_t(st[2]) * r.pageSize);
         break;
-      case kOpSleep: {
+      case kForkOpSleep: {
         struct timespec ts = {st[1] / 1000, (st[1] % 1000) * 1000000L};
         while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
         }
@@ -205,21 +206,21 @@ Napi::Value RegionFork(const Napi::CallbackInfo& info) {
   auto [stepsPtr, stepWords] = argInt32Array(info, 1, "steps");
   auto [childShared, childWords] = argSharedInt32(info, 2, "childShared");
   uint32_t timeoutMs = argU32(info, 3, "timeoutMs");
-  if (stepWords % 4 != 0 || stepWords / 4 > kMaxSteps) throw rangeError(env, "steps must be 4 words each, at most 4096 steps");
+  if (stepWords % kForkStepStride != 0 || stepWords / kForkStepStride > kMaxSteps) throw rangeError(env, "steps must be 4 words each, at most 4096 steps");
   if (childWords < layout::kRegionHeader + 2 * r->pages) throw rangeError(env, "childShared is too small");
-  const int n = static_cast<int>(stepWords / 4);
+  const int n = static_cast<int>(stepWords / kForkStepStride);
   for (int i = 0; i < n; i++) {
-    const int32_t* st = stepsPtr + 4 * i;
+    const int32_t* st = stepsPtr + kForkStepStride * i;
     bool ok = false;
     switch (st[0]) {
-      case kOpRead:
-      case kOpWrite:
+      case kForkOpRead:
+      case kForkOpWrite:
         ok = st[1] >= 0 && size_t(st[1]) < r->pages && st[2] >= 0 && size_t(st[2]) < r->pageSize;
         break;
-      case kOpChecksum:
+      case kForkOpChecksum:
         ok = st[1] >= 0 && st[2] >= 0 && r->contains(uint64_t(st[1]), uint64_t(st[2]));
         break;
-      case kOpSleep:
+      case kForkOpSleep:
         ok = st[1] >= 0 && st[1] <= 60000;
         break;
     }

@@ -124,4 +124,12 @@ constexpr int32_t kVerdictSigbus = 2;
 constexpr int kEventStride = 8;
 constexpr int kEventAsk = 1;
 
+// region.fork's steps, as lib/fork.ts encodes them for native/fork.cc: kForkStepStride int32 per
+// step, [op, a, b, c].
+constexpr int kForkStepStride = 4;
+constexpr int32_t kForkOpRead = 1;      // [op, page, offset, _]      -> the byte
+constexpr int32_t kForkOpWrite = 2;     // [op, page, offset, value]  -> 0
+constexpr int32_t kForkOpChecksum = 3;  // [op, first, count, _]      -> CRC32 of those pages
+constexpr int32_t kForkOpSleep = 4;     // [op, ms, _, _]             -> 0
+
 }  // namespace uffdhmm::layout

@@ -32,7 +32,7 @@ describe('examples/gpu-increment', () => {
         'gpu kernel: +1 on every byte of 64 device pages (262144 bytes), CPU faults meanwhile: 0',
         'cpu read every byte: all 262144 bytes are old + 1',
         'gpu0.stats()  = { faults: 64, migratedToDevice: 64, migratedToRam: 64, freed: 64 } used = 0',
-        'driver hooks: 64 fault calls (pages 0..63 in order, thread: worker), 64 pageFree calls (thread: worker)',
+        'driver hooks: 64 fault calls (pages 0..63 in order, thread: worker), 64 pageFree calls (thread: main)',
         'device removal: gpu.close() evicted 64 pages with 0 faults; every byte is old + 2; 64 pageFree calls (thread: main)',
         'gpu0.stats()  = { faults: 64, migratedToDevice: 128, migratedToRam: 128, freed: 128 } used = 0',
         'OK: the GPU incremented every byte of the 64 pages it held before they came back',

@@ -24,8 +24,8 @@ export function fault(ctx) {
   return 'migrate';
 }
 
-// free_devpage / page_free: a device page lost its last reference. Called in the worker when a
-// fault freed it, on the main thread when the program did (device.close, region.close, discard).
+// free_devpage / page_free: a device page lost its last reference. Called on the main thread (the
+// one that created the Device), whoever freed the page: a fault, device.close, region.close, discard.
 export function pageFree(ctx) {
   channel.postMessage({ hook: 'pageFree', device: ctx.deviceName, pfn: ctx.pfn, thread: isMainThread ? 'main' : 'worker' });
 }

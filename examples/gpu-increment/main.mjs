@@ -6,11 +6,12 @@
 //   2. the GPU kernel: device.read/device.write on each pfn the GPU holds add 1 to every byte,
 //      with no CPU fault (the device works on its own memory);
 //   3. the CPU reads every byte: one real fault per page, each through the driver's `fault` hook
-//      in the servicer's worker thread, each device page then freed through `pageFree`;
+//      in the servicer's worker thread, each device page then freed through `pageFree`, which
+//      runs on the main thread (the Device's), as every pageFree does;
 //      every byte reads as its old value + 1 (255 wraps to 0);
 //   4. device removal: migrate again, increment again, then gpu.close() brings every page back
 //      without a fault (dmirror_device_evict_chunk); the CPU reads + 2, and the frees run
-//      `pageFree` on the main thread this time.
+//      `pageFree` on the main thread again.
 //
 //   node examples/gpu-increment/main.mjs [pages]      (default 64)
 import assert from 'node:assert/strict';
@@ -22,7 +23,7 @@ const PAGES = Number(process.argv[2] ?? 64);
 assert.ok(Number.isInteger(PAGES) && PAGES >= 1 && PAGES <= 4096, `pages must be an integer from 1 to 4096, got ${process.argv[2]}`);
 const show = (x) => inspect(x, { breakLength: Infinity });
 
-// Hook calls arrive from the worker (and, for main-thread frees, from this thread's copy of the driver).
+// Hook calls arrive from the worker (fault) and from this thread's copy of the driver (pageFree).
 const calls = [];
 const channel = new BroadcastChannel(CHANNEL);
 channel.onmessage = (e) => calls.push(e.data);
@@ -113,9 +114,9 @@ assert.deepEqual(
   Array.from({ length: PAGES }, (_, p) => [p, false, 'worker', 'gpu0']),
 );
 const frees1 = await hookCalls((c) => c.hook === 'pageFree', PAGES, 'pageFree hook calls');
-assert.ok(frees1.every((c) => c.thread === 'worker'), 'pages freed by faults are freed in the worker');
+assert.ok(frees1.every((c) => c.thread === 'main'), 'pageFree runs on the thread that created the Device');
 assert.deepEqual(frees1.map((c) => c.pfn).sort((a, b) => a - b), faults.map((c) => c.pfn).sort((a, b) => a - b));
-console.log(`driver hooks: ${faults.length} fault calls (pages 0..${PAGES - 1} in order, thread: worker), ${frees1.length} pageFree calls (thread: worker)`);
+console.log(`driver hooks: ${faults.length} fault calls (pages 0..${PAGES - 1} in order, thread: worker), ${frees1.length} pageFree calls (thread: main)`);
 
 // 4. Device removal: migrate, compute, then close the GPU. Its pages come back without a fault.
 calls.length = 0;

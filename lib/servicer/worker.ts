@@ -7,7 +7,7 @@ import { workerData, receiveMessageOnPort, type MessagePort } from 'node:worker_
 
 import { native } from '../native.js';
 import { driverLoadFailed, faultHookFailed } from '../errors.js';
-import { DEV_ASK_FAULT, EVENT_ASK, EVENT_STRIDE, KIND_DEVICE, KIND_MASK, LOCKED, VERDICT_NONE, deviceSlotOf } from '../layout.js';
+import { DEV_ASK_FAULT, EVENT_ASK, EVENT_STRIDE, LOCKED, VERDICT_NONE, deviceSlotOf } from '../layout.js';
 import { peekPfn, peekState } from '../pagelock.js';
 import { CTRL_MAIL_SEQ, CTRL_NAP, CTRL_RUNNING, CTRL_STOP, type FromWorker, type ToWorker } from './protocol.js';
 import { ASK, DEFERRED, askDriver, type DeviceInfo, type PolicyHost, type RegionInfo } from './policy.js';
@@ -126,54 +126,60 @@ function defer(region: number, page: number, flags: number, tid: number, t0Us: n
 }
 
 /**
- * A fault on a device entry (state, pfn) whose driver may have a fault hook: asks it (unless a
- * verdict for that entry is carried), then serves the fault in one native call. Returns true when
- * done, false when it must wait; then `pending` holds the verdict and entry to retry with.
+ * A fault on a device entry (state, pfn) whose driver may have a fault hook. `held`: the page is
+ * locked for us (an ask record, or faultServe's ASK), as the kernel holds the page lock across
+ * migrate_to_ram; then the driver is asked, unless a verdict for that entry is carried, and the
+ * fault is served by one native call. Returns true when done, false when it must wait; then
+ * `pending` holds the verdict and entry to retry with (the page unlocked).
  */
 const pending = { verdict: VERDICT_NONE, state: 0, pfn: 0 };
-function decideAndServe(handle: number, page: number, flags: number, tid: number, t0Us: number, verdict: number, state: number, pfn: number): boolean {
+function decideAndServe(handle: number, page: number, flags: number, tid: number, t0Us: number, verdict: number, state: number, pfn: number, held: boolean): boolean {
   let r = regions.get(handle);
   if (r === undefined) {
     drainMessages();
     r = regions.get(handle);
     if (r === undefined) return true; // closed: its faults were woken by the unregister
   }
-  // The entry may change between asking and serving (bounded: each round is someone else's move).
+  // Bounded: each new round means someone else changed the page meanwhile.
   for (let round = 0; round < 8; round++) {
-    if (verdict === VERDICT_NONE && (state & (KIND_MASK | LOCKED)) === KIND_DEVICE) {
+    if (held && verdict === VERDICT_NONE) {
       let dev = host.devices[deviceSlotOf(state)];
       if (dev === undefined || dev.driverLoading) {
         drainMessages(); // a device announced a moment ago
         dev = host.devices[deviceSlotOf(state)];
       }
-      if (dev === undefined || dev.driverLoading) break;
-      verdict = askDriver(host, dev, r, page, pfn, flags);
+      // Not ready to ask (a driver still loading): faultServe with no verdict unlocks the page.
+      if (dev !== undefined && !dev.driverLoading) verdict = askDriver(host, dev, r, page, pfn, flags);
     }
     let rc: number;
     try {
-      rc = native.faultServe(handle, page, flags, tid, t0Us, verdict, state, pfn);
+      rc = native.faultServe(handle, page, flags, tid, t0Us, verdict, state, pfn, held);
     } catch (err) {
       // The region closed between reading the fault and serving it; closing woke its threads.
       if ((err as { code?: string }).code === 'ERR_REGION_CLOSED') return true;
       throw err;
     }
-    if (rc === DEFERRED) break;
+    if (rc === DEFERRED) {
+      held = false; // the engine never defers with the page locked
+      break;
+    }
     if (rc !== ASK) return true; // served, or failed (and its thread woken to fault afresh)
-    // Someone changed the page since: the decision was for another entry. A locked page waits for
-    // its holder; any other entry is served (or asked about) as it is now.
+    // The page holds another entry than the verdict was for, and is locked for us: ask about it.
+    held = true;
     verdict = VERDICT_NONE;
-    state = peekState(r.shared, page);
+    state = peekState(r.shared, page) & ~LOCKED;
     pfn = peekPfn(r.shared, page);
-    if ((state & LOCKED) !== 0) break;
   }
+  // Out of rounds with the page still locked for us: let it go; the retry asks afresh.
+  if (held && native.faultServe(handle, page, flags, tid, t0Us, VERDICT_NONE, state, pfn, true) !== DEFERRED) return true;
   pending.verdict = verdict;
   pending.state = state;
   pending.pfn = pfn;
   return false;
 }
 
-function serveAsk(handle: number, page: number, flags: number, tid: number, t0Us: number, verdict: number, state: number, pfn: number): void {
-  if (!decideAndServe(handle, page, flags, tid, t0Us, verdict, state, pfn))
+function serveAsk(handle: number, page: number, flags: number, tid: number, t0Us: number, verdict: number, state: number, pfn: number, held: boolean): void {
+  if (!decideAndServe(handle, page, flags, tid, t0Us, verdict, state, pfn, held))
     defer(handle, page, flags, tid, t0Us, pending.verdict, pending.state, pending.pfn);
 }
 
@@ -183,7 +189,7 @@ function retryDeferred(): void {
   for (let i = 0; i < n; i++) {
     const at = i * DEFER_STRIDE;
     // defer() only writes at or below slot i: this slot is read before anything overwrites it.
-    serveAsk(deferred[at], deferred[at + 1], deferred[at + 2], deferred[at + 3], deferred[at + 4], deferred[at + 5], deferred[at + 6], deferred[at + 7]);
+    serveAsk(deferred[at], deferred[at + 1], deferred[at + 2], deferred[at + 3], deferred[at + 4], deferred[at + 5], deferred[at + 6], deferred[at + 7], false);
   }
 }
 
@@ -205,7 +211,7 @@ async function run(): Promise<void> {
     for (let i = 0; i < n; i++) {
       const at = i * EVENT_STRIDE;
       if (events[at + 1] !== EVENT_ASK) continue;
-      serveAsk(events[at], events[at + 3], events[at + 2], events[at + 4], events[at + 5], VERDICT_NONE, events[at + 6], events[at + 7]);
+      serveAsk(events[at], events[at + 3], events[at + 2], events[at + 4], events[at + 5], VERDICT_NONE, events[at + 6], events[at + 7], true);
     }
   }
   Atomics.store(ctrl, CTRL_RUNNING, 0);
