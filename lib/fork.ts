@@ -2,11 +2,14 @@
 // native child that runs `steps` (no JS can run in a forked Node process) and reports back.
 import { native } from './native.js';
 import { invalidType, invalidValue } from './errors.js';
-import { integer } from './validate.js';
+import { integer, optionsObject } from './validate.js';
 import { DEVICE_SHIFT, KIND_DEVICE, KIND_MASK, MAX_DEVICE_SLOT, REGION_HEADER, WRITE, stateIndex } from './layout.js';
 import { lockPage, unlockPage } from './pagelock.js';
 import { getDevicePage } from './devicepages.js';
 import { deviceBySlot } from './device.js';
+import { refuseFork } from './mm/backing.js';
+import type { RegionCore } from './mm/vma.js';
+import type { Region } from './region.js';
 
 /**
  * One step of a {@link Region#fork} child, run in native code in the child process (a forked
@@ -149,4 +152,12 @@ export async function forkRegion(
     if (res !== undefined) return res;
     await new Promise((r) => setTimeout(r, 2));
   }
+}
+
+/** region.fork (Region#fork): what the region refuses, the steps checked, then {@link forkRegion}. */
+export function fork(core: RegionCore, steps: unknown, options: { timeoutMs?: number } | undefined): Promise<ChildResult> {
+  refuseFork(core.mapping, core.servicer);
+  const opts = optionsObject('options', options);
+  const timeoutMs = opts.timeoutMs === undefined ? 30_000 : integer('options.timeoutMs', opts.timeoutMs, 1, 600_000);
+  return forkRegion(core.handle, core.shared, core.pages, encodeSteps(steps, core.pages, core.pageSize), timeoutMs);
 }

@@ -1,10 +1,22 @@
 // The migration entry: a page's state word with LOCKED set. Whoever moves a page (a migration on
 // the main thread, a servicer migrating it back) holds it; everyone else waits for the unlock.
-import { LOCKED, UNLOCK_SEQ, stateIndex } from './layout.js';
-import { UffdHmmError } from './errors.js';
+// The only TypeScript that sets or clears LOCKED, ZAPPING and ZAP_PENDING (docs/PROTOCOL.md).
+import { KIND_DEVICE, KIND_MASK, KIND_NONE, DEVICE_SHIFT, LOCKED, MAX_DEVICE_SLOT, STAT_FILL_RETRIES, UNLOCK_SEQ, UNMAPPED, ZAPPING, ZAP_PENDING, stateIndex } from './layout.js';
+import { UffdHmmError, check } from './errors.js';
+import { deviceBySlot } from './device.js';
 
 /** How long a page may stay locked before waiting on it is treated as a hang. */
 export const LOCK_DEADLINE_MS = 10_000;
+
+const EAGAIN = -11;
+
+/** Nothing ever notifies it: Atomics.wait on it is a short sleep. */
+const napWord = new Int32Array(new SharedArrayBuffer(4));
+
+/** Sleeps 50 µs, for loops that wait on another thread without a word to wait on. */
+export function nap(): void {
+  Atomics.wait(napWord, 0, 0, 0.05);
+}
 
 /**
  * Locks `page` and returns its state word as it was. Only for threads that may block: the
@@ -39,6 +51,135 @@ export function unlockPage(shared: Int32Array, page: number, state: number): voi
   Atomics.store(shared, stateIndex(page), state & ~LOCKED);
   Atomics.add(shared, UNLOCK_SEQ, 1);
   Atomics.notify(shared, UNLOCK_SEQ);
+}
+
+/** Locks pages [first, first + count) in order and returns their state words as they were. */
+export function lockRange(shared: Int32Array, first: number, count: number): Int32Array {
+  const old = new Int32Array(count);
+  for (let i = 0; i < count; i++) old[i] = lockPage(shared, first + i);
+  return old;
+}
+
+/**
+ * Writes `state` (and `pfn`) as a locked page into a table no servicer sees yet (remap's new
+ * table): the page stays held until the holder unlocks it there.
+ */
+export function placeLocked(table: Int32Array, page: number, state: number, pfn = 0): void {
+  table[stateIndex(page)] = state | LOCKED;
+  table[stateIndex(page) + 1] = pfn;
+}
+
+/** The page's state word without the lock bit: what it holds, whoever holds it. */
+export function stateOf(shared: Int32Array, page: number): number {
+  return Atomics.load(shared, stateIndex(page)) & ~LOCKED;
+}
+
+/**
+ * Unlocks a page we hold with its new state, unless someone zapped it meanwhile (ZAP_PENDING):
+ * then it becomes none (unmapped if it was munmapped), as the zap leaves it, and this returns
+ * false so that the caller drops what the page held.
+ */
+export function publish(shared: Int32Array, page: number, next: number): boolean {
+  const idx = stateIndex(page);
+  for (;;) {
+    const cur = Atomics.load(shared, idx);
+    const zapped = (cur & ZAP_PENDING) !== 0;
+    if (zapped) shared[idx + 1] = 0;
+    if (Atomics.compareExchange(shared, idx, cur, (zapped ? KIND_NONE | (cur & UNMAPPED) : next) & ~LOCKED) !== cur) continue;
+    Atomics.add(shared, UNLOCK_SEQ, 1);
+    Atomics.notify(shared, UNLOCK_SEQ);
+    return !zapped;
+  }
+}
+
+/** Unlocks a page we hold unchanged; if someone zapped it meanwhile, drops its device page. */
+export function release(shared: Int32Array, page: number, s: number): void {
+  const pfn = shared[stateIndex(page) + 1];
+  if (!publish(shared, page, s) && (s & KIND_MASK) === KIND_DEVICE) deviceBySlot((s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT)!.putPage(pfn);
+}
+
+/** Someone else zapped this locked page while it is still mapped: its holder must zap it too. */
+export function zapPendingAt(shared: Int32Array, page: number): boolean {
+  return (Atomics.load(shared, stateIndex(page)) & (ZAP_PENDING | UNMAPPED)) === ZAP_PENDING;
+}
+
+/** Flags pages we hold as zapped by us, so that the servicer tells our EVENT_REMOVE from others'. */
+export function markZapping(shared: Int32Array, first: number, count: number): void {
+  for (let p = first; p < first + count; p++) Atomics.or(shared, stateIndex(p), ZAPPING);
+}
+
+/** Clears the flags of {@link markZapping} when no event will come to clear them. */
+export function unmarkZapping(shared: Int32Array, first: number, count: number): void {
+  for (let p = first; p < first + count; p++) Atomics.and(shared, stateIndex(p), ~ZAPPING);
+}
+
+/**
+ * Waits until the servicer has seen the EVENT_REMOVE of our own zap of pages [first, first +
+ * count) and cleared their ZAPPING flags; throws ERR_SERVICER_STALLED past the page-lock deadline.
+ */
+export function waitZapsSeen(shared: Int32Array, first: number, count: number): void {
+  const deadline = Date.now() + LOCK_DEADLINE_MS;
+  for (let p = first, spins = 0; p < first + count; ) {
+    if ((Atomics.load(shared, stateIndex(p)) & ZAPPING) === 0) {
+      p++;
+      continue;
+    }
+    if (++spins < 256) continue;
+    if (Date.now() > deadline) {
+      unmarkZapping(shared, p, first + count - p);
+      throw new UffdHmmError(
+        'ERR_SERVICER_STALLED',
+        `the servicer did not see our own MADV_DONTNEED of page ${p} within ${LOCK_DEADLINE_MS} ms: it is stuck, ` +
+          'probably in a driver fault hook that does not return; fix the hook, or keep configureServicers({ stallDeadlineMs }) ' +
+          `below ${LOCK_DEADLINE_MS} ms (the default 5000 is) so that a native guard takes over a stuck servicer`,
+      );
+    }
+    const seq = Atomics.load(shared, UNLOCK_SEQ);
+    if ((Atomics.load(shared, stateIndex(p)) & ZAPPING) !== 0) Atomics.wait(shared, UNLOCK_SEQ, seq, 0.05);
+  }
+}
+
+/**
+ * Calls a native operation on pages we hold until it stops failing with EAGAIN. EAGAIN means the
+ * mm is changing: an event (REMOVE, UNMAP, REMAP, FORK) waits to be read, and the kernel refuses
+ * every fill until the servicer has read it, however often we ask. That lasts as long as the
+ * servicer is busy (a slow driver hook, a loaded machine), so wait for it by time, with the
+ * deadline of a locked page, napping between tries; counting tries gave up after ~100 ms of a busy
+ * servicer.
+ */
+export function retry(shared: Int32Array, op: () => number, syscall: string, context: string): void {
+  let deadline = 0;
+  for (let i = 0; ; i++) {
+    const rc = op();
+    if (rc !== EAGAIN) return check(rc, syscall, context);
+    Atomics.add(shared, STAT_FILL_RETRIES, 1);
+    if (i < 64) continue;
+    if (deadline === 0) deadline = Date.now() + LOCK_DEADLINE_MS;
+    else if (Date.now() > deadline) {
+      check(
+        rc,
+        syscall,
+        `${context}; the mm kept changing for over ${LOCK_DEADLINE_MS} ms`,
+        'the servicer left a userfaultfd event unread (a hung driver hook?); fix the hook or retry the call',
+      );
+    }
+    nap();
+  }
+}
+
+/** Calls fn(start, length) for each maximal run of pages [f+i] where pred(i) holds. */
+export function forRuns(f: number, n: number, pred: (i: number) => boolean, fn: (start: number, length: number) => void): void {
+  let i = 0;
+  while (i < n) {
+    if (!pred(i)) {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < n && pred(j)) j++;
+    fn(f + i, j - i);
+    i = j;
+  }
 }
 
 /** The state word (LOCKED included) a page holds now, read without locking it. */

@@ -131,7 +131,7 @@ function sourceSyscalls(): Set<string> {
   const found = new Set<string>();
   const sites: Array<{ files: string[]; call: RegExp; arg: number; name: (literal: string) => string }> = [
     { files: tsSources, call: /(?<![\w.])check\(/g, arg: 1, name: (s) => s },
-    { files: tsSources, call: /this\.#retry\(/g, arg: 1, name: (s) => s },
+    { files: tsSources, call: /(?<![\w.])retry\(/g, arg: 2, name: (s) => s },
     { files: tsSources, call: /new UffdSystemError\(/g, arg: 1, name: (s) => s },
     { files: tsSources, call: /(?<![\w.])mirrorError\(/g, arg: 1, name: (op) => `ioctl(HMM_DMIRROR_${op})` },
     { files: tsSources, call: /(?<![\w.])bounce\(/g, arg: 4, name: (op) => `ioctl(HMM_DMIRROR_${op})` },
