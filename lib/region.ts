@@ -405,19 +405,19 @@ export class Region extends EventEmitter implements DeviceHolder {
     this.shared = new Int32Array(new SharedArrayBuffer((REGION_HEADER + 2 * pages) * 4));
     let nat: NativeRegion;
     try {
-      nat = native.regionCreate(
+      nat = native.regionCreate({
         pages,
-        this.shared,
+        shared: this.shared,
         servicer,
-        true,
-        countKernelFaults,
+        allowUserModeOnly: true,
+        classifyFaults: countKernelFaults,
         faultAround,
-        backing.shared,
-        backing.fd,
-        backing.offset,
-        backing.hugetlb,
-        backing.thp,
-      );
+        mapShared: backing.shared,
+        fd: backing.fd,
+        offset: backing.offset,
+        hugetlb: backing.hugetlb,
+        thp: backing.thp,
+      });
     } catch (e) {
       // Native system errors already carry code, errno and syscall; only a refused open needs the fix
       // named. Others (EMFILE: too many open files) are not a missing privilege: root would not help.
@@ -1550,7 +1550,12 @@ function zeroPagePfn(): bigint {
   if (zeroPfnCache !== undefined) return zeroPfnCache;
   zeroPfnCache = 0n;
   try {
-    const probeRegion = native.regionCreate(1, new Int32Array(new SharedArrayBuffer((REGION_HEADER + 2) * 4)), 'native', true);
+    const probeRegion = native.regionCreate({
+      pages: 1,
+      shared: new Int32Array(new SharedArrayBuffer((REGION_HEADER + 2) * 4)),
+      servicer: 'native',
+      allowUserModeOnly: true,
+    });
     try {
       void new Uint8Array(probeRegion.bytes)[0]; // the native servicer maps the zero page
       const pm = new BigUint64Array(1);
