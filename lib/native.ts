@@ -27,6 +27,31 @@ export interface NativeRegion {
   forkEvents: boolean;
 }
 
+/** What regionCreate maps: absent optional fields take the defaults given. */
+export interface NativeRegionOptions {
+  /** Pages of the mapping, at least 1. */
+  pages: number;
+  /** The region header and page table (layout.ts), at least REGION_HEADER + 2 * pages words. */
+  shared: Int32Array;
+  servicer: 'worker' | 'native' | 'inline';
+  /** Accept a user-mode-only userfaultfd when a full one is refused (default false). */
+  allowUserModeOnly?: boolean;
+  /** Look up whether each fault came from inside a system call (default false). */
+  classifyFaults?: boolean;
+  /** Pages migrated back per device fault, 1..512 (default 1). */
+  faultAround?: number;
+  /** MAP_SHARED instead of MAP_PRIVATE (default false). */
+  mapShared?: boolean;
+  /** The file to map, or -1 for anonymous memory (default -1). */
+  fd?: number;
+  /** Byte offset into fd, a multiple of the page size (default 0). */
+  offset?: number;
+  /** MAP_HUGETLB (default false). */
+  hugetlb?: boolean;
+  /** A PMD-aligned mapping that THPs may back (default false). */
+  thp?: boolean;
+}
+
 export interface NativeForkResult {
   results: number[];
   exitCode: number | null;
@@ -50,19 +75,8 @@ export interface Addon {
   deviceCopyPage(srcSlot: number, srcPfn: number, dstSlot: number, dstPfn: number): void;
   deviceChecksum(slot: number, pfn: number): number;
 
-  regionCreate(
-    pages: number,
-    shared: Int32Array,
-    servicer: 'worker' | 'native' | 'inline',
-    allowUserModeOnly: boolean,
-    classifyFaults?: boolean,
-    faultAround?: number,
-    mapShared?: boolean,
-    fd?: number,
-    offset?: number,
-    hugetlb?: boolean,
-    thp?: boolean,
-  ): NativeRegion;
+  /** Maps and registers a region; every field is checked (TypeError/RangeError with a `code`). */
+  regionCreate(options: NativeRegionOptions): NativeRegion;
   /** MADV_COLLAPSE over the range: 0 or -errno. */
   regionCollapse(handle: number, first: number, count: number): number;
   regionClose(handle: number): void;

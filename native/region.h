@@ -102,10 +102,11 @@ void retireRegion(RegionState& r);
 // writes their tables after V8 has freed them (process exit with faults in flight).
 void retireRegionsOf(const void* env);
 
-// The servicer's side of the test hold above: called after each read that returned messages.
+// The servicer's side of the test hold above (native/test_hooks.cc): called after each read that
+// returned messages.
 void testHoldPoint(RegionState& r, const std::atomic<bool>& stop);
 
-// The guard: a native servicer thread takes over r's faults with the default policy because its
+// The guard (native/guard.cc): a native servicer thread takes over r's faults with the default policy because its
 // worker servicer died. Releases pages the dead servicer held locked, then wakes every thread blocked
 // in the range so faults it had read are raised again. Done if this call did it (once per region);
 // NoThread (errno in *err) if no thread could be started: r is left unguarded, for a later try.
@@ -146,5 +147,7 @@ struct KernelFeatures {
   int err = 0;
 };
 const KernelFeatures& kernelFeatures();
+// "dev-userfaultfd" / "syscall": how a userfaultfd was opened, as probe() and regionCreate report it.
+const char* viaName(OpenVia via);
 
 }  // namespace uffdhmm

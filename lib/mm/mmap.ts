@@ -37,19 +37,19 @@ export function newCore(owner: ServicedRegion & DeviceHolder, req: MapRequest): 
 export function mapMemory(core: RegionCore, req: MapRequest): NativeRegion {
   const { pages, servicer, faultAround, countKernelFaults, backing } = req;
   try {
-    return native.regionCreate(
+    return native.regionCreate({
       pages,
-      core.shared,
+      shared: core.shared,
       servicer,
-      true,
-      countKernelFaults,
+      allowUserModeOnly: true,
+      classifyFaults: countKernelFaults,
       faultAround,
-      backing.shared,
-      backing.fd,
-      backing.offset,
-      backing.hugetlb,
-      backing.thp,
-    );
+      mapShared: backing.shared,
+      fd: backing.fd,
+      offset: backing.offset,
+      hugetlb: backing.hugetlb,
+      thp: backing.thp,
+    });
   } catch (e) {
     throw createError(e);
   }

@@ -262,7 +262,12 @@ function zeroPagePfn(): bigint {
   if (zeroPfnCache !== undefined) return zeroPfnCache;
   zeroPfnCache = 0n;
   try {
-    const probeRegion = native.regionCreate(1, new Int32Array(new SharedArrayBuffer((REGION_HEADER + 2) * 4)), 'native', true);
+    const probeRegion = native.regionCreate({
+      pages: 1,
+      shared: new Int32Array(new SharedArrayBuffer((REGION_HEADER + 2) * 4)),
+      servicer: 'native',
+      allowUserModeOnly: true,
+    });
     try {
       void new Uint8Array(probeRegion.bytes)[0]; // the native servicer maps the zero page
       const pm = new BigUint64Array(1);

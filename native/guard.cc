@@ -1,0 +1,93 @@
+// The guard (no kernel twin: a dead driver in the kernel takes the machine with it). When a worker
+// servicer dies, a native servicer thread takes over its region's faults with the default policy,
+// after putting right the pages the dead servicer left locked.
+#include <napi.h>
+#include <sys/eventfd.h>
+
+#include <system_error>
+
+#include "device.h"
+#include "napi_util.h"
+#include "fault.h"
+#include "proc.h"
+#include "region.h"
+#include "servicer_thread.h"
+#include "span.h"
+
+namespace uffdhmm {
+
+TakeOver takeOver(const std::shared_ptr<RegionState>& r, int* err) {
+  if (r->closed.load(std::memory_order_acquire) || r->guarded.exchange(true)) return TakeOver::Already;
+  // Pages the dead servicer held locked stay locked forever unless released here. Whether its fill
+  // happened is read from the kernel's pagemap, so the table ends up as the kernel sees the page.
+  for (uint32_t page = 0; page < r->pages; page++) {
+    int32_t* st = r->state(page);
+    int32_t s = __atomic_load_n(st, __ATOMIC_ACQUIRE);
+    if (!(s & layout::kLocked)) continue;
+    uint64_t pm = 0;
+    bool filled = readPagemap(*r, page, 1, &pm) == 0 && (pm & kPmPresent);
+    int32_t kind = s & layout::kKindMask;
+    if (kind == layout::kKindDevice && filled) {
+      auto dev = devices().get((s >> layout::kDeviceShift) & layout::kMaxDeviceSlot);
+      uint32_t pfn = static_cast<uint32_t>(st[1]);
+      st[1] = 0;
+      __atomic_store_n(st, layout::kKindPresent | (s & layout::kWrite), __ATOMIC_RELEASE);
+      if (dev) {
+        dev->putPage(pfn);
+        __atomic_fetch_add(&dev->shared[layout::kDevMigratedToRam], 1, __ATOMIC_RELAXED);
+      }
+      __atomic_fetch_add(r->stat(layout::kStatMigratedBack), 1, __ATOMIC_RELAXED);
+    } else if (kind == layout::kKindNone && filled) {
+      __atomic_store_n(st, layout::kKindPresent | layout::kWrite, __ATOMIC_RELEASE);
+    } else {
+      __atomic_store_n(st, s & ~(layout::kLocked | layout::kZapping), __ATOMIC_RELEASE);
+    }
+    noteUnlock(*r);
+  }
+  // Zap events the dead servicer read but never applied are lost with it: holders must not wait
+  // for them (Region#settleZaps).
+  __atomic_store_n(r->stat(layout::kZapBatchesDone), __atomic_load_n(r->stat(layout::kZapBatchesRead), __ATOMIC_SEQ_CST),
+                   __ATOMIC_SEQ_CST);
+  if (!r->servicer.joinable()) {
+    // The worker may have died of the very shortage that fails this eventfd (EMFILE at start-up).
+    // The guard serves without it: the eventfd only makes its stop prompt, and a guard without one
+    // looks at its stop flag every few milliseconds instead (servicer_thread.cc).
+    int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (efd >= 0) r->wakeFd = UniqueFd(efd);
+    try {
+      startNativeServicer(r);
+    } catch (const std::system_error& e) {
+      // No thread (EAGAIN): nobody serves r. Say so rather than look guarded, and let a later try run.
+      if (err) *err = e.code().value();
+      r->guarded.store(false);
+      return TakeOver::NoThread;
+    }
+  }
+  // Faults the dead servicer read but never served: wake their threads so they fault afresh.
+  wake(r->uffd.get(), reinterpret_cast<uint64_t>(r->base), r->length);
+  return TakeOver::Done;
+}
+
+// regionTakeOver(region) -> true if this call took over (false: already guarded or closed); throws
+// a SystemError (pthread_create) when no guard thread could be started.
+static Napi::Value RegionTakeOver(const Napi::CallbackInfo& info) {
+  auto r = argRegion(info, 0);
+  int err = 0;
+  TakeOver done = takeOver(r, &err);
+  if (done == TakeOver::NoThread)
+    throw systemError(info.Env(), err, "pthread_create", "starting a native guard to serve the region's faults");
+  return Napi::Boolean::New(info.Env(), done == TakeOver::Done);
+}
+
+// regionGuarded(region) -> whether a native guard took over (it can happen while JS is blocked).
+static Napi::Value RegionGuarded(const Napi::CallbackInfo& info) {
+  auto r = regions().get(static_cast<int>(argU32(info, 0, "region")));
+  return Napi::Boolean::New(info.Env(), r && r->guarded.load());
+}
+
+void initGuard(Napi::Env env, Napi::Object exports) {
+  exports.Set("regionTakeOver", Napi::Function::New(env, RegionTakeOver));
+  exports.Set("regionGuarded", Napi::Function::New(env, RegionGuarded));
+}
+
+}  // namespace uffdhmm
