@@ -17,7 +17,10 @@ namespace {
 void serviceLoop(std::shared_ptr<RegionState> r) {
   constexpr int kBatch = 64;
   struct uffd_msg msgs[kBatch];
-  static thread_local FaultQueue deferred;
+  // On this thread's stack, never in thread_local storage: the first touch of a dlopen()ed
+  // library's TLS allocates, and a fork() in progress holds malloc's locks until this thread has
+  // read its FORK message (see poller.cc).
+  FaultQueue deferred;
   struct pollfd fds[2] = {{r->uffd.get(), POLLIN, 0}, {r->wakeFd.get(), POLLIN, 0}};
   while (!r->stopServicer.load(std::memory_order_acquire)) {
     retryDeferred(deferred, r.get(), nullptr);
