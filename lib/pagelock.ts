@@ -41,8 +41,11 @@ export function lockPage(shared: Int32Array, page: number): number {
           `below ${LOCK_DEADLINE_MS} ms (the default 5000 is) so that a native guard takes over a stuck servicer`,
       );
     }
+    // Native holders (the fault engine) bump UNLOCK_SEQ but cannot notify: a servicer holds a page
+    // for microseconds (its fill wakes the faulting thread just before it unlocks), so look again
+    // soon at first, then every millisecond.
     const seq = Atomics.load(shared, UNLOCK_SEQ);
-    if ((Atomics.load(shared, idx) & LOCKED) !== 0) Atomics.wait(shared, UNLOCK_SEQ, seq, 1);
+    if ((Atomics.load(shared, idx) & LOCKED) !== 0) Atomics.wait(shared, UNLOCK_SEQ, seq, spins < 256 ? 0.02 : 1);
   }
 }
 
