@@ -15,7 +15,7 @@ namespace uffdhmm {
 int readMessages(int fd, struct uffd_msg* msgs, int max);
 
 // Reads one batch from r's userfaultfd for dispatchBatch. A main-thread holder of page locks waits
-// for every batch read before its fill to be applied (Region#settleZaps): the read is flagged
+// for every batch read before its fill to be applied (settleZaps in lib/mm/zap.ts): the read is flagged
 // (kZapReading) and a batch holding a zap numbered in *zapBatch (0 when it holds none).
 int readBatch(RegionState& r, struct uffd_msg* msgs, int max, int32_t* zapBatch);
 

@@ -1,7 +1,7 @@
 // The fault engine: the one place where a fault is served and a page migrated back to system
 // memory. Every path calls it: the native servicer thread and the worker's poller (through
 // dispatch.h), the worker's JS once a driver hook has decided (faultServe), the in-thread SIGBUS
-// handler, the guard that takes over a dead worker, and Region#migrateToRam (regionMigrateBack).
+// handler, the guard that takes over a dead worker, and Region#migrateToRam (regionFillFromDevice).
 // The page-state word it reads and writes is described in docs/PROTOCOL.md.
 #pragma once
 
@@ -40,7 +40,7 @@ Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, u
 // The main thread's migrate back of pages it holds locked, [page, page + count) from device pages
 // [pfn, pfn + count) of dev: one UFFDIO_COPY for the run, page by page where the run crosses a vma
 // boundary (ENOENT) or part of it is there already (EEXIST, counted as raced). Never wakes and
-// publishes nothing: the caller checks for zaps first (Region#settleZaps), then calls
+// publishes nothing: the caller checks for zaps first (settleZaps in lib/mm/zap.ts), then calls
 // publishMigratedBack. 0 or -errno (EAGAIN: read events first, then try again).
 int fillFromDevice(RegionState& r, uint32_t page, DeviceStore& dev, uint32_t pfn, uint32_t count, bool writeProtect);
 

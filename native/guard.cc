@@ -27,16 +27,14 @@ TakeOver takeOver(const std::shared_ptr<RegionState>& r, int* err) {
     uint64_t pm = 0;
     bool filled = readPagemap(*r, page, 1, &pm) == 0 && (pm & kPmPresent);
     int32_t kind = s & layout::kKindMask;
-    if (kind == layout::kKindDevice && filled) {
-      auto dev = devices().get((s >> layout::kDeviceShift) & layout::kMaxDeviceSlot);
-      uint32_t pfn = static_cast<uint32_t>(st[1]);
+    auto dev = kind == layout::kKindDevice ? devices().get((s >> layout::kDeviceShift) & layout::kMaxDeviceSlot) : nullptr;
+    if (dev && filled) {
+      // Its migration back was filled: the engine's own books for it.
+      publishMigratedBack(*r, page, layout::kKindPresent | (s & layout::kWrite), *dev, static_cast<uint32_t>(st[1]));
+      continue;
+    } else if (kind == layout::kKindDevice && filled) {
       st[1] = 0;
       __atomic_store_n(st, layout::kKindPresent | (s & layout::kWrite), __ATOMIC_RELEASE);
-      if (dev) {
-        dev->putPage(pfn);
-        __atomic_fetch_add(&dev->shared[layout::kDevMigratedToRam], 1, __ATOMIC_RELAXED);
-      }
-      __atomic_fetch_add(r->stat(layout::kStatMigratedBack), 1, __ATOMIC_RELAXED);
     } else if (kind == layout::kKindNone && filled) {
       __atomic_store_n(st, layout::kKindPresent | layout::kWrite, __ATOMIC_RELEASE);
     } else {
@@ -45,7 +43,7 @@ TakeOver takeOver(const std::shared_ptr<RegionState>& r, int* err) {
     noteUnlock(*r);
   }
   // Zap events the dead servicer read but never applied are lost with it: holders must not wait
-  // for them (Region#settleZaps).
+  // for them (settleZaps in lib/mm/zap.ts).
   __atomic_store_n(r->stat(layout::kZapBatchesDone), __atomic_load_n(r->stat(layout::kZapBatchesRead), __ATOMIC_SEQ_CST),
                    __ATOMIC_SEQ_CST);
   if (!r->servicer.joinable()) {

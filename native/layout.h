@@ -29,7 +29,7 @@ constexpr int kStatFillRaced = 9;
 // Zaps by others racing a main-thread holder of the page lock (migrate, migrateToRam). The
 // servicer sets kZapReading around each read() of messages and counts the batches it has read and
 // the batches whose REMOVE/UNMAP events it has applied; a holder waits until every batch read
-// before its fill is applied, then checks its pages for kZapPending (see Region#settleZaps).
+// before its fill is applied, then checks its pages for kZapPending (see settleZaps in lib/mm/zap.ts).
 constexpr int kZapReading = 10;
 constexpr int kZapBatchesRead = 11;
 constexpr int kZapBatchesDone = 12;
