@@ -3,7 +3,20 @@
 import { native } from './native.js';
 import { invalidType, invalidValue } from './errors.js';
 import { integer, optionsObject } from './validate.js';
-import { DEVICE_SHIFT, KIND_DEVICE, KIND_MASK, MAX_DEVICE_SLOT, REGION_HEADER, WRITE, stateIndex } from './layout.js';
+import {
+  DEVICE_SHIFT,
+  FORK_OP_CHECKSUM,
+  FORK_OP_READ,
+  FORK_OP_SLEEP,
+  FORK_OP_WRITE,
+  FORK_STEP_STRIDE,
+  KIND_DEVICE,
+  KIND_MASK,
+  MAX_DEVICE_SLOT,
+  REGION_HEADER,
+  WRITE,
+  stateIndex,
+} from './layout.js';
 import { lockPage, unlockPage } from './pagelock.js';
 import { getDevicePage } from './devicepages.js';
 import { deviceBySlot } from './device.js';
@@ -76,29 +89,29 @@ export interface ChildResult {
   };
 }
 
-const OPS = { read: 1, write: 2, checksum: 3, sleep: 4 } as const;
+const OPS = { read: FORK_OP_READ, write: FORK_OP_WRITE, checksum: FORK_OP_CHECKSUM, sleep: FORK_OP_SLEEP } as const;
 
 /** Encodes steps as four int32 words each (native/fork.cc), validating them against the region. */
 export function encodeSteps(steps: unknown, pages: number, pageSize: number): Int32Array {
   if (!Array.isArray(steps)) throw invalidType('steps', 'an array of steps', steps);
   if (steps.length > 4096) throw invalidValue('steps', 'at most 4096 steps', steps.length);
-  const out = new Int32Array(steps.length * 4);
+  const out = new Int32Array(steps.length * FORK_STEP_STRIDE);
   steps.forEach((step: unknown, i) => {
     if (step === null || typeof step !== 'object') throw invalidType(`steps[${i}]`, 'a step object', step);
     const s = step as Record<string, unknown>;
     const op = typeof s.op === 'string' && Object.hasOwn(OPS, s.op) ? OPS[s.op as keyof typeof OPS] : undefined;
     if (op === undefined) throw invalidValue(`steps[${i}].op`, "'read', 'write', 'checksum' or 'sleep'", s.op);
-    out[i * 4] = op;
+    out[i * FORK_STEP_STRIDE] = op;
     if (s.op === 'read' || s.op === 'write') {
-      out[i * 4 + 1] = integer(`steps[${i}].page`, s.page, 0, pages - 1);
-      out[i * 4 + 2] = s.offset === undefined ? 0 : integer(`steps[${i}].offset`, s.offset, 0, pageSize - 1);
-      if (s.op === 'write') out[i * 4 + 3] = integer(`steps[${i}].value`, s.value, 0, 255);
+      out[i * FORK_STEP_STRIDE + 1] = integer(`steps[${i}].page`, s.page, 0, pages - 1);
+      out[i * FORK_STEP_STRIDE + 2] = s.offset === undefined ? 0 : integer(`steps[${i}].offset`, s.offset, 0, pageSize - 1);
+      if (s.op === 'write') out[i * FORK_STEP_STRIDE + 3] = integer(`steps[${i}].value`, s.value, 0, 255);
     } else if (s.op === 'checksum') {
       const first = integer(`steps[${i}].first`, s.first, 0, pages - 1);
-      out[i * 4 + 1] = first;
-      out[i * 4 + 2] = integer(`steps[${i}].count`, s.count, 0, pages - first);
+      out[i * FORK_STEP_STRIDE + 1] = first;
+      out[i * FORK_STEP_STRIDE + 2] = integer(`steps[${i}].count`, s.count, 0, pages - first);
     } else {
-      out[i * 4 + 1] = integer(`steps[${i}].ms`, s.ms, 0, 60_000);
+      out[i * FORK_STEP_STRIDE + 1] = integer(`steps[${i}].ms`, s.ms, 0, 60_000);
     }
   });
   return out;
