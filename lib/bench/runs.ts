@@ -29,6 +29,13 @@ export interface RunDef {
   write?: boolean;
   /** Measured in one round even in its main variant: a reference no contract ratio rests on. */
   once?: boolean;
+  /**
+   * A run a contract ratio rests on: its main variant is measured in every interleaved round.
+   * Without --full the other runs' main variant is measured in one round.
+   */
+  core?: boolean;
+  /** The variants measured without --full; absent: the main variant only. */
+  defaultVariants?: readonly Variant[];
   /** Who touches: native threads timing with clock_gettime, or JS on the main thread. */
   toucher: 'native' | 'js';
   variants: readonly Variant[];
@@ -58,18 +65,22 @@ const NO_HANDLER: readonly Variant[] = ALL.filter((v) => v.threads === 2 || v.pl
 // An in-thread handler has no second thread either, but its faulting thread may still migrate
 // between CPUs: pinned, and left to the scheduler.
 const IN_THREAD: readonly Variant[] = ALL.filter((v) => v.threads === 1 && v.pattern === 'sequential');
+// Without --full: the main variant, and threads left to the scheduler only where a ratio needs it
+// (inline against both C handlers, pinned and not); the random and two-thread variants repeat
+// what the main one shows at the cost of most of the run's time.
+const PINNED_AND_ANY = IN_THREAD;
 
 export const RUNS: readonly RunDef[] = [
-  { name: 'c-baseline', kind: 'c-baseline', toucher: 'native', variants: ALL, costUs: 11 },
+  { name: 'c-baseline', kind: 'c-baseline', toucher: 'native', variants: ALL, defaultVariants: PINNED_AND_ANY, core: true, costUs: 11 },
   { name: 'c-baseline-hot', kind: 'c-baseline', hot: true, toucher: 'native', variants: [MAIN], once: true, costUs: 10 },
-  { name: 'c-sigbus', kind: 'c-sigbus', toucher: 'native', variants: IN_THREAD, costUs: 9 },
-  { name: 'native', kind: 'region', servicer: 'native', toucher: 'native', variants: ALL, costUs: 10 },
-  { name: 'worker', kind: 'region', servicer: 'worker', toucher: 'native', variants: ALL, costUs: 12 },
+  { name: 'c-sigbus', kind: 'c-sigbus', toucher: 'native', variants: IN_THREAD, defaultVariants: PINNED_AND_ANY, core: true, costUs: 9 },
+  { name: 'native', kind: 'region', servicer: 'native', toucher: 'native', variants: ALL, core: true, costUs: 10 },
+  { name: 'worker', kind: 'region', servicer: 'worker', toucher: 'native', variants: ALL, core: true, costUs: 12 },
   { name: 'worker-traced', kind: 'region', servicer: 'worker', trace: true, toucher: 'native', variants: [MAIN], costUs: 12 },
   { name: 'native-traced', kind: 'region', servicer: 'native', trace: true, toucher: 'native', variants: [MAIN], costUs: 10 },
   { name: 'worker-js-toucher', kind: 'region', servicer: 'worker', toucher: 'js', variants: JS, costUs: 12 },
-  { name: FAULT_AROUND_RUN, kind: 'region', servicer: 'worker', faultAround: 16, toucher: 'native', variants: [MAIN], costUs: 2 },
-  { name: 'inline', kind: 'region', servicer: 'inline', toucher: 'native', variants: ALL, costUs: 10 },
+  { name: FAULT_AROUND_RUN, kind: 'region', servicer: 'worker', faultAround: 16, toucher: 'native', variants: [MAIN], core: true, costUs: 2 },
+  { name: 'inline', kind: 'region', servicer: 'inline', toucher: 'native', variants: ALL, defaultVariants: PINNED_AND_ANY, core: true, costUs: 10 },
   { name: 'inline-js-toucher', kind: 'region', servicer: 'inline', toucher: 'js', variants: JS, costUs: 10 },
   { name: 'plain', kind: 'plain', toucher: 'native', variants: NO_HANDLER, costUs: 1 },
   { name: 'plain-write', kind: 'plain', write: true, toucher: 'native', variants: NO_HANDLER, costUs: 2 },
@@ -108,6 +119,11 @@ export const BASELINE_RATIOS: ReadonlyArray<RatioDef<keyof BaselineRatios>> = [
   { key: 'c_sigbus_p50', run: 'c-sigbus', stat: 'p50_us', over: 'p50_us' },
   { key: 'c_baseline_hot_p50', run: 'c-baseline-hot', stat: 'p50_us', over: 'p50_us' },
 ];
+
+/** The variants `def` is measured in: all with --full, else its default ones. */
+export function variantsOf(def: RunDef, full: boolean): readonly Variant[] {
+  return full ? def.variants : (def.defaultVariants ?? [MAIN]);
+}
 
 /** The JSON name of a variant: the plain name for the main variant, else name/pattern/threads[/any-cpu]. */
 export function runName(def: RunDef, v: Variant): string {
