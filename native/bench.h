@@ -3,15 +3,20 @@
 #pragma once
 
 #include <napi.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/eventfd.h>
 #include <time.h>
 
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
+#include <thread>
 
 #include <sys/mman.h>
 
 #include "napi_util.h"
+#include "servicer_thread.h"
 #include "uffd.h"
 
 namespace uffdhmm {
@@ -99,6 +104,40 @@ struct CRegion {
   uint64_t sourceFor(uint64_t pageAddr) const {
     return reinterpret_cast<uint64_t>(source) + (hot ? 0 : pageAddr - reinterpret_cast<uint64_t>(mem));
   }
+};
+
+// A raw C handler thread: blocks in poll() on the userfaultfd, reads faults in batches and hands
+// each faulting page's address to `serve` (which must answer it), until stop() or destruction.
+class PollHandler {
+ public:
+  template <class Serve>
+  PollHandler(int fd, size_t ps, Serve serve) : stop_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
+    thread_ = std::thread([this, fd, ps, serve]() mutable {
+      struct pollfd fds[2] = {{fd, POLLIN, 0}, {stop_.get(), POLLIN, 0}};
+      struct uffd_msg msgs[64];
+      for (;;) {
+        if (::poll(fds, 2, -1) < 0 && errno != EINTR) return;
+        if (fds[1].revents & POLLIN) return;
+        int n = readMessages(fd, msgs, 64);
+        for (int i = 0; i < n; i++) {
+          if (msgs[i].event == UFFD_EVENT_PAGEFAULT) serve(msgs[i].arg.pagefault.address & ~(uint64_t(ps) - 1));
+        }
+      }
+    });
+  }
+  ~PollHandler() { stop(); }
+  PollHandler(const PollHandler&) = delete;
+  PollHandler& operator=(const PollHandler&) = delete;
+  void stop() {
+    if (!thread_.joinable()) return;
+    uint64_t one = 1;
+    (void)!::write(stop_.get(), &one, sizeof one);
+    thread_.join();
+  }
+
+ private:
+  UniqueFd stop_;
+  std::thread thread_;
 };
 
 void initBenchHandlers(Napi::Env env, Napi::Object exports);

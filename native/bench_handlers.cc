@@ -2,9 +2,7 @@
 // UFFDIO_COPY per fault from the page's own source page): a poll thread (c-baseline) and an
 // in-thread SIGBUS handler (c-sigbus).
 #include <napi.h>
-#include <poll.h>
 #include <signal.h>
-#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -12,11 +10,9 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
-#include <thread>
 
 #include "bench.h"
 #include "napi_util.h"
-#include "servicer_thread.h"
 #include "uffd.h"
 
 namespace uffdhmm {
@@ -58,28 +54,13 @@ Napi::Value BenchBaseline(const Napi::CallbackInfo& info) {
   const bool hot = info.Length() > 4 && !info[4].IsUndefined() && argBool(info, 4, "hot");
   a.writes = optionalTouchBytes(info, 5, "writes", a.n);
   CRegion c(env, pages, hot, 0);
-  UniqueFd stop(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   const int fd = c.fd.get();
   const size_t ps = c.ps;
-  std::thread handler([&] {
-    struct pollfd fds[2] = {{fd, POLLIN, 0}, {stop.get(), POLLIN, 0}};
-    struct uffd_msg msgs[64];
-    for (;;) {
-      if (::poll(fds, 2, -1) < 0 && errno != EINTR) return;
-      if (fds[1].revents & POLLIN) return;
-      int n = readMessages(fd, msgs, 64);
-      for (int i = 0; i < n; i++) {
-        if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;
-        uint64_t addr = msgs[i].arg.pagefault.address & ~(uint64_t(ps) - 1);
-        int rc = copy(fd, addr, c.sourceFor(addr), ps, 0, nullptr);
-        if (rc == -EEXIST) wake(fd, addr, ps);
-      }
-    }
+  PollHandler handler(fd, ps, [&](uint64_t addr) {
+    if (copy(fd, addr, c.sourceFor(addr), ps, 0, nullptr) == -EEXIST) wake(fd, addr, ps);
   });
   runTouchers(c.mem, ps, pages, a);
-  uint64_t one = 1;
-  (void)!::write(stop.get(), &one, sizeof one);
-  handler.join();
+  handler.stop();
   return env.Undefined();
 }
 

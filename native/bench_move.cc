@@ -4,8 +4,6 @@
 // entry points measure both sides, so the round trip can be compared honestly; no servicer uses
 // MOVE, this only informs whether one should.
 #include <napi.h>
-#include <poll.h>
-#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -13,12 +11,10 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <thread>
 #include <vector>
 
 #include "bench.h"
 #include "napi_util.h"
-#include "servicer_thread.h"
 #include "uffd.h"
 
 namespace uffdhmm {
@@ -114,46 +110,33 @@ Napi::Value BenchServe(const Napi::CallbackInfo& info) {
   Mapping region(env, size_t(pages) * ps);
   UniqueFd uffd = openMoveUffd(env);
   registerMissing(env, uffd.get(), region);
-  UniqueFd stop(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   const int fd = uffd.get();
   int failed = 0;
   uint64_t ioctlNs = 0;
   uint64_t served = 0;
-  std::thread handler([&] {
-    struct pollfd fds[2] = {{fd, POLLIN, 0}, {stop.get(), POLLIN, 0}};
-    struct uffd_msg msgs[64];
-    for (;;) {
-      if (::poll(fds, 2, -1) < 0 && errno != EINTR) return;
-      if (fds[1].revents & POLLIN) return;
-      int n = readMessages(fd, msgs, 64);
-      for (int i = 0; i < n; i++) {
-        if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;
-        const uint64_t off = (msgs[i].arg.pagefault.address & ~(uint64_t(ps) - 1)) - region.addr();
-        const uint64_t count = std::min<uint64_t>(around, pages - off / ps);
-        auto serve = [&](uint64_t len) {
-          if (move) return movePages(fd, region.addr(off), store.addr(off), len);
-          return copy(fd, region.addr(off), store.addr(off), len, 0, nullptr);
-        };
-        const uint64_t t0 = nowNs();
-        int rc = serve(count * ps);
-        ioctlNs += nowNs() - t0;
-        served++;
-        if (rc != 0 && rc != -EEXIST && count > 1) rc = serve(ps);
-        if (rc == -EAGAIN) rc = serve(ps);
-        if (rc == -EEXIST) rc = wake(fd, region.addr(off), ps);
-        if (rc != 0) {
-          // Reported after the run; the faulting thread must not wait forever meanwhile (a
-          // page served wrong fails the data check).
-          if (failed == 0) failed = -rc;
-          if (copy(fd, region.addr(off), store.addr(off), ps, 0, nullptr) != 0) wake(fd, region.addr(off), ps);
-        }
-      }
+  PollHandler handler(fd, ps, [&](uint64_t addr) {
+    const uint64_t off = addr - region.addr();
+    const uint64_t count = std::min<uint64_t>(around, pages - off / ps);
+    auto serve = [&](uint64_t len) {
+      if (move) return movePages(fd, region.addr(off), store.addr(off), len);
+      return copy(fd, region.addr(off), store.addr(off), len, 0, nullptr);
+    };
+    const uint64_t t0 = nowNs();
+    int rc = serve(count * ps);
+    ioctlNs += nowNs() - t0;
+    served++;
+    if (rc != 0 && rc != -EEXIST && count > 1) rc = serve(ps);
+    if (rc == -EAGAIN) rc = serve(ps);
+    if (rc == -EEXIST) rc = wake(fd, addr, ps);
+    if (rc != 0) {
+      // Reported after the run; the faulting thread must not wait forever meanwhile (a page
+      // served wrong fails the data check).
+      if (failed == 0) failed = -rc;
+      if (copy(fd, addr, store.addr(off), ps, 0, nullptr) != 0) wake(fd, addr, ps);
     }
   });
   runTouchers(region.mem, ps, pages, a);
-  uint64_t one = 1;
-  (void)!::write(stop.get(), &one, sizeof one);
-  handler.join();
+  handler.stop();
   if (failed != 0) throw systemError(env, failed, move ? "ioctl(UFFDIO_MOVE)" : "ioctl(UFFDIO_COPY)");
   checkMarks(env, region.mem, pages, ps, move ? "a served MOVE" : "a served COPY");
   stats[0] = double(served);
