@@ -46,8 +46,8 @@ inside the hooks and what they decided.
 The default run takes one to three minutes: c-baseline, c-sigbus, native, worker, inline and
 fault-around-16 in interleaved rounds, the other runs once, threads left to the scheduler for
 c-baseline, c-sigbus and inline only. fault-around-16's per-page cost (its p50/c in the table and
-ratios.fault_around_per_page) is its mean touch latency ÷ c-baseline's p50: 15 of its 16 touches
-find the page already back, so its p50 says nothing.
+ratios.fault_around_per_page) is the median time to touch a group of 16 pages (one fault, 15
+pages found back) ÷ 16 ÷ c-baseline's p50: the run's own p50 is a page found back.
 
   --faults N          faults (pages) per run and round; default ${DEFAULT_FAULTS}, ${FULL_FAULTS} with --full, ${QUICK_FAULTS} with --quick
   --rounds N          interleaved rounds of the main runs; default ${DEFAULT_ROUNDS}, 1 with --quick

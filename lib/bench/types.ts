@@ -42,13 +42,18 @@ export interface RunResult extends LatencySummary {
   faults_served?: number;
   /** p50 of each round, when the run had several: how much the rounds agree. */
   round_p50_us?: number[];
+  /**
+   * Fault-around runs: the median time to touch a group of N pages (one fault bringing N back, then
+   * N-1 touches finding theirs) ÷ N, µs: the per-page cost.
+   */
+  per_page_us?: number;
 }
 
 /**
  * Ratios of one invocation, each run's statistic ÷ the same statistic of the same-work baseline,
  * same variant: c-baseline, a C poll thread copying each page from its own source page, as the
- * servicers copy from device pages. `fault_around_per_page` is the fault-around-16 run's mean touch
- * latency ÷ c-baseline's p50 (its p50 is a touch that found the page already there).
+ * servicers copy from device pages. `fault_around_per_page` is the fault-around-16 run's
+ * `per_page_us` (the median 16-page group ÷ 16) ÷ c-baseline's p50.
  */
 export interface Ratios {
   worker_p50: number | null;
