@@ -5,12 +5,14 @@ import { accessOrder } from './order.js';
 import { withPlacement } from './placement.js';
 import { LatencyRecorder } from './summary.js';
 import type { MoveResult, ServeResult } from './types.js';
+import { benchCheckFailed } from '../errors.js';
 import { native } from '../native.js';
 
 interface MoveAddon {
   benchMoveProbe(): boolean;
-  benchServe(pages: number, order: Int32Array, threads: number, out: Float64Array, move: boolean, around: number, stats: Float64Array): void;
-  benchMoveBulk(pages: number, out: Float64Array): void;
+  /** Each returns what held the wrong data afterwards, or undefined. */
+  benchServe(pages: number, order: Int32Array, threads: number, out: Float64Array, move: boolean, around: number, stats: Float64Array): string | undefined;
+  benchMoveBulk(pages: number, out: Float64Array): string | undefined;
 }
 const addon = native as unknown as MoveAddon;
 
@@ -55,7 +57,8 @@ export function measureMove(faults: number, rounds: number, warmup: number, cpu:
       for (let i = 0; i < ways.length; i++) {
         const w = (i + r) % ways.length;
         const { move, around } = ways[w];
-        addon.benchServe(faults, order, 1, lat, move, around, stats);
+        const wrong = addon.benchServe(faults, order, 1, lat, move, around, stats);
+        if (wrong !== undefined) throw benchCheckFailed(`${wrong} hold the wrong data`);
         const t = tallies[w];
         t.all.record(lat, warmup);
         // The touches that faulted: sequential order, so every `around`-th page.
@@ -67,7 +70,8 @@ export function measureMove(faults: number, rounds: number, warmup: number, cpu:
     }
     const out = new Float64Array(7);
     for (let k = 0; k < BULK_REPEATS; k++) {
-      addon.benchMoveBulk(BULK_PAGES, out);
+      const wrong = addon.benchMoveBulk(BULK_PAGES, out);
+      if (wrong !== undefined) throw benchCheckFailed(`${wrong} hold the wrong data`);
       out.forEach((ns, j) => bulk[j].push(ns / BULK_PAGES / 1000));
     }
     progress(1);
