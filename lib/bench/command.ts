@@ -8,9 +8,9 @@ import path from 'node:path';
 
 import { UsageError, flag, intOption, parse, stringOption, type Parsed } from './args.js';
 
-// 3 rounds of 50k faults: every contract ratio is a median over ~147k faults (warm-up left out),
+// 3 rounds of 40k faults: every published ratio is a median over ~118k faults (warm-up left out),
 // and the default run does about 1.5 million faults' work in all.
-const DEFAULT_FAULTS = 50_000;
+const DEFAULT_FAULTS = 40_000;
 const FULL_FAULTS = 200_000;
 const QUICK_FAULTS = 5_000;
 const MAX_FAULTS = 1 << 20;
@@ -43,9 +43,9 @@ With --driver (or any workload option) it measures your own workload instead: yo
 module's hooks on your access pattern, beside c-baseline serving the same faults, with the time
 inside the hooks and what they decided.
 
-The default run takes one to three minutes: c-baseline, c-sigbus, native, worker, inline and
-fault-around-16 in interleaved rounds, the other runs once, threads left to the scheduler for
-c-baseline, c-sigbus and inline only. fault-around-16's per-page cost (its p50/c in the table and
+The default run takes one to three minutes: the runs every ratio rests on in interleaved rounds,
+the plain first touches and c-baseline-hot once, threads left to the scheduler for c-baseline,
+c-sigbus and inline only. fault-around-16's per-page cost (its p50/c in the table and
 ratios.fault_around_per_page) is the median time to touch a group of 16 pages (one fault, 15
 pages found back) ÷ 16 ÷ c-baseline's p50: the run's own p50 is a page found back.
 

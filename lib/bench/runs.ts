@@ -30,8 +30,8 @@ export interface RunDef {
   /** Measured in one round even in its main variant: a reference no contract ratio rests on. */
   once?: boolean;
   /**
-   * A run a contract ratio rests on: its main variant is measured in every interleaved round.
-   * Without --full the other runs' main variant is measured in one round.
+   * A run a published ratio (ratios, trace_overhead) rests on: its main variant is measured in
+   * every interleaved round. Without --full the other runs' main variant is measured in one round.
    */
   core?: boolean;
   /** The variants measured without --full; absent: the main variant only. */
@@ -76,12 +76,12 @@ export const RUNS: readonly RunDef[] = [
   { name: 'c-sigbus', kind: 'c-sigbus', toucher: 'native', variants: IN_THREAD, defaultVariants: PINNED_AND_ANY, core: true, costUs: 9 },
   { name: 'native', kind: 'region', servicer: 'native', toucher: 'native', variants: ALL, core: true, costUs: 10 },
   { name: 'worker', kind: 'region', servicer: 'worker', toucher: 'native', variants: ALL, core: true, costUs: 12 },
-  { name: 'worker-traced', kind: 'region', servicer: 'worker', trace: true, toucher: 'native', variants: [MAIN], costUs: 12 },
-  { name: 'native-traced', kind: 'region', servicer: 'native', trace: true, toucher: 'native', variants: [MAIN], costUs: 10 },
-  { name: 'worker-js-toucher', kind: 'region', servicer: 'worker', toucher: 'js', variants: JS, costUs: 12 },
+  { name: 'worker-traced', kind: 'region', servicer: 'worker', trace: true, toucher: 'native', variants: [MAIN], core: true, costUs: 12 },
+  { name: 'native-traced', kind: 'region', servicer: 'native', trace: true, toucher: 'native', variants: [MAIN], core: true, costUs: 10 },
+  { name: 'worker-js-toucher', kind: 'region', servicer: 'worker', toucher: 'js', variants: JS, core: true, costUs: 12 },
   { name: FAULT_AROUND_RUN, kind: 'region', servicer: 'worker', faultAround: 16, toucher: 'native', variants: [MAIN], core: true, costUs: 2 },
   { name: 'inline', kind: 'region', servicer: 'inline', toucher: 'native', variants: ALL, defaultVariants: PINNED_AND_ANY, core: true, costUs: 10 },
-  { name: 'inline-js-toucher', kind: 'region', servicer: 'inline', toucher: 'js', variants: JS, costUs: 10 },
+  { name: 'inline-js-toucher', kind: 'region', servicer: 'inline', toucher: 'js', variants: JS, core: true, costUs: 10 },
   { name: 'plain', kind: 'plain', toucher: 'native', variants: NO_HANDLER, costUs: 1 },
   { name: 'plain-write', kind: 'plain', write: true, toucher: 'native', variants: NO_HANDLER, costUs: 2 },
 ];
