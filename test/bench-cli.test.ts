@@ -28,6 +28,9 @@ describe('uffd-hmm bench --help', () => {
       expect(r.stdout).toContain(o);
     }
     expect(r.stdout).toMatch(/strided:K/);
+    for (const o of ['--full', '--move']) expect(r.stdout).toContain(o);
+    // The one definition of fault-around's per-page cost, as the table footnote and the JSON use it.
+    expect(r.stdout.replace(/\s+/g, ' ')).toContain("is the median time to touch a group of 16 pages (one fault, 15 pages found back) ÷ 16 ÷ c-baseline's p50");
     expect(r.stdout).not.toMatch(/API\.md|SEMANTICS|shared\//);
   });
 });
@@ -41,6 +44,9 @@ describe('bench usage errors exit 2 and point at bench --help', () => {
     ['a write ratio above 1', ['bench', '--pattern', 'random', '--write-ratio', '2'], /--write-ratio needs a number from 0 to 1/],
     ['--faults with a workload', ['bench', '--pattern', 'random', '--faults', '1000'], /--faults is an option of the default benchmark/],
     ['--device-capacity 0', ['bench', '--device-capacity', '0'], /--device-capacity must be between 1 and/],
+    ['--quick with --full', ['bench', '--quick', '--full'], /--quick and --full contradict each other/],
+    ['--full with a workload', ['bench', '--pattern', 'random', '--full'], /--full is an option of the default benchmark, not of a workload/],
+    ['--move with a workload', ['bench', '--pages', '100', '--move'], /--move is an option of the default benchmark, not of a workload/],
     [
       'a driver with the native servicer',
       ['bench', '--driver', 'examples/bench-lru/driver.mjs', '--servicer', 'native'],
@@ -80,13 +86,64 @@ describe.skipIf(!probe().available)('the default bench: same-work baselines and 
     for (const k of ['inline_sigbus_p50', 'inline_sigbus_p99', 'c_sigbus_p50', 'c_baseline_hot_p50']) {
       expect(k in res.baseline_ratios, k).toBe(true);
     }
-    // fault_around_per_page: the run's mean ÷ c-baseline's p50, and the table prints that number.
+    // fault_around_per_page: the run's per_page_us ÷ c-baseline's p50, and the table prints that number.
     const byName = (n: string) => res.runs.find((x: { name: string }) => x.name === n);
-    const perPage = byName('fault-around-16').mean_us / byName('c-baseline').p50_us;
+    const fa = byName('fault-around-16');
+    // A median 16-page group ÷ 16 lies between a page found back and a whole fault.
+    expect(fa.per_page_us).toBeGreaterThan(fa.p50_us / 16);
+    expect(fa.per_page_us).toBeLessThan(fa.max_us);
+    const perPage = fa.per_page_us / byName('c-baseline').p50_us;
     expect(res.ratios.fault_around_per_page).toBeCloseTo(perPage, 9);
     const row = r.stdout.split('\n').find((l) => l.startsWith('fault-around-16 '));
-    expect(row).toContain(`${perPage.toFixed(2)}x (mean)`);
+    expect(row).toContain(`${perPage.toFixed(2)}x (per page)`);
     expect(r.stdout).toMatch(new RegExp(`^  fault_around_per_page\\s+${perPage.toFixed(2)}x$`, 'm'));
     expect(r.stdout).toMatch(/^host \(CPU \d+\): null system call/m);
+  }, 160_000);
+});
+
+describe.skipIf(!probe().available)('the default bench without --full', () => {
+  it('measures the random-order and two-thread variants only with --full, and MOVE only with --move', () => {
+    const dir = mkdtempSync(path.join(out, 'plan-'));
+    const r = run(['bench', '--quick', '--json', '--faults', '400', '--out', dir], 150_000);
+    expect(r.status, r.stderr).toBe(0);
+    const res = JSON.parse(r.stdout);
+    const names: string[] = res.runs.map((x: { name: string }) => x.name);
+    expect(names.filter((n) => n.includes('/random/') || n.includes('/2t'))).toEqual([]);
+    const anyCpu = names.filter((n) => n.endsWith('/any-cpu')).map((n) => n.split('/')[0]);
+    expect(anyCpu.sort()).toEqual(['c-baseline', 'c-sigbus', 'inline'].filter((n) => names.includes(n)).sort());
+    expect(res.config.full).toBe(false);
+    expect(res.move).toBeNull();
+    expect(res.unavailable.move).toMatch(/--move/);
+  }, 160_000);
+});
+
+describe.skipIf(!probe().available || !probe().features.move)('bench --move: UFFDIO_MOVE against UFFDIO_COPY', () => {
+  it('serves every fault once (16 pages a fault with fault-around) and reports each figure beside its COPY twin', () => {
+    const dir = mkdtempSync(path.join(out, 'move-'));
+    const faults = 480;
+    const r = run(['bench', '--quick', '--move', '--faults', String(faults), '--out', dir], 150_000);
+    expect(r.status, r.stderr).toBe(0);
+    const res = JSON.parse(readFileSync(path.join(dir, 'results.json'), 'utf8'));
+    const m = res.move;
+    expect(m, JSON.stringify(res.unavailable)).not.toBeNull();
+    // One round: the handler served one fault a page, or one per 16 pages with fault-around.
+    expect(m.copy.faults_served).toBe(faults);
+    expect(m.move.faults_served).toBe(faults);
+    expect(m.copy_around16.faults_served).toBe(faults / 16);
+    expect(m.move_around16.faults_served).toBe(faults / 16);
+    for (const k of ['copy', 'move', 'copy_around16', 'move_around16']) {
+      for (const f of ['p50_us', 'p99_us', 'mean_us', 'fault_p50_us']) expect(m[k][f], `${k}.${f}`).toBeGreaterThan(0);
+    }
+    expect(m.single_p50_ratio).toBeCloseTo(m.move.p50_us / m.copy.p50_us, 9);
+    expect(m.around16_fault_p50_ratio).toBeCloseTo(m.move_around16.fault_p50_us / m.copy_around16.fault_p50_us, 9);
+    const b = m.bulk;
+    for (const f of ['copy_back_us', 'move_back_us', 'copy_to_device_us', 'refill_to_device_us', 'move_to_device_us', 'single_copy_us', 'single_move_us']) {
+      expect(b[f], f).toBeGreaterThan(0);
+    }
+    expect(m.round_trip_us.copy).toBeCloseTo(b.copy_back_us + b.copy_to_device_us, 9);
+    expect(m.round_trip_us.move_refill).toBeCloseTo(b.move_back_us + b.refill_to_device_us, 9);
+    expect(m.round_trip_us.move_both).toBeCloseTo(b.move_back_us + b.move_to_device_us, 9);
+    expect(r.stdout).toMatch(/^UFFDIO_MOVE vs UFFDIO_COPY/m);
+    expect(r.stdout).toMatch(/^  round trip per page: COPY [\d.]+, MOVE \+ refill [\d.]+, MOVE both ways [\d.]+$/m);
   }, 160_000);
 });

@@ -10,10 +10,11 @@ import { canCollect, readMemory, tableBytesPerPage, type MemoryReading } from '.
 import { measureMigration } from './migration.js';
 import { progressBar, type Progress } from './progress.js';
 import { measureHost } from './host.js';
-import { BASELINE_RATIOS, MAIN, RATIOS, RUNS, runName, unavailableReason, type RatioDef, type RunDef, type Variant } from './runs.js';
+import { measureMove, moveUnavailable } from './move.js';
+import { BASELINE_RATIOS, MAIN, RATIOS, RUNS, runName, unavailableReason, variantsOf, type RatioDef, type RunDef, type Variant } from './runs.js';
 import { LatencyRecorder } from './summary.js';
 import { touchRun } from './touch.js';
-import type { BaselineRatios, BenchResults, MemoryResult, Pattern, Ratios, RunResult } from './types.js';
+import type { BaselineRatios, BenchResults, MemoryResult, MoveResult, Pattern, Ratios, RunResult } from './types.js';
 
 export interface BenchOptions {
   /** Touches (= pages = faults) per run and round. */
@@ -21,6 +22,10 @@ export interface BenchOptions {
   /** Rounds of the main runs, interleaved. */
   rounds: number;
   quick: boolean;
+  /** Every run in every variant, every main run in every round (else the core runs only). */
+  full: boolean;
+  /** Also measure UFFDIO_MOVE against UFFDIO_COPY (the `move` key). */
+  move: boolean;
   /** The CPU for 'one-cpu' runs. */
   cpu: number;
   /** Region size of the migration measurement; 0 skips it. */
@@ -58,6 +63,8 @@ interface Tally {
   warmup: number;
   served: number | undefined;
   roundP50: number[];
+  /** Fault-around runs: each group of `faultAround` touches (one fault, the rest finding their page back), summed. */
+  groups: LatencyRecorder | undefined;
 }
 
 function sameVariant(a: Variant, b: Variant): boolean {
@@ -69,9 +76,9 @@ function sameVariant(a: Variant, b: Variant): boolean {
  * later), so a disturbance lasting seconds on this shared VM lands on every run a ratio compares,
  * not on one of them. The other variants follow, one round each, grouped by variant.
  */
-function plan(defs: RunDef[], faults: number, rounds: number): Step[] {
+function plan(defs: RunDef[], faults: number, rounds: number, full: boolean): Step[] {
   const variants: Variant[] = [];
-  for (const d of defs) for (const v of d.variants) if (!variants.some((x) => sameVariant(x, v))) variants.push(v);
+  for (const d of defs) for (const v of variantsOf(d, full)) if (!variants.some((x) => sameVariant(x, v))) variants.push(v);
   variants.sort((a, b) => Number(b === MAIN) - Number(a === MAIN));
   const steps: Step[] = [];
   const add = (def: RunDef, variant: Variant, round: number): void => {
@@ -79,19 +86,35 @@ function plan(defs: RunDef[], faults: number, rounds: number): Step[] {
     const touchUs = def.costUs * (variant.placement === 'any' ? 4 : 1) + (def.kind === 'region' ? 3 : 0);
     steps.push({ def, variant, name: runName(def, variant), round, weight: (faults * touchUs) / 1e6 + 0.05 });
   };
-  const main = defs.filter((d) => d.variants.includes(MAIN) && d.once !== true);
+  const everyRound = (d: RunDef): boolean => d.once !== true && (full || d.core === true);
+  const main = defs.filter((d) => d.variants.includes(MAIN) && everyRound(d));
   for (let r = 0; r < rounds; r++) {
     for (let i = 0; i < main.length; i++) add(main[(i + r) % main.length], MAIN, r);
   }
-  for (const def of defs) if (def.once === true && def.variants.includes(MAIN)) add(def, MAIN, 0);
+  for (const def of defs) if (!everyRound(def) && def.variants.includes(MAIN)) add(def, MAIN, 0);
   for (const v of variants) {
     if (v === MAIN) continue;
     for (const def of defs) {
-      const own = def.variants.find((x) => sameVariant(x, v));
+      const own = variantsOf(def, full).find((x) => sameVariant(x, v));
       if (own) add(def, own, 0);
     }
   }
   return steps;
+}
+
+/**
+ * Sequential touches of a fault-around run, in groups of `around` from page 0: one fault and the
+ * touches that find their page already back. Their sums, whose median ÷ `around` is the per-page
+ * cost: a median, so a rare slow touch (a preempted vCPU) moves it no more than any other run's p50.
+ */
+function groupSums(latencies: Float64Array, around: number): Float64Array {
+  const sums = new Float64Array(Math.floor(latencies.length / around));
+  for (let g = 0; g < sums.length; g++) {
+    let s = 0;
+    for (let i = g * around; i < (g + 1) * around; i++) s += latencies[i];
+    sums[g] = s;
+  }
+  return sums;
 }
 
 function ratiosOf<K extends string>(defs: ReadonlyArray<RatioDef<K>>, runs: RunResult[], unavailable: Record<string, string>): Record<K, number | null> {
@@ -106,7 +129,13 @@ function ratiosOf<K extends string>(defs: ReadonlyArray<RatioDef<K>>, runs: RunR
       unavailable[key] = `needs the '${missing}' run: ${unavailable[missing] ?? 'not measured'}`;
       continue;
     }
-    ratios[key] = r[stat] / base[over];
+    const v = r[stat];
+    if (v === undefined) {
+      ratios[key] = null;
+      unavailable[key] = `the '${run}' run has no ${stat}`;
+      continue;
+    }
+    ratios[key] = v / base[over];
   }
   return ratios;
 }
@@ -119,10 +148,14 @@ export async function runBench(opts: BenchOptions): Promise<BenchOutput> {
     if (why === undefined) defs.push(def);
     else unavailable[def.name] = why;
   }
-  const steps = plan(defs, opts.faults, opts.rounds);
+  const steps = plan(defs, opts.faults, opts.rounds, opts.full);
   const host = measureHost(opts.cpu);
   const migrationWeight = (opts.migrationBytes / 1024 ** 3) * 4;
-  const total = steps.reduce((s, x) => s + x.weight, 0) + migrationWeight + 0.5;
+  const moveWhy = opts.move ? moveUnavailable() : 'measured with --move or --full';
+  if (moveWhy !== undefined) unavailable.move = moveWhy;
+  // Four raw-handler runs a round at ~10 µs a fault (cross-checked against the data after each), and the bulk part.
+  const moveWeight = moveWhy === undefined ? (opts.faults * opts.rounds * 4 * 10) / 1e6 + 1 : 0;
+  const total = steps.reduce((s, x) => s + x.weight, 0) + migrationWeight + moveWeight + 0.5;
   const progress: Progress = progressBar(process.stderr, opts.progress, total);
 
   const orders = new Map<Pattern, Int32Array>();
@@ -151,10 +184,12 @@ export async function runBench(opts: BenchOptions): Promise<BenchOutput> {
       let t = tallies.get(step.name);
       if (!t) {
         const recorder = new LatencyRecorder();
-        t = { step, recorder, wallNs: 0, elapsedNs: 0, touches: 0, warmup: 0, served: undefined, roundP50: [] };
+        t = { step, recorder, wallNs: 0, elapsedNs: 0, touches: 0, warmup: 0, served: undefined, roundP50: [], groups: undefined };
         tallies.set(step.name, t);
       }
       t.recorder.record(touched.latencies, warmup);
+      const around = step.def.faultAround ?? 1;
+      if (around > 1) (t.groups ??= new LatencyRecorder()).record(groupSums(touched.latencies, around), Math.ceil(warmup / around));
       if (opts.rounds > 1 && step.variant === MAIN) {
         const round = new LatencyRecorder();
         round.record(touched.latencies, warmup);
@@ -184,12 +219,27 @@ export async function runBench(opts: BenchOptions): Promise<BenchOutput> {
         warmup: t.warmup,
         ...(t.served === undefined ? {} : { faults_served: t.served }),
         ...(t.roundP50.length > 1 ? { round_p50_us: t.roundP50 } : {}),
+        ...(t.groups ? { per_page_us: t.groups.summary().p50_us / (t.step.def.faultAround ?? 1) } : {}),
       });
       cdfs.set(name, cdf);
       // With fault-around, fewer faults than touches is the point; otherwise every touch must fault once.
       if (t.served !== undefined && (t.step.def.faultAround ?? 1) === 1 && t.served !== t.touches) {
         notes.push(`${name}: the servicer counted ${t.served} faults for ${t.touches} touches`);
       }
+    }
+
+    let move: MoveResult | null = null;
+    const moveNotes: string[] = [];
+    if (moveWhy === undefined) {
+      progress.step('UFFDIO_MOVE vs UFFDIO_COPY', moveWeight);
+      move = measureMove(opts.faults, opts.rounds, warmup, opts.cpu, (f) => progress.update(f));
+      moveNotes.push(
+        `move: raw C handler threads (every thread on CPU ${opts.cpu}, sequential touches, ${opts.rounds} interleaved round(s) ` +
+          `of ${opts.faults} faults) serving each fault with one UFFDIO_MOVE or one UFFDIO_COPY of 1 or 16 pages from a ` +
+          `populated device store; bulk: ${move.bulk.pages} pages in one ioctl each way, µs per page, median of ` +
+          `${move.bulk.repeats}. A moved page leaves a hole in the device store: refill_to_device_us is what the device ` +
+          `pays to take a page back into it, so round_trip_us compares the designs whole.`,
+      );
     }
 
     let migration = null;
@@ -223,20 +273,23 @@ export async function runBench(opts: BenchOptions): Promise<BenchOutput> {
       `Runs without a '/' in their name are sequential, one faulting thread, with every thread of the process on CPU ${opts.cpu} ` +
         `('one-cpu'): on a VM a wake-up across vCPUs can cost more than the fault itself. '/any-cpu' and '/2t' runs ` +
         `leave placement to the scheduler.`,
-      `Those runs but c-baseline-hot are measured in ${opts.rounds} interleaved round(s) of ${opts.faults} faults, each ` +
-        `on a fresh region, and their faults pooled; every other run is one round.`,
+      `${opts.full ? 'Those runs but c-baseline-hot' : defs.filter((d) => d.core === true).map((d) => d.name).join(', ')} are measured in ` +
+        `${opts.rounds} interleaved round(s) of ${opts.faults} faults, each on a fresh region, and their faults pooled; every ` +
+        `other run is one round.${opts.full ? '' : ' --full adds the random-order and two-thread variants and measures every run in every round.'}`,
       `Latencies are timed in the faulting thread: clock_gettime in native toucher threads, except *-js-toucher runs, ` +
         `timed in JS with performance.now() around each read (timer overhead included).`,
       `The first ${warmup} touches of each round (${WARMUP_FRACTION * 100}%) are warm-up and left out; faults_per_s counts every touch.`,
       `Ratios are to the same-work baselines: c-baseline (a C thread: poll + read + UFFDIO_COPY) and c-sigbus (a C ` +
         `SIGBUS handler in the faulting thread: one UFFDIO_COPY) copy each page from its own source page, as the ` +
         `servicers copy from device pages; c-baseline-hot copies every page from one cache-hot page.`,
-      `fault_around_per_page is the fault-around-16 run's mean touch ÷ c-baseline's p50, in the table too: 15 of its 16 ` +
-        `touches find the page already there, so its p50 is a cache hit.`,
+      `fault_around_per_page is the fault-around-16 run's per_page_us ÷ c-baseline's p50, in the table too: per_page_us is ` +
+        `the median time to touch a group of 16 pages (one fault, 15 touches finding their page back) ÷ 16. Its p50 alone ` +
+        `is a page found back; its mean moves with a few slow touches.`,
       `host: a null system call costs ${host.syscall_ns.toFixed(0)} ns and a first touch without userfaultfd ` +
         `${host.plain_touch_us.toFixed(2)} µs (read) / ${host.plain_write_us.toFixed(2)} µs (write) here: a slow host is slow for every run.`,
       `plain is a first read of anonymous memory without userfaultfd (maps the zero page); plain-write a first write (allocates a page).`,
     );
+    notes.push(...moveNotes);
     if (memory) {
       notes.push(
         `memory.heap_* is the main thread's JS heap${memory.gc ? ' after a full GC' : ''}; memory.worker_heap_* the ` +
@@ -265,11 +318,13 @@ export async function runBench(opts: BenchOptions): Promise<BenchOutput> {
       notes,
       migration,
       memory,
+      move,
       trace_overhead,
       config: {
         faults: opts.faults,
         rounds: opts.rounds,
         quick: opts.quick,
+        full: opts.full,
         cpu: opts.cpu,
         date: new Date().toISOString(),
         node: process.version,

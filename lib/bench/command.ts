@@ -8,11 +8,15 @@ import path from 'node:path';
 
 import { UsageError, flag, intOption, parse, stringOption, type Parsed } from './args.js';
 
-const DEFAULT_FAULTS = 200_000;
+// 3 rounds of 40k faults: every published ratio is a median over ~118k faults (warm-up left out),
+// and the default run does about 1.5 million faults' work in all.
+const DEFAULT_FAULTS = 40_000;
+const FULL_FAULTS = 200_000;
 const QUICK_FAULTS = 5_000;
 const MAX_FAULTS = 1 << 20;
 const DEFAULT_ROUNDS = 3;
-const MIGRATION_MIB = 1024;
+const MIGRATION_MIB = 256;
+const FULL_MIGRATION_MIB = 1024;
 /** CPU_SETSIZE - 1: the highest CPU number sched_setaffinity takes. */
 const MAX_CPU = 1023;
 const QUICK_MIGRATION_MIB = 64;
@@ -23,7 +27,7 @@ const HELP_HINT = "Run 'uffd-hmm bench --help' for usage.";
 /** The workload options: any of them selects the workload mode. */
 const WORKLOAD_OPTIONS = ['driver', 'servicer', 'pattern', 'pages', 'threads', 'write-ratio', 'fault-around', 'device-capacity', 'batch'] as const;
 
-export const BENCH_USAGE = `usage: uffd-hmm bench [--faults N] [--rounds N] [--quick] [--json] [--out DIR] [--cpu N]
+export const BENCH_USAGE = `usage: uffd-hmm bench [--faults N] [--rounds N] [--quick | --full] [--move] [--json] [--out DIR] [--cpu N]
        uffd-hmm bench --driver FILE [--servicer worker|native|inline]
                       [--pattern sequential|random|strided:K|hot:P|TRACE.json] [--pages N]
                       [--threads T] [--write-ratio R] [--fault-around K] [--device-capacity C]
@@ -39,9 +43,19 @@ With --driver (or any workload option) it measures your own workload instead: yo
 module's hooks on your access pattern, beside c-baseline serving the same faults, with the time
 inside the hooks and what they decided.
 
-  --faults N          faults (pages) per run and round; default ${DEFAULT_FAULTS}, ${QUICK_FAULTS} with --quick
+The default run takes one to three minutes: the runs every ratio rests on in interleaved rounds,
+the plain first touches and c-baseline-hot once, threads left to the scheduler for c-baseline,
+c-sigbus and inline only. fault-around-16's per-page cost (its p50/c in the table and
+ratios.fault_around_per_page) is the median time to touch a group of 16 pages (one fault, 15
+pages found back) ÷ 16 ÷ c-baseline's p50: the run's own p50 is a page found back.
+
+  --faults N          faults (pages) per run and round; default ${DEFAULT_FAULTS}, ${FULL_FAULTS} with --full, ${QUICK_FAULTS} with --quick
   --rounds N          interleaved rounds of the main runs; default ${DEFAULT_ROUNDS}, 1 with --quick
   --quick             a fast look: few faults (or pages), one round, a ${QUICK_MIGRATION_MIB} MiB migration (else ${MIGRATION_MIB} MiB)
+  --full              the long run (several minutes): every run in every round, the random-order and
+                      two-thread variants, a ${FULL_MIGRATION_MIB} MiB migration, and --move
+  --move              also UFFDIO_MOVE against UFFDIO_COPY (Linux 6.8+) on raw C handlers: single
+                      faults, fault-around 16, bulk migration and the device's refill (the move key)
   --json              print exactly one JSON object on stdout and no progress
   --out DIR           where results.json (and latency-cdf.svg) go; default bench-results/
   --cpu N             the CPU the one-CPU runs use; default the last one
@@ -92,6 +106,8 @@ async function bench(argv: string[]): Promise<number> {
     {
       faults: { type: 'string' },
       quick: { type: 'boolean' },
+      full: { type: 'boolean' },
+      move: { type: 'boolean' },
       json: { type: 'boolean' },
       out: { type: 'string' },
       cpu: { type: 'string' },
@@ -114,14 +130,18 @@ async function bench(argv: string[]): Promise<number> {
     return 0;
   }
   const quick = flag(args, 'quick');
+  const full = flag(args, 'full');
+  if (quick && full) throw new UsageError('--quick and --full contradict each other: choose one');
   const json = flag(args, 'json');
   const workload = WORKLOAD_OPTIONS.some((o) => args.values[o] !== undefined);
   if (workload) {
-    for (const o of ['faults', 'rounds']) {
-      if (args.values[o] !== undefined) throw new UsageError(`--${o} is an option of the default benchmark; a workload's size is --pages (or its trace)`);
+    for (const o of ['faults', 'rounds', 'full', 'move']) {
+      if (args.values[o] === undefined) continue;
+      const hint = o === 'faults' || o === 'rounds' ? "; a workload's size is --pages (or its trace)" : ', not of a workload';
+      throw new UsageError(`--${o} is an option of the default benchmark${hint}`);
     }
   }
-  const faults = intOption('--faults', stringOption(args, 'faults'), 100, MAX_FAULTS) ?? (quick ? QUICK_FAULTS : DEFAULT_FAULTS);
+  const faults = intOption('--faults', stringOption(args, 'faults'), 100, MAX_FAULTS) ?? (quick ? QUICK_FAULTS : full ? FULL_FAULTS : DEFAULT_FAULTS);
   const rounds = intOption('--rounds', stringOption(args, 'rounds'), 1, 20) ?? (quick ? 1 : DEFAULT_ROUNDS);
   const cpus = os.availableParallelism();
   // Any CPU number the kernel can name: in a cpuset the allowed CPUs need not be 0..cpus-1, and a
@@ -149,8 +169,10 @@ async function bench(argv: string[]): Promise<number> {
     faults,
     rounds,
     quick,
+    full,
+    move: full || flag(args, 'move'),
     cpu,
-    migrationBytes: (quick ? QUICK_MIGRATION_MIB : MIGRATION_MIB) * 1024 ** 2,
+    migrationBytes: (quick ? QUICK_MIGRATION_MIB : full ? FULL_MIGRATION_MIB : MIGRATION_MIB) * 1024 ** 2,
     tablePages: quick ? 1 << 16 : 1 << 20,
     progress: !json,
   });

@@ -1,7 +1,7 @@
 // The human-readable report: host facts, one row per run with its ratio to the c-baseline of the
 // same variant, then the ratios, migration throughput, memory, and what was not measured.
 import { FAULT_AROUND_RUN } from './runs.js';
-import type { BenchResults, HostFacts, LatencySummary, RunResult } from './types.js';
+import type { BenchResults, HostFacts, LatencySummary, MoveResult, RunResult } from './types.js';
 
 export function num(x: number, digits = 2): string {
   if (!Number.isFinite(x)) return '-';
@@ -50,20 +50,21 @@ export function formatReport(res: BenchResults, files: string[]): string {
   out.push('');
   const rows = res.runs.map((r) => {
     const b = baselineFor(r, res.runs);
-    // Fault-around's per-page cost is its mean (most touches find the page there): the same
-    // definition as ratios.fault_around_per_page.
-    const perPage = r.name === FAULT_AROUND_RUN;
+    // Fault-around's per-page cost (most touches find the page there): the same definition as
+    // ratios.fault_around_per_page.
+    const perPage = r.name === FAULT_AROUND_RUN && r.per_page_us !== undefined;
     return [
       r.name,
       String(r.faults),
       ...latencyCells(r),
       num(r.faults_per_s, 0),
-      b ? ratio((perPage ? r.mean_us : r.p50_us) / b.p50_us) + (perPage ? ' (mean)' : '') : '-',
+      b ? ratio((perPage ? r.per_page_us! : r.p50_us) / b.p50_us) + (perPage ? ' (per page)' : '') : '-',
       ratio(b ? r.p99_us / b.p99_us : null),
     ];
   });
   out.push(grid(['run', 'faults', 'p50 µs', 'p90 µs', 'p99 µs', 'p99.9 µs', 'max µs', 'mean µs', 'faults/s', 'p50/c', 'p99/c'], rows));
-  out.push(`p50/c, p99/c: ÷ c-baseline of the same pattern, threads and placement; ${FAULT_AROUND_RUN}'s p50/c is its mean ÷ c-baseline p50 (per-page cost).`);
+  out.push(`p50/c, p99/c: ÷ c-baseline of the same pattern, threads and placement; ${FAULT_AROUND_RUN}'s p50/c is its per-page cost ` +
+      `(the median time to touch 16 pages, one fault and 15 pages found back, ÷ 16) ÷ c-baseline p50.`);
   out.push('');
   out.push('ratios to the same-work baseline (c-baseline: distinct source pages, as the servicers copy):');
   const ratioLines = (ratios: Record<string, number | null>): void => {
@@ -81,6 +82,7 @@ export function formatReport(res: BenchResults, files: string[]): string {
     out.push(`  to device                ${num(m.to_device_gib_s).padStart(7)}   ${num(m.c_to_device_gib_s).padStart(16)}   ${ratio(m.to_device_ratio).padStart(5)}`);
     out.push(`  back to RAM              ${num(m.to_ram_gib_s).padStart(7)}   ${num(m.c_to_ram_gib_s).padStart(16)}   ${ratio(m.to_ram_ratio).padStart(5)}`);
   }
+  if (res.move) out.push('', ...moveLines(res.move));
   const to = res.trace_overhead;
   if (to.worker_p50 !== null || to.native_p50 !== null) {
     out.push('');
@@ -103,6 +105,25 @@ export function formatReport(res: BenchResults, files: string[]): string {
     for (const [k, why] of skipped) out.push(`  ${k}: ${why}`);
   }
   return finish(out, res.notes, files);
+}
+
+/** UFFDIO_MOVE against UFFDIO_COPY: each figure beside its COPY twin and their ratio. */
+function moveLines(m: MoveResult): string[] {
+  const row = (label: string, copy: number, move: number): string =>
+    `  ${label.padEnd(34)} ${num(copy).padStart(7)}  ${num(move).padStart(7)}  ${ratio(move / copy).padStart(6)}`;
+  const b = m.bulk;
+  const rt = m.round_trip_us;
+  return [
+    `UFFDIO_MOVE vs UFFDIO_COPY (raw C handler, µs):       COPY     MOVE  MOVE/COPY`,
+    row('single fault, p50', m.copy.p50_us, m.move.p50_us),
+    row('single fault, p99', m.copy.p99_us, m.move.p99_us),
+    row('fault-around 16: the fault, p50', m.copy_around16.fault_p50_us, m.move_around16.fault_p50_us),
+    row('fault-around 16: per page (mean)', m.copy_around16.mean_us, m.move_around16.mean_us),
+    row(`${b.pages} pages back, per page`, b.copy_back_us, b.move_back_us),
+    row('one page per ioctl, no waiter', b.single_copy_us, b.single_move_us),
+    `  to the device, per page: memcpy into its pages ${num(b.copy_to_device_us)}, refill of MOVE's holes ${num(b.refill_to_device_us)}, MOVE ${num(b.move_to_device_us)}`,
+    `  round trip per page: COPY ${num(rt.copy)}, MOVE + refill ${num(rt.move_refill)}, MOVE both ways ${num(rt.move_both)}`,
+  ];
 }
 
 /** The report's end, shared by both reports: notes, the files written, the text. */

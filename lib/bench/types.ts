@@ -42,13 +42,18 @@ export interface RunResult extends LatencySummary {
   faults_served?: number;
   /** p50 of each round, when the run had several: how much the rounds agree. */
   round_p50_us?: number[];
+  /**
+   * Fault-around runs: the median time to touch a group of N pages (one fault bringing N back, then
+   * N-1 touches finding theirs) ÷ N, µs: the per-page cost.
+   */
+  per_page_us?: number;
 }
 
 /**
  * Ratios of one invocation, each run's statistic ÷ the same statistic of the same-work baseline,
  * same variant: c-baseline, a C poll thread copying each page from its own source page, as the
- * servicers copy from device pages. `fault_around_per_page` is the fault-around-16 run's mean touch
- * latency ÷ c-baseline's p50 (its p50 is a touch that found the page already there).
+ * servicers copy from device pages. `fault_around_per_page` is the fault-around-16 run's
+ * `per_page_us` (the median 16-page group ÷ 16) ÷ c-baseline's p50.
  */
 export interface Ratios {
   worker_p50: number | null;
@@ -98,6 +103,70 @@ export interface MigrationResult {
   to_ram_ratio: number;
 }
 
+/** One way of serving faults in the MOVE comparison: a raw C handler thread, pinned, sequential touches. */
+export interface ServeResult {
+  /** Touches in the statistics (warm-up left out). */
+  touches: number;
+  /** Faults the handler served (one per touch, or one per 16 with fault-around). */
+  faults_served: number;
+  /** Median touch latency, µs. */
+  p50_us: number;
+  p99_us: number;
+  /** Mean touch latency, µs: with fault-around, the per-page cost. */
+  mean_us: number;
+  /** Median latency of the touches that faulted (every 16th with fault-around), µs. */
+  fault_p50_us: number;
+}
+
+/**
+ * UFFDIO_MOVE (Linux 6.8+) against UFFDIO_COPY for bringing device pages back, measured by raw C
+ * handlers on their own numbers in the same invocation. MOVE takes the page from the device store,
+ * which then holds a hole the device fills again (a first touch) when it takes a page back.
+ */
+export interface MoveResult {
+  /** Single faults: each served with one ioctl of one page. */
+  copy: ServeResult;
+  move: ServeResult;
+  /** move.p50_us ÷ copy.p50_us. */
+  single_p50_ratio: number;
+  /** Fault-around 16: each fault served with one ioctl of 16 pages. */
+  copy_around16: ServeResult;
+  move_around16: ServeResult;
+  /** move_around16.fault_p50_us ÷ copy_around16.fault_p50_us: one MOVE of 16 pages vs one COPY of 16. */
+  around16_fault_p50_ratio: number;
+  /** Per page (mean touch), MOVE ÷ COPY. */
+  around16_per_page_ratio: number;
+  /** Bulk: `pages` pages in one ioctl each way, medians of `repeats` repetitions, µs per page. */
+  bulk: {
+    pages: number;
+    repeats: number;
+    /** Back by one UFFDIO_COPY from populated device pages. */
+    copy_back_us: number;
+    /** Back by one UFFDIO_MOVE. */
+    move_back_us: number;
+    /** To the device by memcpy into its populated pages + MADV_DONTNEED (what COPY's design pays). */
+    copy_to_device_us: number;
+    /** To the device by memcpy into the holes MOVE left (first touches: the refill) + MADV_DONTNEED. */
+    refill_to_device_us: number;
+    /** To the device by one UFFDIO_MOVE into those holes (the device store registered with the userfaultfd). */
+    move_to_device_us: number;
+    /** Back one ioctl per page with nothing waiting to be woken: the kernel's work per served fault. */
+    single_copy_us: number;
+    single_move_us: number;
+    /** move_back_us ÷ copy_back_us. */
+    back_ratio: number;
+  };
+  /** A page back and to the device again, µs per page (bulk figures). */
+  round_trip_us: {
+    /** COPY back, memcpy + MADV_DONTNEED to the device. */
+    copy: number;
+    /** MOVE back, refill (first touch + memcpy) + MADV_DONTNEED to the device. */
+    move_refill: number;
+    /** MOVE both ways: no allocation and no copy at all. */
+    move_both: number;
+  };
+}
+
 export interface MemoryResult {
   /** The run whose hot path was watched. */
   run: string;
@@ -132,7 +201,9 @@ export interface BenchResults {
   notes: string[];
   migration: MigrationResult | null;
   memory: MemoryResult | null;
+  /** UFFDIO_MOVE against UFFDIO_COPY (with --move or --full); null when not measured (see unavailable.move). */
+  move: MoveResult | null;
   /** Cost of region.trace(): the traced run's p50 ÷ the same servicer's untraced p50, same invocation. */
   trace_overhead: { worker_p50: number | null; native_p50: number | null };
-  config: { faults: number; rounds: number; quick: boolean; cpu: number; date: string; node: string };
+  config: { faults: number; rounds: number; quick: boolean; full: boolean; cpu: number; date: string; node: string };
 }

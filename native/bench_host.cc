@@ -1,0 +1,155 @@
+// What the host charges every program (a null system call, a first touch), CPU placement for the
+// one-CPU runs, and the memcpy+madvise migration baseline.
+#include <dirent.h>
+#include <napi.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "bench.h"
+#include "napi_util.h"
+
+namespace uffdhmm {
+namespace bench {
+
+namespace {
+
+double medianOf(std::vector<double>& v) {
+  std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+  return v[v.size() / 2];
+}
+
+// benchHost(out: Float64Array): what this host charges everyone, userfaultfd or not. out[0]: a
+// null system call (getppid, never cached by libc), ns, the median of 64 batches of 1000;
+// out[1], out[2]: the median first read and first write of a fresh anonymous page, µs, over 4096
+// pages. A slow host shows here as much as in any servicer.
+Napi::Value BenchHost(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto [out, outLen] = argFloat64Array(info, 0, "out");
+  if (outLen < 3) throw rangeError(env, "out must hold 3 values");
+  std::vector<double> batches(64);
+  for (auto& b : batches) {
+    uint64_t t0 = nowNs();
+    for (int i = 0; i < 1000; i++) (void)::syscall(SYS_getppid);
+    b = static_cast<double>(nowNs() - t0) / 1000;
+  }
+  out[0] = medianOf(batches);
+  const uint32_t pages = 4096;
+  std::vector<int32_t> order(pages);
+  for (uint32_t i = 0; i < pages; i++) order[i] = static_cast<int32_t>(i);
+  std::vector<double> lat(pages);
+  for (int w = 0; w < 2; w++) {
+    Touches a;
+    a.order = order.data();
+    a.n = pages;
+    a.threads = 1;
+    a.out = lat.data();
+    plainTouch(env, pages, a, w == 1);
+    out[1 + w] = medianOf(lat) / 1000;
+  }
+  return env.Undefined();
+}
+
+std::vector<int32_t> cpuList(const cpu_set_t& set) {
+  std::vector<int32_t> cpus;
+  for (int c = 0; c < CPU_SETSIZE; c++)
+    if (CPU_ISSET(c, &set)) cpus.push_back(c);
+  return cpus;
+}
+
+// benchSetAffinity(cpus: Int32Array) -> Int32Array: moves every thread of the process (the
+// servicer threads, the worker servicer, V8's helpers) onto `cpus`; threads started later inherit
+// it from their creator. Returns the calling thread's CPUs before the call, to restore them.
+// Placement decides fault latency on a VM: a wake-up across vCPUs costs more than the fault.
+Napi::Value BenchSetAffinity(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto [cpus, n] = argInt32Array(info, 0, "cpus");
+  if (n == 0) throw rangeError(env, "cpus must name at least one CPU");
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (size_t i = 0; i < n; i++) {
+    if (cpus[i] < 0 || cpus[i] >= CPU_SETSIZE) throw rangeError(env, "cpu number out of range");
+    CPU_SET(cpus[i], &set);
+  }
+  cpu_set_t before;
+  if (::sched_getaffinity(0, sizeof before, &before) != 0) throw systemError(env, errno, "sched_getaffinity");
+  DIR* dir = ::opendir("/proc/self/task");
+  if (!dir) throw systemError(env, errno, "opendir(/proc/self/task)");
+  int err = 0;
+  while (struct dirent* d = ::readdir(dir)) {
+    if (d->d_name[0] == '.') continue;
+    pid_t tid = static_cast<pid_t>(std::strtol(d->d_name, nullptr, 10));
+    // A thread that exits between the listing and the call is not an error.
+    if (::sched_setaffinity(tid, sizeof set, &set) != 0 && errno != ESRCH) err = errno;
+  }
+  ::closedir(dir);
+  if (err != 0)
+    throw systemError(env, err, "sched_setaffinity", "moving the benchmark's threads onto the CPU it measures on",
+                      err == EINVAL ? "that CPU is not one this process may run on (offline, or outside its cpuset); "
+                                      "pass --cpu with one that `taskset -pc $$` lists"
+                                    : nullptr);
+  std::vector<int32_t> prev = cpuList(before);
+  Napi::Int32Array out = Napi::Int32Array::New(env, prev.size());
+  for (size_t i = 0; i < prev.size(); i++) out[i] = prev[i];
+  return out;
+}
+
+// benchMigrateBaseline(pages, out: Float64Array): the simplest C migration of `pages` pages, to
+// compare region.migrate/migrateToRam with. To the device: memcpy into device memory, then
+// madvise(MADV_DONTNEED) frees the CPU pages. Back: memcpy into the freed range, which the kernel
+// refills page by page on first touch. out[0] and out[1] get the two times in ns. Both buffers
+// are populated first, as a real device's memory and a used region would be.
+Napi::Value BenchMigrateBaseline(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t pages = argU32(info, 0, "pages");
+  auto [out, outLen] = argFloat64Array(info, 1, "out");
+  if (pages == 0) throw rangeError(env, "pages must be at least 1");
+  if (outLen < 2) throw rangeError(env, "out must hold 2 values");
+  size_t ps = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  size_t len = size_t(pages) * ps;
+  const int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+  void* ram = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, flags, -1, 0);
+  if (ram == MAP_FAILED) throw systemError(env, errno, "mmap");
+  void* dev = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, flags, -1, 0);
+  if (dev == MAP_FAILED) {
+    int e = errno;
+    ::munmap(ram, len);
+    throw systemError(env, e, "mmap");
+  }
+  // Regions are mapped without transparent huge pages; so is the baseline, or it would copy 2 MiB at a time.
+  ::madvise(ram, len, MADV_NOHUGEPAGE);
+  ::madvise(dev, len, MADV_NOHUGEPAGE);
+  std::memset(ram, 0x5a, len);
+  std::memset(dev, 0, len);
+  uint64_t t0 = nowNs();
+  std::memcpy(dev, ram, len);
+  int rc = ::madvise(ram, len, MADV_DONTNEED);
+  uint64_t t1 = nowNs();
+  std::memcpy(ram, dev, len);
+  uint64_t t2 = nowNs();
+  int e = errno;
+  ::munmap(ram, len);
+  ::munmap(dev, len);
+  if (rc != 0) throw systemError(env, e, "madvise(MADV_DONTNEED)");
+  out[0] = static_cast<double>(t1 - t0);
+  out[1] = static_cast<double>(t2 - t1);
+  return env.Undefined();
+}
+
+}  // namespace
+
+void initBenchHost(Napi::Env env, Napi::Object exports) {
+  exports.Set("benchHost", Napi::Function::New(env, BenchHost));
+  exports.Set("benchSetAffinity", Napi::Function::New(env, BenchSetAffinity));
+  exports.Set("benchMigrateBaseline", Napi::Function::New(env, BenchMigrateBaseline));
+}
+
+}  // namespace bench
+}  // namespace uffdhmm
