@@ -25,6 +25,7 @@ import {
   allocHugeDevicePages,
   deviceSharedWords,
   devicePageRefcount,
+  getDevicePage,
   drainFreedLog,
   initDevicePages,
   putDevicePage,
@@ -370,6 +371,11 @@ export class Device extends EventEmitter {
   failNextHugeAllocation(): void {
     if (this.#closed) throw deviceClosed(this.name);
     Atomics.store(this.shared, DEV_FAIL_ALLOC, 1);
+  }
+
+  /** @internal Takes one more reference to an allocated page (another entry names it: a fork child). */
+  getPage(pfn: number): void {
+    getDevicePage(this.shared, pfn);
   }
 
   /** @internal Drops a reference; on the last, frees the page and calls the driver's pageFree. */

@@ -18,7 +18,6 @@ import {
   stateIndex,
 } from './layout.js';
 import { lockPage, unlockPage } from './pagelock.js';
-import { getDevicePage } from './devicepages.js';
 import { deviceBySlot } from './device.js';
 import { refuseFork } from './mm/backing.js';
 import type { RegionCore } from './mm/vma.js';
@@ -143,7 +142,7 @@ export async function forkRegion(
       if ((s & KIND_MASK) === KIND_DEVICE) {
         next[p] = s & ~WRITE;
         const pfn = shared[stateIndex(p) + 1];
-        getDevicePage(deviceBySlot((s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT)!.shared, pfn);
+        deviceBySlot((s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT)!.getPage(pfn);
         taken = p + 1;
         child[stateIndex(p) + 1] = pfn;
       }

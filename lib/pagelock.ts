@@ -185,12 +185,7 @@ export function forRuns(f: number, n: number, pred: (i: number) => boolean, fn: 
   }
 }
 
-/** The state word (LOCKED included) a page holds now, read without locking it. */
-export function peekState(shared: Int32Array, page: number): number {
-  return Atomics.load(shared, stateIndex(page));
-}
-
 /** The device page a page's entry names, read without locking it (meaningful for device entries). */
-export function peekPfn(shared: Int32Array, page: number): number {
+export function pfnOf(shared: Int32Array, page: number): number {
   return Atomics.load(shared, stateIndex(page) + 1);
 }

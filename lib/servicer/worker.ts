@@ -7,8 +7,8 @@ import { workerData, receiveMessageOnPort, type MessagePort } from 'node:worker_
 
 import { native } from '../native.js';
 import { driverLoadFailed, faultHookFailed } from '../errors.js';
-import { DEV_ASK_FAULT, EVENT_ASK, EVENT_STRIDE, LOCKED, VERDICT_NONE, deviceSlotOf } from '../layout.js';
-import { peekPfn, peekState } from '../pagelock.js';
+import { DEV_ASK_FAULT, EVENT_ASK, EVENT_STRIDE, VERDICT_NONE, deviceSlotOf } from '../layout.js';
+import { pfnOf, stateOf } from '../pagelock.js';
 import { CTRL_MAIL_SEQ, CTRL_NAP, CTRL_RUNNING, CTRL_STOP, type FromWorker, type ToWorker } from './protocol.js';
 import { ASK, DEFERRED, askDriver, type DeviceInfo, type PolicyHost, type RegionInfo } from './policy.js';
 import type { Driver } from '../driver.js';
@@ -167,8 +167,8 @@ function decideAndServe(handle: number, page: number, flags: number, tid: number
     // The page holds another entry than the verdict was for, and is locked for us: ask about it.
     held = true;
     verdict = VERDICT_NONE;
-    state = peekState(r.shared, page) & ~LOCKED;
-    pfn = peekPfn(r.shared, page);
+    state = stateOf(r.shared, page);
+    pfn = pfnOf(r.shared, page);
   }
   // Out of rounds with the page still locked for us: let it go; the retry asks afresh.
   if (held && native.faultServe(handle, page, flags, tid, t0Us, VERDICT_NONE, state, pfn, true) !== DEFERRED) return true;
