@@ -5,6 +5,7 @@ import {
   DEVICE_HEADER,
   DEV_FREED,
   DEV_FREED_LOGGED,
+  DEV_FREEING,
   DEV_FREE_TOP,
   DEV_LOCK,
   DEV_RELEASED,
@@ -44,6 +45,9 @@ export function allocDevicePage(shared: Int32Array, capacity: number): number {
     const top = shared[DEV_FREE_TOP];
     if (top === 0) {
       spinUnlock(shared);
+      // A fault is freeing a page right now (its thread may already run): it is free, wait for it.
+      // Freeing is read first: the engine pushes the page before it stops counting it as freeing.
+      if (Atomics.load(shared, DEV_FREEING) > 0 || Atomics.load(shared, DEV_FREE_TOP) > 0) continue;
       return -1;
     }
     if (top - 1 < Atomics.load(shared, DEV_RELEASING)) {
@@ -69,6 +73,8 @@ export function allocDevicePage(shared: Int32Array, capacity: number): number {
  */
 export function allocHugeDevicePages(shared: Int32Array, capacity: number, n: number): number {
   const free = new Uint8Array(capacity); // before the lock: servicer threads spin on it
+  // Pages a fault is freeing right now count as free: let them reach the stack first.
+  while (Atomics.load(shared, DEV_FREEING) > 0);
   spinLock(shared);
   while (Atomics.load(shared, DEV_RELEASING) !== 0) {
     // A release is giving pages back: the scan below may take any free page, so wait it out.

@@ -81,7 +81,7 @@ export const OUTCOME_WOKEN = 5;
 export const OUTCOME_PAGE_CACHE = 6;
 
 /** Int32 words before refcount[capacity], freeStack[capacity] and freedLog[capacity] in a device's shared buffer. */
-export const DEVICE_HEADER = 13;
+export const DEVICE_HEADER = 14;
 export const DEV_LOCK = 0;
 export const DEV_FREE_TOP = 1;
 export const DEV_USED = 2;
@@ -113,6 +113,11 @@ export const DEV_FREED_LOGGED = 11;
  * cleared by the worker once the module turns out to have no fault hook or fails to load.
  */
 export const DEV_ASK_FAULT = 12;
+/**
+ * Pages whose last reference the fault engine dropped before the fill that wakes the faulting
+ * thread and not yet pushed on the free stack: an allocator that finds the stack short waits for them.
+ */
+export const DEV_FREEING = 13;
 
 /** A driver's answer to a fault hook, handed to native.faultServe and carried across retries. */
 export const VERDICT_NONE = 0;

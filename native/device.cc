@@ -84,20 +84,26 @@ bool DeviceStore::putPage(uint32_t pfn) {
 bool DeviceStore::dropRef(uint32_t pfn) {
   if (pfn >= capacity) return false;
   if (__atomic_fetch_sub(&refcount()[pfn], 1, __ATOMIC_ACQ_REL) != 1) return false;
+  // Counted as freeing before it stops counting as used: an allocator never sees it as neither.
+  __atomic_fetch_add(&shared[layout::kDevFreeing], 1, __ATOMIC_ACQ_REL);
   __atomic_fetch_sub(&shared[layout::kDevUsed], 1, __ATOMIC_RELAXED);
   __atomic_fetch_add(&shared[layout::kDevFreed], 1, __ATOMIC_RELAXED);
   return true;
 }
 
-void DeviceStore::freeDropped(uint32_t pfn) { pushFree(pfn, false); }
+void DeviceStore::freeDropped(uint32_t pfn) {
+  pushFree(pfn, false);
+  __atomic_fetch_sub(&shared[layout::kDevFreeing], 1, __ATOMIC_ACQ_REL);
+}
 
 void DeviceStore::undoDrop(uint32_t pfn, bool wasLast) {
   if (pfn >= capacity) return;
+  __atomic_fetch_add(&refcount()[pfn], 1, __ATOMIC_ACQ_REL);
   if (wasLast) {
     __atomic_fetch_add(&shared[layout::kDevUsed], 1, __ATOMIC_RELAXED);
     __atomic_fetch_sub(&shared[layout::kDevFreed], 1, __ATOMIC_RELAXED);
+    __atomic_fetch_sub(&shared[layout::kDevFreeing], 1, __ATOMIC_ACQ_REL);
   }
-  __atomic_fetch_add(&refcount()[pfn], 1, __ATOMIC_ACQ_REL);
 }
 
 void DeviceStore::pushFree(uint32_t pfn, bool count) {

@@ -330,11 +330,10 @@ Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, u
     // Where a thread sleeps on the fault, the fill wakes it itself: one system call fewer than a
     // fill and a UFFDIO_WAKE. So everything that thread may look at once it runs (the state words,
     // the counters, the device's books) is done first, the pages staying locked until the end, and
-    // taken back if the fill fails. Not for a trace (its record times the fill), nor for a page
-    // the table already calls present (most likely there: a fault-around neighbour's thread, or a
-    // racing fill; its word must not change until the fill says so).
-    bool early = wakes && !r.trace && next != s && kind != kKindPresent;
-    if (kind == kKindPresent && fill == Fill::Unprotect) early = wakes && !r.trace;
+    // taken back if the fill fails. Not for a trace (its record times the fill), nor for a zero
+    // fill of a page the table already calls present (most likely there: a fault-around
+    // neighbour's thread, or a racing fill; its word must not change until the fill says so).
+    bool early = wakes && !r.trace && next != s && !(fill == Fill::Zero && kind == kKindPresent);
     RunBits freed;
     if (early) {
       for (uint32_t i = 0; i < k; i++) publishLocked(r.state(first + i), next);

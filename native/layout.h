@@ -83,7 +83,7 @@ constexpr int32_t kOutcomeWoken = 5;  // already there (EEXIST): the thread was 
 
 // Device shared buffer: kDeviceHeader int32 words, refcount[capacity], freeStack[capacity],
 // freedLog[capacity].
-constexpr int kDeviceHeader = 13;
+constexpr int kDeviceHeader = 14;
 constexpr int kDevLock = 0;  // spinlock over the free stack
 constexpr int kDevFreeTop = 1;
 constexpr int kDevUsed = 2;
@@ -111,6 +111,11 @@ constexpr int kDevFreedLogged = 11;  // entries in freedLog not yet drained
 // Set by the main thread for a device with a driver; cleared by the worker once the driver module
 // turns out to have no fault hook (or failed to load).
 constexpr int kDevAskFault = 12;
+// Pages whose last reference the fault engine dropped before the fill that wakes the faulting
+// thread, and that it has not pushed on the free stack yet (DeviceStore::dropRef/freeDropped). A
+// page is free from the woken thread's point of view: an allocator that finds the stack short
+// waits for these instead of reporting the device full.
+constexpr int kDevFreeing = 13;
 
 // A driver's answer to a fault hook, passed back to the engine (faultServe) and carried across
 // retries of the same fault.

@@ -19,7 +19,7 @@ namespace {
   X(kTraceTid) X(kTraceSlot) X(kTraceOutcome) X(kTraceServiceUs) X(kOutcomeMigrated) X(kOutcomeZeroPage)            \
   X(kOutcomeUnprotected) X(kOutcomeSigbus) X(kOutcomePageCache) X(kOutcomeWoken) X(kDeviceHeader) X(kDevLock)       \
   X(kDevFreeTop) X(kDevUsed) X(kDevFaults) X(kDevMigratedToDevice) X(kDevMigratedToRam) X(kDevFreed)                \
-  X(kDevFailAlloc) X(kDevReleased) X(kDevReleasing) X(kReleaseWarm) X(kReleaseBatch) X(kDevLogFrees) X(kDevFreedLogged) X(kDevAskFault) X(kVerdictNone) X(kVerdictMigrate) X(kVerdictSigbus) X(kEventStride) X(kEventAsk) X(kForkStepStride) X(kForkOpRead) X(kForkOpWrite) X(kForkOpChecksum) X(kForkOpSleep)
+  X(kDevFailAlloc) X(kDevReleased) X(kDevReleasing) X(kReleaseWarm) X(kReleaseBatch) X(kDevLogFrees) X(kDevFreedLogged) X(kDevAskFault) X(kDevFreeing) X(kVerdictNone) X(kVerdictMigrate) X(kVerdictSigbus) X(kEventStride) X(kEventAsk) X(kForkStepStride) X(kForkOpRead) X(kForkOpWrite) X(kForkOpChecksum) X(kForkOpSleep)
 
 // protocolConstants(): { kStatFaults: 0, …, UFFD_PAGEFAULT_FLAG_WRITE: 1, … }. The kernel's fault
 // flags come along because lib/layout.ts restates them for the worker, which has no header to read.

@@ -2,6 +2,7 @@
 // scenario against the strict model (no tolerated divergences), or a child that once hung.
 import { fileURLToPath } from 'node:url';
 import { expect, it } from 'vitest';
+import { Device, Region } from 'uffd-hmm';
 import { describeUffd, runNode } from '../helpers.js';
 import { runScenario, warmWorkerServicer, type Op, type Scenario } from './runner.js';
 
@@ -89,5 +90,28 @@ describeUffd('model regressions', () => {
         { op: 'write', page: 2, offset: 0, value: 1 },
       ]),
     );
+  });
+
+  // Found with the worker servicer once its fill woke the faulting thread itself: the thread ran
+  // on before the servicer had pushed the freed device page on the free stack, and a migration to
+  // the full device right after its fault found no page (real 0, model 1). The kernel frees the
+  // device page before the fault returns.
+  it.each(['worker', 'native', 'inline'] as const)('%s: the device page a fault freed is free as soon as the fault returns', async (servicer) => {
+    await warmWorkerServicer();
+    const device = new Device({ capacity: 2 });
+    const region = Region.map({ pages: 3, servicer });
+    try {
+      region.bytes.fill(1);
+      for (let i = 0; i < 300; i++) {
+        expect(region.migrate(0, 2, device)).toBe(2); // the device is full
+        expect(region.bytes[0]).toBe(1); // a fault: page 0 comes back, its device page is freed
+        expect(region.migrate(2, 1, device)).toBe(1);
+        expect(region.migrateToRam(0, 3)).toBe(2);
+      }
+      expect(device.used).toBe(0);
+    } finally {
+      await region.close();
+      await device.close();
+    }
   });
 });
