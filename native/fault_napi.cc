@@ -9,15 +9,10 @@
 #include "dispatch.h"
 #include "fault.h"
 #include "napi_util.h"
+#include "span.h"
 
 namespace uffdhmm {
 namespace {
-
-std::shared_ptr<RegionState> openRegion(const Napi::CallbackInfo& info, size_t i) {
-  auto r = regions().get(static_cast<int>(argU32(info, i, "region")));
-  if (!r || r->closed.load(std::memory_order_acquire)) throw codedError(info.Env(), "ERR_REGION_CLOSED", kRegionClosed);
-  return r;
-}
 
 // Return codes of faultServe; lib/servicer/policy.ts names them.
 constexpr int kServed = 0;
@@ -33,9 +28,9 @@ constexpr int kFailed = 3;
 // All in one call, so that a worker terminated at any point leaves nothing half done.
 Napi::Value FaultServe(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  auto r = openRegion(info, 0);
+  auto r = argRegion(info, 0);
   const uint32_t page = argU32(info, 1, "page");
-  if (page >= r->pages) throw rangeError(env, "page is outside the region");
+  checkRange(info, *r, page, 1);
   const uint32_t flags = argU32(info, 2, "flags");
   const uint32_t tid = argU32(info, 3, "tid");
   const double t0Us = info[4].As<Napi::Number>().DoubleValue();
@@ -65,15 +60,15 @@ Napi::Value FaultServe(const Napi::CallbackInfo& info) {
 // fillFromDevice in fault.h. The caller holds the pages locked.
 Napi::Value RegionFillFromDevice(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  auto r = openRegion(info, 0);
-  const uint32_t page = argU32(info, 1, "page");
-  const uint32_t count = argU32(info, 2, "count");
-  if (count < 1 || !r->contains(page, count)) throw rangeError(env, "page range is outside the region");
+  const PageSpan span = argPages(info, 0, 1, 2);
+  RegionState& r = *span.r;
+  const uint32_t page = span.first, count = span.count;
+  if (count < 1) throw rangeError(env, "count must be at least 1");
   auto dev = devices().get(static_cast<int>(argU32(info, 3, "device")));
   if (!dev) throw codedError(env, "ERR_DEVICE_CLOSED", kDeviceClosed);
   const uint32_t pfn = argU32(info, 4, "pfn");
   if (pfn >= dev->capacity || count > dev->capacity - pfn) throw rangeError(env, "pfn run is outside the device's memory");
-  return Napi::Number::New(env, fillFromDevice(*r, page, *dev, pfn, count, argBool(info, 5, "writeProtect")));
+  return Napi::Number::New(env, fillFromDevice(r, page, *dev, pfn, count, argBool(info, 5, "writeProtect")));
 }
 
 }  // namespace
