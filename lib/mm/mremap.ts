@@ -22,11 +22,11 @@ export function remap(core: RegionCore, pages: number): void {
   for (let p = 0; p < kept; p++) placeLocked(next, p, states[p], old[stateIndex(p) + 1]);
   for (let p = kept; p < newPages; p++) placeLocked(next, p, KIND_NONE);
   let moved: { bytes: ArrayBuffer; address: bigint };
-  core.servicerHost?.replaceTable(core.owner, next, newPages);
+  core.servicerHost?.replaceTable(core.owner, next);
   try {
     moved = native.regionRemap(core.handle, newPages, next);
   } catch (e) {
-    core.servicerHost?.replaceTable(core.owner, old, oldPages);
+    core.servicerHost?.replaceTable(core.owner, old);
     for (let p = 0; p < oldPages; p++) unlockPage(old, p, states[p]);
     throw e;
   }
@@ -46,6 +46,6 @@ export function remap(core: RegionCore, pages: number): void {
     prot.set(core.prot.subarray(0, kept));
     core.prot = prot;
   }
-  core.servicerHost?.replaceTable(core.owner, next, newPages); // now with the new address, for hook contexts
+  core.servicerHost?.replaceTable(core.owner, next); // now with the new address, for hook contexts
   for (let p = 0; p < newPages; p++) unlockPage(next, p, p < kept ? states[p] : KIND_NONE);
 }

@@ -11,7 +11,6 @@ import { CTRL_RUNNING, CTRL_STOP, CTRL_MAIL_SEQ, CTRL_WORDS, type FromWorker, ty
 export interface ServicedRegion {
   readonly handle: number;
   readonly shared: Int32Array;
-  readonly pages: number;
   readonly address: bigint;
   readonly pageSize: number;
   reportError(err: Error): void;
@@ -203,7 +202,6 @@ export class WorkerServicer {
       type: 'region',
       handle: region.handle,
       shared: region.shared,
-      pages: region.pages,
       address: region.address,
       pageSize: region.pageSize,
     });
@@ -211,9 +209,9 @@ export class WorkerServicer {
   }
 
   /** The region's table moved to a new buffer (remap): the worker switches before the move. */
-  replaceTable(region: ServicedRegion, shared: Int32Array, pages: number): void {
+  replaceTable(region: ServicedRegion, shared: Int32Array): void {
     if (!this.#regions.has(region.handle)) return;
-    this.#post({ type: 'region', handle: region.handle, shared, pages, address: region.address, pageSize: region.pageSize });
+    this.#post({ type: 'region', handle: region.handle, shared, address: region.address, pageSize: region.pageSize });
   }
 
   removeRegion(handle: number): void {

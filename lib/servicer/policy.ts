@@ -16,7 +16,6 @@ export const FAILED = 3;
 export interface RegionInfo {
   handle: number;
   shared: Int32Array;
-  pages: number;
   address: bigint;
   pageSize: number;
 }

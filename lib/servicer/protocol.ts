@@ -16,7 +16,6 @@ export interface RegionMessage {
   type: 'region';
   handle: number;
   shared: Int32Array;
-  pages: number;
   address: bigint;
   pageSize: number;
 }

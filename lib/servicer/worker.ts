@@ -87,7 +87,6 @@ function drainMessages(): void {
         regions.set(msg.handle, {
           handle: msg.handle,
           shared: msg.shared,
-          pages: msg.pages,
           address: msg.address,
           pageSize: msg.pageSize,
         });
