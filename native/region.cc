@@ -6,8 +6,10 @@
 
 #include <napi.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 
 #include "device.h"
@@ -175,11 +177,25 @@ static Napi::Value RegionDiscard(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), ::madvise(s.start, s.length, advice) == 0 ? 0 : -errno);
 }
 
+// MADV_COLLAPSE answers EAGAIN when a page of a PMD was locked, off the LRU or held by another
+// reference just then (khugepaged scanning the same PMD, a fill's LRU batch): the kernel's own
+// "trying again might succeed". PMDs already collapsed are skipped on the next try, so each one
+// redoes only what failed. 1 + 2 + ... + 128 ms bounds the wait at a quarter second.
+constexpr int kCollapseRetries = 8;
+
 // regionCollapse(region, first, count) -> 0 | -errno: MADV_COLLAPSE, a THP made of each fully
 // populated PMD of the range (thp regions; the kernel refuses write-protected or missing pages).
 static Napi::Value RegionCollapse(const Napi::CallbackInfo& info) {
   const PageSpan s = argPages(info, 0, 1, 2);
-  return Napi::Number::New(info.Env(), ::madvise(s.start, s.length, kMadvCollapse) == 0 ? 0 : -errno);
+  int rc = 0;
+  for (int retry = 0;; ++retry) {
+    if (::madvise(s.start, s.length, kMadvCollapse) == 0) { rc = 0; break; }
+    rc = -errno;
+    if (rc != -EAGAIN || retry == kCollapseRetries) break;
+    struct timespec pause = {0, (1L << retry) * 1000000L};
+    ::nanosleep(&pause, nullptr);
+  }
+  return Napi::Number::New(info.Env(), rc);
 }
 
 // regionMprotect(region, first, count, prot: 0 none | 1 read | 3 readwrite) -> 0 | -errno

@@ -9,6 +9,7 @@ import {
   HMM_DMIRROR_PROT_READ,
   HMM_DMIRROR_PROT_WRITE,
   Region,
+  mirrorMigrate,
 } from 'uffd-hmm';
 import { SERVICERS, checkPages, closeAfterEach, describeUffd, fillPages } from './helpers.js';
 
@@ -109,9 +110,33 @@ describeUffd('THP regions', () => {
     const plain = track(Region.map({ pages: N, servicer: 'native' }));
     fillPages(plain, 0, N);
     expect(() => plain.collapse(0, N)).toThrow(expect.objectContaining({ code: 'EINVAL', syscall: 'madvise(MADV_COLLAPSE)' }));
+    // A hole and a device entry look alike to the kernel (no pte), and it fills neither in a
+    // userfaultfd region: EBUSY.
     const holes = track(Region.map({ pages: N, servicer: 'native', thp: true }));
     holes.bytes[0] = 1;
-    expect(() => holes.collapse(0, N)).toThrow(expect.objectContaining({ syscall: 'madvise(MADV_COLLAPSE)' }));
+    const missing = { code: 'EBUSY', syscall: 'madvise(MADV_COLLAPSE)', message: expect.stringContaining('missing pages or device entries') };
+    expect(() => holes.collapse(0, N)).toThrow(expect.objectContaining(missing));
+    const entries = track(Region.map({ pages: N, servicer: 'native', thp: true }));
+    fillPages(entries, 0, N);
+    const d = new Device({ capacity: 1 });
+    try {
+      mirrorMigrate(entries, 5, 1, d);
+      expect(() => entries.collapse(0, N)).toThrow(expect.objectContaining(missing));
+      // A read entry comes back write-protected (uffd-wp), which the kernel will not collapse.
+      entries.mprotect(0, N, 'read');
+      entries.mprotect(0, N, 'readwrite');
+      expect(checkPages(entries, 5, 1)).toBeNull();
+      expect(entries.entry(5)).toEqual({ kind: 'present', write: false });
+      expect(() => entries.collapse(0, N)).toThrow(
+        expect.objectContaining({ code: 'EINVAL', message: expect.stringContaining('write-protected') }),
+      );
+      fillPages(entries, 0, N);
+      entries.collapse(0, N);
+      expect(checkPages(entries, 0, N)).toBeNull();
+    } finally {
+      entries.close();
+      d.close();
+    }
     expect(() => Region.map({ pages: N, thp: true, shared: true })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE' }));
   });
 });

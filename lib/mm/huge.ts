@@ -10,18 +10,32 @@ import { stateOf } from '../pagelock.js';
 import { PM_PRESENT, HMM_DMIRROR_PROT_PMD, HMM_DMIRROR_PROT_PUD } from './proc.js';
 import { pageSpan, type RegionCore } from './vma.js';
 
-/** MADV_COLLAPSE over the range (Region#collapse). */
+/**
+ * MADV_COLLAPSE over the range (Region#collapse). The addon retries the kernel's transient EAGAIN
+ * for up to a quarter second; what is left is reported with the next step its errno calls for.
+ */
 export function collapse(core: RegionCore, first: number, count: number): void {
   const [f, c] = pageRange(first, count, core.pages);
   if (c === 0) return;
-  check(
-    native.regionCollapse(core.handle, f, c),
-    'madvise(MADV_COLLAPSE)',
-    `collapsing ${pageSpan(f, c)} into THPs`,
-    core.thp
-      ? 'every page of each PMD must be present and not write-protected: touch (write) them all first'
-      : 'map the region with { thp: true } to collapse it',
-  );
+  const rc = native.regionCollapse(core.handle, f, c);
+  check(rc, 'madvise(MADV_COLLAPSE)', `collapsing ${pageSpan(f, c)} into THPs`, collapseHint(core.thp, rc));
+}
+
+/** The next step for MADV_COLLAPSE's errno, as mm/khugepaged.c's madvise_collapse_errno sorts them. */
+function collapseHint(thp: boolean, rc: number): string | undefined {
+  if (!thp) return 'map the region with { thp: true } to collapse it';
+  switch (native.errnoName(-rc)) {
+    case 'EBUSY':
+      return 'a PMD has missing pages or device entries, and the kernel fills no hole in a userfaultfd region: migrate them back and write every page of it first';
+    case 'EAGAIN':
+      return 'its pages stayed locked or referenced elsewhere (khugepaged, a migration) for a quarter second of retries; try again';
+    case 'ENOMEM':
+      return `no free ${PMD_SIZE >> 20} MiB page could be allocated; free memory or compact it (vm.compact_memory) and try again`;
+    case 'EINVAL':
+      return 'a page of a PMD is write-protected (a read device entry comes back so): write every page of it first';
+    default:
+      return undefined;
+  }
 }
 
 let hugePageBytes: number | undefined;
