@@ -124,7 +124,7 @@ export interface Addon {
 
   benchTouch(region: number, order: Int32Array, threads: number, out: Float64Array, write: boolean): void;
   benchPlain(pages: number, order: Int32Array, threads: number, out: Float64Array): void;
-  benchBaseline(pages: number, order: Int32Array, threads: number, out: Float64Array): void;
+  benchBaseline(pages: number, order: Int32Array, threads: number, out: Float64Array): number;
 
   toucherStart(region: number, threads: number, iterations: number, mode: 0 | 1, seed: number, pages: Int32Array): number;
   toucherWait(toucher: number, timeoutMs: number, counts: Float64Array): boolean;

@@ -51,12 +51,20 @@ uint8_t* optionalTouchBytes(const Napi::CallbackInfo& info, size_t i, const char
 void plainTouch(Napi::Env env, uint32_t pages, Touches a, bool write);
 // Hands a SIGBUS that is not ours to the handler installed before ours, or to the default action.
 void chainSigbus(const struct sigaction& prev, int sig, siginfo_t* info, void* uctx);
-// Populated source pages shared by every run of the process, at least `len` bytes.
-uint8_t* sharedSource(Napi::Env env, size_t len, size_t ps);
+// The hot baseline's one source page, populated once for the process.
+uint8_t* hotSourcePage(Napi::Env env, size_t ps);
+// `len` bytes of fresh source pages, each written by user space with its own pattern and not yet
+// read by the kernel (munmap them when done).
+uint8_t* freshSource(Napi::Env env, size_t len, size_t ps);
 
 // A region of `pages` pages registered (MISSING) with a fresh userfaultfd, and the source pages
-// the C handlers copy from: one page per region page (distinct pages, as a device's memory is), or
-// a single cache-hot page (the first of the same source).
+// the C handlers copy from: one page per region page, or a single cache-hot page.
+//
+// Distinct source pages are the same work as a servicer's only in the same state as its device
+// pages: a migration wrote them from user space just before, and no kernel has read them yet. On a
+// host that shadows the guest's page tables (PVM) the kernel's first read of each such page costs a
+// host fault of its own (the bench's host.copy_fresh_source_us), which a source reused from an
+// earlier run would not pay. So each run writes its own source, untimed, and unmaps it after.
 struct CRegion {
   UniqueFd fd;
   uint8_t* mem = nullptr;
@@ -64,6 +72,7 @@ struct CRegion {
   uint8_t* source = nullptr;
   size_t ps = 0;
   bool hot = false;
+  bool ownsSource = false;
 
   CRegion(Napi::Env env, uint32_t pages, bool hotSource, uint64_t features) {
     try {
@@ -87,7 +96,8 @@ struct CRegion {
     int rc = apiHandshake(fd.get(), features, nullptr, nullptr);
     if (rc != 0) throw systemError(env, -rc, "ioctl(UFFDIO_API)");
     len = size_t(pages) * ps;
-    source = sharedSource(env, hot ? ps : len, ps);
+    source = hot ? hotSourcePage(env, ps) : freshSource(env, len, ps);
+    ownsSource = !hot;
     const int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
     void* m = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, flags, -1, 0);
     if (m == MAP_FAILED) throw systemError(env, errno, "mmap");
@@ -99,6 +109,8 @@ struct CRegion {
   void release() {
     if (mem) ::munmap(mem, len);
     mem = nullptr;
+    if (ownsSource && source) ::munmap(source, len);
+    source = nullptr;
   }
 
   uint64_t sourceFor(uint64_t pageAddr) const {

@@ -80,10 +80,10 @@ describe.skipIf(!probe().available)('the default bench: same-work baselines and 
     const r = run(['bench', '--quick', '--faults', '500', '--out', dir], 150_000);
     expect(r.status, r.stderr).toBe(0);
     const res = JSON.parse(readFileSync(path.join(dir, 'results.json'), 'utf8'));
-    for (const k of ['syscall_ns', 'plain_touch_us', 'plain_write_us']) expect(res.host[k], k).toBeGreaterThan(0);
+    for (const k of ['syscall_ns', 'plain_touch_us', 'plain_write_us', 'copy_fresh_source_us', 'copy_us']) expect(res.host[k], k).toBeGreaterThan(0);
     const names = res.runs.map((x: { name: string }) => x.name);
     for (const n of ['c-baseline', 'c-baseline-hot', 'c-sigbus', 'c-sigbus/sequential/1t/any-cpu']) expect(names).toContain(n);
-    for (const k of ['inline_sigbus_p50', 'inline_sigbus_p99', 'c_sigbus_p50', 'c_baseline_hot_p50']) {
+    for (const k of ['inline_sigbus_p50', 'inline_sigbus_p99', 'c_sigbus_p50', 'c_baseline_hot_p50', 'c_fault_around_per_page', 'fault_around_c_per_page']) {
       expect(k in res.baseline_ratios, k).toBe(true);
     }
     // fault_around_per_page: the run's per_page_us ÷ c-baseline's p50, and the table prints that number.
@@ -97,6 +97,12 @@ describe.skipIf(!probe().available)('the default bench: same-work baselines and 
     const row = r.stdout.split('\n').find((l) => l.startsWith('fault-around-16 '));
     expect(row).toContain(`${perPage.toFixed(2)}x (per page)`);
     expect(r.stdout).toMatch(new RegExp(`^  fault_around_per_page\\s+${perPage.toFixed(2)}x$`, 'm'));
+    // Its floor: the C handler filling each 16-page block with one copy, measured the same way.
+    const cfa = byName('c-fault-around-16');
+    expect(cfa.per_page_us).toBeGreaterThan(cfa.p50_us / 16);
+    expect(res.baseline_ratios.c_fault_around_per_page).toBeCloseTo(cfa.per_page_us / byName('c-baseline').p50_us, 9);
+    expect(res.baseline_ratios.fault_around_c_per_page).toBeCloseTo(fa.per_page_us / cfa.per_page_us, 9);
+    expect(r.stdout.split('\n').find((l) => l.startsWith('c-fault-around-16 '))).toMatch(/x \(per page\)/);
     expect(r.stdout).toMatch(/^host \(CPU \d+\): null system call/m);
   }, 160_000);
 });

@@ -135,7 +135,13 @@ function ratiosOf<K extends string>(defs: ReadonlyArray<RatioDef<K>>, runs: RunR
       unavailable[key] = `the '${run}' run has no ${stat}`;
       continue;
     }
-    ratios[key] = v / base[over];
+    const b = base[over];
+    if (b === undefined) {
+      ratios[key] = null;
+      unavailable[key] = `the '${baseName}' run has no ${over}`;
+      continue;
+    }
+    ratios[key] = v / b;
   }
   return ratios;
 }
@@ -280,13 +286,19 @@ export async function runBench(opts: BenchOptions): Promise<BenchOutput> {
         `timed in JS with performance.now() around each read (timer overhead included).`,
       `The first ${warmup} touches of each round (${WARMUP_FRACTION * 100}%) are warm-up and left out; faults_per_s counts every touch.`,
       `Ratios are to the same-work baselines: c-baseline (a C thread: poll + read + UFFDIO_COPY) and c-sigbus (a C ` +
-        `SIGBUS handler in the faulting thread: one UFFDIO_COPY) copy each page from its own source page, as the ` +
-        `servicers copy from device pages; c-baseline-hot copies every page from one cache-hot page.`,
+        `SIGBUS handler in the faulting thread: one UFFDIO_COPY) copy each page from its own source page, written by ` +
+        `user space before the run and not yet read by the kernel, as the servicers copy from device pages a ` +
+        `migration just wrote; c-baseline-hot copies every page from one cache-hot page.`,
       `fault_around_per_page is the fault-around-16 run's per_page_us ÷ c-baseline's p50, in the table too: per_page_us is ` +
         `the median time to touch a group of 16 pages (one fault, 15 touches finding their page back) ÷ 16. Its p50 alone ` +
-        `is a page found back; its mean moves with a few slow touches.`,
+        `is a page found back; its mean moves with a few slow touches. c-fault-around-16 is its floor: a C handler thread ` +
+        `filling each fault's 16-page block with one UFFDIO_COPY from 16 source pages (baseline_ratios.c_fault_around_per_page; ` +
+        `fault_around_c_per_page is ours ÷ that).`,
       `host: a null system call costs ${host.syscall_ns.toFixed(0)} ns and a first touch without userfaultfd ` +
-        `${host.plain_touch_us.toFixed(2)} µs (read) / ${host.plain_write_us.toFixed(2)} µs (write) here: a slow host is slow for every run.`,
+        `${host.plain_touch_us.toFixed(2)} µs (read) / ${host.plain_write_us.toFixed(2)} µs (write) here: a slow host is slow for every run. ` +
+        `A UFFDIO_COPY from a page user space just wrote costs ${host.copy_fresh_source_us.toFixed(2)} µs and from the same page again ` +
+        `${host.copy_us.toFixed(2)} µs: the difference is the host's charge for the kernel's first read of a user page ` +
+        `(a host that shadows the guest's page tables charges a host fault), which every fault on a page fresh from a migration pays.`,
       `plain is a first read of anonymous memory without userfaultfd (maps the zero page); plain-write a first write (allocates a page).`,
     );
     notes.push(...moveNotes);

@@ -48,6 +48,8 @@ the plain first touches and c-baseline-hot once, threads left to the scheduler f
 c-sigbus and inline only. fault-around-16's per-page cost (its p50/c in the table and
 ratios.fault_around_per_page) is the median time to touch a group of 16 pages (one fault, 15
 pages found back) ÷ 16 ÷ c-baseline's p50: the run's own p50 is a page found back.
+c-fault-around-16, a C handler thread filling each fault's 16-page block with one UFFDIO_COPY,
+is measured the same way: fault-around's floor on this host.
 
   --faults N          faults (pages) per run and round; default ${DEFAULT_FAULTS}, ${FULL_FAULTS} with --full, ${QUICK_FAULTS} with --quick
   --rounds N          interleaved rounds of the main runs; default ${DEFAULT_ROUNDS}, 1 with --quick

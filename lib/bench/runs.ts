@@ -20,8 +20,9 @@ export interface RunDef {
   kind: 'c-baseline' | 'c-sigbus' | 'plain' | 'region';
   /** c-baseline: copy every page from one cache-hot source page instead of its own. */
   hot?: boolean;
-  /** Region runs: the servicer and fault-around to map with. */
+  /** Region runs: the servicer to map with. */
   servicer?: ServicerKind;
+  /** Pages one fault brings back: a region's fault-around, or c-baseline's block per UFFDIO_COPY. */
   faultAround?: number;
   /** Region runs: record every fault in a trace (its cost is what the run measures). */
   trace?: boolean;
@@ -45,6 +46,8 @@ export interface RunDef {
 
 /** The fault-around run, whose per-page cost is its per_page_us (see RATIOS). */
 export const FAULT_AROUND_RUN = 'fault-around-16';
+/** Its same-work C floor: a handler thread filling the 16-page block of each fault with one copy. */
+export const C_FAULT_AROUND_RUN = 'c-fault-around-16';
 
 /** The main variant: the one the plain run names and the ratios refer to. */
 export const MAIN: Variant = { pattern: 'sequential', threads: 1, placement: 'one-cpu' };
@@ -73,6 +76,7 @@ const PINNED_AND_ANY = IN_THREAD;
 export const RUNS: readonly RunDef[] = [
   { name: 'c-baseline', kind: 'c-baseline', toucher: 'native', variants: ALL, defaultVariants: PINNED_AND_ANY, core: true, costUs: 11 },
   { name: 'c-baseline-hot', kind: 'c-baseline', hot: true, toucher: 'native', variants: [MAIN], once: true, costUs: 10 },
+  { name: C_FAULT_AROUND_RUN, kind: 'c-baseline', faultAround: 16, toucher: 'native', variants: [MAIN], core: true, costUs: 2 },
   { name: 'c-sigbus', kind: 'c-sigbus', toucher: 'native', variants: IN_THREAD, defaultVariants: PINNED_AND_ANY, core: true, costUs: 9 },
   { name: 'native', kind: 'region', servicer: 'native', toucher: 'native', variants: ALL, core: true, costUs: 10 },
   { name: 'worker', kind: 'region', servicer: 'worker', toucher: 'native', variants: ALL, core: true, costUs: 12 },
@@ -95,7 +99,7 @@ export interface RatioDef<K> {
   key: K;
   run: string;
   stat: 'p50_us' | 'p99_us' | 'mean_us' | 'per_page_us';
-  over: 'p50_us' | 'p99_us';
+  over: 'p50_us' | 'p99_us' | 'per_page_us';
   /** The baseline run; c-baseline when absent. */
   base?: string;
 }
@@ -118,6 +122,10 @@ export const BASELINE_RATIOS: ReadonlyArray<RatioDef<keyof BaselineRatios>> = [
   { key: 'inline_sigbus_p99', run: 'inline', stat: 'p99_us', over: 'p99_us', base: 'c-sigbus' },
   { key: 'c_sigbus_p50', run: 'c-sigbus', stat: 'p50_us', over: 'p50_us' },
   { key: 'c_baseline_hot_p50', run: 'c-baseline-hot', stat: 'p50_us', over: 'p50_us' },
+  // Fault-around's floor: what bringing 16 pages back costs a raw C handler, per page, ÷ c-baseline
+  // (the least fault_around_per_page can be here), and ours ÷ that floor.
+  { key: 'c_fault_around_per_page', run: C_FAULT_AROUND_RUN, stat: 'per_page_us', over: 'p50_us' },
+  { key: 'fault_around_c_per_page', run: FAULT_AROUND_RUN, stat: 'per_page_us', over: 'per_page_us', base: C_FAULT_AROUND_RUN },
 ];
 
 /** The variants `def` is measured in: all with --full, else its default ones. */

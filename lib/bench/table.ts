@@ -1,6 +1,6 @@
 // The human-readable report: host facts, one row per run with its ratio to the c-baseline of the
 // same variant, then the ratios, migration throughput, memory, and what was not measured.
-import { FAULT_AROUND_RUN } from './runs.js';
+import { C_FAULT_AROUND_RUN, FAULT_AROUND_RUN } from './runs.js';
 import type { BenchResults, HostFacts, LatencySummary, MoveResult, RunResult } from './types.js';
 
 export function num(x: number, digits = 2): string {
@@ -31,9 +31,13 @@ export function grid(header: string[], rows: string[][]): string {
   return [line(header), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n');
 }
 
-/** Host facts, one line: what the host charges with no userfaultfd involved. */
+/** Host facts, one line: what the host charges every program, servicer or not. */
 export function hostLine(h: HostFacts): string {
-  return `host (CPU ${h.cpu}): null system call ${h.syscall_ns.toFixed(0)} ns, plain first touch ${num(h.plain_touch_us)} µs read / ${num(h.plain_write_us)} µs write (no userfaultfd)`;
+  return (
+    `host (CPU ${h.cpu}): null system call ${h.syscall_ns.toFixed(0)} ns, plain first touch ${num(h.plain_touch_us)} µs read / ` +
+    `${num(h.plain_write_us)} µs write (no userfaultfd), UFFDIO_COPY ${num(h.copy_fresh_source_us)} µs from a page user space ` +
+    `just wrote / ${num(h.copy_us)} µs from it again`
+  );
 }
 
 /** The c-baseline run measured with the same pattern, threads and placement as `r`. */
@@ -52,7 +56,7 @@ export function formatReport(res: BenchResults, files: string[]): string {
     const b = baselineFor(r, res.runs);
     // Fault-around's per-page cost (most touches find the page there): the same definition as
     // ratios.fault_around_per_page.
-    const perPage = r.name === FAULT_AROUND_RUN && r.per_page_us !== undefined;
+    const perPage = r.per_page_us !== undefined;
     return [
       r.name,
       String(r.faults),
@@ -63,13 +67,13 @@ export function formatReport(res: BenchResults, files: string[]): string {
     ];
   });
   out.push(grid(['run', 'faults', 'p50 µs', 'p90 µs', 'p99 µs', 'p99.9 µs', 'max µs', 'mean µs', 'faults/s', 'p50/c', 'p99/c'], rows));
-  out.push(`p50/c, p99/c: ÷ c-baseline of the same pattern, threads and placement; ${FAULT_AROUND_RUN}'s p50/c is its per-page cost ` +
-      `(the median time to touch 16 pages, one fault and 15 pages found back, ÷ 16) ÷ c-baseline p50.`);
+  out.push(`p50/c, p99/c: ÷ c-baseline of the same pattern, threads and placement; ${FAULT_AROUND_RUN}'s and ${C_FAULT_AROUND_RUN}'s ` +
+      `p50/c is their per-page cost (the median time to touch 16 pages, one fault and 15 pages found back, ÷ 16) ÷ c-baseline p50.`);
   out.push('');
   out.push('ratios to the same-work baseline (c-baseline: distinct source pages, as the servicers copy):');
   const ratioLines = (ratios: Record<string, number | null>): void => {
     for (const [k, v] of Object.entries(ratios)) {
-      out.push(`  ${k.padEnd(22)} ${v === null ? `n/a — ${res.unavailable[k] ?? 'not measured'}` : ratio(v)}`);
+      out.push(`  ${k.padEnd(24)} ${v === null ? `n/a — ${res.unavailable[k] ?? 'not measured'}` : ratio(v)}`);
     }
   };
   ratioLines({ ...res.ratios });

@@ -75,6 +75,13 @@ export interface BaselineRatios {
   c_sigbus_p50: number | null;
   /** c-baseline-hot ÷ c-baseline, p50: what copying from distinct pages costs over one cache-hot page. */
   c_baseline_hot_p50: number | null;
+  /**
+   * c-fault-around-16's per_page_us ÷ c-baseline's p50: a raw C handler filling each fault's 16-page
+   * block with one UFFDIO_COPY, per page. The floor of `ratios.fault_around_per_page` on this host.
+   */
+  c_fault_around_per_page: number | null;
+  /** fault-around-16's per_page_us ÷ c-fault-around-16's: fault-around against its C floor. */
+  fault_around_c_per_page: number | null;
 }
 
 /** What this host charges for everything, userfaultfd or not, measured in the same invocation. */
@@ -85,6 +92,14 @@ export interface HostFacts {
   plain_touch_us: number;
   /** Median first write of a fresh anonymous page (allocates and zeroes one), µs, no userfaultfd. */
   plain_write_us: number;
+  /**
+   * Median UFFDIO_COPY of a page, µs, from a source page user space has just written and no kernel
+   * has read: the state of a device page a fault copies from after a migration. A host that
+   * shadows the guest's page tables charges the kernel's first read of each such page.
+   */
+  copy_fresh_source_us: number;
+  /** The same copies from the same source pages again, into fresh pages, µs. */
+  copy_us: number;
   /** The CPU the measurement ran on. */
   cpu: number;
 }
