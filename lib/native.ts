@@ -137,6 +137,7 @@ export interface Addon {
 
   benchPlainTouch(pages: number, order: Int32Array, threads: number, out: Float64Array, write: boolean): void;
   benchSetAffinity(cpus: Int32Array): Int32Array;
+  /** out[0], out[1]: memcpy+madvise to the device and back, ns; out[2]: to the device stopping writers first, ns. */
   benchMigrateBaseline(pages: number, out: Float64Array): void;
 }
 

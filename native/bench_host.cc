@@ -1,6 +1,7 @@
 // What the host charges every program (a null system call, a first touch), CPU placement for the
 // one-CPU runs, and the memcpy+madvise migration baseline.
 #include <dirent.h>
+#include <fcntl.h>
 #include <napi.h>
 #include <sched.h>
 #include <sys/mman.h>
@@ -15,6 +16,7 @@
 
 #include "bench.h"
 #include "napi_util.h"
+#include "uffd.h"
 
 namespace uffdhmm {
 namespace bench {
@@ -123,17 +125,51 @@ Napi::Value BenchSetAffinity(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// The C migration to the device again, doing what any migration that loses no concurrent write
+// must do first, as migrate_vma does with its migration entries: stop writers
+// (UFFDIO_WRITEPROTECT over the range) and find which pages hold data (/proc/self/pagemap, so a
+// hole is never read through memory), then memcpy and MADV_DONTNEED. Returns ns, or -errno.
+int64_t stopWritersMigration(uint8_t* ram, uint8_t* dev, size_t len, size_t ps) {
+  OpenResult o = openUffd(true);
+  if (!o.fd.valid()) return -o.err;
+  const int fd = o.fd.get();
+  int rc = apiHandshake(fd, 0, nullptr, nullptr);
+  const uint64_t start = reinterpret_cast<uint64_t>(ram);
+  if (rc == 0) rc = registerRange(fd, start, len, UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP, nullptr);
+  if (rc != 0) return rc;
+  UniqueFd pagemap(::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC));
+  if (!pagemap.valid()) return -errno;
+  constexpr size_t kChunk = 512;
+  uint64_t pm[kChunk];
+  const uint64_t t0 = nowNs();
+  rc = writeProtect(fd, start, len, true, false);
+  if (rc != 0) return rc;
+  for (size_t off = 0; off < len; off += kChunk * ps) {
+    const size_t n = std::min(kChunk, (len - off) / ps);
+    if (::pread(pagemap.get(), pm, n * sizeof(uint64_t), static_cast<off_t>((start + off) / ps * sizeof(uint64_t))) < 0) return -errno;
+    for (size_t i = 0; i < n; i++) {
+      if (pm[i] >> 63) std::memcpy(dev + off + i * ps, ram + off + i * ps, ps);
+      else std::memset(dev + off + i * ps, 0, ps);
+    }
+  }
+  if (::madvise(ram, len, MADV_DONTNEED) != 0) return -errno;
+  const uint64_t t1 = nowNs();
+  unregisterRange(fd, start, len);
+  return static_cast<int64_t>(t1 - t0);
+}
+
 // benchMigrateBaseline(pages, out: Float64Array): the simplest C migration of `pages` pages, to
 // compare region.migrate/migrateToRam with. To the device: memcpy into device memory, then
 // madvise(MADV_DONTNEED) frees the CPU pages. Back: memcpy into the freed range, which the kernel
 // refills page by page on first touch. out[0] and out[1] get the two times in ns. Both buffers
-// are populated first, as a real device's memory and a used region would be.
+// are populated first, as a real device's memory and a used region would be. out[2]: the same
+// migration to the device that first stops writers (stopWritersMigration), ns.
 Napi::Value BenchMigrateBaseline(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint32_t pages = argU32(info, 0, "pages");
   auto [out, outLen] = argFloat64Array(info, 1, "out");
   if (pages == 0) throw rangeError(env, "pages must be at least 1");
-  if (outLen < 2) throw rangeError(env, "out must hold 2 values");
+  if (outLen < 3) throw rangeError(env, "out must hold 3 values");
   size_t ps = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
   size_t len = size_t(pages) * ps;
   const int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
@@ -157,11 +193,16 @@ Napi::Value BenchMigrateBaseline(const Napi::CallbackInfo& info) {
   std::memcpy(ram, dev, len);
   uint64_t t2 = nowNs();
   int e = errno;
+  // The memory is as before the first round: the CPU's pages written by user space, the device's
+  // populated.
+  const int64_t stopped = rc == 0 ? stopWritersMigration(static_cast<uint8_t*>(ram), static_cast<uint8_t*>(dev), len, ps) : 0;
   ::munmap(ram, len);
   ::munmap(dev, len);
   if (rc != 0) throw systemError(env, e, "madvise(MADV_DONTNEED)");
+  if (stopped < 0) throw systemError(env, static_cast<int>(-stopped), "userfaultfd", "the C migration baseline that stops writers first");
   out[0] = static_cast<double>(t1 - t0);
   out[1] = static_cast<double>(t2 - t1);
+  out[2] = static_cast<double>(stopped);
   return env.Undefined();
 }
 

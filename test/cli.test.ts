@@ -160,7 +160,7 @@ describe.skipIf(!probe().available)('uffd-hmm bench --quick --json', () => {
 
   it('reports migration throughput and memory as extra fields', () => {
     const res = JSON.parse(bench().stdout);
-    for (const k of ['to_device_gib_s', 'to_ram_gib_s', 'c_to_device_gib_s', 'c_to_ram_gib_s', 'to_device_ratio', 'to_ram_ratio']) {
+    for (const k of ['to_device_gib_s', 'to_ram_gib_s', 'c_to_device_gib_s', 'c_to_ram_gib_s', 'to_device_ratio', 'to_ram_ratio', 'c_stop_writers_to_device_gib_s', 'to_device_stop_writers_ratio']) {
       expect(positiveFinite(res.migration[k]), `migration.${k}`).toBe(true);
     }
     for (const k of ['heap_used_before', 'heap_used_after', 'rss_before', 'rss_after', 'table_bytes_per_page']) {

@@ -1,5 +1,6 @@
 // Migration throughput: a whole region to the device and back with region.migrate and
-// region.migrateToRam, against the simplest C that moves the same bytes (memcpy + madvise).
+// region.migrateToRam, against the simplest C that moves the same bytes (memcpy + madvise), and
+// to the device also against C that first stops writers, as a migration that loses no write must.
 import { Device } from '../device.js';
 import { benchCheckFailed } from '../errors.js';
 import { native, PAGE_SIZE } from '../native.js';
@@ -40,7 +41,7 @@ export async function measureMigration(bytes: number, step: (fraction: number) =
     await region.close();
     await device.close();
   }
-  const c = new Float64Array(2);
+  const c = new Float64Array(3);
   native.benchMigrateBaseline(pages, c);
   step(1);
   const size = pages * PAGE_SIZE;
@@ -51,10 +52,12 @@ export async function measureMigration(bytes: number, step: (fraction: number) =
     to_ram_gib_s: rate(toRam),
     c_to_device_gib_s: rate(c[0] / 1e9),
     c_to_ram_gib_s: rate(c[1] / 1e9),
+    c_stop_writers_to_device_gib_s: rate(c[2] / 1e9),
   };
   return {
     ...result,
     to_device_ratio: result.to_device_gib_s / result.c_to_device_gib_s,
     to_ram_ratio: result.to_ram_gib_s / result.c_to_ram_gib_s,
+    to_device_stop_writers_ratio: result.to_device_gib_s / result.c_stop_writers_to_device_gib_s,
   };
 }

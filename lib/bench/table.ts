@@ -85,6 +85,10 @@ export function formatReport(res: BenchResults, files: string[]): string {
     out.push(`migration of ${mib(m.bytes)} (GiB/s):      ours    C memcpy+madvise   ratio`);
     out.push(`  to device                ${num(m.to_device_gib_s).padStart(7)}   ${num(m.c_to_device_gib_s).padStart(16)}   ${ratio(m.to_device_ratio).padStart(5)}`);
     out.push(`  back to RAM              ${num(m.to_ram_gib_s).padStart(7)}   ${num(m.c_to_ram_gib_s).padStart(16)}   ${ratio(m.to_ram_ratio).padStart(5)}`);
+    out.push(
+      `  to device, against C that stops writers first (write-protect + pagemap): ${num(m.c_stop_writers_to_device_gib_s)} GiB/s, ` +
+        `ours ${ratio(m.to_device_stop_writers_ratio)}`,
+    );
   }
   if (res.move) out.push('', ...moveLines(res.move));
   const to = res.trace_overhead;

@@ -116,6 +116,14 @@ export interface MigrationResult {
   c_to_ram_gib_s: number;
   to_device_ratio: number;
   to_ram_ratio: number;
+  /**
+   * C again, doing first what a migration that loses no concurrent write must (as migrate_vma's
+   * migration entries do): UFFDIO_WRITEPROTECT over the range and a /proc/self/pagemap read, then
+   * memcpy + madvise(MADV_DONTNEED). The floor of a faithful migration to the device.
+   */
+  c_stop_writers_to_device_gib_s: number;
+  /** to_device_gib_s ÷ c_stop_writers_to_device_gib_s. */
+  to_device_stop_writers_ratio: number;
 }
 
 /** One way of serving faults in the MOVE comparison: a raw C handler thread, pinned, sequential touches. */
