@@ -46,7 +46,7 @@ export async function touchRun(def: RunDef, v: Variant, order: Int32Array, cpu: 
       else addon.benchPlainTouch(n, order, v.threads, latencies, def.write === true);
     });
     hooks.progress(1);
-    return { latencies, wallNs: wallNs || Number(hr() - t0) };
+    return { latencies, wallNs: def.kind === 'plain' ? Number(hr() - t0) : wallNs };
   }
 
   const region = Region.map({ pages: n, servicer: def.servicer, faultAround: def.faultAround });
