@@ -16,6 +16,7 @@
 
 #include "bench.h"
 #include "napi_util.h"
+#include "proc.h"
 #include "uffd.h"
 
 namespace uffdhmm {
@@ -149,7 +150,7 @@ int64_t stopWritersMigration(uint8_t* ram, uint8_t* dev, size_t len, size_t ps) 
     const size_t n = std::min(kChunk, (len - off) / ps);
     if (::pread(pagemap.get(), pm, n * sizeof(uint64_t), static_cast<off_t>((start + off) / ps * sizeof(uint64_t))) < 0) return -errno;
     for (size_t i = 0; i < n; i++) {
-      if (pm[i] >> 63) std::memcpy(dev + off + i * ps, ram + off + i * ps, ps);
+      if (pm[i] & (kPmPresent | kPmSwap)) std::memcpy(dev + off + i * ps, ram + off + i * ps, ps);
       else std::memset(dev + off + i * ps, 0, ps);
     }
   }
