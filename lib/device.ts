@@ -205,7 +205,11 @@ export class Device extends EventEmitter {
     return Atomics.load(this.shared, DEV_USED);
   }
 
-  /** True once {@link Device#close} has evicted everything; read, write and migrations to it then throw `ERR_DEVICE_CLOSED`. */
+  /**
+   * True once {@link Device#close} has evicted everything. From then on every call handed this
+   * device throws `ERR_DEVICE_CLOSED` (read, write, migrate, snapshot, the `mirror*` functions):
+   * its slot may belong to a newer device, which it must never stand for.
+   */
   get closed(): boolean {
     return this.#closed;
   }
