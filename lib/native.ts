@@ -126,7 +126,7 @@ export interface Addon {
   benchPlain(pages: number, order: Int32Array, threads: number, out: Float64Array): void;
   benchBaseline(pages: number, order: Int32Array, threads: number, out: Float64Array): number;
 
-  toucherStart(region: number, threads: number, iterations: number, mode: 0 | 1, seed: number, pages: Int32Array): number;
+  toucherStart(region: number, threads: number, iterations: number, mode: 0 | 1 | 2, seed: number, pages: Int32Array): number;
   toucherWait(toucher: number, timeoutMs: number, counts: Float64Array): boolean;
   toucherStop(toucher: number): void;
 
