@@ -134,6 +134,8 @@ export interface Addon {
   testHoldServicer(region: number, batches: number, ms: number): number;
   /** TEST ONLY: let held batches 1..upTo go (0: all, and cancel the rest); returns how many were held. */
   testReleaseServicer(region: number, upTo: number): number;
+  /** TEST ONLY (native/test_hooks.cc): the next worker servicer waits `ms` before it attaches, as a slow start would. */
+  testDelayWorkerAttach(ms: number): void;
 
   benchPlainTouch(pages: number, order: Int32Array, threads: number, out: Float64Array, write: boolean): void;
   benchSetAffinity(cpus: Int32Array): Int32Array;

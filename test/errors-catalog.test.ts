@@ -511,6 +511,7 @@ const inChild: Record<string, () => Promise<Seen[]>> = {
   'servicer-exited': () => scenario('servicer-exited'),
   'servicer-crashed': () => scenario('servicer-crashed'),
   'servicer-start-failed': () => scenario('servicer-start-failed', ['prlimit', '--nofile=120:120']),
+  'servicer-start-stalled': () => scenario('servicer-start-stalled', [], { timeoutMs: 25_000 }),
   platform: () => scenario('platform'),
   'addon-load': () => scenario('addon-load'),
 };
@@ -533,7 +534,6 @@ const UNREACHABLE = [
   'fork-gone',
   'toucher-gone',
   'poller-closed',
-  'servicer-start-stalled',
   'guard-no-thread',
 ];
 
