@@ -180,6 +180,11 @@ export class Device extends EventEmitter {
   readonly slot: number;
   /** @internal Unique for the process lifetime, unlike slots. */
   readonly id: number;
+  /**
+   * @internal When it was created, in µs of CLOCK_MONOTONIC (the clock of fault-trace records): a
+   * record older than this was made on an earlier device in its slot, never on this one.
+   */
+  readonly openedUs = Number(process.hrtime.bigint()) / 1000;
   /** @internal Device header, refcounts and free stack, shared with servicers. */
   readonly shared: Int32Array;
   /** @internal URL of the driver module, if any. */

@@ -55,6 +55,22 @@ describeUffd.each(SERVICERS)('%s: a closed Device', (servicer) => {
     expect(r.bytes[0]).toBe(5);
   });
 
+  it("is not named in its trace records by the device that took its slot", async () => {
+    const gone = new Device({ capacity: 4, name: 'gone' });
+    const r = track(Region.map({ pages: 1, servicer }));
+    const trace = r.trace();
+    r.bytes[0] = 1;
+    r.migrate(0, 1, gone);
+    expect(r.bytes[0]).toBe(1); // a fault served from `gone`
+    expect(trace.records().filter((x) => x.outcome === 'migrated').map((x) => x.device)).toEqual([gone]);
+    const successor = await successorOf(gone);
+    // A closed device's records name no device (as before its slot was taken), never its successor.
+    expect(trace.records().filter((x) => x.outcome === 'migrated').map((x) => x.device?.name ?? null)).toEqual([null]);
+    r.migrate(0, 1, successor);
+    expect(r.bytes[0]).toBe(1); // and a fault served from the successor names it
+    expect(trace.records().filter((x) => x.outcome === 'migrated').map((x) => x.device?.name ?? null)).toEqual([null, successor.name]);
+  });
+
   it('is refused by every call that takes a Device, whatever its arguments', async () => {
     const gone = new Device({ capacity: 4, name: 'gone' });
     const r = track(Region.map({ pages: 2, servicer }));
