@@ -2,9 +2,10 @@
 // lib/test_hmm.c. Pages come from a free stack within `capacity`, each with a refcount.
 /// <reference types="node" preserve="true" />
 import { EventEmitter } from 'node:events';
+import { createRequire } from 'node:module';
 import path from 'node:path';
 import { inspect, type InspectOptionsStylized } from 'node:util';
-import { pathToFileURL } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 import { native, PAGE_SIZE } from './native.js';
 import { UffdHmmError, check, deviceClosed, driverLoadFailed, invalidType, outOfRange, pageFreeHookThrew, warnNow } from './errors.js';
@@ -13,6 +14,7 @@ import {
   DEV_FAIL_ALLOC,
   DEV_FAULTS,
   DEV_FREED,
+  DEV_FREEING,
   DEV_FREE_TOP,
   DEV_ASK_FAULT,
   DEV_LOG_FREES,
@@ -102,6 +104,30 @@ function releaseTick(): void {
   }
 }
 
+/** How long the exit hook waits for a free a servicer is finishing (microseconds, unless descheduled). */
+const EXIT_FREEING_WAIT_MS = 100;
+/** Devices whose pageFree calls wait for their driver module: the exit hook runs them (flushPageFrees). */
+const freesDue = new Set<Device>();
+let exitHookInstalled = false;
+
+/**
+ * As the process exits, pageFree runs for every page freed so far: those native code logged since
+ * the last drain (a fault served just before a short script ended) and those whose hook waited
+ * for the driver's import. Their errors are reported as at any other time (a warning, at once).
+ */
+function flushPageFreesAtExit(): void {
+  for (const device of new Set([...bySlot.values(), ...freesDue])) if (device.driverUrl !== undefined) device.flushPageFrees();
+}
+
+/**
+ * The driver module, loaded now rather than in a later tick, for the exit hook: there is no later
+ * tick. An ES module that has no top-level await loads this way (require of an ES module).
+ */
+function loadDriverNow(url: string): Driver {
+  if (!url.startsWith('file:')) throw new Error(`only a file: driver can be loaded synchronously as the process exits, not ${url}`);
+  return createRequire(import.meta.url)(fileURLToPath(url)) as Driver;
+}
+
 /** @internal The open device that owns `slot`. */
 export function deviceBySlot(slot: number): Device | undefined {
   return bySlot.get(slot);
@@ -154,12 +180,21 @@ export class Device extends EventEmitter {
   readonly slot: number;
   /** @internal Unique for the process lifetime, unlike slots. */
   readonly id: number;
+  /**
+   * @internal When it was created, in µs of CLOCK_MONOTONIC (the clock of fault-trace records): a
+   * record older than this was made on an earlier device in its slot, never on this one.
+   */
+  readonly openedUs = Number(process.hrtime.bigint()) / 1000;
   /** @internal Device header, refcounts and free stack, shared with servicers. */
   readonly shared: Int32Array;
   /** @internal URL of the driver module, if any. */
   readonly driverUrl: string | undefined;
   readonly #holders = new Set<DeviceHolder>();
   #driver: Promise<Driver> | undefined;
+  /** The driver module once its import resolved (or the exit hook loaded it). */
+  #driverModule: Driver | undefined;
+  /** Pages freed whose pageFree has not run yet: it waits for the driver module. */
+  readonly #pageFreesDue = new Set<PageFreeContext>();
   #closed = false;
   #closing: Promise<void> | undefined;
   /** With a driver: drains the log of pages native code freed, so their pageFree runs here. */
@@ -197,6 +232,10 @@ export class Device extends EventEmitter {
       Atomics.store(this.shared, DEV_LOG_FREES, 1);
       Atomics.store(this.shared, DEV_ASK_FAULT, 1);
       this.#freedLogTimer = setInterval(() => this.#drainFreedLog(), FREED_LOG_POLL_MS).unref();
+      if (!exitHookInstalled) {
+        exitHookInstalled = true;
+        process.on('exit', flushPageFreesAtExit);
+      }
     }
   }
 
@@ -205,7 +244,11 @@ export class Device extends EventEmitter {
     return Atomics.load(this.shared, DEV_USED);
   }
 
-  /** True once {@link Device#close} has evicted everything; read, write and migrations to it then throw `ERR_DEVICE_CLOSED`. */
+  /**
+   * True once {@link Device#close} has evicted everything. From then on every call handed this
+   * device throws `ERR_DEVICE_CLOSED` (read, write, migrate, snapshot, the `mirror*` functions):
+   * its slot may belong to a newer device, which it must never stand for.
+   */
   get closed(): boolean {
     return this.#closed;
   }
@@ -401,16 +444,61 @@ export class Device extends EventEmitter {
   #pageFree(pfn: number): void {
     this.#driver ??= import(this.driverUrl!) as Promise<Driver>;
     const ctx: PageFreeContext = { deviceName: this.name, pfn };
+    this.#pageFreesDue.add(ctx);
+    freesDue.add(this);
     this.#driver.then(
       (d) => {
-        try {
-          d.pageFree?.(ctx);
-        } catch (e) {
-          this.reportError(new UffdHmmError('ERR_DRIVER_HOOK', pageFreeHookThrew(this.name, e), { cause: e }));
-        }
+        this.#driverModule = d;
+        this.#runPageFree(d, ctx);
       },
-      (e) => this.reportError(new UffdHmmError('ERR_DRIVER_LOAD', driverLoadFailed(this.driverUrl!, this.name, e, 'its pageFree hook did not run'), { cause: e })),
+      (e) => this.#pageFreeNotRun(ctx, e),
     );
+  }
+
+  /** Runs the hook for `ctx` unless it already ran (the exit hook may have run it first). */
+  #runPageFree(d: Driver, ctx: PageFreeContext): void {
+    if (!this.#takeDue(ctx)) return;
+    try {
+      d.pageFree?.(ctx);
+    } catch (e) {
+      this.reportError(new UffdHmmError('ERR_DRIVER_HOOK', pageFreeHookThrew(this.name, e), { cause: e }));
+    }
+  }
+
+  #pageFreeNotRun(ctx: PageFreeContext, e: unknown): void {
+    if (!this.#takeDue(ctx)) return;
+    this.reportError(new UffdHmmError('ERR_DRIVER_LOAD', driverLoadFailed(this.driverUrl!, this.name, e, 'its pageFree hook did not run'), { cause: e }));
+  }
+
+  #takeDue(ctx: PageFreeContext): boolean {
+    if (!this.#pageFreesDue.delete(ctx)) return false;
+    if (this.#pageFreesDue.size === 0) freesDue.delete(this);
+    return true;
+  }
+
+  /**
+   * @internal As the process exits (no later tick will come): pageFree for the pages native code
+   * freed since the last drain and for those still waiting for the driver's import, now.
+   */
+  flushPageFrees(): void {
+    if (!this.#closed) {
+      // A servicer that woke a faulting thread with its fill logs the freed page just after: the
+      // thread (this one, about to exit) may already run. Let that free land first.
+      const deadline = Date.now() + EXIT_FREEING_WAIT_MS;
+      while (Atomics.load(this.shared, DEV_FREEING) > 0 && Date.now() < deadline);
+      this.#drainFreedLog();
+    }
+    if (this.#pageFreesDue.size === 0) return;
+    let d = this.#driverModule;
+    if (d === undefined) {
+      try {
+        d = this.#driverModule = loadDriverNow(this.driverUrl!);
+      } catch (e) {
+        for (const ctx of [...this.#pageFreesDue]) this.#pageFreeNotRun(ctx, e);
+        return;
+      }
+    }
+    for (const ctx of [...this.#pageFreesDue]) this.#runPageFree(d, ctx);
   }
 
   #checkPage(pfn: number): void {

@@ -126,7 +126,7 @@ export interface Addon {
   benchPlain(pages: number, order: Int32Array, threads: number, out: Float64Array): void;
   benchBaseline(pages: number, order: Int32Array, threads: number, out: Float64Array): number;
 
-  toucherStart(region: number, threads: number, iterations: number, mode: 0 | 1, seed: number, pages: Int32Array): number;
+  toucherStart(region: number, threads: number, iterations: number, mode: 0 | 1 | 2, seed: number, pages: Int32Array): number;
   toucherWait(toucher: number, timeoutMs: number, counts: Float64Array): boolean;
   toucherStop(toucher: number): void;
 
@@ -134,6 +134,8 @@ export interface Addon {
   testHoldServicer(region: number, batches: number, ms: number): number;
   /** TEST ONLY: let held batches 1..upTo go (0: all, and cancel the rest); returns how many were held. */
   testReleaseServicer(region: number, upTo: number): number;
+  /** TEST ONLY (native/test_hooks.cc): the next worker servicer waits `ms` before it attaches, as a slow start would. */
+  testDelayWorkerAttach(ms: number): void;
 
   benchPlainTouch(pages: number, order: Int32Array, threads: number, out: Float64Array, write: boolean): void;
   benchSetAffinity(cpus: Int32Array): Int32Array;

@@ -241,7 +241,8 @@ export class Region extends EventEmitter implements DeviceHolder {
    * `_WRITE` (a CPU page), `HMM_DMIRROR_PROT_ZERO | READ` (the zero page),
    * `HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL` / `_REMOTE` with READ or WRITE (a device entry), or
    * {@link HMM_DMIRROR_PROT_ERROR} (no access: PROT_NONE, poisoned or unmapped).
-   * @throws `ERR_REGION_CLOSED`; `RangeError` (`ERR_OUT_OF_RANGE`) for a range outside the region;
+   * @throws `ERR_REGION_CLOSED`; `ERR_DEVICE_CLOSED` when `device` is closed (its slot may belong
+   * to a newer device); `RangeError` (`ERR_OUT_OF_RANGE`) for a range outside the region;
    * `TypeError` when `device` is not a Device.
    */
   snapshot(first = 0, count?: number, device?: Device): Uint8Array {

@@ -5,6 +5,7 @@ import { native } from './native.js';
 import { UffdHmmError, invalidType, outOfRange, regionClosed } from './errors.js';
 import { integer, optionsObject } from './validate.js';
 import { Region } from './region.js';
+import { FIX_PRIVILEGE } from './probe.js';
 
 /** Options of `new` {@link NativeToucher}. */
 export interface ToucherOptions {
@@ -12,12 +13,42 @@ export interface ToucherOptions {
   threads?: number;
   /** Touches per thread, 0 to 2^32 − 1; 0 runs until stop(). */
   iterations: number;
-  /** 'read' reads one byte; 'increment' adds 1 to the page's uint32 at offset 4 × thread index. */
-  mode?: 'read' | 'increment';
+  /**
+   * 'read' reads one byte; 'increment' adds 1 to the page's uint32 at offset 4 × thread index.
+   * 'lock' is uffd-stress's locking test: each touch takes the process-private pthread mutex whose
+   * bytes start at byte 256 of the page (zeroed bytes are an unlocked mutex), adds 1 with a plain
+   * load and store to the page's uint32 at byte 512 and to the uint32 at 4 × thread index, and
+   * unlocks. A contended mutex sleeps in futex(2) on the page, so the faults it takes there are
+   * kernel-mode faults: 'worker' and 'native' regions on a full userfaultfd only.
+   */
+  mode?: 'read' | 'increment' | 'lock';
   /** Pages to choose from (uniformly at random). Default: every page. */
   pages?: ArrayLike<number>;
   /** Seed of the per-thread random sequences. */
   seed?: number;
+}
+
+const MODES = { read: 0, increment: 1, lock: 2 } as const;
+
+/**
+ * 'lock' takes faults inside futex(2), a system call: where such a fault cannot be served, glibc's
+ * mutex would see EFAULT from futex(2), which it treats as fatal (the process aborts).
+ */
+function refuseLock(region: Region): void {
+  if (region.servicer === 'inline') {
+    throw new UffdHmmError(
+      'ERR_SERVICER_UNSUPPORTED',
+      "NativeToucher mode 'lock' sleeps in futex(2) on the pages, and the 'inline' servicer cannot serve a fault taken inside a " +
+        "system call (the kernel has no SIGBUS to deliver there: futex(2) would fail with EFAULT); map the region with servicer 'worker' or 'native'",
+    );
+  }
+  if (region.userModeOnly) {
+    throw new UffdHmmError(
+      'ERR_SERVICER_UNSUPPORTED',
+      "NativeToucher mode 'lock' sleeps in futex(2) on the pages, a kernel-mode fault, which this process's user-mode-only " +
+        `userfaultfd cannot serve; it needs full userfaultfd: ${FIX_PRIVILEGE}`,
+    );
+  }
 }
 
 /**
@@ -48,7 +79,8 @@ export class NativeToucher {
    *
    * @param region - an open {@link Region} (any servicer).
    * @param options - threads, iterations (required), mode, pages, seed.
-   * @throws `ERR_REGION_CLOSED` for a closed region; `TypeError` (`ERR_INVALID_ARG_TYPE`) when
+   * @throws `ERR_REGION_CLOSED` for a closed region; `ERR_SERVICER_UNSUPPORTED` for mode 'lock' on
+   * an `'inline'` region or a user-mode-only userfaultfd; `TypeError` (`ERR_INVALID_ARG_TYPE`) when
    * `region` is not a Region or an option has the wrong type or mode; `RangeError`
    * (`ERR_OUT_OF_RANGE`) for values out of range (a page outside the region included).
    */
@@ -61,7 +93,8 @@ export class NativeToucher {
     this.threads = opts.threads === undefined ? 1 : integer('options.threads', opts.threads, 1, 64);
     this.iterations = integer('options.iterations', opts.iterations, 0, 0xffffffff);
     const mode = opts.mode ?? 'read';
-    if (mode !== 'read' && mode !== 'increment') throw invalidType('options.mode', "'read' or 'increment'", mode);
+    if (mode !== 'read' && mode !== 'increment' && mode !== 'lock') throw invalidType('options.mode', "'read', 'increment' or 'lock'", mode);
+    if (mode === 'lock') refuseLock(region);
     const seed = opts.seed === undefined ? 1 : integer('options.seed', opts.seed, 0, 0xffffffff);
     let pages: Int32Array;
     if (opts.pages === undefined) {
@@ -76,7 +109,7 @@ export class NativeToucher {
       for (let i = 0; i < list.length; i++) pages[i] = integer('options.pages[i]', list[i], 0, region.pages - 1);
     }
     this.#counts = new Float64Array(this.threads);
-    this.#handle = native.toucherStart(region.handle, this.threads, this.iterations, mode === 'read' ? 0 : 1, seed, pages);
+    this.#handle = native.toucherStart(region.handle, this.threads, this.iterations, MODES[mode], seed, pages);
   }
 
   /**

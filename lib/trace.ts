@@ -68,7 +68,7 @@ export interface TraceRecord {
   write: boolean;
   /** The faulting thread's id (0 where the servicer cannot tell). */
   tid: number;
-  /** The device the page came back from, for 'migrated' and 'sigbus'. */
+  /** The device the page came back from, for 'migrated' and 'sigbus'; null once that device is closed. */
   device: Device | null;
   /** How the fault was resolved. */
   outcome: TraceOutcome;
@@ -107,6 +107,16 @@ const OUTCOMES: Record<number, TraceOutcome> = {
   [OUTCOME_SIGBUS]: 'sigbus',
   [OUTCOME_WOKEN]: 'woken',
 };
+
+/**
+ * The device a record made at `timeUs` on `slot` names: the open device in that slot, if it existed
+ * then. Slots are reused: a record made on a device since closed names none, never its successor.
+ */
+function deviceAt(slot: number, timeUs: number): Device | null {
+  if (slot <= 0) return null;
+  const device = deviceBySlot(slot);
+  return device !== undefined && device.openedUs <= timeUs ? device : null;
+}
 
 /**
  * A fault trace attached to one region, from {@link Region#trace}: a bounded ring in shared memory
@@ -187,7 +197,7 @@ export class FaultTrace {
         kernel: (flags & FAULT_KERNEL) !== 0,
         write: (flags & UFFD_PAGEFAULT_FLAG_WRITE) !== 0,
         tid: c.tid[i],
-        device: c.deviceSlot[i] > 0 ? (deviceBySlot(c.deviceSlot[i]) ?? null) : null,
+        device: deviceAt(c.deviceSlot[i], c.time[i]),
         outcome: OUTCOMES[c.outcome[i]] ?? 'woken',
         serviceUs: c.serviceUs[i],
       });

@@ -2,10 +2,14 @@
 // serves, plus an eventfd so the owner can wake it. It dispatches what it reads through the fault
 // engine (dispatch.h) and hands JS only the faults a driver's fault hook must decide, in a
 // caller-owned Float64Array, so the JS hot path allocates nothing.
+#include <dirent.h>
+#include <fcntl.h>
 #include <napi.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/syscall.h>
 
 #include <algorithm>
 #include <pthread.h>
@@ -15,6 +19,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <mutex>
 #include <thread>
 #include <utility>
@@ -58,7 +63,47 @@ struct Poller {
   std::atomic<bool> dead{false};
   std::atomic<bool> workerGone{false};  // dead because the worker's environment went away, not stuck
   std::thread watchdog;
+
+  // The worker's thread, for the start-up rule of watchLoop: the threads of the process that
+  // appeared while the worker was created (Node creates its thread inside `new Worker`), found by
+  // listing /proc/self/task in pollerCreate and again in pollerWatch. Written before the watchdog
+  // starts, read only by it. Unknown when a listing failed.
+  std::vector<pid_t> tidsBefore;
+  std::vector<pid_t> startTids;
+  bool startTidsKnown = false;
 };
+
+// /proc/self/task, opened when the addon loads: a worker fails to start when the process is out of
+// descriptors, and telling that from a slow start must not need one more.
+int gTaskDir = -1;
+std::mutex gTaskDirMu;
+
+// The thread ids of this process; false when they cannot be listed.
+bool listThreads(std::vector<pid_t>& out) {
+  out.clear();
+  std::lock_guard<std::mutex> lock(gTaskDirMu);
+  if (gTaskDir < 0 || ::lseek(gTaskDir, 0, SEEK_SET) != 0) return false;
+  alignas(8) char buf[4096];
+  for (;;) {
+    long n = ::syscall(SYS_getdents64, gTaskDir, buf, sizeof buf);
+    if (n < 0) return false;
+    if (n == 0) return true;
+    for (long at = 0; at < n;) {
+      auto* d = reinterpret_cast<struct dirent64*>(buf + at);
+      if (d->d_name[0] >= '1' && d->d_name[0] <= '9') out.push_back(static_cast<pid_t>(std::strtol(d->d_name, nullptr, 10)));
+      at += d->d_reclen;
+    }
+  }
+}
+
+// Whether the worker's thread ended: none of the threads created with it is alive. (A thread id is
+// reused only after the pid space wraps; a live stranger among them only makes us wait longer.)
+bool startThreadsGone(const Poller& p) {
+  if (!p.startTidsKnown) return false;
+  for (pid_t tid : p.startTids)
+    if (::syscall(SYS_tgkill, ::getpid(), tid, 0) == 0 || errno != ESRCH) return false;
+  return true;
+}
 
 Registry<Poller>& pollers() {
   static auto* registry = new Registry<Poller>;  // never destroyed: threads may still use it during exit()
@@ -92,7 +137,8 @@ bool eventsWaiting(Poller& p) {
   return false;
 }
 
-// A worker still starting is given this long, while faults wait, to reach pollerAttach.
+// A worker still starting (its thread alive, or not known to be dead) is given this long, while
+// faults wait, to reach pollerAttach.
 constexpr uint32_t kMinStartDeadlineMs = 10000;
 
 void watchLoop(std::shared_ptr<Poller> p, uint32_t deadlineMs) {
@@ -113,13 +159,18 @@ void watchLoop(std::shared_ptr<Poller> p, uint32_t deadlineMs) {
     if (b == 0) {
       // Before its first pollerWait the worker is starting. One that dies before pollerAttach (it
       // could not load: EMFILE, a broken install) has no cleanup hook to hand its regions over, and
-      // a main thread blocked on one of their faults never hears of the death: faults waiting that
-      // long for a worker that never attached are served by guards.
+      // a main thread blocked on one of their faults never hears of the death. Its thread is gone:
+      // guards serve those faults at once, and its 'error' or 'exit' event says why (workerGone).
+      // A worker still loading keeps its regions: faults wait up to the start deadline for it.
       if (p->attachedTid.load() != 0 || !eventsWaiting(*p)) {
         since = now;
         continue;
       }
-      if (now - since < startDeadline) continue;
+      if (startThreadsGone(*p)) {
+        p->workerGone.store(true);
+      } else if (now - since < startDeadline) {
+        continue;
+      }
     } else if (now - since < std::chrono::milliseconds(deadlineMs)) {
       // Out of pollerWait that long, the worker is stuck serving what it read (a hook that hangs):
       // those faults, and every later one, would wait for it forever.
@@ -165,6 +216,7 @@ Napi::Value PollerCreate(const Napi::CallbackInfo& info) {
   ev.events = EPOLLIN;
   ev.data.u64 = kWakeTag;
   if (::epoll_ctl(ep, EPOLL_CTL_ADD, efd, &ev) != 0) throw systemError(env, errno, "epoll_ctl", "starting the worker servicer");
+  p->startTidsKnown = listThreads(p->tidsBefore);  // the worker is created next; pollerWatch looks again
   return Napi::Number::New(env, pollers().add(p));
 }
 
@@ -200,6 +252,8 @@ Napi::Value PollerAdd(const Napi::CallbackInfo& info) {
 // pollerAttach(poller): called by the worker that will wait on this poller; if that worker's
 // environment is torn down, its regions are taken over by native guards (onWorkerGone).
 Napi::Value PollerAttach(const Napi::CallbackInfo& info) {
+  // TEST ONLY (testDelayWorkerAttach): a worker slow to start, its thread alive.
+  if (uint32_t ms = gTestAttachDelayMs.exchange(0)) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
   int h = static_cast<int>(argU32(info, 0, "poller"));
   if (!pollers().get(h)) throw codedError(info.Env(), "ERR_POLLER_CLOSED", (std::string("the servicer poller is closed") + kInternal).c_str());
   pollers().get(h)->attachedTid.store(gettid());
@@ -223,13 +277,20 @@ Napi::Value PollerRemove(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// pollerWatch(poller, deadlineMs): starts the stall watchdog (once). pollerDead(poller) says
+// pollerWatch(poller, deadlineMs): starts the stall watchdog (once), right after the worker was
+// created: the threads that appeared since pollerCreate are the worker's. pollerDead(poller) says
 // whether, and why, the poller's regions went to native guards.
 Napi::Value PollerWatch(const Napi::CallbackInfo& info) {
   auto p = argPoller(info, 0);
   uint32_t deadline = argU32(info, 1, "deadlineMs");
   if (deadline < 10) throw rangeError(info.Env(), "deadlineMs must be at least 10");
   if (!p->watchdog.joinable()) {
+    std::vector<pid_t> now;
+    p->startTidsKnown = p->startTidsKnown && listThreads(now);
+    p->startTids.clear();
+    for (pid_t tid : now)
+      if (std::find(p->tidsBefore.begin(), p->tidsBefore.end(), tid) == p->tidsBefore.end()) p->startTids.push_back(tid);
+    p->tidsBefore.clear();
     p->watchdog = std::thread(watchLoop, p, deadline);
     p->watchdog.detach();  // it ends by itself once the poller is dead; never joined at exit
   }
@@ -386,6 +447,8 @@ Napi::Value PollerWait(const Napi::CallbackInfo& info) {
 
 void initPoller(Napi::Env env, Napi::Object exports) {
   installForkHandlers();
+  static std::once_flag taskDirOnce;
+  std::call_once(taskDirOnce, [] { gTaskDir = ::open("/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC); });
   exports.Set("pollerCreate", Napi::Function::New(env, PollerCreate));
   exports.Set("pollerDestroy", Napi::Function::New(env, PollerDestroy));
   exports.Set("pollerAdd", Napi::Function::New(env, PollerAdd));

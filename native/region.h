@@ -106,6 +106,10 @@ void retireRegionsOf(const void* env);
 // returned messages.
 void testHoldPoint(RegionState& r, const std::atomic<bool>& stop);
 
+// TEST ONLY (native/test_hooks.cc testDelayWorkerAttach): the next worker servicer to attach to its
+// poller waits this long first, as a worker slow to start would.
+extern std::atomic<uint32_t> gTestAttachDelayMs;
+
 // The guard (native/guard.cc): a native servicer thread takes over r's faults with the default policy because its
 // worker servicer died. Releases pages the dead servicer held locked, then wakes every thread blocked
 // in the range so faults it had read are raised again. Done if this call did it (once per region);

@@ -1,5 +1,6 @@
 // TEST ONLY: hooks that hold a servicer between reading a batch of messages and serving it, for
-// test/ordering.test.ts (nothing in lib/ calls them). See RegionState::testHoldBatches for why.
+// test/ordering.test.ts, and that delay a worker's start, for test/servicer-start.test.ts (nothing
+// in lib/ calls them). See RegionState::testHoldBatches for why.
 #include <napi.h>
 #include <time.h>
 
@@ -60,7 +61,19 @@ static Napi::Value TestReleaseServicer(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), r->testHeld.load());
 }
 
+std::atomic<uint32_t> gTestAttachDelayMs{0};
+
+// TEST ONLY. testDelayWorkerAttach(ms): the next worker servicer waits `ms` (at most 15 s) before it
+// attaches to its poller, its thread alive: a worker slow to start (test/servicer-start.test.ts).
+static Napi::Value TestDelayWorkerAttach(const Napi::CallbackInfo& info) {
+  uint32_t ms = argU32(info, 0, "ms");
+  if (ms > 15000) throw rangeError(info.Env(), "ms must be at most 15000");
+  gTestAttachDelayMs.store(ms);
+  return info.Env().Undefined();
+}
+
 void initTestHooks(Napi::Env env, Napi::Object exports) {
+  exports.Set("testDelayWorkerAttach", Napi::Function::New(env, TestDelayWorkerAttach));
   exports.Set("testHoldServicer", Napi::Function::New(env, TestHoldServicer));
   exports.Set("testReleaseServicer", Napi::Function::New(env, TestReleaseServicer));
 }

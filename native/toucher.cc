@@ -2,11 +2,13 @@
 // counters in a region's pages while JS keeps running (migrating, discarding, closing).
 // They start and finish under JS control, and every wait on them has a deadline.
 #include <napi.h>
+#include <pthread.h>
 #include <time.h>
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstring>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -34,6 +36,22 @@ Registry<Toucher>& touchers() {
   return *registry;
 }
 
+// Mode 2 (lock) is uffd-stress's locking test: the page holds a process-private pthread mutex at
+// byte 256, which starts as zeroed bytes (glibc's PTHREAD_MUTEX_INITIALIZER), and a page counter at
+// byte 512. A contended lock sleeps in futex(2) on the page, where a device-resident page is a
+// kernel-mode fault: waiters, faults taken inside the system call and migrations race.
+constexpr size_t kLockOffset = 256;
+constexpr size_t kPageCounterOffset = 512;
+static_assert(kLockOffset >= 4 * 64 && kLockOffset + sizeof(pthread_mutex_t) <= kPageCounterOffset,
+              "the mutex must sit between the 64 per-thread counters and the page counter");
+
+// Zeroed bytes must be an unlocked mutex, or 'lock' mode would read garbage as a lock.
+bool zeroIsUnlockedMutex() {
+  static const pthread_mutex_t init = PTHREAD_MUTEX_INITIALIZER;
+  static const unsigned char zero[sizeof(pthread_mutex_t)] = {};
+  return std::memcmp(&init, zero, sizeof init) == 0;
+}
+
 // A small xorshift so every thread walks its own reproducible random sequence.
 inline uint64_t next(uint64_t& s) {
   s ^= s << 13;
@@ -45,7 +63,8 @@ inline uint64_t next(uint64_t& s) {
 // toucherStart(region, threads, iterations, mode, seed, pages: Int32Array) -> handle
 // Each thread makes `iterations` touches (0: until toucherStop) of pages chosen at random from `pages`.
 // mode 0: read one byte. mode 1: increment the page's uint32 counter at offset 4*thread with an
-// ordinary (non-atomic) read-modify-write, so a lost write shows as a short count.
+// ordinary (non-atomic) read-modify-write, so a lost write shows as a short count. mode 2: under
+// the page's mutex (above), a plain += 1 of the page counter and of the thread's counter.
 Napi::Value ToucherStart(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto r = regions().get(static_cast<int>(argU32(info, 0, "region")));
@@ -56,7 +75,9 @@ Napi::Value ToucherStart(const Napi::CallbackInfo& info) {
   uint32_t seed = argU32(info, 4, "seed");
   auto [pagesPtr, npages] = argInt32Array(info, 5, "pages");
   if (nthreads < 1 || nthreads > 64) throw rangeError(env, "threads must be 1..64");
-  if (mode > 1) throw rangeError(env, "mode must be 0 (read) or 1 (increment)");
+  if (mode > 2) throw rangeError(env, "mode must be 0 (read), 1 (increment) or 2 (lock)");
+  if (mode == 2 && (r->pageSize < kPageCounterOffset + 4 || !zeroIsUnlockedMutex()))
+    throw rangeError(env, "lock mode needs pages of at least 516 bytes and a C library whose unlocked mutex is zeroed bytes");
   if (npages == 0) throw rangeError(env, "pages must not be empty");
   std::vector<uint32_t> pages(npages);
   for (size_t i = 0; i < npages; i++) {
@@ -78,11 +99,20 @@ Napi::Value ToucherStart(const Napi::CallbackInfo& info) {
       for (; iterations == 0 || done < iterations; done++) {
         if ((done & 255) == 0 && tp->stop.load(std::memory_order_relaxed)) break;
         uint32_t page = pages[next(s) % pages.size()];
-        volatile uint32_t* p = reinterpret_cast<volatile uint32_t*>(rp->base + size_t(page) * rp->pageSize) + k;
-        if (mode == 1)
+        uint8_t* base = rp->base + size_t(page) * rp->pageSize;
+        volatile uint32_t* p = reinterpret_cast<volatile uint32_t*>(base) + k;
+        if (mode == 2) {
+          auto* mu = reinterpret_cast<pthread_mutex_t*>(base + kLockOffset);
+          volatile uint32_t* pageCount = reinterpret_cast<volatile uint32_t*>(base + kPageCounterOffset);
+          pthread_mutex_lock(mu);
+          *pageCount = *pageCount + 1;
           *p = *p + 1;
-        else
+          pthread_mutex_unlock(mu);
+        } else if (mode == 1) {
+          *p = *p + 1;
+        } else {
           (void)*p;
+        }
       }
       tp->counts[k] = done;
       std::lock_guard<std::mutex> lock(tp->mu);

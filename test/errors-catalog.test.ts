@@ -328,6 +328,7 @@ const inProcess: Record<string, () => Promise<Seen>> = {
 
   'inline-fork': () => caught(() => track(Region.map({ pages: 1, servicer: 'inline' })).fork([])),
   'inline-remap': () => caught(() => track(Region.map({ pages: 1, servicer: 'inline' })).remap(2)),
+  'inline-lock': () => caught(() => new NativeToucher(track(Region.map({ pages: 1, servicer: 'inline' })), { iterations: 1, mode: 'lock' })),
   'inline-kernel-access': async () => {
     const region = track(Region.map({ pages: 1, servicer: 'inline' }));
     return caught(() => mirrorRead(region, 0, 1, track(new Device({ capacity: 1 }))));
@@ -496,6 +497,8 @@ const inChild: Record<string, () => Promise<Seen[]>> = {
   'uffd-no-kernel': () => scenario('map', [...noDevUserfaultfd, ...seccomp([{ nr: SYS_USERFAULTFD, errno: ENOSYS }])]),
   'user-mode-only': () =>
     scenario('mirror-read', [...seccomp([{ nr: SYS_USERFAULTFD, errno: EPERM, arg: 0, mask: UFFD_USER_MODE_ONLY, eq: 0 }]), ...nobody]),
+  'lock-user-mode-only': () =>
+    scenario('lock-user-mode-only', [...seccomp([{ nr: SYS_USERFAULTFD, errno: EPERM, arg: 0, mask: UFFD_USER_MODE_ONLY, eq: 0 }]), ...nobody]),
   'fork-no-ptrace': () => scenario('fork', ['setpriv', '--inh-caps=-sys_ptrace', '--bounding-set=-sys_ptrace']),
   'no-wp': () => scenario('map', seccomp([{ nr: SYS_IOCTL, errno: EINVAL, arg: 1, eq: UFFDIO_REGISTER }])),
   'map-enomem': () => scenario('map-enomem', dataLimit1GiB),
@@ -508,6 +511,7 @@ const inChild: Record<string, () => Promise<Seen[]>> = {
   'servicer-exited': () => scenario('servicer-exited'),
   'servicer-crashed': () => scenario('servicer-crashed'),
   'servicer-start-failed': () => scenario('servicer-start-failed', ['prlimit', '--nofile=120:120']),
+  'servicer-start-stalled': () => scenario('servicer-start-stalled', [], { timeoutMs: 25_000 }),
   platform: () => scenario('platform'),
   'addon-load': () => scenario('addon-load'),
 };
@@ -530,7 +534,6 @@ const UNREACHABLE = [
   'fork-gone',
   'toucher-gone',
   'poller-closed',
-  'servicer-start-stalled',
   'guard-no-thread',
 ];
 

@@ -32,3 +32,31 @@ describeUffd('a throwing driver hook without an error listener', () => {
     expect(o.stderr).not.toContain('ERR_DRIVER_HOOK');
   });
 });
+
+const pageFreeFixture = fileURLToPath(new URL('./fixtures/errors/pagefree-warning.mjs', import.meta.url));
+const PAGEFREE_WARNING =
+  /\(node:\d+\) \[ERR_DRIVER_HOOK\] UffdHmmError: driver pageFree hook of buggy threw Error: pageFree hook bug at pfn \d+, at (?:Module\.)?pageFree \(file:\/\/\/\S+\/fixtures\/errors\/drivers\/buggy\.mjs:8:9\) \(err\.cause is the whole error\); the page was freed anyway; fix the hook\n/g;
+
+describeUffd('a throwing pageFree hook without an error listener, for a page a fault freed', () => {
+  // The servicer frees the page in native code and leaves the hook to the main thread; a script
+  // that ended (or called process.exit()) right after the fault used to exit before it ran.
+  it.each(['worker', 'native', 'inline'].flatMap((s) => ['end', 'exit'].flatMap((how) => ['unloaded', 'loaded'].map((l) => [s, how, l]))))(
+    '%s: prints it once when the script %ss right after the fault (driver %s on the main thread)',
+    async (servicer, how, loaded) => {
+      const o = await runNode([pageFreeFixture, servicer, how, loaded], { timeoutMs: 20_000 });
+      expect({ code: o.code, timedOut: o.timedOut }, o.out).toEqual({ code: 0, timedOut: false });
+      expect(o.stdout).toContain('read 7');
+      if (loaded === 'loaded') expect(o.stdout).toContain('first free reported: ERR_DRIVER_HOOK'); // heard by a listener
+      expect(o.stderr.match(PAGEFREE_WARNING)?.length ?? 0, o.out).toBe(1);
+    },
+  );
+
+  it('a driver that cannot be loaded synchronously at exit (top-level await) is reported, and its pageFree does not run', async () => {
+    const o = await runNode([pageFreeFixture, 'native', 'exit', 'unloaded', 'tla.mjs'], { timeoutMs: 20_000 });
+    expect({ code: o.code, timedOut: o.timedOut }, o.out).toEqual({ code: 0, timedOut: false });
+    expect(o.stdout).toContain('read 7');
+    const load = o.stderr.match(/\[ERR_DRIVER_LOAD\] UffdHmmError: could not load driver file:\/\/\/\S+\/tla\.mjs of buggy: .*; its pageFree hook did not run;/g);
+    expect(load?.length ?? 0, o.out).toBe(1);
+    expect(o.stderr).not.toContain('pageFree hook bug');
+  });
+});

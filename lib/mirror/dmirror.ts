@@ -157,9 +157,12 @@ export const HMM_DMIRROR_FLAG_FAIL_ALLOC = 0x1;
 /**
  * HMM_DMIRROR_FLAGS: sets dmirror's one-shot test flags on `device`. The only flag is
  * HMM_DMIRROR_FLAG_FAIL_ALLOC; other bits are EINVAL, as the driver answers unknown ones.
+ *
+ * @throws `ERR_DEVICE_CLOSED` for a closed device, whatever the flags.
  */
 export function mirrorFlags(device: Device, flags: number): void {
   if (!(device instanceof Device)) throw invalidType('device', 'a Device', device);
+  if (device.closed) throw deviceClosed(device.name);
   const f = integer('flags', flags, 0, 0x7fffffff);
   if ((f & ~HMM_DMIRROR_FLAG_FAIL_ALLOC) !== 0) throw mirrorError(EINVAL, 'FLAGS', `unknown flags 0x${f.toString(16)}`, 'pass HMM_DMIRROR_FLAG_FAIL_ALLOC or 0');
   if ((f & HMM_DMIRROR_FLAG_FAIL_ALLOC) !== 0) device.failNextHugeAllocation();

@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs';
 import type { InspectOptionsStylized } from 'node:util';
 
 import { native } from '../native.js';
-import { UffdHmmError, invalidType } from '../errors.js';
+import { UffdHmmError, deviceClosed, invalidType } from '../errors.js';
 import { integer, pageRange } from '../validate.js';
 import {
   DEVICE_SHIFT,
@@ -174,6 +174,9 @@ export function entry(core: RegionCore, page: number): Entry {
 export function snapshot(core: RegionCore, first: number, count: number | undefined, device: Device | undefined): Uint8Array {
   const [f, c] = pageRange(first, count ?? core.pages - (typeof first === 'number' ? first : 0), core.pages);
   if (device !== undefined && !(device instanceof Device)) throw invalidType('device', 'a Device', device);
+  // A closed device's slot may belong to a new device by now: comparing slots would call that
+  // device's pages LOCAL to the closed one.
+  if (device?.closed) throw deviceClosed(device.name);
   const out = new Uint8Array(c);
   const pm = new BigUint64Array(c);
   if (c > 0) native.regionPagemap(core.handle, f, c, pm);

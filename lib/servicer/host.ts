@@ -136,7 +136,8 @@ export class WorkerServicer {
     native.pollerWatch(this.poller, stallDeadlineMs);
     const deadline = stallDeadlineMs;
     this.#watch = setInterval(() => {
-      // A worker that went away (terminated, crashed) is reported by its own 'exit' or 'error' event.
+      // A worker that went away (terminated, crashed, or whose thread ended before it started: the
+      // watchdog hands its regions over at once) is reported by its own 'exit' or 'error' event.
       if (this.#exited || native.pollerDead(this.poller) !== 1) return;
       this.#fail(
         Atomics.load(this.#ctrl, CTRL_RUNNING) === 0

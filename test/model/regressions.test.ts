@@ -63,6 +63,23 @@ describeUffd('model regressions', () => {
     }
   });
 
+  // Device slots are reused, lowest first: with model-dev0 and model-dev1 closed, the new
+  // model-dev1 took model-dev0's slot, and region.snapshot(0, 1, <closed model-dev0>) compared slot
+  // numbers and called the page LOCAL (0x22) where the model says REMOTE. A closed Device now
+  // refuses every call it is handed (ERR_DEVICE_CLOSED), which the runner checks after each step.
+  it.each(['worker', 'native', 'inline'] as const)('%s: a closed device never stands for the device that took its slot', async (servicer) => {
+    await warmWorkerServicer();
+    await runScenario(
+      scenario(servicer, 1, [1, 1], [
+        { op: 'write', page: 0, offset: 0, value: 1 },
+        { op: 'closeDevice', dev: 0 },
+        { op: 'closeDevice', dev: 1 },
+        { op: 'openDevice', dev: 1 },
+        { op: 'migrate', first: 0, count: 1, dev: 1 },
+      ]),
+    );
+  });
+
   // The cases below once failed only because the model or the comparison was wrong; they stay
   // as regressions of the paths they exercise.
   it.each(['worker', 'native'] as const)('%s: a child that exits leaves untouched device pages to the parent, as read entries', async (servicer) => {

@@ -77,6 +77,16 @@ export async function runScenario(s: Scenario): Promise<string[]> {
   const same = (what: string, real: unknown, want: unknown): void => {
     if (JSON.stringify(real) !== JSON.stringify(want)) fail(`${what}: real ${JSON.stringify(real)}, model ${JSON.stringify(want)}`);
   };
+  /** Runs the synchronous `fn` expecting it to throw ERR_DEVICE_CLOSED. */
+  const expectClosed = (what: string, fn: () => unknown): void => {
+    try {
+      fn();
+    } catch (e) {
+      if (codeOf(e) === 'ERR_DEVICE_CLOSED') return;
+      fail(`${what}: threw ${codeOf(e)} (${(e as Error).message}), expected ERR_DEVICE_CLOSED`);
+    }
+    fail(`${what}: returned, expected ERR_DEVICE_CLOSED`);
+  };
   /** Runs `fn` expecting it to throw `code`. */
   const throws = async (what: string, code: string, fn: () => unknown): Promise<void> => {
     try {
@@ -263,7 +273,10 @@ export async function runScenario(s: Scenario): Promise<string[]> {
     same('region stats', region.stats(), m.stats);
     const pm = region.pagemap(0, n);
     const snap = region.snapshot(0, n);
-    const snapLocal0 = region.snapshot(0, n, devices[0]);
+    // Asked for by a closed device, a snapshot is refused: the closed Device must never stand for
+    // the device that took its slot (whose pages would show as LOCAL).
+    for (const d of devices) if (d.closed) expectClosed('snapshot for a closed device', () => region.snapshot(0, n, d));
+    const snapFor = devices.map((d) => (d.closed ? undefined : region.snapshot(0, n, d)));
     const view = Buffer.from(region.bytes.buffer, region.bytes.byteOffset, region.bytes.byteLength);
     for (let p = 0; p < n; p++) {
       const want = m.entries[p];
@@ -296,11 +309,14 @@ export async function runScenario(s: Scenario): Promise<string[]> {
         same(`${at} pagemap exclusive`, (e & PM_MMAP_EXCLUSIVE) !== 0n, true);
         const rw = want.write ? HMM_DMIRROR_PROT_WRITE : HMM_DMIRROR_PROT_READ;
         wantSnap = HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL | rw;
-        same(
-          `${at} snapshot for dev0`,
-          snapLocal0[p],
-          prot === 'none' ? HMM_DMIRROR_PROT_ERROR : (want.dev === 0 ? HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL : HMM_DMIRROR_PROT_DEV_PRIVATE_REMOTE) | rw,
-        );
+        snapFor.forEach((sn, i) => {
+          if (sn === undefined) return;
+          same(
+            `${at} snapshot for dev${i}`,
+            sn[p],
+            prot === 'none' ? HMM_DMIRROR_PROT_ERROR : (want.dev === i ? HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL : HMM_DMIRROR_PROT_DEV_PRIVATE_REMOTE) | rw,
+          );
+        });
       } else if (want.kind === 'present' && real.kind === 'present') {
         // The pte is writable when the page is not write-protected and the vma allows writes.
         same(`${at} write`, real.write, want.write && prot === 'readwrite');
