@@ -1,13 +1,14 @@
 // `uffd-hmm bench` as a user meets it: the help names every workload option, bad options point
 // at the bench's own help, messages read alike, and nothing names a file users do not have.
 import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { afterAll, describe, expect, it } from 'vitest';
 import { probe } from 'uffd-hmm';
+import { num } from '../dist/bench/table.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const cli = path.join(root, 'dist', 'cli.js');
@@ -64,10 +65,30 @@ describe('bench usage errors exit 2 and point at bench --help', () => {
   }
 });
 
+/** How many distinct colours the plot's curves have, checking that each run base keeps one colour. */
+function curveColours(svg: string, runs: Array<{ name: string; base: string }>): number {
+  const byBase = new Map<string, string>();
+  for (const m of svg.matchAll(/<polyline [^>]*stroke="([^"]+)"[^>]*><title>([^<]+)<\/title>/g)) {
+    const base = runs.find((x) => x.name === m[2])!.base;
+    expect(byBase.get(base) ?? m[1], base).toBe(m[1]);
+    byBase.set(base, m[1]);
+  }
+  expect(byBase.size).toBeGreaterThan(1);
+  return new Set(byBase.values()).size;
+}
+
+/** The default bench's results.json, once its test wrote it (for --compare). */
+let defaultResults: string | undefined;
+
 describe.skipIf(!probe().available)('bench output names no development file', () => {
   it('a workload table', () => {
     const r = run(['bench', '--pattern', 'sequential', '--pages', '300', '--out', out], 60_000);
     expect(r.status, r.stderr).toBe(0);
+    // A workload writes the plot its help promises: its run beside c-baseline, each in its own colour.
+    expect(r.stdout).toMatch(/^wrote .*results\.json, .*latency-cdf\.svg$/m);
+    const res = JSON.parse(readFileSync(path.join(out, 'results.json'), 'utf8'));
+    expect(curveColours(readFileSync(path.join(out, 'latency-cdf.svg'), 'utf8'), res.runs.map((x: { name: string }) => ({ name: x.name, base: x.name })))).toBe(2);
+    expect(res.config.commit).toMatch(/^[0-9a-f]{40}$/);
     expect(r.stdout).toMatch(/^host \(CPU \d+\): null system call \d+ ns/m);
     expect(r.stdout).toMatch(/^c-baseline\s+300\s+300\s/m);
     expect(r.stdout).not.toMatch(/API\.md|SEMANTICS|shared\//);
@@ -94,16 +115,33 @@ describe.skipIf(!probe().available)('the default bench: same-work baselines and 
     expect(fa.per_page_us).toBeLessThan(fa.max_us);
     const perPage = fa.per_page_us / byName('c-baseline').p50_us;
     expect(res.ratios.fault_around_per_page).toBeCloseTo(perPage, 9);
-    const row = r.stdout.split('\n').find((l) => l.startsWith('fault-around-16 '));
-    expect(row).toContain(`${perPage.toFixed(2)}x (per page)`);
+    // Per page in every column: the row's p50 is per_page.p50_us (= per_page_us), its p99 the p99 group ÷ 16.
+    expect(fa.per_page.p50_us).toBe(fa.per_page_us);
+    expect(fa.per_page.p99_us).toBeGreaterThanOrEqual(fa.per_page.p50_us);
+    expect(fa.per_page.max_us).toBeLessThanOrEqual(fa.max_us * 16);
+    const row = r.stdout.split('\n').find((l) => l.startsWith('fault-around-16 (per page) '))!;
+    expect(row).toContain(`${perPage.toFixed(2)}x`);
+    expect(row.split(/\s{2,}/)[4]).toBe(num(fa.per_page.p99_us));
     expect(r.stdout).toMatch(new RegExp(`^  fault_around_per_page\\s+${perPage.toFixed(2)}x$`, 'm'));
     // Its floor: the C handler filling each 16-page block with one copy, measured the same way.
     const cfa = byName('c-fault-around-16');
     expect(cfa.per_page_us).toBeGreaterThan(cfa.p50_us / 16);
     expect(res.baseline_ratios.c_fault_around_per_page).toBeCloseTo(cfa.per_page_us / byName('c-baseline').p50_us, 9);
     expect(res.baseline_ratios.fault_around_c_per_page).toBeCloseTo(fa.per_page_us / cfa.per_page_us, 9);
-    expect(r.stdout.split('\n').find((l) => l.startsWith('c-fault-around-16 '))).toMatch(/x \(per page\)/);
+    expect(r.stdout.split('\n').find((l) => l.startsWith('c-fault-around-16 (per page) '))).toBeDefined();
     expect(r.stdout).toMatch(/^host \(CPU \d+\): null system call/m);
+    // The host's kind, from its own facts, in the JSON and under the host line.
+    expect(res.host.kind).toBe(res.host.syscall_ns < 200 ? 'fast' : 'slow');
+    expect(res.host.first_read_charge_us).toBeCloseTo(res.host.copy_fresh_source_us - res.host.copy_us, 9);
+    expect(typeof res.host.charges_first_read).toBe('boolean');
+    expect(r.stdout).toMatch(new RegExp(`^  a ${res.host.kind} host \\(a null system call \\d+ ns`, 'm'));
+    // Where the results came from: this checkout's version and commit.
+    expect(res.config.version).toBe(JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8')).version);
+    const head = spawnSync('git', ['rev-parse', 'HEAD'], { cwd: root, encoding: 'utf8' }).stdout.trim();
+    expect(res.config.commit).toBe(head);
+    // Every run of the plot in a colour of its own.
+    expect(curveColours(readFileSync(path.join(dir, 'latency-cdf.svg'), 'utf8'), res.runs)).toBe(new Set(res.runs.map((x: { base: string }) => x.base)).size);
+    defaultResults = path.join(dir, 'results.json');
   }, 160_000);
 });
 
@@ -152,4 +190,54 @@ describe.skipIf(!probe().available || !probe().features.move)('bench --move: UFF
     expect(r.stdout).toMatch(/^UFFDIO_MOVE vs UFFDIO_COPY/m);
     expect(r.stdout).toMatch(/^  round trip per page: COPY [\d.]+, MOVE \+ refill [\d.]+, MOVE both ways [\d.]+$/m);
   }, 160_000);
+});
+
+describe('bench --compare', () => {
+  it('refuses a missing file, a second file missing, and measuring options, with exit 2', () => {
+    for (const [args, message] of [
+      [['bench', '--compare', 'no-such.json', 'other.json'], /--compare: cannot read 'no-such.json'/],
+      [['bench', '--compare', 'package.json'], /--compare needs two results files/],
+      [['bench', '--compare', 'package.json', 'package.json'], /'package.json' is not a results\.json written by 'uffd-hmm bench'/],
+      [['bench', '--compare', 'a.json', 'b.json', '--faults', '100'], /--faults does not go with it/],
+      [['bench', 'stray.json'], /unexpected argument 'stray.json'/],
+    ] as Array<[string[], RegExp]>) {
+      const r = run(args);
+      expect(r.status, r.stderr).toBe(2);
+      expect(r.stderr).toMatch(message);
+    }
+  });
+
+  it.skipIf(!probe().available)('puts two results side by side: host kinds, each run and ratio, and the change from A to B', () => {
+    expect(defaultResults, 'the default bench test runs first and writes results.json').toBeDefined();
+    const a = JSON.parse(readFileSync(defaultResults!, 'utf8'));
+    // B: another host (cheap system calls), whose worker run is 10% slower and whose c-baseline is as A's.
+    const b = structuredClone(a);
+    b.host.syscall_ns = 61;
+    delete b.host.kind; // as in a file written before hosts were classified: --compare classifies it
+    const w = b.runs.find((x: { name: string }) => x.name === 'worker');
+    w.p50_us *= 1.1;
+    w.p99_us *= 1.2;
+    b.ratios.worker_p50 *= 1.1;
+    b.config.commit = null;
+    const fileB = path.join(out, 'b.json');
+    writeFileSync(fileB, JSON.stringify(b));
+    const r = run(['bench', '--compare', defaultResults!, fileB, '--json']);
+    expect(r.status, r.stderr).toBe(0);
+    const c = JSON.parse(r.stdout);
+    expect(c.a.host.kind).toBe(a.host.kind);
+    expect(c.b.host.kind).toBe('fast');
+    expect(c.a.commit).toBe(a.config.commit);
+    const cw = c.runs.find((x: { name: string }) => x.name === 'worker');
+    expect(cw.p50_change).toBeCloseTo(0.1, 9);
+    expect(cw.p99_change).toBeCloseTo(0.2, 9);
+    expect(cw.ratio_change).toBeCloseTo(cw.a.p50_ratio * 0.1, 9);
+    expect(c.runs.find((x: { name: string }) => x.name === 'c-baseline').p50_change).toBe(0);
+    expect(c.runs.find((x: { name: string }) => x.name === 'fault-around-16').per_page).toBe(true);
+    expect(c.ratios.worker_p50.change).toBeCloseTo(a.ratios.worker_p50 * 0.1, 9);
+    const t = run(['bench', '--compare', defaultResults!, fileB]);
+    expect(t.status, t.stderr).toBe(0);
+    expect(t.stdout).toMatch(/^B: .*b\.json — /m);
+    expect(t.stdout).toMatch(/a fast host \(a null system call 61 ns/);
+    expect(t.stdout).toMatch(/^worker\s.*\+10\.0%.*\+20\.0%/m);
+  });
 });

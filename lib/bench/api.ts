@@ -28,7 +28,7 @@ export type {
   WorkloadRun,
 } from './workload.js';
 export type { TraceEntry } from './pattern.js';
-export type { HostFacts, LatencySummary, Placement } from './types.js';
+export type { HostFacts, HostKind, LatencySummary, Placement, Provenance } from './types.js';
 
 /**
  * Runs the workload and its same-work C baseline; resolves to the results object. Bad options

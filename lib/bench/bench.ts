@@ -10,6 +10,7 @@ import { canCollect, readMemory, tableBytesPerPage, type MemoryReading } from '.
 import { measureMigration } from './migration.js';
 import { progressBar, type Progress } from './progress.js';
 import { measureHost } from './host.js';
+import { provenance } from './provenance.js';
 import { measureMove, moveUnavailable } from './move.js';
 import { BASELINE_RATIOS, MAIN, RATIOS, RUNS, runName, unavailableReason, variantsOf, type RatioDef, type RunDef, type Variant } from './runs.js';
 import { LatencyRecorder } from './summary.js';
@@ -115,6 +116,14 @@ function groupSums(latencies: Float64Array, around: number): Float64Array {
     sums[g] = s;
   }
   return sums;
+}
+
+/** A fault-around run's per-page figures: each statistic of its groups ÷ the group size. */
+function perPage(groups: LatencyRecorder, around: number): Pick<RunResult, 'per_page_us' | 'per_page'> {
+  const { cdf: _cdf, ...g } = groups.summary();
+  const per = (x: number): number => x / around;
+  const per_page = { faults: g.faults, p50_us: per(g.p50_us), p90_us: per(g.p90_us), p99_us: per(g.p99_us), p999_us: per(g.p999_us), max_us: per(g.max_us), mean_us: per(g.mean_us) };
+  return { per_page_us: per_page.p50_us, per_page };
 }
 
 function ratiosOf<K extends string>(defs: ReadonlyArray<RatioDef<K>>, runs: RunResult[], unavailable: Record<string, string>): Record<K, number | null> {
@@ -225,7 +234,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchOutput> {
         warmup: t.warmup,
         ...(t.served === undefined ? {} : { faults_served: t.served }),
         ...(t.roundP50.length > 1 ? { round_p50_us: t.roundP50 } : {}),
-        ...(t.groups ? { per_page_us: t.groups.summary().p50_us / (t.step.def.faultAround ?? 1) } : {}),
+        ...(t.groups ? perPage(t.groups, t.step.def.faultAround ?? 1) : {}),
       });
       cdfs.set(name, cdf);
       // With fault-around, fewer faults than touches is the point; otherwise every touch must fault once.
@@ -340,6 +349,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchOutput> {
         cpu: opts.cpu,
         date: new Date().toISOString(),
         node: process.version,
+        ...provenance(),
       },
     };
     return { results, cdfs };

@@ -1,7 +1,7 @@
 // `uffd-hmm bench`: options, then the benchmark (or, with --driver or any workload option, your
-// own workload beside the same-work C baseline), then its outputs — the table (or exactly one
-// JSON object) on stdout, results.json (and the default benchmark's latency-cdf.svg) in the
-// output folder.
+// own workload beside the same-work C baseline; or --compare of two results files), then its
+// outputs — the table (or exactly one JSON object) on stdout, results.json and latency-cdf.svg in
+// the output folder.
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -32,6 +32,7 @@ export const BENCH_USAGE = `usage: uffd-hmm bench [--faults N] [--rounds N] [--q
                       [--pattern sequential|random|strided:K|hot:P|TRACE.json] [--pages N]
                       [--threads T] [--write-ratio R] [--fault-around K] [--device-capacity C]
                       [--batch B] [--quick] [--json] [--out DIR] [--cpu N]
+       uffd-hmm bench --compare A.json B.json [--json]
 
 Measures the latency of real page faults on device-resident pages for each servicer against raw
 C userfaultfd handlers doing the same work (a handler thread, c-baseline; an in-thread SIGBUS
@@ -59,7 +60,7 @@ is measured the same way: fault-around's floor on this host.
   --move              also UFFDIO_MOVE against UFFDIO_COPY (Linux 6.8+) on raw C handlers: single
                       faults, fault-around 16, bulk migration and the device's refill (the move key)
   --json              print exactly one JSON object on stdout and no progress
-  --out DIR           where results.json (and latency-cdf.svg) go; default bench-results/
+  --out DIR           where results.json and latency-cdf.svg go; default bench-results/
   --cpu N             the CPU the one-CPU runs use; default the last one
 
 your workload:
@@ -75,6 +76,11 @@ your workload:
   --device-capacity C device memory in pages (it holds pages 0..C-1 at the start); default N
   --batch B           touches between two of the driver's device turns; default 256 (without
                       a deviceTurn hook: the stream in 20 batches)
+
+comparing:
+  --compare A B       two results.json files (two hosts, kernels or commits) side by side: where
+                      each came from, the host facts, every run's p50, p99 and ratio to its own
+                      c-baseline, and the change from A to B; measures nothing
   -h, --help          this text
 `;
 
@@ -123,14 +129,18 @@ async function bench(argv: string[]): Promise<number> {
       'fault-around': { type: 'string' },
       'device-capacity': { type: 'string' },
       batch: { type: 'string' },
+      compare: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
-    0,
+    1,
   );
   if (flag(args, 'help')) {
     process.stdout.write(BENCH_USAGE);
     return 0;
   }
+  const compare = stringOption(args, 'compare');
+  if (compare === undefined && args.positionals.length > 0) throw new UsageError(`unexpected argument '${args.positionals[0]}'`);
+  if (compare !== undefined) return compareCommand(args, compare);
   const quick = flag(args, 'quick');
   const full = flag(args, 'full');
   if (quick && full) throw new UsageError('--quick and --full contradict each other: choose one');
@@ -199,9 +209,10 @@ async function workloadCommand(
   const driver = stringOption(args, 'driver');
   if (driver === '') throw new UsageError('--driver needs a module file');
   if (driver !== undefined && !existsSync(driver)) throw new UsageError(`--driver: no such file '${driver}'`);
-  const { runWorkload, MAX_WORKLOAD_PAGES } = await import('./workload.js');
+  const { runWorkloadWithCdfs, MAX_WORKLOAD_PAGES } = await import('./workload.js');
   const { formatWorkload } = await import('./workload-table.js');
-  const res = await runWorkload({
+  const { workloadSvg } = await import('./svg.js');
+  const { results: res, cdfs } = await runWorkloadWithCdfs({
     driver,
     servicer: servicer as 'worker' | 'native' | 'inline' | undefined,
     pattern: stringOption(args, 'pattern'),
@@ -215,10 +226,24 @@ async function workloadCommand(
     cpu: o.cpu,
   });
   const jsonFile = path.join(o.outDir, 'results.json');
+  const svgFile = path.join(o.outDir, 'latency-cdf.svg');
   writeFileSync(jsonFile, JSON.stringify(res, null, 2) + '\n');
+  writeFileSync(svgFile, workloadSvg(res, cdfs));
   if (o.json) process.stdout.write(JSON.stringify(res) + '\n');
-  else process.stdout.write(formatWorkload(res, [shown(jsonFile)]));
+  else process.stdout.write(formatWorkload(res, [shown(jsonFile), shown(svgFile)]));
   return 0;
+}
+
+function compareCommand(args: Parsed, fileA: string): Promise<number> | number {
+  const fileB = args.positionals[0];
+  if (fileA === '' || fileB === undefined) throw new UsageError('--compare needs two results files: --compare A.json B.json');
+  const other = Object.keys(args.values).filter((k) => args.values[k] !== undefined && k !== 'compare' && k !== 'json');
+  if (other.length > 0) throw new UsageError(`--compare reads two results files and measures nothing: --${other[0]} does not go with it`);
+  return import('./compare.js').then(({ compareResults, formatComparison }) => {
+    const c = compareResults(fileA, fileB);
+    process.stdout.write(flag(args, 'json') ? JSON.stringify(c) + '\n' : formatComparison(c));
+    return 0;
+  });
 }
 
 /** A path as the user would type it: relative when below the current folder. */

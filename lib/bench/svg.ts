@@ -1,13 +1,18 @@
 // The latency CDF of every run on one plot, log-x in µs, as a self-contained SVG string. Colour
 // names the run, dash pattern the variant, so the main runs read at a glance among the variants.
+import type { WorkloadResults } from './workload-types.js';
 import type { BenchResults, RunResult } from './types.js';
 
-const PALETTE: Record<string, string> = {
+/** One colour per run of the benchmark, none shared, so that every curve can be told from the legend. */
+export const PALETTE: Readonly<Record<string, string>> = {
   'c-baseline': '#222222',
   'c-baseline-hot': '#999999',
+  'c-fault-around-16': '#8c6d31',
   'c-sigbus': '#006400',
   native: '#1f77b4',
+  'native-traced': '#6baed6',
   worker: '#d62728',
+  'worker-traced': '#ff9896',
   'worker-js-toucher': '#ff7f0e',
   'fault-around-16': '#9467bd',
   inline: '#2ca02c',
@@ -15,16 +20,25 @@ const PALETTE: Record<string, string> = {
   plain: '#8c564b',
   'plain-write': '#e377c2',
 };
-const SPARE = ['#7f7f7f', '#bcbd22', '#aec7e8', '#98df8a'];
+const SPARE = ['#bcbd22', '#7f7f7f', '#aec7e8', '#98df8a', '#c5b0d5', '#f7b6d2'];
 
-function colour(base: string, seen: Map<string, string>): string {
-  let c = seen.get(base) ?? PALETTE[base];
-  if (!c) c = SPARE[seen.size % SPARE.length];
+/** The run's colour: its own, or one that no other run on this plot has (spares are in no run's palette entry). */
+export function colour(base: string, seen: Map<string, string>): string {
+  const known = seen.get(base);
+  if (known) return known;
+  const taken = new Set(seen.values());
+  let c: string | undefined = PALETTE[base];
+  if (c === undefined || taken.has(c)) c = SPARE.find((x) => !taken.has(x));
+  // Past the spares: hues a golden angle apart.
+  for (let i = seen.size; c === undefined || taken.has(c); i++) c = `hsl(${Math.round((i * 137.508) % 360)}, 65%, 45%)`;
   seen.set(base, c);
   return c;
 }
 
-function dash(r: RunResult): string {
+/** What a curve needs: its name, the run it is a variant of, the variant, and the figures in its legend. */
+type PlotRun = Pick<RunResult, 'name' | 'base' | 'p50_us' | 'p99_us' | 'max_us'> & Partial<Pick<RunResult, 'pattern' | 'threads' | 'placement'>>;
+
+function dash(r: PlotRun): string {
   if (r.name === r.base) return '';
   if (r.threads === 1 && r.placement === 'any') return '2 3';
   if (r.threads === 1) return '7 3';
@@ -40,10 +54,30 @@ function fmtUs(x: number): string {
 }
 
 export function cdfSvg(res: BenchResults, cdfs: Map<string, Array<[number, number]>>): string {
-  const runs = res.runs.filter((r) => (cdfs.get(r.name)?.length ?? 0) > 0);
+  return drawCdfs(
+    `uffd-hmm fault latency CDF — ${res.config.faults} faults per run and round`,
+    `kernel ${res.kernel}, ${res.cpus} CPUs, node ${res.config.node}, ${res.config.date}`,
+    res.runs,
+    cdfs,
+  );
+}
+
+/** A workload's plot: its run beside the c-baseline that served the same faults. */
+export function workloadSvg(res: WorkloadResults, cdfs: Map<string, Array<[number, number]>>): string {
+  const w = res.workload;
+  return drawCdfs(
+    `uffd-hmm workload latency CDF — ${w.driver ?? 'default policy'}, ${w.pattern}, ${w.touches} touches`,
+    `kernel ${res.kernel}, ${res.cpus} CPUs, node ${res.config.node}, ${res.config.date}; latencies of device touches`,
+    res.runs.map((r) => ({ ...r, base: r.name })),
+    cdfs,
+  );
+}
+
+function drawCdfs(title: string, subtitle: string, all: readonly PlotRun[], cdfs: Map<string, Array<[number, number]>>): string {
+  const runs = all.filter((r) => (cdfs.get(r.name)?.length ?? 0) > 0);
   // The axis spans the runs' bodies and tails up to p99.99; the few slower touches run off the
   // right edge (clipped) rather than squeezing every curve into a corner.
-  const at = (r: RunResult, f: number): number => cdfs.get(r.name)!.find(([, q]) => q >= f - 1e-9)?.[0] ?? r.max_us;
+  const at = (r: PlotRun, f: number): number => cdfs.get(r.name)!.find(([, q]) => q >= f - 1e-9)?.[0] ?? r.max_us;
   const lows = runs.map((r) => at(r, 0.01)).filter((v) => v > 0);
   const highs = runs.map((r) => at(r, 0.9999)).filter((v) => v > 0);
   const lo = Math.floor(Math.log10(lows.length ? Math.min(...lows) : 0.1));
@@ -62,8 +96,8 @@ export function cdfSvg(res: BenchResults, cdfs: Map<string, Array<[number, numbe
   p.push(`<rect width="100%" height="100%" fill="white"/>`);
   p.push(`<defs><clipPath id="plot"><rect x="${L}" y="${T - 2}" width="${W}" height="${H + 4}"/></clipPath></defs>`);
   p.push(
-    `<text x="${L}" y="22" font-size="15" font-weight="bold">${esc(`uffd-hmm fault latency CDF — ${res.config.faults} faults per run and round`)}</text>`,
-    `<text x="${L}" y="40" fill="#555">${esc(`kernel ${res.kernel}, ${res.cpus} CPUs, node ${res.config.node}, ${res.config.date}`)}</text>`,
+    `<text x="${L}" y="22" font-size="15" font-weight="bold">${esc(title)}</text>`,
+    `<text x="${L}" y="40" fill="#555">${esc(subtitle)}</text>`,
   );
   // Grid: decades solid, 2× and 5× faint; fractions every 10%.
   for (let e = lo; e <= hi; e++) {

@@ -1,5 +1,6 @@
 // The human-readable report: host facts, one row per run with its ratio to the c-baseline of the
 // same variant, then the ratios, migration throughput, memory, and what was not measured.
+import { describeHost } from './provenance.js';
 import { C_FAULT_AROUND_RUN, FAULT_AROUND_RUN } from './runs.js';
 import type { BenchResults, HostFacts, LatencySummary, MoveResult, RunResult } from './types.js';
 
@@ -36,7 +37,8 @@ export function hostLine(h: HostFacts): string {
   return (
     `host (CPU ${h.cpu}): null system call ${h.syscall_ns.toFixed(0)} ns, plain first touch ${num(h.plain_touch_us)} µs read / ` +
     `${num(h.plain_write_us)} µs write (no userfaultfd), UFFDIO_COPY ${num(h.copy_fresh_source_us)} µs from a page user space ` +
-    `just wrote / ${num(h.copy_us)} µs from it again`
+    `just wrote / ${num(h.copy_us)} µs from it again\n` +
+    `  a ${describeHost(h)}`
   );
 }
 
@@ -54,21 +56,22 @@ export function formatReport(res: BenchResults, files: string[]): string {
   out.push('');
   const rows = res.runs.map((r) => {
     const b = baselineFor(r, res.runs);
-    // Fault-around's per-page cost (most touches find the page there): the same definition as
-    // ratios.fault_around_per_page.
-    const perPage = r.per_page_us !== undefined;
+    // Fault-around runs are shown per page in every column (a group of 16 touches ÷ 16: the same
+    // definition as ratios.fault_around_per_page), so that a slow group reads as its cost per page.
+    const s: LatencySummary = r.per_page ?? r;
     return [
-      r.name,
+      r.per_page ? `${r.name} (per page)` : r.name,
       String(r.faults),
-      ...latencyCells(r),
+      ...latencyCells(s),
       num(r.faults_per_s, 0),
-      b ? ratio((perPage ? r.per_page_us! : r.p50_us) / b.p50_us) + (perPage ? ' (per page)' : '') : '-',
-      ratio(b ? r.p99_us / b.p99_us : null),
+      ratio(b ? s.p50_us / b.p50_us : null),
+      ratio(b ? s.p99_us / b.p99_us : null),
     ];
   });
   out.push(grid(['run', 'faults', 'p50 µs', 'p90 µs', 'p99 µs', 'p99.9 µs', 'max µs', 'mean µs', 'faults/s', 'p50/c', 'p99/c'], rows));
-  out.push(`p50/c, p99/c: ÷ c-baseline of the same pattern, threads and placement; ${FAULT_AROUND_RUN}'s and ${C_FAULT_AROUND_RUN}'s ` +
-      `p50/c is their per-page cost (the median time to touch 16 pages, one fault and 15 pages found back, ÷ 16) ÷ c-baseline p50.`);
+  out.push(`p50/c, p99/c: ÷ c-baseline of the same pattern, threads and placement. ${FAULT_AROUND_RUN} and ${C_FAULT_AROUND_RUN} ` +
+      `are per page in every latency column: each statistic of the time to touch a group of 16 pages (one fault, 15 pages ` +
+      `found back) ÷ 16; their faults column counts touches.`);
   out.push('');
   out.push('ratios to the same-work baseline (c-baseline: distinct source pages, as the servicers copy):');
   const ratioLines = (ratios: Record<string, number | null>): void => {

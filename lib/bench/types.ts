@@ -47,6 +47,12 @@ export interface RunResult extends LatencySummary {
    * N-1 touches finding theirs) ÷ N, µs: the per-page cost.
    */
   per_page_us?: number;
+  /**
+   * Fault-around runs: every statistic per page, from the same groups (a group's time ÷ N): what
+   * the table shows for these runs, so that a slow group reads as what it costs each page.
+   * per_page.p50_us is per_page_us.
+   */
+  per_page?: LatencySummary;
 }
 
 /**
@@ -102,6 +108,29 @@ export interface HostFacts {
   copy_us: number;
   /** The CPU the measurement ran on. */
   cpu: number;
+  /**
+   * What kind of host this is, from the facts above ({@link hostKindOf}): 'fast' when a null
+   * system call costs under 200 ns (user-space work per fault shows in every ratio), 'slow' when it
+   * costs more (each system call hides user-space work of about its own cost).
+   */
+  kind: HostKind;
+  /**
+   * copy_fresh_source_us − copy_us: what the host charges for the kernel's first read of a page user
+   * space wrote, µs (about 0 where the host does not shadow the guest's page tables).
+   */
+  first_read_charge_us: number;
+  /** Whether that charge is real here: over 1 µs and over half a warm copy. */
+  charges_first_read: boolean;
+}
+
+export type HostKind = 'fast' | 'slow';
+
+/** Where the results came from, so that two results files can be told apart. */
+export interface Provenance {
+  /** The uffd-hmm package version. */
+  version: string;
+  /** The git commit of the package's source tree, when it is a checkout (else null). */
+  commit: string | null;
 }
 
 export interface MigrationResult {
@@ -228,5 +257,5 @@ export interface BenchResults {
   move: MoveResult | null;
   /** Cost of region.trace(): the traced run's p50 ÷ the same servicer's untraced p50, same invocation. */
   trace_overhead: { worker_p50: number | null; native_p50: number | null };
-  config: { faults: number; rounds: number; quick: boolean; full: boolean; cpu: number; date: string; node: string };
+  config: { faults: number; rounds: number; quick: boolean; full: boolean; cpu: number; date: string; node: string } & Provenance;
 }

@@ -2,7 +2,7 @@
 // what a driver's bench-only deviceTurn hook sees and decides, and the results object it returns.
 import type { ServicerKind } from '../region.js';
 import type { TraceEntry } from './pattern.js';
-import type { HostFacts, LatencySummary, Placement } from './types.js';
+import type { HostFacts, LatencySummary, Placement, Provenance } from './types.js';
 
 /** What `deviceTurn` receives: the device's view between two batches of CPU touches. */
 export interface DeviceTurnContext {
@@ -199,5 +199,5 @@ export interface WorkloadResults {
     date: string;
     /** Node's version. */
     node: string;
-  };
+  } & Provenance;
 }

@@ -18,6 +18,7 @@ import { measureHost } from './host.js';
 import { accessStream } from './pattern.js';
 import { withPlacement } from './placement.js';
 import { LatencyRecorder } from './summary.js';
+import { provenance } from './provenance.js';
 import type { Placement } from './types.js';
 import type { DeviceTurn, DeviceTurnContext, HookTiming, WorkloadOptions, WorkloadResults, WorkloadRun } from './workload-types.js';
 
@@ -70,7 +71,7 @@ function readReport(file: string): HookStats {
   };
 }
 
-function summarize(name: string, lat: Float64Array, counted: Uint8Array, wallNs: number, served: number, refused: number): WorkloadRun {
+function summarize(name: string, lat: Float64Array, counted: Uint8Array, wallNs: number, served: number, refused: number, cdfs: Cdfs): WorkloadRun {
   const rec = new LatencyRecorder();
   let all = 0;
   let device = 0;
@@ -80,7 +81,8 @@ function summarize(name: string, lat: Float64Array, counted: Uint8Array, wallNs:
     if (counted[i]) picked[device++] = lat[i];
   }
   rec.record(picked.subarray(0, device), 0);
-  const { cdf: _cdf, ...stats } = rec.summary();
+  const { cdf, ...stats } = rec.summary();
+  cdfs.set(name, cdf);
   return {
     name,
     ...stats,
@@ -98,6 +100,15 @@ function summarize(name: string, lat: Float64Array, counted: Uint8Array, wallNs:
  * --driver … --json` prints. Bad options throw a RangeError (code ERR_INVALID_ARG_VALUE).
  */
 export async function runWorkload(opts: WorkloadOptions = {}): Promise<WorkloadResults> {
+  return (await runWorkloadWithCdfs(opts)).results;
+}
+
+/** Each run's latency CDF, [µs, fraction] points, for the plot. */
+type Cdfs = Map<string, Array<[number, number]>>;
+
+/** {@link runWorkload}, with each run's latency CDF for `uffd-hmm bench --driver`'s plot. */
+export async function runWorkloadWithCdfs(opts: WorkloadOptions = {}): Promise<{ results: WorkloadResults; cdfs: Cdfs }> {
+  const cdfs: Cdfs = new Map();
   const quick = opts.quick === true;
   const servicer = opts.servicer ?? 'worker';
   if (!['worker', 'native', 'inline'].includes(servicer)) throw benchUsage(`servicer must be worker, native or inline, got '${String(servicer)}'`);
@@ -310,7 +321,7 @@ export async function runWorkload(opts: WorkloadOptions = {}): Promise<WorkloadR
     }
   }
   const name = driverUrl ? path.basename(new URL(driverUrl).pathname) : `${servicer}`;
-  const run = summarize(name, lat, counted, wallNs, served, refused);
+  const run = summarize(name, lat, counted, wallNs, served, refused, cdfs);
 
   // The baseline serves the same device touches in the same order, each from its own source page:
   // a page the workload touched on the device again (after a device turn) gets a fresh page here.
@@ -331,7 +342,7 @@ export async function runWorkload(opts: WorkloadOptions = {}): Promise<WorkloadR
     const bLat = new Float64Array(bOrder.length);
     let bWall = 0;
     withPlacement(placement, cpu, () => (bWall = addon.benchBaseline(extra, bOrder, threads, bLat, false, Uint8Array.from(baseWrites))));
-    baseline = summarize('c-baseline', bLat, new Uint8Array(bLat.length).fill(1), bWall, bLat.length, 0);
+    baseline = summarize('c-baseline', bLat, new Uint8Array(bLat.length).fill(1), bWall, bLat.length, 0, cdfs);
   } else {
     throw benchCheckFailed('the workload touched no device-resident page: nothing faulted, so there is nothing to compare');
   }
@@ -366,7 +377,7 @@ export async function runWorkload(opts: WorkloadOptions = {}): Promise<WorkloadR
       `deviceTurn and some pageFree on the main thread); fault latencies include them.`,
   );
 
-  return {
+  const results: WorkloadResults = {
     kind: 'workload',
     kernel: probe().kernel,
     cpus,
@@ -400,6 +411,7 @@ export async function runWorkload(opts: WorkloadOptions = {}): Promise<WorkloadR
       device_turns_s: turnsMs / 1e3,
     },
     notes,
-    config: { quick, cpu, date: new Date().toISOString(), node: process.version },
+    config: { quick, cpu, date: new Date().toISOString(), node: process.version, ...provenance() },
   };
+  return { results, cdfs };
 }
