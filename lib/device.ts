@@ -3,7 +3,7 @@
 /// <reference types="node" preserve="true" />
 import { EventEmitter } from 'node:events';
 import path from 'node:path';
-import { inspect, type InspectOptionsStylized } from 'node:util';
+import { inspect } from 'node:util';
 import { pathToFileURL } from 'node:url';
 
 import { native, PAGE_SIZE } from './native.js';
@@ -32,7 +32,7 @@ import {
   wantsRelease,
 } from './devicepages.js';
 import type { Driver, PageFreeContext } from './driver.js';
-import { summary } from './inspect.js';
+import { summary, type InspectOptionsStylized } from './inspect.js';
 
 /** Options of `new` {@link Device}. */
 export interface DeviceOptions {

@@ -106,3 +106,4 @@ export {
 } from './mirror.js';
 export { FaultTrace, type TraceRecord, type TraceColumns, type TraceOutcome } from './trace.js';
 export { configureServicers } from './servicer/host.js';
+export type { InspectOptionsStylized } from './inspect.js';

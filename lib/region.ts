@@ -2,13 +2,14 @@
 // lives in lib/mm/ (or lib/fork.ts), in a file named for its kernel twin, and works on RegionCore.
 /// <reference types="node" preserve="true" />
 import { EventEmitter } from 'node:events';
-import { inspect, type InspectOptionsStylized } from 'node:util';
+import { inspect } from 'node:util';
 
 import { native, PAGE_SIZE } from './native.js';
 import { regionClosed } from './errors.js';
 import type { Device, DeviceHolder } from './device.js';
 import { fork, type ChildResult, type ChildStep } from './fork.js';
 import type { FaultTrace } from './trace.js';
+import type { InspectOptionsStylized } from './inspect.js';
 import { mapRequest, type MapOptions, type MapRequest, type RegionMapping, type ServicerKind } from './mm/backing.js';
 import { evictDevice, migrateToDevice, migrateToRam, type MigrateOptions } from './mm/migrate.js';
 import { entry, pagemap, regionStats, showRegion, smaps, snapshot, type Entry, type RegionStats } from './mm/proc.js';

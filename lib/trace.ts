@@ -1,7 +1,7 @@
 // The fault trace: every fault a servicer serves, recorded into a bounded ring in shared memory
 // (native/trace.h writes it, from any servicer, without locks or allocation). This side reads it.
 /// <reference types="node" preserve="true" />
-import { inspect, type InspectOptionsStylized } from 'node:util';
+import { inspect } from 'node:util';
 
 import { native } from './native.js';
 import {
@@ -31,7 +31,7 @@ import {
   UFFD_PAGEFAULT_FLAG_WRITE,
 } from './layout.js';
 import { deviceBySlot, type Device } from './device.js';
-import { summary } from './inspect.js';
+import { summary, type InspectOptionsStylized } from './inspect.js';
 
 /**
  * How a servicer resolved a fault:

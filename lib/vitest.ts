@@ -4,7 +4,8 @@
 /**
  * `uffd-hmm/vitest`: vitest's `test` (also as `it`) with fixtures that hand each test fresh
  * devices and regions and always close them, even when the test fails, and `expect` with three
- * matchers for entries and fault traces. Needs vitest 3 (an optional peer dependency).
+ * matchers for entries and fault traces. Works with vitest 3.2 and later 3.x, 4 and 5 (an optional
+ * peer dependency).
  *
  * The matchers, registered on vitest's `expect` when this module is imported:
  * - `expect(region).toHaveDeviceEntry(page, { write?, device?, pfn? })`: the page holds a device
@@ -224,8 +225,12 @@ expect.extend({
   },
 });
 
+// vitest's documented place for custom matchers (vitest 3.2 and later): `Matchers`, which its
+// `Assertion` extends. Augmenting `Assertion` itself breaks where vitest declares it with other
+// type parameters (vitest 5).
 declare module 'vitest' {
-  interface Assertion<T> {
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- the default vitest declares
+  interface Matchers<T = any> {
     /** The region's page holds a device entry (optionally of this kind, on this device, at this pfn). */
     toHaveDeviceEntry(page: number, want?: DeviceEntryExpectation): T;
     /** The region's page is a CPU page (optionally writable or write-protected). */
