@@ -7,6 +7,7 @@ import { workerData, receiveMessageOnPort, type MessagePort } from 'node:worker_
 
 import { native } from '../native.js';
 import { driverLoadFailed, faultHookFailed } from '../errors.js';
+import { DRIVER_LOAD_CONSEQUENCE } from '../driver.js';
 import { DEV_ASK_FAULT, EVENT_ASK, EVENT_STRIDE, VERDICT_NONE, deviceSlotOf } from '../layout.js';
 import { pfnOf, stateOf } from '../pagelock.js';
 import { CTRL_MAIL_SEQ, CTRL_NAP, CTRL_RUNNING, CTRL_STOP, type FromWorker, type ToWorker } from './protocol.js';
@@ -71,7 +72,7 @@ function loadDriver(dev: DeviceInfo): void {
           deviceSlot: dev.slot,
           deviceId: dev.id,
           code: 'ERR_DRIVER_LOAD',
-          message: driverLoadFailed(dev.driverUrl!, dev.name, err, 'its faults use the default policy'),
+          message: driverLoadFailed(dev.driverUrl!, dev.name, err, DRIVER_LOAD_CONSEQUENCE),
           cause: err,
         });
       },
