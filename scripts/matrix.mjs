@@ -55,8 +55,10 @@ const npmCli = (() => {
 
 /** Runs a command with a deadline; npm's variables from an enclosing `npm run` are left out. */
 function run(cmd, args, { cwd = root, env = {}, timeoutMs = 300_000, echo = false } = {}) {
-  const childEnv = { ...process.env, NO_COLOR: '1', FORCE_COLOR: '0', ...env };
-  for (const k of Object.keys(childEnv)) if (/^npm_/i.test(k) || childEnv[k] === undefined) delete childEnv[k];
+  const childEnv = { ...process.env };
+  for (const k of Object.keys(childEnv)) if (/^npm_/i.test(k)) delete childEnv[k];
+  Object.assign(childEnv, { NO_COLOR: '1', FORCE_COLOR: '0' }, env);
+  for (const k of Object.keys(childEnv)) if (childEnv[k] === undefined) delete childEnv[k];
   const started = Date.now();
   return new Promise((resolve) => {
     const child = spawn(cmd, args, { cwd, env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -212,12 +214,18 @@ async function packageCheck(cell, tarball) {
 }
 
 async function suiteOn(major) {
-  const { node, fetched } = ensureNode(NODE[major], npmCli);
+  const { node, dir, fetched } = ensureNode(NODE[major], npmCli);
   const report = path.join(mkdtempSync(path.join(os.tmpdir(), 'uffd-hmm-matrix-suite-')), 'vitest.json');
-  console.log(`\nthe whole suite on Node ${NODE[major]}${fetched ? ' (fetched)' : ''}: npm test`);
-  // npm itself runs on that Node too, and puts it first on PATH for the scripts it runs.
+  console.log(`\nthe whole suite on Node ${NODE[major]}${fetched ? ' (fetched)' : ''}: npm ci && npm test`);
+  // The README's commands on that Node: npm itself runs on it and puts it first on PATH for the
+  // scripts it runs; node-gyp compiles the addon against its headers (from the same package).
+  const env = { PATH: `${path.dirname(node)}:${process.env.PATH}`, npm_config_nodedir: dir };
+  const ci = await run(node, [npmCli, 'ci'], { env, timeoutMs: 15 * 60_000 });
+  const warned = /^npm warn/m.test(ci.out);
+  record(`suite-node${major}`, `npm ci on Node ${NODE[major]} (compiles the addon), no warning`, ok(ci) && !warned, ci.ms, ok(ci) && !warned ? '' : tail(ci.out, 30));
+  if (!ok(ci)) return;
   const r = await run(node, [npmCli, 'test', '--', '--reporter=default', '--reporter=json', `--outputFile.json=${report}`], {
-    env: { PATH: `${path.dirname(node)}:${process.env.PATH}`, npm_execpath: undefined },
+    env,
     timeoutMs: 45 * 60_000,
     echo: true,
   });
