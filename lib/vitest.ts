@@ -136,7 +136,11 @@ export interface UffdMatchers<R = void> {
 export type VitestAssertion<T> = ReturnType<typeof vitestExpect<T>>;
 
 /** vitest's assertion on `actual`, with the {@link UffdMatchers}, under `.not` too. */
-export type UffdAssertion<T> = VitestAssertion<T> & UffdMatchers & { not: VitestAssertion<T> & UffdMatchers };
+export type UffdAssertion<T> = VitestAssertion<T> &
+  UffdMatchers & {
+    /** The negated assertion, with vitest's matchers and the {@link UffdMatchers}. */
+    not: VitestAssertion<T> & UffdMatchers;
+  };
 
 /** vitest's `expect`, whose assertions also have the {@link UffdMatchers}. */
 export type UffdExpect = (<T>(actual: T, message?: string) => UffdAssertion<T>) & typeof vitestExpect;
