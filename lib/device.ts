@@ -3,12 +3,13 @@
 /// <reference types="node" preserve="true" />
 import { EventEmitter } from 'node:events';
 import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { inspect, type InspectOptionsStylized } from 'node:util';
+import { inspect } from 'node:util';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
 import { native, PAGE_SIZE } from './native.js';
-import { UffdHmmError, check, deviceClosed, driverLoadFailed, invalidType, outOfRange, pageFreeHookThrew, warnNow } from './errors.js';
+import { UffdHmmError, check, deviceClosed, driverLoadFailed, driverNotFound, invalidType, outOfRange, pageFreeHookThrew, warnNow } from './errors.js';
 import { integer, optionsObject } from './validate.js';
 import {
   DEV_FAIL_ALLOC,
@@ -33,8 +34,8 @@ import {
   putDevicePage,
   wantsRelease,
 } from './devicepages.js';
-import type { Driver, PageFreeContext } from './driver.js';
-import { summary } from './inspect.js';
+import { DRIVER_LOAD_CONSEQUENCE, type Driver, type PageFreeContext } from './driver.js';
+import { summary, type InspectOptionsStylized } from './inspect.js';
 
 /** Options of `new` {@link Device}. */
 export interface DeviceOptions {
@@ -135,10 +136,18 @@ export function deviceBySlot(slot: number): Device | undefined {
 
 function driverUrl(driver: unknown): string | undefined {
   if (driver === undefined) return undefined;
-  if (driver instanceof URL) return driver.href;
-  if (typeof driver !== 'string') throw invalidType('options.driver', 'a string or URL', driver);
-  if (/^[a-z][a-z0-9+.-]*:/i.test(driver) && !/^[a-z]:[\\/]/i.test(driver)) return driver;
-  return pathToFileURL(path.resolve(driver)).href;
+  let url: string;
+  if (driver instanceof URL) url = driver.href;
+  else if (typeof driver !== 'string') throw invalidType('options.driver', 'a string or URL', driver);
+  else if (/^[a-z][a-z0-9+.-]*:/i.test(driver) && !/^[a-z]:[\\/]/i.test(driver)) url = driver;
+  else url = pathToFileURL(path.resolve(driver)).href;
+  // A file that is not there fails now, naming where it was looked for, rather than at the first
+  // fault or free; anything else wrong with the module is found when it is imported.
+  if (url.startsWith('file:')) {
+    const file = fileURLToPath(url);
+    if (!existsSync(file)) throw new UffdHmmError('ERR_DRIVER_LOAD', driverNotFound(String(driver), file));
+  }
+  return url;
 }
 
 /**
@@ -195,6 +204,7 @@ export class Device extends EventEmitter {
   #driverModule: Driver | undefined;
   /** Pages freed whose pageFree has not run yet: it waits for the driver module. */
   readonly #pageFreesDue = new Set<PageFreeContext>();
+  #loadReported = false;
   #closed = false;
   #closing: Promise<void> | undefined;
   /** With a driver: drains the log of pages native code freed, so their pageFree runs here. */
@@ -430,6 +440,12 @@ export class Device extends EventEmitter {
 
   /** @internal Reports a driver error where the user will see it. */
   reportError(err: unknown): void {
+    // A driver that cannot be loaded is reported once per device, though both the worker (for
+    // faults) and this thread (for every pageFree) find out.
+    if ((err as { code?: unknown } | null)?.code === 'ERR_DRIVER_LOAD') {
+      if (this.#loadReported) return;
+      this.#loadReported = true;
+    }
     if (this.listenerCount('error') > 0) this.emit('error', err);
     // Unheard, it still must not be swallowed: a process warning prints it with its code, at once
     // (the report may arrive as the process exits: see WorkerServicer).
@@ -467,7 +483,7 @@ export class Device extends EventEmitter {
 
   #pageFreeNotRun(ctx: PageFreeContext, e: unknown): void {
     if (!this.#takeDue(ctx)) return;
-    this.reportError(new UffdHmmError('ERR_DRIVER_LOAD', driverLoadFailed(this.driverUrl!, this.name, e, 'its pageFree hook did not run'), { cause: e }));
+    this.reportError(new UffdHmmError('ERR_DRIVER_LOAD', driverLoadFailed(this.driverUrl!, this.name, e, DRIVER_LOAD_CONSEQUENCE), { cause: e }));
   }
 
   #takeDue(ctx: PageFreeContext): boolean {

@@ -83,3 +83,7 @@ export interface Driver {
    */
   pageFree?(ctx: PageFreeContext): void;
 }
+
+/** @internal What a driver that does not load means, whichever thread (worker, main) finds out first. */
+export const DRIVER_LOAD_CONSEQUENCE =
+  'none of its hooks run: its faults use the default policy (migrate back) and its freed pages get no pageFree';

@@ -209,6 +209,11 @@ export function warnNow(err: Error): void {
 }
 
 /** ERR_DRIVER_LOAD: the import of `url` failed with `thrown` (also err.cause); `consequence` says what runs without the driver. */
+/** ERR_DRIVER_LOAD from `new Device`: the driver module's file does not exist. */
+export function driverNotFound(given: string, file: string): string {
+  return `driver module not found: ${file} (options.driver was '${given}'); a relative path is resolved from the current directory (${process.cwd()}), so pass new URL('./driver.mjs', import.meta.url) to name a file beside your module`;
+}
+
 export function driverLoadFailed(url: string, device: string, thrown: unknown, consequence: string): string {
   return (
     `could not load driver ${url} of ${device}: ${describeThrown(thrown)} (err.cause is the whole error); ${consequence}; ` +

@@ -104,5 +104,7 @@ export {
   type MirrorWriteResult,
   type MirrorMigrateResult,
 } from './mirror.js';
-export { FaultTrace, type TraceRecord, type TraceColumns, type TraceOutcome } from './trace.js';
+export { FaultTrace, type TraceRecord, type TraceColumns, type TraceOutcome, type TracedRegion } from './trace.js';
+export { SERVICER_TRACK, type ChromeTrace, type ChromeTraceMetadata, type TraceEvent } from './trace-events.js';
 export { configureServicers } from './servicer/host.js';
+export type { InspectOptionsStylized } from './inspect.js';

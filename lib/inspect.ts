@@ -2,7 +2,20 @@
 // what a user reasons about (a name, sizes, counters), never the shared tables and private state
 // behind it.
 /// <reference types="node" preserve="true" />
-import { inspect, type InspectOptionsStylized } from 'node:util';
+import { inspect } from 'node:util';
+
+/**
+ * What `util.inspect` passes a `[util.inspect.custom](depth, options)` method: the options of the
+ * call, with `stylize`. Declared here rather than taken from `@types/node`, whose name for it
+ * (`InspectOptionsStylized`) is not in every release, so the types compile with `@types/node` 20
+ * through 26.
+ */
+export interface InspectOptionsStylized {
+  /** How many levels of nesting `util.inspect` was asked to show (`null`: all). */
+  depth?: number | null;
+  /** Colors `text` as Node colors values of `styleType` (`'special'`, `'number'`, …) when colors are on. */
+  stylize(text: string, styleType: string): string;
+}
 
 /**
  * `Name { a: 1, b: 'x' }` with Node's own formatting (colors, quoting). Nested inside another

@@ -63,7 +63,7 @@ export const TRACE_ENABLED = 0;
 export const TRACE_NEXT = 1;
 export const TRACE_OVERWRITTEN = 2;
 export const TRACE_CAPACITY = 3;
-export const TRACE_STRIDE = 8;
+export const TRACE_STRIDE = 10;
 // A record's fields, in float64 from its start; TRACE_SEQ (index + 1) is stored last, 0 while written.
 export const TRACE_SEQ = 0;
 export const TRACE_T0 = 1;
@@ -73,6 +73,8 @@ export const TRACE_TID = 4;
 export const TRACE_SLOT = 5;
 export const TRACE_OUTCOME = 6;
 export const TRACE_SERVICE_US = 7;
+export const TRACE_PFN = 8;
+export const TRACE_HOOK_US = 9;
 export const OUTCOME_MIGRATED = 1;
 export const OUTCOME_ZERO_PAGE = 2;
 export const OUTCOME_UNPROTECTED = 3;

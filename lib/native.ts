@@ -95,7 +95,7 @@ export interface Addon {
    * 3 failed (its thread was woken to fault afresh). held: the caller holds the page locked since
    * an ask; verdict 0 then only unlocks it.
    */
-  faultServe(handle: number, page: number, flags: number, tid: number, t0Us: number, verdict: number, state: number, pfn: number, held: boolean): number;
+  faultServe(handle: number, page: number, flags: number, tid: number, t0Us: number, verdict: number, state: number, pfn: number, held: boolean, hookUs?: number): number;
   /** Migrate back of locked pages [page, page + count) from device pages [pfn, …): 0 or -errno; publishes nothing. */
   regionFillFromDevice(handle: number, page: number, count: number, slot: number, pfn: number, writeProtect: boolean): number;
   regionWake(handle: number, first: number, count: number): number;

@@ -2,13 +2,14 @@
 // lives in lib/mm/ (or lib/fork.ts), in a file named for its kernel twin, and works on RegionCore.
 /// <reference types="node" preserve="true" />
 import { EventEmitter } from 'node:events';
-import { inspect, type InspectOptionsStylized } from 'node:util';
+import { inspect } from 'node:util';
 
 import { native, PAGE_SIZE } from './native.js';
 import { regionClosed } from './errors.js';
 import type { Device, DeviceHolder } from './device.js';
 import { fork, type ChildResult, type ChildStep } from './fork.js';
-import type { FaultTrace } from './trace.js';
+import { FaultTrace } from './trace.js';
+import type { InspectOptionsStylized } from './inspect.js';
 import { mapRequest, type MapOptions, type MapRequest, type RegionMapping, type ServicerKind } from './mm/backing.js';
 import { evictDevice, migrateToDevice, migrateToRam, type MigrateOptions } from './mm/migrate.js';
 import { entry, pagemap, regionStats, showRegion, smaps, snapshot, type Entry, type RegionStats } from './mm/proc.js';
@@ -192,7 +193,13 @@ export class Region extends EventEmitter implements DeviceHolder {
    * ```
    */
   migrate(first: number, count: number, device: Device, options?: MigrateOptions): number {
-    return migrateToDevice(this.#open(), first, count, device, options);
+    const core = this.#open();
+    const trace = core.trace;
+    if (trace === undefined) return migrateToDevice(core, first, count, device, options);
+    const t0 = FaultTrace.now();
+    const moved = migrateToDevice(core, first, count, device, options);
+    trace.mark('migrate', t0, FaultTrace.now(), { first, count, moved, device: device.name });
+    return moved;
   }
   /**
    * Migrates the range's device-resident pages back to system memory without a fault (the
@@ -217,7 +224,13 @@ export class Region extends EventEmitter implements DeviceHolder {
    * ```
    */
   migrateToRam(first: number, count: number): number {
-    return migrateToRam(this.#open(), first, count);
+    const core = this.#open();
+    const trace = core.trace;
+    if (trace === undefined) return migrateToRam(core, first, count);
+    const t0 = FaultTrace.now();
+    const back = migrateToRam(core, first, count);
+    trace.mark('migrateToRam', t0, FaultTrace.now(), { first, count, back });
+    return back;
   }
   /**
    * The page's entry, read from the table the servicers share: where its data is now. Reading it

@@ -1,7 +1,7 @@
 // The fault trace: every fault a servicer serves, recorded into a bounded ring in shared memory
 // (native/trace.h writes it, from any servicer, without locks or allocation). This side reads it.
 /// <reference types="node" preserve="true" />
-import { inspect, type InspectOptionsStylized } from 'node:util';
+import { inspect } from 'node:util';
 
 import { native } from './native.js';
 import {
@@ -22,6 +22,8 @@ import {
   TRACE_PAGE,
   TRACE_SEQ,
   TRACE_SERVICE_US,
+  TRACE_PFN,
+  TRACE_HOOK_US,
   TRACE_SLOT,
   TRACE_STRIDE,
   TRACE_T0,
@@ -31,7 +33,8 @@ import {
   UFFD_PAGEFAULT_FLAG_WRITE,
 } from './layout.js';
 import { deviceBySlot, type Device } from './device.js';
-import { summary } from './inspect.js';
+import { summary, type InspectOptionsStylized } from './inspect.js';
+import { toChromeTrace, type ChromeTrace, type TraceSpan } from './trace-events.js';
 
 /**
  * How a servicer resolved a fault:
@@ -74,6 +77,10 @@ export interface TraceRecord {
   outcome: TraceOutcome;
   /** From the fault being read to the thread being woken, µs. */
   serviceUs: number;
+  /** The device page the entry named, for 'migrated' and 'sigbus' (null for other faults). */
+  pfn: number | null;
+  /** µs inside the driver's `fault` hook (worker servicer, a driver with a hook); 0 when none ran. */
+  hookUs: number;
 }
 
 /**
@@ -97,6 +104,20 @@ export interface TraceColumns {
   outcome: Float64Array;
   /** {@link TraceRecord.serviceUs}, µs. */
   serviceUs: Float64Array;
+  /** The device page the entry named (0 where {@link TraceColumns.deviceSlot} is 0). */
+  pfn: Float64Array;
+  /** {@link TraceRecord.hookUs}, µs. */
+  hookUs: Float64Array;
+}
+
+/** What a trace knows of its region, read when it is exported (a remap moves the region). */
+export interface TracedRegion {
+  /** The mapping's start address now. */
+  readonly address: bigint;
+  /** The region's page size. */
+  readonly pageSize: number;
+  /** Who serves its faults: `'worker'`, `'native'` or `'inline'`. */
+  readonly servicer: string;
 }
 
 const OUTCOMES: Record<number, TraceOutcome> = {
@@ -140,12 +161,16 @@ export class FaultTrace {
   readonly #header: Int32Array;
   readonly #records: Float64Array;
   readonly #region: number;
+  readonly #where: TracedRegion | undefined;
+  readonly #spans: TraceSpan[] = [];
+  #spansDropped = 0;
   #stopped = false;
 
   /** @internal Use region.trace(). */
-  constructor(regionHandle: number, capacity: number) {
+  constructor(regionHandle: number, capacity: number, where?: TracedRegion) {
     this.capacity = capacity;
     this.#region = regionHandle;
+    this.#where = where;
     const sab = new SharedArrayBuffer(TRACE_HEADER * 4 + capacity * TRACE_STRIDE * 8);
     this.#header = new Int32Array(sab);
     this.#records = new Float64Array(sab, TRACE_HEADER * 4);
@@ -200,6 +225,8 @@ export class FaultTrace {
         device: deviceAt(c.deviceSlot[i], c.time[i]),
         outcome: OUTCOMES[c.outcome[i]] ?? 'woken',
         serviceUs: c.serviceUs[i],
+        pfn: c.deviceSlot[i] > 0 ? c.pfn[i] : null,
+        hookUs: c.hookUs[i],
       });
     }
     return out;
@@ -218,6 +245,8 @@ export class FaultTrace {
       deviceSlot: new Float64Array(n),
       outcome: new Float64Array(n),
       serviceUs: new Float64Array(n),
+      pfn: new Float64Array(n),
+      hookUs: new Float64Array(n),
     };
     let k = 0;
     for (let i = next - n; i < next; i++) {
@@ -232,6 +261,8 @@ export class FaultTrace {
       cols.deviceSlot[k] = this.#records[at + TRACE_SLOT];
       cols.outcome[k] = this.#records[at + TRACE_OUTCOME];
       cols.serviceUs[k] = this.#records[at + TRACE_SERVICE_US];
+      cols.pfn[k] = this.#records[at + TRACE_PFN];
+      cols.hookUs[k] = this.#records[at + TRACE_HOOK_US];
       // A writer may have lapped us while we copied: keep the record only if it is still the same.
       if (this.#records[at + TRACE_SEQ] === seq) k++;
     }
@@ -239,8 +270,60 @@ export class FaultTrace {
     return cols;
   }
 
+  /**
+   * The trace in the Chrome Trace Event Format (its JSON Object Format, `{ traceEvents }`), which
+   * Perfetto UI (ui.perfetto.dev, "Open trace file") and chrome://tracing open:
+   * `writeFileSync('faults.json', JSON.stringify(trace.toTraceEvents()))`.
+   *
+   * One process, with a named track (`thread_name` metadata) for each thread that faulted (its
+   * Linux thread id; the main thread is named so) and one for the servicer. Each fault is one
+   * complete event (`ph: 'X'`, name `'fault'`) on its thread's track, from the fault being read to
+   * the thread being woken (`ts` and `dur` in µs of CLOCK_MONOTONIC), and the same span on the
+   * servicer's track (name `'serve'`). A fault's `args` are `page`, `address` (hex), `kind`,
+   * `write`, `outcome`, `device` (its name or null), `pfn`, `hookUs` (time in the driver's `fault`
+   * hook), `kernel` and `seq`. Migrations made while the trace runs ({@link Region#migrate},
+   * {@link Region#migrateToRam}) and spans added with {@link FaultTrace#mark} are events on the
+   * main thread's track.
+   */
+  toTraceEvents(): ChromeTrace {
+    return toChromeTrace(this.records(), this.#spans, {
+      pid: process.pid,
+      address: this.#where?.address ?? 0n,
+      pageSize: this.#where?.pageSize ?? 4096,
+      servicer: this.#where?.servicer ?? 'worker',
+      overflow: this.overflow,
+      spansDropped: this.#spansDropped,
+    });
+  }
+
+  /**
+   * Adds a span of your own to the trace, as a complete event on the main thread's track of
+   * {@link FaultTrace#toTraceEvents} (the bench's device turns are such spans). Kept up to
+   * `capacity` spans; later ones are counted and dropped. Does nothing once stopped.
+   *
+   * @param name - the event's name, e.g. `'device turn'`.
+   * @param startUs - when it began, in µs of CLOCK_MONOTONIC ({@link FaultTrace.now}).
+   * @param endUs - when it ended (default: now).
+   * @param args - shown with the event: plain JSON values.
+   */
+  mark(name: string, startUs: number, endUs: number = FaultTrace.now(), args?: Record<string, unknown>): void {
+    if (this.#stopped) return;
+    if (this.#spans.length >= this.capacity) {
+      this.#spansDropped++;
+      return;
+    }
+    this.#spans.push({ name, startUs, durUs: Math.max(0, endUs - startUs), args });
+  }
+
+  /** Now, in µs of CLOCK_MONOTONIC: the clock of {@link TraceRecord.time} and {@link FaultTrace#mark}. */
+  static now(): number {
+    return Number(process.hrtime.bigint()) / 1000;
+  }
+
   /** Forgets what was recorded (the ring starts empty; counters restart at 0). */
   clear(): void {
+    this.#spans.length = 0;
+    this.#spansDropped = 0;
     Atomics.store(this.#header, TRACE_ENABLED, 0);
     this.#records.fill(0);
     Atomics.store(this.#header, TRACE_OVERWRITTEN, 0);

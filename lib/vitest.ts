@@ -4,7 +4,8 @@
 /**
  * `uffd-hmm/vitest`: vitest's `test` (also as `it`) with fixtures that hand each test fresh
  * devices and regions and always close them, even when the test fails, and `expect` with three
- * matchers for entries and fault traces. Needs vitest 3 (an optional peer dependency).
+ * matchers for entries and fault traces. Works with vitest 3.2 and later 3.x, 4 and 5 (an optional
+ * peer dependency).
  *
  * The matchers, registered on vitest's `expect` when this module is imported:
  * - `expect(region).toHaveDeviceEntry(page, { write?, device?, pfn? })`: the page holds a device
@@ -34,7 +35,7 @@
  *
  * @module uffd-hmm/vitest
  */
-import { expect, test as base } from 'vitest';
+import { expect as vitestExpect, test as base } from 'vitest';
 
 import { Device, type DeviceOptions } from './device.js';
 import { Region, type MapOptions } from './region.js';
@@ -113,7 +114,44 @@ export const test = base.extend<UffdFixtures>({
   },
 });
 
-export { expect };
+/**
+ * The three uffd-hmm matchers, as `expect(x)` and `expect(x).not` from `uffd-hmm/vitest` have them.
+ * `R` is what a matcher returns. To have them on vitest's own `expect` too, extend the interface
+ * vitest documents for custom matchers with it, in a `.d.ts` of your project:
+ * `declare module 'vitest' { interface Matchers<R, T> extends UffdMatchers<R> {} }` on vitest 5,
+ * `declare module 'vitest' { interface Matchers<T = any> extends UffdMatchers<T> {} }` on vitest
+ * 3.2 and 4 (vitest 5 declares `Matchers` with other type parameters, so no one declaration in
+ * this package can merge with both).
+ */
+export interface UffdMatchers<R = void> {
+  /** The region's page holds a device entry (optionally of this kind, on this device, at this pfn). */
+  toHaveDeviceEntry(page: number, want?: DeviceEntryExpectation): R;
+  /** The region's page is a CPU page (optionally writable or write-protected). */
+  toBePresent(page: number, want?: PresentExpectation): R;
+  /** The trace holds a fault on this page (optionally of this kind/access/outcome, exactly `times`). */
+  toHaveFaulted(page: number, want?: FaultExpectation): R;
+}
+
+/** What vitest's `expect(actual)` returns, for whichever vitest is installed. */
+export type VitestAssertion<T> = ReturnType<typeof vitestExpect<T>>;
+
+/** vitest's assertion on `actual`, with the {@link UffdMatchers}, under `.not` too. */
+export type UffdAssertion<T> = VitestAssertion<T> &
+  UffdMatchers & {
+    /** The negated assertion, with vitest's matchers and the {@link UffdMatchers}. */
+    not: VitestAssertion<T> & UffdMatchers;
+  };
+
+/** vitest's `expect`, whose assertions also have the {@link UffdMatchers}. */
+export type UffdExpect = (<T>(actual: T, message?: string) => UffdAssertion<T>) & typeof vitestExpect;
+
+/**
+ * vitest's `expect`, with the matchers registered and typed ({@link UffdMatchers}): it is vitest's
+ * own object, so everything else (`expect.soft`, `expect.poll`, `expect.extend`, asymmetric
+ * matchers) is as in vitest.
+ */
+export const expect: UffdExpect = vitestExpect as UffdExpect;
+
 /** The same as {@link test}, under vitest's other name. */
 export const it = test;
 
@@ -167,7 +205,7 @@ function describeEntry(region: Region, page: number): string {
   return e.kind === 'none' ? 'no page (never touched or discarded)' : 'a poisoned page';
 }
 
-expect.extend({
+vitestExpect.extend({
   /** expect(region).toHaveDeviceEntry(page, { write, device, pfn }) */
   toHaveDeviceEntry(received: unknown, page: number, want: DeviceEntryExpectation = {}): MatcherResult {
     if (!isRegion(received)) return { pass: false, message: () => 'expected a Region' };
@@ -223,14 +261,3 @@ expect.extend({
     };
   },
 });
-
-declare module 'vitest' {
-  interface Assertion<T> {
-    /** The region's page holds a device entry (optionally of this kind, on this device, at this pfn). */
-    toHaveDeviceEntry(page: number, want?: DeviceEntryExpectation): T;
-    /** The region's page is a CPU page (optionally writable or write-protected). */
-    toBePresent(page: number, want?: PresentExpectation): T;
-    /** The trace holds a fault on this page (optionally of this kind/access/outcome, exactly `times`). */
-    toHaveFaulted(page: number, want?: FaultExpectation): T;
-  }
-}

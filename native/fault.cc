@@ -388,7 +388,7 @@ Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, u
     countFault(r, dev.get(), kind, s, next, flags, k, +1);
     if (r.trace) {
       traceRecord(r, page, flags, tid, kind == kKindDevice ? (s >> kDeviceShift) & kMaxDeviceSlot : 0, outcomeOf(kind, s, next, flags),
-                  t0Ns ? t0Ns : monoNs());
+                  t0Ns ? t0Ns : monoNs(), pfn, ask ? ask->hookUs : 0.0);
     }
     if (wakes) wake(fd, r.addr(first), uint64_t(k) * r.pageSize);
     return Served::Done;

@@ -25,6 +25,7 @@ struct Carried {
   int32_t verdict = layout::kVerdictNone;
   int32_t state = 0;
   uint32_t pfn = 0;
+  double hookUs = 0;  // time the driver's fault hook took to give the verdict, for the trace
 };
 
 // Serves one userfaultfd page fault on `page` of `r` from the shared table: device entry ->

@@ -20,7 +20,7 @@ constexpr int kDeferred = 1;
 constexpr int kAsk = 2;
 constexpr int kFailed = 3;
 
-// faultServe(region, page, flags, tid, t0Us, verdict, state, pfn, held) -> 0 served, 1 deferred
+// faultServe(region, page, flags, tid, t0Us, verdict, state, pfn, held[, hookUs]) -> 0 served, 1 deferred
 // (keep the verdict and try again), 2 ask the driver about the entry the page holds now (the page
 // is locked for the caller: serve it with held), 3 failed (the thread was woken to fault afresh).
 // verdict/state/pfn: the driver's decision and the entry it was for. held: the caller holds the
@@ -40,6 +40,8 @@ Napi::Value FaultServe(const Napi::CallbackInfo& info) {
   carried.state = static_cast<int32_t>(argU32(info, 6, "state"));
   carried.pfn = argU32(info, 7, "pfn");
   const bool held = argBool(info, 8, "held");
+  // Optional: how long the driver's fault hook took (µs), recorded in the fault's trace record.
+  if (info.Length() > 9 && info[9].IsNumber()) carried.hookUs = info[9].As<Napi::Number>().DoubleValue();
   if (held && !(__atomic_load_n(r->state(page), __ATOMIC_ACQUIRE) & layout::kLocked))
     throw rangeError(env, "held: the page is not locked");
   switch (serveFault(*r, page, flags, tid, t0Us > 0 ? static_cast<uint64_t>(t0Us * 1000.0) : 0, &carried, held)) {

@@ -58,13 +58,14 @@ constexpr int kDeviceShift = 16;     // device slot in bits 16..30
 constexpr int32_t kMaxDeviceSlot = 0x7fff;
 
 // Trace buffer: kTraceHeader int32 words, then capacity records of kTraceStride doubles:
-// [seq (0 while written), t0 µs (CLOCK_MONOTONIC), page, flags, tid, device slot, outcome, service µs].
+// [seq (0 while written), t0 µs (CLOCK_MONOTONIC), page, flags, tid, device slot, outcome, service µs,
+// device pfn, µs inside the driver's fault hook].
 constexpr int kTraceHeader = 4;
 constexpr int kTraceEnabled = 0;
 constexpr int kTraceNext = 1;         // records ever reserved
 constexpr int kTraceOverwritten = 2;  // records lost to the ring wrapping
 constexpr int kTraceCapacity = 3;
-constexpr int kTraceStride = 8;
+constexpr int kTraceStride = 10;
 // A record's fields, in doubles from its start.
 constexpr int kTraceSeq = 0;  // the record's index + 1, stored last with release; 0 while written
 constexpr int kTraceT0 = 1;
@@ -74,6 +75,8 @@ constexpr int kTraceTid = 4;
 constexpr int kTraceSlot = 5;
 constexpr int kTraceOutcome = 6;
 constexpr int kTraceServiceUs = 7;
+constexpr int kTracePfn = 8;     // the device page the entry named (device faults only)
+constexpr int kTraceHookUs = 9;  // time in the driver's fault hook (worker servicer; 0 when none ran)
 constexpr int32_t kOutcomeMigrated = 1;
 constexpr int32_t kOutcomeZeroPage = 2;
 constexpr int32_t kOutcomeUnprotected = 3;

@@ -16,7 +16,7 @@ namespace {
   X(kKindPresent) X(kKindDevice) X(kKindPoison) X(kWrite) X(kLocked) X(kUnmapped) X(kZapping) X(kHuge)              \
   X(kZapPending) X(kPmdSize) X(kDeviceShift) X(kMaxDeviceSlot) X(kTraceHeader) X(kTraceEnabled) X(kTraceNext)       \
   X(kTraceOverwritten) X(kTraceCapacity) X(kTraceStride) X(kTraceSeq) X(kTraceT0) X(kTracePage) X(kTraceFlags)      \
-  X(kTraceTid) X(kTraceSlot) X(kTraceOutcome) X(kTraceServiceUs) X(kOutcomeMigrated) X(kOutcomeZeroPage)            \
+  X(kTraceTid) X(kTraceSlot) X(kTraceOutcome) X(kTraceServiceUs) X(kTracePfn) X(kTraceHookUs) X(kOutcomeMigrated) X(kOutcomeZeroPage)            \
   X(kOutcomeUnprotected) X(kOutcomeSigbus) X(kOutcomePageCache) X(kOutcomeWoken) X(kDeviceHeader) X(kDevLock)       \
   X(kDevFreeTop) X(kDevUsed) X(kDevFaults) X(kDevMigratedToDevice) X(kDevMigratedToRam) X(kDevFreed)                \
   X(kDevFailAlloc) X(kDevReleased) X(kDevReleasing) X(kReleaseWarm) X(kReleaseBatch) X(kDevLogFrees) X(kDevFreedLogged) X(kDevAskFault) X(kDevFreeing) X(kVerdictNone) X(kVerdictMigrate) X(kVerdictSigbus) X(kEventStride) X(kEventAsk) X(kForkStepStride) X(kForkOpRead) X(kForkOpWrite) X(kForkOpChecksum) X(kForkOpSleep)

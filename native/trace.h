@@ -21,8 +21,9 @@ inline uint64_t monoNs() {
 }
 
 // Appends one record if r has a trace attached. t0Ns is when the fault was read (or raised).
+// pfn: the device page a device entry named; hookUs: time in the driver's fault hook (0: none).
 inline void traceRecord(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, int32_t slot, int32_t outcome,
-                        uint64_t t0Ns) {
+                        uint64_t t0Ns, uint32_t pfn, double hookUs) {
   int32_t* hdr = __atomic_load_n(&r.trace, __ATOMIC_ACQUIRE);
   if (!hdr || __atomic_load_n(&hdr[layout::kTraceEnabled], __ATOMIC_RELAXED) == 0) return;
   const uint32_t capacity = static_cast<uint32_t>(hdr[layout::kTraceCapacity]);
@@ -40,6 +41,8 @@ inline void traceRecord(RegionState& r, uint32_t page, uint32_t flags, uint32_t 
   rec[layout::kTraceSlot] = slot;
   rec[layout::kTraceOutcome] = outcome;
   rec[layout::kTraceServiceUs] = double(now - (t0Ns ? t0Ns : now)) / 1000.0;
+  rec[layout::kTracePfn] = pfn;
+  rec[layout::kTraceHookUs] = hookUs;
   double seq = double(idx) + 1;
   uint64_t bits;
   std::memcpy(&bits, &seq, sizeof bits);

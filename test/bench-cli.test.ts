@@ -25,7 +25,7 @@ describe('uffd-hmm bench --help', () => {
   it('names every workload option and no development file', () => {
     const r = run(['bench', '--help']);
     expect(r.status).toBe(0);
-    for (const o of ['--driver', '--servicer', '--pattern', '--pages', '--threads', '--write-ratio', '--fault-around', '--device-capacity', '--batch']) {
+    for (const o of ['--driver', '--servicer', '--pattern', '--pages', '--threads', '--write-ratio', '--fault-around', '--device-capacity', '--batch', '--trace']) {
       expect(r.stdout).toContain(o);
     }
     expect(r.stdout).toMatch(/strided:K/);

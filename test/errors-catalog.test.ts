@@ -362,10 +362,15 @@ const inProcess: Record<string, () => Promise<Seen>> = {
     return e;
   },
   'driver-load': async () => {
-    const device = track(new Device({ name: 'lost', capacity: 2, driver: '/nonexistent/uffd-hmm-driver.mjs' }));
+    const device = track(new Device({ name: 'lost', capacity: 2, driver: new URL('./fixtures/broken-at-load-driver.mjs', import.meta.url) }));
     const region = track(Region.map({ pages: 2 }));
     const e = await nextError(device, () => region.migrate(0, 1, device)); // the worker servicer imports it
-    expect(e.message).toContain('file:///nonexistent/uffd-hmm-driver.mjs of lost');
+    expect(e.message).toContain('broken-at-load-driver.mjs of lost');
+    return e;
+  },
+  'driver-missing': async () => {
+    const e = await caught(() => new Device({ name: 'nowhere', driver: '/nonexistent/uffd-hmm-driver.mjs' }));
+    expect(e.message).toContain('/nonexistent/uffd-hmm-driver.mjs');
     return e;
   },
 

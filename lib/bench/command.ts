@@ -25,13 +25,13 @@ const QUICK_WORKLOAD_PAGES = 5_000;
 const HELP_HINT = "Run 'uffd-hmm bench --help' for usage.";
 
 /** The workload options: any of them selects the workload mode. */
-const WORKLOAD_OPTIONS = ['driver', 'servicer', 'pattern', 'pages', 'threads', 'write-ratio', 'fault-around', 'device-capacity', 'batch'] as const;
+const WORKLOAD_OPTIONS = ['driver', 'servicer', 'pattern', 'pages', 'threads', 'write-ratio', 'fault-around', 'device-capacity', 'batch', 'trace'] as const;
 
 export const BENCH_USAGE = `usage: uffd-hmm bench [--faults N] [--rounds N] [--quick | --full] [--move] [--json] [--out DIR] [--cpu N]
        uffd-hmm bench --driver FILE [--servicer worker|native|inline]
                       [--pattern sequential|random|strided:K|hot:P|TRACE.json] [--pages N]
                       [--threads T] [--write-ratio R] [--fault-around K] [--device-capacity C]
-                      [--batch B] [--quick] [--json] [--out DIR] [--cpu N]
+                      [--batch B] [--trace FILE] [--quick] [--json] [--out DIR] [--cpu N]
        uffd-hmm bench --compare A.json B.json [--json]
 
 Measures the latency of real page faults on device-resident pages for each servicer against raw
@@ -76,6 +76,10 @@ your workload:
   --device-capacity C device memory in pages (it holds pages 0..C-1 at the start); default N
   --batch B           touches between two of the driver's device turns; default 256 (without
                       a deviceTurn hook: the stream in 20 batches)
+  --trace FILE        also write the run's fault trace to FILE (the Chrome Trace Event Format:
+                      open it in Perfetto UI or chrome://tracing): its last 65536 faults, each on
+                      its thread's track, the migrations and the device turns. Tracing adds a
+                      wake-up per fault: compare traced runs only with traced runs
 
 comparing:
   --compare A B       two results.json files (two hosts, kernels or commits) side by side: where
@@ -130,6 +134,7 @@ async function bench(argv: string[]): Promise<number> {
       'device-capacity': { type: 'string' },
       batch: { type: 'string' },
       compare: { type: 'string' },
+      trace: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     1,
@@ -209,6 +214,8 @@ async function workloadCommand(
   const driver = stringOption(args, 'driver');
   if (driver === '') throw new UsageError('--driver needs a module file');
   if (driver !== undefined && !existsSync(driver)) throw new UsageError(`--driver: no such file '${driver}'`);
+  const trace = stringOption(args, 'trace');
+  if (trace === '') throw new UsageError('--trace needs a file name');
   const { runWorkloadWithCdfs, MAX_WORKLOAD_PAGES } = await import('./workload.js');
   const { formatWorkload } = await import('./workload-table.js');
   const { workloadSvg } = await import('./svg.js');
@@ -224,6 +231,7 @@ async function workloadCommand(
     batch: intOption('--batch', stringOption(args, 'batch'), 1, MAX_WORKLOAD_PAGES),
     quick: o.quick,
     cpu: o.cpu,
+    trace: trace === undefined ? undefined : path.resolve(trace),
   });
   const jsonFile = path.join(o.outDir, 'results.json');
   const svgFile = path.join(o.outDir, 'latency-cdf.svg');

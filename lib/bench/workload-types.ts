@@ -37,6 +37,8 @@ export interface DeviceTurnDecision {
   toDevice?: Iterable<number>;
 }
 
+import type { FaultTrace } from '../trace.js';
+
 /** The bench-only export of a driver module: the device's side of the workload, on the main thread. */
 export type DeviceTurn = (ctx: DeviceTurnContext) => DeviceTurnDecision | void;
 
@@ -67,7 +69,17 @@ export interface WorkloadOptions {
   quick?: boolean;
   /** The CPU a one-thread workload and its servicer run on; default the last one. */
   cpu?: number;
+  /**
+   * A file to write the run's fault trace to, in the Chrome Trace Event Format
+   * ({@link FaultTrace#toTraceEvents}): the last 65,536 faults (and spans), the
+   * migrations and every device turn. Tracing adds a wake-up per fault, so the latencies of a
+   * traced run are not comparable with an untraced one.
+   */
+  trace?: string;
 }
+
+/** The most faults (and spans) `bench --trace` keeps: the last ones of the run. */
+export const WORKLOAD_TRACE_CAPACITY = 65_536;
 
 /** A run's latency over its device touches (the first touch of a device-resident page in each batch). */
 export interface WorkloadRun extends LatencySummary {

@@ -1,7 +1,7 @@
 // Your own device, measured: a driver module, an access pattern (or a replayed trace) and a
 // workload, run on real faults beside the same-work C baseline in the same invocation, with the
 // time spent inside the driver's hooks and what they decided.
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -11,6 +11,7 @@ import { Device } from '../device.js';
 import { benchCheckFailed } from '../errors.js';
 import { probe } from '../probe.js';
 import { Region } from '../region.js';
+import { FaultTrace } from '../trace.js';
 import { addon } from './addon.js';
 import { benchUsage } from './errors.js';
 import type { HookStats } from './hooks.js';
@@ -20,7 +21,7 @@ import { withPlacement } from './placement.js';
 import { LatencyRecorder } from './summary.js';
 import { provenance } from './provenance.js';
 import type { Placement } from './types.js';
-import type { DeviceTurn, DeviceTurnContext, HookTiming, WorkloadOptions, WorkloadResults, WorkloadRun } from './workload-types.js';
+import { WORKLOAD_TRACE_CAPACITY, type DeviceTurn, type DeviceTurnContext, type HookTiming, type WorkloadOptions, type WorkloadResults, type WorkloadRun } from './workload-types.js';
 
 export type { DeviceTurn, DeviceTurnContext, DeviceTurnDecision, HookTiming, WorkloadOptions, WorkloadResults, WorkloadRun } from './workload-types.js';
 
@@ -185,6 +186,7 @@ export async function runWorkloadWithCdfs(opts: WorkloadOptions = {}): Promise<{
   let mainStats: HookStats | undefined;
 
   const region = Region.map({ pages, servicer, faultAround });
+  const trace = opts.trace === undefined ? undefined : region.trace({ capacity: WORKLOAD_TRACE_CAPACITY });
   const device = new Device({ name: `bench-device-${id}`, capacity, driver: wrapperUrl ?? driverUrl });
   device.on('error', (e: Error) => errors.push(e));
   // The flush device: a fault on one of its pages makes the servicer's wrapper instance write its
@@ -234,6 +236,8 @@ export async function runWorkloadWithCdfs(opts: WorkloadOptions = {}): Promise<{
         },
       };
       const t0 = performance.now();
+      const t0Us = trace ? FaultTrace.now() : 0;
+      const before = trace ? { ...decisions } : undefined;
       const d = deviceTurn(ctx);
       turnMs.push(performance.now() - t0);
       if (d) {
@@ -246,6 +250,15 @@ export async function runWorkloadWithCdfs(opts: WorkloadOptions = {}): Promise<{
         }
       }
       turnsMs += performance.now() - t0;
+      if (trace && before) {
+        trace.mark('device turn', t0Us, FaultTrace.now(), {
+          turn: t,
+          touched: touched.length,
+          toRam: decisions.to_ram - before.to_ram,
+          toDevice: decisions.to_device - before.to_device,
+          notAdmitted: decisions.not_admitted - before.not_admitted,
+        });
+      }
     };
 
     // The working set's pages beyond the device's memory start in RAM, populated, so that only
@@ -297,6 +310,10 @@ export async function runWorkloadWithCdfs(opts: WorkloadOptions = {}): Promise<{
     });
     served = region.stats().faults;
     residentAtEnd = device.used;
+    if (trace && opts.trace !== undefined) {
+      trace.stop();
+      writeFileSync(opts.trace, JSON.stringify(trace.toTraceEvents()));
+    }
 
     if (wrapperUrl) {
       if (!(await ping())) throw benchCheckFailed('the servicer served every flush fault without its hook report');

@@ -101,6 +101,6 @@ export function startTrace(core: RegionCore, options: { capacity?: number } | un
   const opts = optionsObject('options', options);
   const capacity = opts.capacity === undefined ? 65536 : integer('options.capacity', opts.capacity, 1, 1 << 24);
   core.trace?.stop();
-  core.trace = new FaultTrace(core.handle, capacity);
+  core.trace = new FaultTrace(core.handle, capacity, core);
   return core.trace;
 }

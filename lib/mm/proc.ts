@@ -1,7 +1,6 @@
 // The /proc views of a region (fs/proc/task_mmu.c): its entries, dmirror's snapshot, pagemap and
 // smaps, the kernel's own words with our device entries put in, and their public constants.
 import { readFileSync } from 'node:fs';
-import type { InspectOptionsStylized } from 'node:util';
 
 import { native } from '../native.js';
 import { UffdHmmError, deviceClosed, invalidType } from '../errors.js';
@@ -26,7 +25,7 @@ import {
 } from '../layout.js';
 import { Device, deviceBySlot } from '../device.js';
 import { SWP_HWPOISON, makeDeviceEntry } from '../entry.js';
-import { summary } from '../inspect.js';
+import { summary, type InspectOptionsStylized } from '../inspect.js';
 import { hugeEntryAt, hugeLevel } from './huge.js';
 import { PROT_READ, PROT_WRITE, protOf } from './mprotect.js';
 import type { RegionCore } from './vma.js';

@@ -53,6 +53,9 @@ class HookContext implements FaultContext {
 }
 const hookCtx = new HookContext();
 
+/** µs the last {@link askDriver} spent inside the hook (0 when it called none), for the fault's trace record. */
+export let lastHookUs = 0;
+
 /**
  * The driver's decision for a fault on `page`, whose entry names device page `pfn` of `dev`:
  * VERDICT_MIGRATE or VERDICT_SIGBUS. A hook that throws or answers wrongly is reported, and the
@@ -60,6 +63,7 @@ const hookCtx = new HookContext();
  */
 export function askDriver(host: PolicyHost, dev: DeviceInfo, r: RegionInfo, page: number, pfn: number, flags: number): number {
   const hook = dev.driver?.fault;
+  lastHookUs = 0;
   if (hook === undefined) return VERDICT_MIGRATE;
   hookCtx.deviceName = dev.name;
   hookCtx.pfn = pfn;
@@ -69,12 +73,15 @@ export function askDriver(host: PolicyHost, dev: DeviceInfo, r: RegionInfo, page
   hookCtx.base = r.address;
   hookCtx.pageSize = r.pageSize;
   let decision: unknown;
+  const t0 = performance.now();
   try {
     decision = hook(hookCtx);
   } catch (e) {
+    lastHookUs = (performance.now() - t0) * 1000;
     host.hookError(dev, 'fault', e);
     return VERDICT_MIGRATE;
   }
+  lastHookUs = (performance.now() - t0) * 1000;
   if (decision === 'sigbus') return VERDICT_SIGBUS;
   if (decision === undefined || decision === 'migrate') return VERDICT_MIGRATE;
   // A driver bug, reported rather than guessed at: the fault migrates back (the default).

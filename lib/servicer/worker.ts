@@ -7,10 +7,11 @@ import { workerData, receiveMessageOnPort, type MessagePort } from 'node:worker_
 
 import { native } from '../native.js';
 import { driverLoadFailed, faultHookFailed } from '../errors.js';
+import { DRIVER_LOAD_CONSEQUENCE } from '../driver.js';
 import { DEV_ASK_FAULT, EVENT_ASK, EVENT_STRIDE, VERDICT_NONE, deviceSlotOf } from '../layout.js';
 import { pfnOf, stateOf } from '../pagelock.js';
 import { CTRL_MAIL_SEQ, CTRL_NAP, CTRL_RUNNING, CTRL_STOP, type FromWorker, type ToWorker } from './protocol.js';
-import { ASK, DEFERRED, askDriver, type DeviceInfo, type PolicyHost, type RegionInfo } from './policy.js';
+import { ASK, DEFERRED, askDriver, lastHookUs, type DeviceInfo, type PolicyHost, type RegionInfo } from './policy.js';
 import type { Driver } from '../driver.js';
 
 interface Data {
@@ -26,8 +27,9 @@ const events = new Float64Array(BATCH * EVENT_STRIDE);
 const regions = new Map<number, RegionInfo>();
 // Faults to ask about that must wait (a driver still loading, a locked page, EAGAIN): region handle,
 // page, flags, tid, read time, and the driver's answer carried to the retry with the entry it was
-// for (verdict, state, pfn), so one CPU access asks the hook once; retried until served.
-const DEFER_STRIDE = 8;
+// for (verdict, state, pfn) and the time the hook took (for the trace), so one CPU access asks the
+// hook once; retried until served.
+const DEFER_STRIDE = 9;
 const deferred = new Float64Array(MAX_DEFERRED * DEFER_STRIDE);
 let ndeferred = 0;
 let seenMail = 0;
@@ -70,7 +72,7 @@ function loadDriver(dev: DeviceInfo): void {
           deviceSlot: dev.slot,
           deviceId: dev.id,
           code: 'ERR_DRIVER_LOAD',
-          message: driverLoadFailed(dev.driverUrl!, dev.name, err, 'its faults use the default policy'),
+          message: driverLoadFailed(dev.driverUrl!, dev.name, err, DRIVER_LOAD_CONSEQUENCE),
           cause: err,
         });
       },
@@ -110,7 +112,7 @@ function drainMessages(): void {
   }
 }
 
-function defer(region: number, page: number, flags: number, tid: number, t0Us: number, verdict: number, state: number, pfn: number): void {
+function defer(region: number, page: number, flags: number, tid: number, t0Us: number, verdict: number, state: number, pfn: number, hookUs: number): void {
   if (ndeferred === MAX_DEFERRED) return; // cannot happen: at most one fault per blocked thread
   const at = ndeferred * DEFER_STRIDE;
   deferred[at] = region;
@@ -121,6 +123,7 @@ function defer(region: number, page: number, flags: number, tid: number, t0Us: n
   deferred[at + 5] = verdict;
   deferred[at + 6] = state;
   deferred[at + 7] = pfn;
+  deferred[at + 8] = hookUs;
   ndeferred++;
 }
 
@@ -131,8 +134,8 @@ function defer(region: number, page: number, flags: number, tid: number, t0Us: n
  * fault is served by one native call. Returns true when done, false when it must wait; then
  * `pending` holds the verdict and entry to retry with (the page unlocked).
  */
-const pending = { verdict: VERDICT_NONE, state: 0, pfn: 0 };
-function decideAndServe(handle: number, page: number, flags: number, tid: number, t0Us: number, verdict: number, state: number, pfn: number, held: boolean): boolean {
+const pending = { verdict: VERDICT_NONE, state: 0, pfn: 0, hookUs: 0 };
+function decideAndServe(handle: number, page: number, flags: number, tid: number, t0Us: number, verdict: number, state: number, pfn: number, held: boolean, hookUs: number): boolean {
   let r = regions.get(handle);
   if (r === undefined) {
     drainMessages();
@@ -148,11 +151,14 @@ function decideAndServe(handle: number, page: number, flags: number, tid: number
         dev = host.devices[deviceSlotOf(state)];
       }
       // Not ready to ask (a driver still loading): faultServe with no verdict unlocks the page.
-      if (dev !== undefined && !dev.driverLoading) verdict = askDriver(host, dev, r, page, pfn, flags);
+      if (dev !== undefined && !dev.driverLoading) {
+        verdict = askDriver(host, dev, r, page, pfn, flags);
+        hookUs = lastHookUs;
+      }
     }
     let rc: number;
     try {
-      rc = native.faultServe(handle, page, flags, tid, t0Us, verdict, state, pfn, held);
+      rc = native.faultServe(handle, page, flags, tid, t0Us, verdict, state, pfn, held, hookUs);
     } catch (err) {
       // The region closed between reading the fault and serving it; closing woke its threads.
       if ((err as { code?: string }).code === 'ERR_REGION_CLOSED') return true;
@@ -174,12 +180,13 @@ function decideAndServe(handle: number, page: number, flags: number, tid: number
   pending.verdict = verdict;
   pending.state = state;
   pending.pfn = pfn;
+  pending.hookUs = hookUs;
   return false;
 }
 
-function serveAsk(handle: number, page: number, flags: number, tid: number, t0Us: number, verdict: number, state: number, pfn: number, held: boolean): void {
-  if (!decideAndServe(handle, page, flags, tid, t0Us, verdict, state, pfn, held))
-    defer(handle, page, flags, tid, t0Us, pending.verdict, pending.state, pending.pfn);
+function serveAsk(handle: number, page: number, flags: number, tid: number, t0Us: number, verdict: number, state: number, pfn: number, held: boolean, hookUs: number): void {
+  if (!decideAndServe(handle, page, flags, tid, t0Us, verdict, state, pfn, held, hookUs))
+    defer(handle, page, flags, tid, t0Us, pending.verdict, pending.state, pending.pfn, pending.hookUs);
 }
 
 function retryDeferred(): void {
@@ -188,7 +195,7 @@ function retryDeferred(): void {
   for (let i = 0; i < n; i++) {
     const at = i * DEFER_STRIDE;
     // defer() only writes at or below slot i: this slot is read before anything overwrites it.
-    serveAsk(deferred[at], deferred[at + 1], deferred[at + 2], deferred[at + 3], deferred[at + 4], deferred[at + 5], deferred[at + 6], deferred[at + 7], false);
+    serveAsk(deferred[at], deferred[at + 1], deferred[at + 2], deferred[at + 3], deferred[at + 4], deferred[at + 5], deferred[at + 6], deferred[at + 7], false, deferred[at + 8]);
   }
 }
 
@@ -210,7 +217,7 @@ async function run(): Promise<void> {
     for (let i = 0; i < n; i++) {
       const at = i * EVENT_STRIDE;
       if (events[at + 1] !== EVENT_ASK) continue;
-      serveAsk(events[at], events[at + 3], events[at + 2], events[at + 4], events[at + 5], VERDICT_NONE, events[at + 6], events[at + 7], true);
+      serveAsk(events[at], events[at + 3], events[at + 2], events[at + 4], events[at + 5], VERDICT_NONE, events[at + 6], events[at + 7], true, 0);
     }
   }
   Atomics.store(ctrl, CTRL_RUNNING, 0);
