@@ -467,7 +467,7 @@ export class Device extends EventEmitter {
         this.#driverModule = d;
         this.#runPageFree(d, ctx);
       },
-      (e) => this.#pageFreeNotRun(ctx, e),
+      (e) => this.#pageFreeNotRun(ctx, e, DRIVER_LOAD_CONSEQUENCE),
     );
   }
 
@@ -481,9 +481,9 @@ export class Device extends EventEmitter {
     }
   }
 
-  #pageFreeNotRun(ctx: PageFreeContext, e: unknown): void {
+  #pageFreeNotRun(ctx: PageFreeContext, e: unknown, consequence: string): void {
     if (!this.#takeDue(ctx)) return;
-    this.reportError(new UffdHmmError('ERR_DRIVER_LOAD', driverLoadFailed(this.driverUrl!, this.name, e, DRIVER_LOAD_CONSEQUENCE), { cause: e }));
+    this.reportError(new UffdHmmError('ERR_DRIVER_LOAD', driverLoadFailed(this.driverUrl!, this.name, e, consequence), { cause: e }));
   }
 
   #takeDue(ctx: PageFreeContext): boolean {
@@ -510,7 +510,7 @@ export class Device extends EventEmitter {
       try {
         d = this.#driverModule = loadDriverNow(this.driverUrl!);
       } catch (e) {
-        for (const ctx of [...this.#pageFreesDue]) this.#pageFreeNotRun(ctx, e);
+        for (const ctx of [...this.#pageFreesDue]) this.#pageFreeNotRun(ctx, e, 'its pageFree hook did not run');
         return;
       }
     }
