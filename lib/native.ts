@@ -134,6 +134,12 @@ export interface Addon {
   testHoldServicer(region: number, batches: number, ms: number): number;
   /** TEST ONLY: let held batches 1..upTo go (0: all, and cancel the rest); returns how many were held. */
   testReleaseServicer(region: number, upTo: number): number;
+  /** TEST ONLY: the region's next `skip` madvise calls (regionDiscard) succeed, the one after fails with `errno` (0 disarms). */
+  testFailMadvise(region: number, skip: number, errno: number): void;
+  /** TEST ONLY: a native thread that MADV_DONTNEEDs `page` every `intervalUs`, behind the library's back. */
+  testZapperStart(region: number, page: number, intervalUs: number): number;
+  /** TEST ONLY: stops and joins that thread; the zaps it made. */
+  testZapperStop(zapper: number): number;
 
   benchPlainTouch(pages: number, order: Int32Array, threads: number, out: Float64Array, write: boolean): void;
   benchSetAffinity(cpus: Int32Array): Int32Array;

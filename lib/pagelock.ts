@@ -7,6 +7,20 @@ import { deviceBySlot } from './device.js';
 
 /** How long a page may stay locked before waiting on it is treated as a hang. */
 export const LOCK_DEADLINE_MS = 10_000;
+let lockDeadlineMs = LOCK_DEADLINE_MS;
+
+/** The page-lock deadline in force: {@link LOCK_DEADLINE_MS}, unless a test shortened it. */
+export function lockDeadline(): number {
+  return lockDeadlineMs;
+}
+
+/**
+ * @internal TEST ONLY: sets the page-lock deadline (every wait that uses {@link lockDeadline}), so
+ * that a test of what a timeout leaves behind takes a second, not ten. Not exported from the package.
+ */
+export function setLockDeadlineForTest(ms: number): void {
+  lockDeadlineMs = ms;
+}
 
 const EAGAIN = -11;
 
@@ -32,11 +46,11 @@ export function lockPage(shared: Int32Array, page: number): number {
       continue;
     }
     if (spins < 64) continue;
-    if (deadline === 0) deadline = Date.now() + LOCK_DEADLINE_MS;
+    if (deadline === 0) deadline = Date.now() + lockDeadlineMs;
     else if (Date.now() > deadline) {
       throw new UffdHmmError(
         'ERR_PAGE_LOCK_TIMEOUT',
-        `page ${page} stayed locked for over ${LOCK_DEADLINE_MS} ms: its servicer is stuck, probably in a driver fault hook ` +
+        `page ${page} stayed locked for over ${lockDeadlineMs} ms: its servicer is stuck, probably in a driver fault hook ` +
           'that does not return; fix the hook, or keep configureServicers({ stallDeadlineMs }) ' +
           `below ${LOCK_DEADLINE_MS} ms (the default 5000 is) so that a native guard takes over a stuck servicer`,
       );
@@ -121,7 +135,7 @@ export function unmarkZapping(shared: Int32Array, first: number, count: number):
  * count) and cleared their ZAPPING flags; throws ERR_SERVICER_STALLED past the page-lock deadline.
  */
 export function waitZapsSeen(shared: Int32Array, first: number, count: number): void {
-  const deadline = Date.now() + LOCK_DEADLINE_MS;
+  const deadline = Date.now() + lockDeadlineMs;
   for (let p = first, spins = 0; p < first + count; ) {
     if ((Atomics.load(shared, stateIndex(p)) & ZAPPING) === 0) {
       p++;
@@ -132,7 +146,7 @@ export function waitZapsSeen(shared: Int32Array, first: number, count: number): 
       unmarkZapping(shared, p, first + count - p);
       throw new UffdHmmError(
         'ERR_SERVICER_STALLED',
-        `the servicer did not see our own MADV_DONTNEED of page ${p} within ${LOCK_DEADLINE_MS} ms: it is stuck, ` +
+        `the servicer did not see our own MADV_DONTNEED of page ${p} within ${lockDeadlineMs} ms: it is stuck, ` +
           'probably in a driver fault hook that does not return; fix the hook, or keep configureServicers({ stallDeadlineMs }) ' +
           `below ${LOCK_DEADLINE_MS} ms (the default 5000 is) so that a native guard takes over a stuck servicer`,
       );
@@ -157,12 +171,12 @@ export function retry(shared: Int32Array, op: () => number, syscall: string, con
     if (rc !== EAGAIN) return check(rc, syscall, context);
     Atomics.add(shared, STAT_FILL_RETRIES, 1);
     if (i < 64) continue;
-    if (deadline === 0) deadline = Date.now() + LOCK_DEADLINE_MS;
+    if (deadline === 0) deadline = Date.now() + lockDeadlineMs;
     else if (Date.now() > deadline) {
       check(
         rc,
         syscall,
-        `${context}; the mm kept changing for over ${LOCK_DEADLINE_MS} ms`,
+        `${context}; the mm kept changing for over ${lockDeadlineMs} ms`,
         'the servicer left a userfaultfd event unread (a hung driver hook?); fix the hook or retry the call',
       );
     }

@@ -174,6 +174,7 @@ static Napi::Value RegionCopyOut(const Napi::CallbackInfo& info) {
 static Napi::Value RegionDiscard(const Napi::CallbackInfo& info) {
   const PageSpan s = argPages(info, 0, 1, 2);
   const int advice = info.Length() > 3 && argBool(info, 3, "free") ? MADV_FREE : MADV_DONTNEED;
+  if (const int injected = testMadviseFault(*s.r)) return Napi::Number::New(info.Env(), -injected);  // test only
   return Napi::Number::New(info.Env(), ::madvise(s.start, s.length, advice) == 0 ? 0 : -errno);
 }
 

@@ -4,7 +4,7 @@ import { native } from '../native.js';
 import { check } from '../errors.js';
 import { optionalBoolean, optionsObject, pageRange } from '../validate.js';
 import { DEVICE_SHIFT, KIND_DEVICE, KIND_MASK, KIND_NONE, MAX_DEVICE_SLOT, UNMAPPED, ZAP_BATCHES_DONE, ZAP_BATCHES_READ, ZAP_READING, stateIndex } from '../layout.js';
-import { LOCK_DEADLINE_MS, forRuns, lockPage, lockRange, markZapping, nap, release, unlockPage, unmarkZapping, waitZapsSeen } from '../pagelock.js';
+import { forRuns, lockDeadline, lockPage, lockRange, markZapping, nap, release, unlockPage, unmarkZapping, waitZapsSeen } from '../pagelock.js';
 import { deviceBySlot } from '../device.js';
 import { checkHugeAligned } from './backing.js';
 import { pageSpan, type RegionCore } from './vma.js';
@@ -94,7 +94,7 @@ export function settleZaps(core: RegionCore): void {
     if (target === undefined && Atomics.load(s, ZAP_READING) === 0) target = Atomics.load(s, ZAP_BATCHES_READ);
     if (target !== undefined && ((Atomics.load(s, ZAP_BATCHES_DONE) - target) | 0) >= 0) return;
     if (spins < 64) continue;
-    if (deadline === 0) deadline = Date.now() + LOCK_DEADLINE_MS;
+    if (deadline === 0) deadline = Date.now() + lockDeadline();
     else if (Date.now() > deadline) return;
     nap();
   }
