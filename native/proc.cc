@@ -66,6 +66,39 @@ int readPagemap(const RegionState& r, uint32_t first, uint32_t count, uint64_t* 
   return 0;
 }
 
+// /proc/self/mem, kept open as the pagemap is.
+static int memFd() {
+  static std::atomic<int> cached{-1};
+  int fd = cached.load(std::memory_order_acquire);
+  if (fd >= 0) return fd;
+  fd = ::open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  int expected = -1;
+  if (!cached.compare_exchange_strong(expected, fd)) {
+    ::close(fd);
+    return expected;
+  }
+  return fd;
+}
+
+void openMemOrThrow(Napi::Env env) {
+  if (memFd() < 0) throw systemError(env, errno, "open(/proc/self/mem)", "opening this process's memory to copy pages out of it");
+}
+
+ssize_t readOwnMemory(const uint8_t* addr, uint8_t* dst, size_t len) {
+  int fd = memFd();
+  if (fd < 0) return -errno;
+  for (;;) {
+    // The kernel reads through get_user_pages without FOLL_UNLOCKABLE (access_remote_vm), so a
+    // page that is not there is never faulted in through userfaultfd: handle_userfault answers
+    // VM_FAULT_SIGBUS to such a fault, and the read stops short (EIO when nothing was read).
+    ssize_t n = ::pread(fd, dst, len, static_cast<off_t>(reinterpret_cast<uintptr_t>(addr)));
+    if (n >= 0) return n;
+    if (errno == EINTR) continue;
+    return errno == EIO || errno == EFAULT ? 0 : -errno;
+  }
+}
+
 // regionPagemap(region, first, count, out: BigUint64Array): the kernel's own pagemap words.
 static Napi::Value RegionPagemap(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
