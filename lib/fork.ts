@@ -17,7 +17,7 @@ import {
   WRITE,
   stateIndex,
 } from './layout.js';
-import { lockPage, unlockPage } from './pagelock.js';
+import { lockRange, unlockPage } from './pagelock.js';
 import { deviceBySlot } from './device.js';
 import { refuseFork } from './mm/backing.js';
 import type { RegionCore } from './mm/vma.js';
@@ -130,9 +130,8 @@ export async function forkRegion(
   timeoutMs: number,
 ): Promise<ChildResult> {
   const child = new Int32Array(new SharedArrayBuffer((REGION_HEADER + 2 * pages) * 4));
-  const old = new Int32Array(pages); // as locked: restored if the fork fails
   const next = new Int32Array(pages); // after the fork, in parent and child alike
-  for (let p = 0; p < pages; p++) old[p] = lockPage(shared, p);
+  const old = lockRange(shared, 0, pages); // as locked: restored if the fork fails
   let taken = 0; // device references taken so far, in page order
   let job: number;
   try {

@@ -70,11 +70,35 @@ export function unlockPage(shared: Int32Array, page: number, state: number): voi
   Atomics.notify(shared, UNLOCK_SEQ);
 }
 
-/** Locks pages [first, first + count) in order and returns their state words as they were. */
+/**
+ * Locks pages [first, first + count) in order and returns their state words as they were. All or
+ * nothing: when a page stays locked past the deadline, the pages it took are released (a zap that
+ * came meanwhile applied, see {@link release}) before ERR_PAGE_LOCK_TIMEOUT is thrown.
+ */
 export function lockRange(shared: Int32Array, first: number, count: number): Int32Array {
   const old = new Int32Array(count);
-  for (let i = 0; i < count; i++) old[i] = lockPage(shared, first + i);
+  let i = 0;
+  try {
+    for (; i < count; i++) old[i] = lockPage(shared, first + i);
+  } catch (e) {
+    for (let j = 0; j < i; j++) release(shared, first + j, old[j]);
+    throw e;
+  }
   return old;
+}
+
+/**
+ * Locks `page` if nobody holds it and returns its state word as it was, or -1 without waiting.
+ * For a holder that must not wait for one page while it holds others (a run of pages grows only
+ * while the next one is free).
+ */
+export function tryLockPage(shared: Int32Array, page: number): number {
+  const idx = stateIndex(page);
+  for (;;) {
+    const s = Atomics.load(shared, idx);
+    if ((s & LOCKED) !== 0) return -1;
+    if (Atomics.compareExchange(shared, idx, s, s | LOCKED) === s) return s;
+  }
 }
 
 /**

@@ -104,6 +104,7 @@ export class Region extends EventEmitter implements DeviceHolder {
   readonly userModeOnly: boolean;
   readonly #core: RegionCore;
   #closing: Promise<void> | undefined;
+  #closeCalled = false;
   #closed = false;
   #guarded = false;
 
@@ -404,11 +405,20 @@ export class Region extends EventEmitter implements DeviceHolder {
   /**
    * munmap: device pages this region held are freed (pageFree), `bytes` is detached, the mapping
    * goes away. Threads still touching the region see plain memory, then a SIGSEGV once unmapped.
-   * Nothing is migrated back: the region's data is gone. Calling it again returns the same
-   * promise; methods that read or move pages throw `ERR_REGION_CLOSED` from the first call on.
+   * Nothing is migrated back: the region's data is gone. Calling it again while it runs returns
+   * the same promise; methods that read or move pages throw `ERR_REGION_CLOSED` from the first
+   * call on. Rejects with `ERR_PAGE_LOCK_TIMEOUT` when a page stayed locked past the deadline (a
+   * slow driver hook): nothing was freed, faults are still served; call it again later.
    */
   close(): Promise<void> {
-    return (this.#closing ??= Promise.resolve().then(() => this.#teardown()));
+    this.#closeCalled = true;
+    this.#closing ??= Promise.resolve()
+      .then(() => this.#teardown())
+      .catch((e: unknown) => {
+        this.#closing = undefined; // a later call tries again
+        throw e;
+      });
+    return this.#closing;
   }
 
   /** @internal Device removal: bring back every page held on `device`. */
@@ -439,7 +449,7 @@ export class Region extends EventEmitter implements DeviceHolder {
   }
   /** The region's core for a method that reads or moves pages, or ERR_REGION_CLOSED. */
   #open(): RegionCore {
-    if (this.#closed || this.#closing) throw regionClosed();
+    if (this.#closed || this.#closeCalled) throw regionClosed();
     return this.#core;
   }
 }

@@ -20,7 +20,7 @@ import {
   WRITE,
   stateIndex,
 } from '../layout.js';
-import { forRuns, lockPage, publish, release, retry, zapPendingAt } from '../pagelock.js';
+import { forRuns, lockPage, publish, release, retry, tryLockPage, zapPendingAt } from '../pagelock.js';
 import { Device, deviceBySlot } from '../device.js';
 import { MAX_FAULT_AROUND } from './backing.js';
 import { pmdBlockStart, thpBlocks } from './huge.js';
@@ -205,9 +205,12 @@ export function migrateBack(core: RegionCore, f: number, c: number, only: Device
     const pfn = shared[stateIndex(page) + 1];
     const write = (s & WRITE) !== 0;
     // A run of entries of the same kind naming consecutive device pages comes back in one COPY.
+    // It grows only over pages nobody holds: waiting for one while holding the run could time out
+    // with the run held; the next round waits for that page with nothing else held.
     let k = 1;
     while (k < MAX_FAULT_AROUND && page + k < f + c && pfn + k < device.capacity) {
-      const sq = lockPage(shared, page + k);
+      const sq = tryLockPage(shared, page + k);
+      if (sq < 0) break;
       if (sq !== s || shared[stateIndex(page + k) + 1] !== pfn + k) {
         release(core.shared, page + k, sq);
         break;

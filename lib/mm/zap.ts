@@ -4,7 +4,7 @@ import { native } from '../native.js';
 import { check } from '../errors.js';
 import { optionalBoolean, optionsObject, pageRange } from '../validate.js';
 import { DEVICE_SHIFT, KIND_DEVICE, KIND_MASK, KIND_NONE, MAX_DEVICE_SLOT, UNMAPPED, ZAP_BATCHES_DONE, ZAP_BATCHES_READ, ZAP_READING, stateIndex } from '../layout.js';
-import { forRuns, lockDeadline, lockPage, lockRange, markZapping, nap, release, unlockPage, unmarkZapping, waitZapsSeen } from '../pagelock.js';
+import { forRuns, lockDeadline, lockRange, markZapping, nap, release, unlockPage, unmarkZapping, waitZapsSeen } from '../pagelock.js';
 import { deviceBySlot } from '../device.js';
 import { checkHugeAligned } from './backing.js';
 import { pageSpan, type RegionCore } from './vma.js';
@@ -100,11 +100,16 @@ export function settleZaps(core: RegionCore): void {
   }
 }
 
-/** Zaps every entry of the region (munmap in lib/mm/mmap.ts): device pages lose its reference. */
+/**
+ * Zaps every entry of the region (munmap in lib/mm/mmap.ts): device pages lose its reference. All
+ * or nothing: every page is locked first, so a page held past the deadline (a slow driver hook)
+ * leaves the region as it was, for a later try.
+ */
 export function zapAll(core: RegionCore): void {
   const shared = core.shared;
+  const old = lockRange(shared, 0, core.pages);
   for (let page = 0; page < core.pages; page++) {
-    const s = lockPage(shared, page);
+    const s = old[page];
     if ((s & KIND_MASK) === KIND_DEVICE) {
       deviceBySlot((s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT)!.putPage(shared[stateIndex(page) + 1]);
     }
