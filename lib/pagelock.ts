@@ -110,6 +110,16 @@ export function placeLocked(table: Int32Array, page: number, state: number, pfn 
   table[stateIndex(page) + 1] = pfn;
 }
 
+/**
+ * Carries a zap of a page we hold over from one table to another (remap's new table, which we
+ * publish from): the servicer marks ZAP_PENDING (and UNMAPPED) in whichever table it serves until
+ * it switches to the new one.
+ */
+export function carryZap(from: Int32Array, to: Int32Array, page: number): void {
+  const zap = Atomics.load(from, stateIndex(page)) & (ZAP_PENDING | UNMAPPED);
+  if (zap !== 0) Atomics.or(to, stateIndex(page), zap);
+}
+
 /** The page's state word without the lock bit: what it holds, whoever holds it. */
 export function stateOf(shared: Int32Array, page: number): number {
   return Atomics.load(shared, stateIndex(page)) & ~LOCKED;
