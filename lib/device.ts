@@ -7,13 +7,14 @@ import { inspect, type InspectOptionsStylized } from 'node:util';
 import { pathToFileURL } from 'node:url';
 
 import { native, PAGE_SIZE } from './native.js';
-import { UffdHmmError, check, deviceClosed, driverLoadFailed, invalidType, outOfRange, pageFreeHookThrew, warnNow } from './errors.js';
+import { UffdHmmError, check, deviceClosed, invalidType, outOfRange, warnNow } from './errors.js';
 import { integer, optionsObject } from './validate.js';
 import {
   DEV_FAIL_ALLOC,
   DEV_FAULTS,
   DEV_FREED,
   DEV_FREE_TOP,
+  DEV_FREED_LOGGED,
   DEV_ASK_FAULT,
   DEV_LOG_FREES,
   DEV_MIGRATED_TO_DEVICE,
@@ -23,15 +24,16 @@ import {
 import {
   allocDevicePage,
   allocHugeDevicePages,
+  claimDevicePage,
   deviceSharedWords,
   devicePageRefcount,
+  dropDevicePage,
   getDevicePage,
-  drainFreedLog,
   initDevicePages,
   putDevicePage,
   wantsRelease,
 } from './devicepages.js';
-import type { Driver, PageFreeContext } from './driver.js';
+import { PageFrees } from './pagefree.js';
 import { summary } from './inspect.js';
 
 /** Options of `new` {@link Device}. */
@@ -51,8 +53,8 @@ export interface DeviceOptions {
    * `new URL('./driver.mjs', import.meta.url)`), a `file:` or other URL string, or a path, which
    * is resolved against `process.cwd()`, not against the calling module. The module is imported
    * lazily, by the worker servicer on the first fault it serves for this device and by the main
-   * thread on the first page it frees; a module that fails to load is reported as `'error'`
-   * (`ERR_DRIVER_LOAD`) and the default policy applies.
+   * thread (for `pageFree`) at the first migration to it; a module that fails to load is reported
+   * as `'error'` (`ERR_DRIVER_LOAD`) and the default policy applies.
    */
   driver?: string | URL;
 }
@@ -159,7 +161,8 @@ export class Device extends EventEmitter {
   /** @internal URL of the driver module, if any. */
   readonly driverUrl: string | undefined;
   readonly #holders = new Set<DeviceHolder>();
-  #driver: Promise<Driver> | undefined;
+  /** With a driver: its pageFree hooks, which run before a freed page is handed out again. */
+  readonly #frees: PageFrees | undefined;
   #closed = false;
   #closing: Promise<void> | undefined;
   /** With a driver: drains the log of pages native code freed, so their pageFree runs here. */
@@ -196,7 +199,8 @@ export class Device extends EventEmitter {
       // the worker servicer's JS, which asks the driver's fault hook, until it finds there is none.
       Atomics.store(this.shared, DEV_LOG_FREES, 1);
       Atomics.store(this.shared, DEV_ASK_FAULT, 1);
-      this.#freedLogTimer = setInterval(() => this.#drainFreedLog(), FREED_LOG_POLL_MS).unref();
+      this.#frees = new PageFrees(this, this.driverUrl);
+      this.#freedLogTimer = setInterval(() => this.#frees?.run(), FREED_LOG_POLL_MS).unref();
     }
   }
 
@@ -303,7 +307,7 @@ export class Device extends EventEmitter {
       for (const holder of [...this.#holders]) holder.evictDevice(this);
       this.#holders.clear();
       clearInterval(this.#freedLogTimer);
-      this.#drainFreedLog();
+      this.#frees?.run();
       this.#closed = true;
       bySlot.delete(this.slot);
       this.emit('close');
@@ -322,13 +326,29 @@ export class Device extends EventEmitter {
     this.#holders.delete(holder);
   }
 
-  /** @internal Allocates a zeroed-on-copy device page, or -1 when full. */
+  /** @internal Allocates a zeroed-on-copy device page, or -1 when full; due pageFree hooks run first. */
   allocPage(): number {
-    // A logged pfn must not be handed out again before its pageFree: that keeps the log within capacity.
-    this.#drainFreedLog();
-    const pfn = allocDevicePage(this.shared, this.capacity);
-    this.#noteFreeTop();
-    return pfn;
+    for (;;) {
+      this.#frees?.run();
+      let pfn = allocDevicePage(this.shared, this.capacity);
+      if (pfn < 0 && this.#frees !== undefined) {
+        // Full, but a fault freed a page meanwhile (logged, for its pageFree): once more.
+        if (Atomics.load(this.shared, DEV_FREED_LOGGED) !== 0) continue;
+        pfn = this.#frees.takeEarly();
+        if (pfn >= 0) claimDevicePage(this.shared, pfn);
+      }
+      this.#noteFreeTop();
+      return pfn;
+    }
+  }
+
+  /**
+   * @internal A migration to this device is about to lock pages: the driver module must be
+   * loading (its pageFree runs before a freed page is handed out again), and due hooks run now.
+   */
+  collectFrees(): void {
+    this.#frees?.load();
+    this.#frees?.run();
   }
 
   /**
@@ -337,7 +357,7 @@ export class Device extends EventEmitter {
    */
   allocHugePage(n: number): number {
     if (Atomics.exchange(this.shared, DEV_FAIL_ALLOC, 0) !== 0) return -1;
-    this.#drainFreedLog();
+    this.#frees?.run();
     const base = allocHugeDevicePages(this.shared, this.capacity, n);
     this.#freeTopLow = 0; // it reorders the free stack: count every free page as taken this tick
     return base;
@@ -378,11 +398,12 @@ export class Device extends EventEmitter {
     getDevicePage(this.shared, pfn);
   }
 
-  /** @internal Drops a reference; on the last, frees the page and calls the driver's pageFree. */
+  /** @internal Drops a reference; on the last, frees the page (with a driver: see {@link PageFrees}). */
   putPage(pfn: number): boolean {
-    const freed = putDevicePage(this.shared, this.capacity, pfn);
-    if (freed && this.driverUrl !== undefined) this.#pageFree(pfn);
-    return freed;
+    if (this.#frees === undefined) return putDevicePage(this.shared, this.capacity, pfn);
+    if (!dropDevicePage(this.shared, pfn)) return false;
+    this.#frees.freed(pfn);
+    return true;
   }
 
   /** @internal Reports a driver error where the user will see it. */
@@ -391,26 +412,6 @@ export class Device extends EventEmitter {
     // Unheard, it still must not be swallowed: a process warning prints it with its code, at once
     // (the report may arrive as the process exits: see WorkerServicer).
     else warnNow(err instanceof Error ? err : new Error(String(err)));
-  }
-
-  #drainFreedLog(): void {
-    const pfns = drainFreedLog(this.shared, this.capacity);
-    if (pfns) for (const pfn of pfns) this.#pageFree(pfn);
-  }
-
-  #pageFree(pfn: number): void {
-    this.#driver ??= import(this.driverUrl!) as Promise<Driver>;
-    const ctx: PageFreeContext = { deviceName: this.name, pfn };
-    this.#driver.then(
-      (d) => {
-        try {
-          d.pageFree?.(ctx);
-        } catch (e) {
-          this.reportError(new UffdHmmError('ERR_DRIVER_HOOK', pageFreeHookThrew(this.name, e), { cause: e }));
-        }
-      },
-      (e) => this.reportError(new UffdHmmError('ERR_DRIVER_LOAD', driverLoadFailed(this.driverUrl!, this.name, e, 'its pageFree hook did not run'), { cause: e })),
-    );
   }
 
   #checkPage(pfn: number): void {

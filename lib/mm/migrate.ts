@@ -57,6 +57,7 @@ export function migrateToDevice(core: RegionCore, first: number, count: number, 
   core.servicerHost?.ensureDevice(device);
   core.devices.add(device);
   device.addHolder(core.owner);
+  device.collectFrees(); // pageFree hooks that are due run now, before any page is locked
 
   const shared = core.shared;
   const pfns = new Int32Array(c).fill(-1); // new device page per page, -1 = not moving
