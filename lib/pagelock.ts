@@ -154,6 +154,14 @@ export function zapPendingAt(shared: Int32Array, page: number): boolean {
   return (Atomics.load(shared, stateIndex(page)) & (ZAP_PENDING | UNMAPPED)) === ZAP_PENDING;
 }
 
+/**
+ * Drops the ZAP_PENDING mark of a page we hold whose zap we could not carry out (the kernel refused
+ * our madvise and changed nothing): it is published as what it holds.
+ */
+export function forgetZap(shared: Int32Array, page: number): void {
+  Atomics.and(shared, stateIndex(page), ~ZAP_PENDING);
+}
+
 /** Flags pages we hold as zapped by us, so that the servicer tells our EVENT_REMOVE from others'. */
 export function markZapping(shared: Int32Array, first: number, count: number): void {
   for (let p = first; p < first + count; p++) Atomics.or(shared, stateIndex(p), ZAPPING);

@@ -181,8 +181,8 @@ export class Region extends EventEmitter implements DeviceHolder {
    * skipped.
    * @throws `ERR_REGION_CLOSED` / `ERR_DEVICE_CLOSED` when either is closed; `RangeError`
    * (`ERR_OUT_OF_RANGE`) for a range outside the region; `TypeError` (`ERR_INVALID_ARG_TYPE`) when
-   * `device` is not a Device; a SystemError naming the ioctl if the kernel refuses (nothing moved
-   * then).
+   * `device` is not a Device; a SystemError naming the call if the kernel refuses (nothing moved,
+   * but pages whose CPU copy the migration had already freed: those are on `device`).
    * @example
    * ```ts
    * region.bytes.fill(7, 0, 4 * region.pageSize);

@@ -41,10 +41,7 @@ export function discard(core: RegionCore, first: number, count: number, options:
   let zapped = 0; // pages [f, f+zapped) are zapped (or were never mapped)
   try {
     // madvise only what is still mapped: pages someone munmapped have nothing left to zap.
-    forRuns(f, c, (i) => (old[i] & UNMAPPED) === 0, (a, n) => {
-      zapLocked(core, a, n);
-      zapped = a + n - f;
-    });
+    forRuns(f, c, (i) => (old[i] & UNMAPPED) === 0, (a, n) => zapLocked(core, a, n, false, () => (zapped = a + n - f)));
     zapped = c;
   } finally {
     // A run madvise refused keeps its entries (the kernel changed nothing there).
@@ -64,9 +61,10 @@ export function discard(core: RegionCore, first: number, count: number, options:
  * MADV_DONTNEED over pages this thread holds locked. The kernel reports it to the servicer as an
  * EVENT_REMOVE, which must not be mistaken for someone else's zap once the pages are unlocked:
  * each page is flagged ZAPPING, and the lock is kept until the servicer has seen the event and
- * cleared the flag.
+ * cleared the flag. `zapped` is called once the kernel has zapped them: a throw before it means
+ * the kernel changed nothing (madvise refused), after it that the servicer never saw the event.
  */
-export function zapLocked(core: RegionCore, first: number, count: number, free = false): void {
+export function zapLocked(core: RegionCore, first: number, count: number, free = false, zapped?: () => void): void {
   const shared = core.shared;
   if (core.zapEvents) markZapping(shared, first, count);
   const rc = native.regionDiscard(core.handle, first, count, free);
@@ -76,6 +74,7 @@ export function zapLocked(core: RegionCore, first: number, count: number, free =
     if (free) check(rc, 'madvise(MADV_FREE)', `freeing ${pageSpan(first, count)}`, 'MADV_FREE takes private anonymous memory only; discard without { free } instead');
     else check(rc, 'madvise(MADV_DONTNEED)', `zapping ${pageSpan(first, count)}`);
   }
+  zapped?.();
   if (core.zapEvents) waitZapsSeen(shared, first, count);
 }
 
