@@ -368,7 +368,8 @@ export class Region extends EventEmitter implements DeviceHolder {
    * @param pages - the new size in pages, 1 to {@link MAX_REGION_PAGES}.
    * @throws `ERR_SERVICER_UNSUPPORTED` for an `'inline'` region; `ERR_REGION_BUSY` while
    * {@link NativeToucher} threads run on it; `ERR_UFFD_FEATURE_MISSING` without EVENT_REMAP;
-   * `ERR_REGION_CLOSED`; `RangeError` (`ERR_OUT_OF_RANGE`); a SystemError (`mremap`).
+   * `ERR_REGION_CLOSED`; `RangeError` (`ERR_OUT_OF_RANGE`); a SystemError (`mremap`): `EFAULT`,
+   * as the kernel's, when mprotect split the pages it would keep into several vmas.
    */
   remap(pages: number): void {
     remap(this.#open(), pages);
