@@ -28,13 +28,13 @@ bool faultInSyscall(uint32_t tid) {
   return buf[0] >= '0' && buf[0] <= '9';
 }
 
-// /proc/self/pagemap, opened on first use and kept open. A failed open (EMFILE, at the descriptor
-// limit) is not kept: the next call tries again, instead of failing with a stale errno for good.
-static int pagemapFd() {
-  static std::atomic<int> cached{-1};
+// A file of this process under /proc, opened on first use and kept open. A failed open (EMFILE, at
+// the descriptor limit) is not kept: the next call tries again, instead of failing with a stale
+// errno for good.
+static int keptOpen(std::atomic<int>& cached, const char* path) {
   int fd = cached.load(std::memory_order_acquire);
   if (fd >= 0) return fd;
-  fd = ::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  fd = ::open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return -1;
   int expected = -1;
   if (!cached.compare_exchange_strong(expected, fd)) {
@@ -42,6 +42,16 @@ static int pagemapFd() {
     return expected;
   }
   return fd;
+}
+
+static int pagemapFd() {
+  static std::atomic<int> fd{-1};
+  return keptOpen(fd, "/proc/self/pagemap");
+}
+
+static int memFd() {
+  static std::atomic<int> fd{-1};
+  return keptOpen(fd, "/proc/self/mem");
 }
 
 void openPagemapOrThrow(Napi::Env env) {
@@ -64,21 +74,6 @@ int readPagemap(const RegionState& r, uint32_t first, uint32_t count, uint64_t* 
     got += static_cast<size_t>(n);
   }
   return 0;
-}
-
-// /proc/self/mem, kept open as the pagemap is.
-static int memFd() {
-  static std::atomic<int> cached{-1};
-  int fd = cached.load(std::memory_order_acquire);
-  if (fd >= 0) return fd;
-  fd = ::open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return -1;
-  int expected = -1;
-  if (!cached.compare_exchange_strong(expected, fd)) {
-    ::close(fd);
-    return expected;
-  }
-  return fd;
 }
 
 void openMemOrThrow(Napi::Env env) {

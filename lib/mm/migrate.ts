@@ -169,7 +169,9 @@ export function migrateToDevice(core: RegionCore, first: number, count: number, 
     if (pfns[i] < 0) {
       // Already on this device: only a forced read downgrades it (make_device_entry_read).
       if (!publish(core.shared, page, kind === KIND_DEVICE && forceWrite === false ? s & ~WRITE : s) && kind === KIND_DEVICE) {
-        deviceBySlot((s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT)!.putPage(oldPfn);
+        const slot = (s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT;
+        deviceBySlot(slot)!.putPage(oldPfn);
+        if (slot === device.slot) onDevice--; // zapped: no longer on the device
       }
       continue;
     }
