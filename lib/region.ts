@@ -146,8 +146,8 @@ export class Region extends EventEmitter implements DeviceHolder {
     return this.#core.bytes;
   }
   /**
-   * True once {@link Region#close} was called; the methods that read or move pages then throw
-   * `ERR_REGION_CLOSED`.
+   * True once {@link Region#close} has unmapped the region; the methods that read or move pages
+   * throw `ERR_REGION_CLOSED` from the call of close() on (even one that failed and is retried).
    */
   get closed(): boolean {
     return this.#closed;
@@ -413,13 +413,10 @@ export class Region extends EventEmitter implements DeviceHolder {
    */
   close(): Promise<void> {
     this.#closeCalled = true;
-    this.#closing ??= Promise.resolve()
-      .then(() => this.#teardown())
-      .catch((e: unknown) => {
-        this.#closing = undefined; // a later call tries again
-        throw e;
-      });
-    return this.#closing;
+    return (this.#closing ??= Promise.resolve().then(() => this.#teardown()).catch((e: unknown) => {
+      this.#closing = undefined; // a later call tries again
+      throw e;
+    }));
   }
 
   /** @internal Device removal: bring back every page held on `device`. */
