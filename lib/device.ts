@@ -2,21 +2,20 @@
 // lib/test_hmm.c. Pages come from a free stack within `capacity`, each with a refcount.
 /// <reference types="node" preserve="true" />
 import { EventEmitter } from 'node:events';
-import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { inspect } from 'node:util';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
 import { native, PAGE_SIZE } from './native.js';
-import { UffdHmmError, check, deviceClosed, driverLoadFailed, driverNotFound, invalidType, outOfRange, pageFreeHookThrew, warnNow } from './errors.js';
+import { UffdHmmError, check, deviceClosed, driverNotFound, invalidType, outOfRange, warnNow } from './errors.js';
 import { integer, optionsObject } from './validate.js';
 import {
   DEV_FAIL_ALLOC,
   DEV_FAULTS,
   DEV_FREED,
-  DEV_FREEING,
   DEV_FREE_TOP,
+  DEV_FREED_LOGGED,
   DEV_ASK_FAULT,
   DEV_LOG_FREES,
   DEV_MIGRATED_TO_DEVICE,
@@ -26,15 +25,16 @@ import {
 import {
   allocDevicePage,
   allocHugeDevicePages,
+  claimDevicePage,
   deviceSharedWords,
   devicePageRefcount,
+  dropDevicePage,
   getDevicePage,
-  drainFreedLog,
   initDevicePages,
   putDevicePage,
   wantsRelease,
 } from './devicepages.js';
-import { DRIVER_LOAD_CONSEQUENCE, type Driver, type PageFreeContext } from './driver.js';
+import { PageFrees } from './pagefree.js';
 import { summary, type InspectOptionsStylized } from './inspect.js';
 
 /** Options of `new` {@link Device}. */
@@ -54,8 +54,8 @@ export interface DeviceOptions {
    * `new URL('./driver.mjs', import.meta.url)`), a `file:` or other URL string, or a path, which
    * is resolved against `process.cwd()`, not against the calling module. The module is imported
    * lazily, by the worker servicer on the first fault it serves for this device and by the main
-   * thread on the first page it frees; a module that fails to load is reported as `'error'`
-   * (`ERR_DRIVER_LOAD`) and the default policy applies.
+   * thread (for `pageFree`) at the first migration to it; a module that fails to load is reported
+   * as `'error'` (`ERR_DRIVER_LOAD`) and the default policy applies.
    */
   driver?: string | URL;
 }
@@ -103,30 +103,6 @@ function releaseTick(): void {
     clearInterval(releaseTimer);
     releaseTimer = undefined;
   }
-}
-
-/** How long the exit hook waits for a free a servicer is finishing (microseconds, unless descheduled). */
-const EXIT_FREEING_WAIT_MS = 100;
-/** Devices whose pageFree calls wait for their driver module: the exit hook runs them (flushPageFrees). */
-const freesDue = new Set<Device>();
-let exitHookInstalled = false;
-
-/**
- * As the process exits, pageFree runs for every page freed so far: those native code logged since
- * the last drain (a fault served just before a short script ended) and those whose hook waited
- * for the driver's import. Their errors are reported as at any other time (a warning, at once).
- */
-function flushPageFreesAtExit(): void {
-  for (const device of new Set([...bySlot.values(), ...freesDue])) if (device.driverUrl !== undefined) device.flushPageFrees();
-}
-
-/**
- * The driver module, loaded now rather than in a later tick, for the exit hook: there is no later
- * tick. An ES module that has no top-level await loads this way (require of an ES module).
- */
-function loadDriverNow(url: string): Driver {
-  if (!url.startsWith('file:')) throw new Error(`only a file: driver can be loaded synchronously as the process exits, not ${url}`);
-  return createRequire(import.meta.url)(fileURLToPath(url)) as Driver;
 }
 
 /** @internal The open device that owns `slot`. */
@@ -199,11 +175,8 @@ export class Device extends EventEmitter {
   /** @internal URL of the driver module, if any. */
   readonly driverUrl: string | undefined;
   readonly #holders = new Set<DeviceHolder>();
-  #driver: Promise<Driver> | undefined;
-  /** The driver module once its import resolved (or the exit hook loaded it). */
-  #driverModule: Driver | undefined;
-  /** Pages freed whose pageFree has not run yet: it waits for the driver module. */
-  readonly #pageFreesDue = new Set<PageFreeContext>();
+  /** With a driver: its pageFree hooks, which run before a freed page is handed out again. */
+  readonly #frees: PageFrees | undefined;
   #loadReported = false;
   #closed = false;
   #closing: Promise<void> | undefined;
@@ -241,11 +214,8 @@ export class Device extends EventEmitter {
       // the worker servicer's JS, which asks the driver's fault hook, until it finds there is none.
       Atomics.store(this.shared, DEV_LOG_FREES, 1);
       Atomics.store(this.shared, DEV_ASK_FAULT, 1);
-      this.#freedLogTimer = setInterval(() => this.#drainFreedLog(), FREED_LOG_POLL_MS).unref();
-      if (!exitHookInstalled) {
-        exitHookInstalled = true;
-        process.on('exit', flushPageFreesAtExit);
-      }
+      this.#frees = new PageFrees(this, this.driverUrl);
+      this.#freedLogTimer = setInterval(() => this.#frees?.run(), FREED_LOG_POLL_MS).unref();
     }
   }
 
@@ -356,7 +326,7 @@ export class Device extends EventEmitter {
       for (const holder of [...this.#holders]) holder.evictDevice(this);
       this.#holders.clear();
       clearInterval(this.#freedLogTimer);
-      this.#drainFreedLog();
+      this.#frees?.run();
       this.#closed = true;
       bySlot.delete(this.slot);
       this.emit('close');
@@ -375,13 +345,29 @@ export class Device extends EventEmitter {
     this.#holders.delete(holder);
   }
 
-  /** @internal Allocates a zeroed-on-copy device page, or -1 when full. */
+  /** @internal Allocates a zeroed-on-copy device page, or -1 when full; due pageFree hooks run first. */
   allocPage(): number {
-    // A logged pfn must not be handed out again before its pageFree: that keeps the log within capacity.
-    this.#drainFreedLog();
-    const pfn = allocDevicePage(this.shared, this.capacity);
-    this.#noteFreeTop();
-    return pfn;
+    for (;;) {
+      this.#frees?.run();
+      let pfn = allocDevicePage(this.shared, this.capacity);
+      if (pfn < 0 && this.#frees !== undefined) {
+        // Full, but a fault freed a page meanwhile (logged, for its pageFree): once more.
+        if (Atomics.load(this.shared, DEV_FREED_LOGGED) !== 0) continue;
+        pfn = this.#frees.takeEarly();
+        if (pfn >= 0) claimDevicePage(this.shared, pfn);
+      }
+      this.#noteFreeTop();
+      return pfn;
+    }
+  }
+
+  /**
+   * @internal A migration to this device is about to lock pages: the driver module must be
+   * loading (its pageFree runs before a freed page is handed out again), and due hooks run now.
+   */
+  collectFrees(): void {
+    this.#frees?.load();
+    this.#frees?.run();
   }
 
   /**
@@ -390,7 +376,7 @@ export class Device extends EventEmitter {
    */
   allocHugePage(n: number): number {
     if (Atomics.exchange(this.shared, DEV_FAIL_ALLOC, 0) !== 0) return -1;
-    this.#drainFreedLog();
+    this.#frees?.run();
     const base = allocHugeDevicePages(this.shared, this.capacity, n);
     this.#freeTopLow = 0; // it reorders the free stack: count every free page as taken this tick
     return base;
@@ -431,11 +417,12 @@ export class Device extends EventEmitter {
     getDevicePage(this.shared, pfn);
   }
 
-  /** @internal Drops a reference; on the last, frees the page and calls the driver's pageFree. */
+  /** @internal Drops a reference; on the last, frees the page (with a driver: see {@link PageFrees}). */
   putPage(pfn: number): boolean {
-    const freed = putDevicePage(this.shared, this.capacity, pfn);
-    if (freed && this.driverUrl !== undefined) this.#pageFree(pfn);
-    return freed;
+    if (this.#frees === undefined) return putDevicePage(this.shared, this.capacity, pfn);
+    if (!dropDevicePage(this.shared, pfn)) return false;
+    this.#frees.freed(pfn);
+    return true;
   }
 
   /** @internal Reports a driver error where the user will see it. */
@@ -450,71 +437,6 @@ export class Device extends EventEmitter {
     // Unheard, it still must not be swallowed: a process warning prints it with its code, at once
     // (the report may arrive as the process exits: see WorkerServicer).
     else warnNow(err instanceof Error ? err : new Error(String(err)));
-  }
-
-  #drainFreedLog(): void {
-    const pfns = drainFreedLog(this.shared, this.capacity);
-    if (pfns) for (const pfn of pfns) this.#pageFree(pfn);
-  }
-
-  #pageFree(pfn: number): void {
-    this.#driver ??= import(this.driverUrl!) as Promise<Driver>;
-    const ctx: PageFreeContext = { deviceName: this.name, pfn };
-    this.#pageFreesDue.add(ctx);
-    freesDue.add(this);
-    this.#driver.then(
-      (d) => {
-        this.#driverModule = d;
-        this.#runPageFree(d, ctx);
-      },
-      (e) => this.#pageFreeNotRun(ctx, e, DRIVER_LOAD_CONSEQUENCE),
-    );
-  }
-
-  /** Runs the hook for `ctx` unless it already ran (the exit hook may have run it first). */
-  #runPageFree(d: Driver, ctx: PageFreeContext): void {
-    if (!this.#takeDue(ctx)) return;
-    try {
-      d.pageFree?.(ctx);
-    } catch (e) {
-      this.reportError(new UffdHmmError('ERR_DRIVER_HOOK', pageFreeHookThrew(this.name, e), { cause: e }));
-    }
-  }
-
-  #pageFreeNotRun(ctx: PageFreeContext, e: unknown, consequence: string): void {
-    if (!this.#takeDue(ctx)) return;
-    this.reportError(new UffdHmmError('ERR_DRIVER_LOAD', driverLoadFailed(this.driverUrl!, this.name, e, consequence), { cause: e }));
-  }
-
-  #takeDue(ctx: PageFreeContext): boolean {
-    if (!this.#pageFreesDue.delete(ctx)) return false;
-    if (this.#pageFreesDue.size === 0) freesDue.delete(this);
-    return true;
-  }
-
-  /**
-   * @internal As the process exits (no later tick will come): pageFree for the pages native code
-   * freed since the last drain and for those still waiting for the driver's import, now.
-   */
-  flushPageFrees(): void {
-    if (!this.#closed) {
-      // A servicer that woke a faulting thread with its fill logs the freed page just after: the
-      // thread (this one, about to exit) may already run. Let that free land first.
-      const deadline = Date.now() + EXIT_FREEING_WAIT_MS;
-      while (Atomics.load(this.shared, DEV_FREEING) > 0 && Date.now() < deadline);
-      this.#drainFreedLog();
-    }
-    if (this.#pageFreesDue.size === 0) return;
-    let d = this.#driverModule;
-    if (d === undefined) {
-      try {
-        d = this.#driverModule = loadDriverNow(this.driverUrl!);
-      } catch (e) {
-        for (const ctx of [...this.#pageFreesDue]) this.#pageFreeNotRun(ctx, e, 'its pageFree hook did not run');
-        return;
-      }
-    }
-    for (const ctx of [...this.#pageFreesDue]) this.#runPageFree(d, ctx);
   }
 
   #checkPage(pfn: number): void {

@@ -135,8 +135,37 @@ export function putDevicePage(shared: Int32Array, capacity: number, pfn: number)
 }
 
 /**
- * Takes the pfns that native code freed and logged since the last call (DEV_LOG_FREES), for the
- * driver's pageFree; undefined when there are none (one load, no lock).
+ * putDevicePage's first half, for a device whose driver's pageFree must run before the page is
+ * handed out again: drops a reference and, on the last, counts the page freed (no longer used)
+ * while it stays off the free stack; {@link pushFreeDevicePage} puts it there once the hook ran.
+ * Returns true on the last reference.
+ */
+export function dropDevicePage(shared: Int32Array, pfn: number): boolean {
+  if (Atomics.sub(shared, DEVICE_HEADER + pfn, 1) !== 1) return false;
+  Atomics.sub(shared, DEV_USED, 1);
+  Atomics.add(shared, DEV_FREED, 1);
+  return true;
+}
+
+/** Takes a freed page that never reached the free stack (see PageFrees.takeEarly), with refcount 1. */
+export function claimDevicePage(shared: Int32Array, pfn: number): void {
+  Atomics.store(shared, DEVICE_HEADER + pfn, 1);
+  Atomics.add(shared, DEV_USED, 1);
+}
+
+/** Puts a freed page (its references gone, its pageFree run) on the free stack. */
+export function pushFreeDevicePage(shared: Int32Array, capacity: number, pfn: number): void {
+  spinLock(shared);
+  const top = shared[DEV_FREE_TOP];
+  shared[DEVICE_HEADER + capacity + top] = pfn;
+  shared[DEV_FREE_TOP] = top + 1;
+  spinUnlock(shared);
+}
+
+/**
+ * Takes the pfns that native code freed and logged since the last call (DEV_LOG_FREES): off the
+ * free stack until the driver's pageFree ran for them. Undefined when there are none (one load,
+ * no lock).
  */
 export function drainFreedLog(shared: Int32Array, capacity: number): number[] | undefined {
   if (Atomics.load(shared, DEV_FREED_LOGGED) === 0) return undefined;

@@ -77,9 +77,11 @@ export interface Driver {
    * created the Device, asynchronously: pages freed from JS (`region.close`, `discard`,
    * `migrateToRam`, a shrinking `remap`, `device.close`, a migration to another device) and pages
    * freed by native code (any servicer's faults and zaps, a guard, a `region.fork` child), which
-   * the main thread collects every 10 ms and before each migration to the device, so a page is
-   * never handed out again before its pageFree. `fault` runs in the worker: the two hooks may run
-   * in two instances of the module, whose module-level state is not shared.
+   * the main thread collects every 10 ms and before each allocation on the device. A freed page
+   * stays off the device's free list until its pageFree has run, so it is never handed out again
+   * before (except while the main thread's first import of the module is still pending: see
+   * docs/DRIVERS.md). `fault` runs in the worker: the two hooks may run in two instances of the
+   * module, whose module-level state is not shared.
    */
   pageFree?(ctx: PageFreeContext): void;
 }

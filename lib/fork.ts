@@ -12,12 +12,16 @@ import {
   FORK_STEP_STRIDE,
   KIND_DEVICE,
   KIND_MASK,
+  KIND_NONE,
   MAX_DEVICE_SLOT,
   REGION_HEADER,
+  UNMAPPED,
   WRITE,
+  ZAP_PENDING,
   stateIndex,
 } from './layout.js';
-import { lockPage, unlockPage } from './pagelock.js';
+import { lockRange, release, stateOf } from './pagelock.js';
+import { settleZaps } from './mm/zap.js';
 import { deviceBySlot } from './device.js';
 import { refuseFork } from './mm/backing.js';
 import type { RegionCore } from './mm/vma.js';
@@ -122,42 +126,45 @@ export function encodeSteps(steps: unknown, pages: number, pageSize: number): In
  * entries in parent and child alike, so whoever writes first after migrating back takes a
  * write-protect fault and keeps its own copy.
  */
-export async function forkRegion(
-  handle: number,
-  shared: Int32Array,
-  pages: number,
-  steps: Int32Array,
-  timeoutMs: number,
-): Promise<ChildResult> {
+export async function forkRegion(core: RegionCore, steps: Int32Array, timeoutMs: number): Promise<ChildResult> {
+  const { shared, pages } = core;
   const child = new Int32Array(new SharedArrayBuffer((REGION_HEADER + 2 * pages) * 4));
-  const old = new Int32Array(pages); // as locked: restored if the fork fails
   const next = new Int32Array(pages); // after the fork, in parent and child alike
-  for (let p = 0; p < pages; p++) old[p] = lockPage(shared, p);
-  let taken = 0; // device references taken so far, in page order
+  const old = lockRange(shared, 0, pages); // as locked: restored if the fork fails
+  const taken = new Uint8Array(pages); // pages whose device page the child took a reference to
   let job: number;
   try {
+    // A zap someone made before the fork (its REMOVE read, perhaps not applied yet) is the child's
+    // too: it never sees the entry. One the servicer applies later came after the copy: the child
+    // keeps its entry and its reference, the parent drops its own as it unlocks.
+    settleZaps(core);
     for (let p = 0; p < pages; p++) {
       const s = old[p];
       next[p] = s;
+      const now = stateOf(shared, p);
+      if ((now & ZAP_PENDING) !== 0) {
+        child[stateIndex(p)] = KIND_NONE | (now & UNMAPPED);
+        continue;
+      }
       if ((s & KIND_MASK) === KIND_DEVICE) {
         next[p] = s & ~WRITE;
         const pfn = shared[stateIndex(p) + 1];
         deviceBySlot((s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT)!.getPage(pfn);
-        taken = p + 1;
+        taken[p] = 1;
         child[stateIndex(p) + 1] = pfn;
       }
       child[stateIndex(p)] = next[p];
     }
-    job = native.regionFork(handle, steps, child, timeoutMs);
+    job = native.regionFork(core.handle, steps, child, timeoutMs);
   } catch (e) {
     // The fork never happened: give back the references it took; entries stay as they were.
-    for (let p = 0; p < taken; p++) {
-      if ((old[p] & KIND_MASK) === KIND_DEVICE) deviceBySlot((old[p] >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT)!.putPage(shared[stateIndex(p) + 1]);
+    for (let p = 0; p < pages; p++) {
+      if (taken[p] !== 0) deviceBySlot((old[p] >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT)!.putPage(shared[stateIndex(p) + 1]);
     }
-    for (let p = 0; p < pages; p++) unlockPage(shared, p, old[p]);
+    for (let p = 0; p < pages; p++) release(shared, p, old[p]);
     throw e;
   }
-  for (let p = 0; p < pages; p++) unlockPage(shared, p, next[p]);
+  for (let p = 0; p < pages; p++) release(shared, p, next[p]);
   native.forkStart(job);
   for (;;) {
     const res = native.forkPoll(job);
@@ -171,5 +178,5 @@ export function fork(core: RegionCore, steps: unknown, options: { timeoutMs?: nu
   refuseFork(core.mapping, core.servicer);
   const opts = optionsObject('options', options);
   const timeoutMs = opts.timeoutMs === undefined ? 30_000 : integer('options.timeoutMs', opts.timeoutMs, 1, 600_000);
-  return forkRegion(core.handle, core.shared, core.pages, encodeSteps(steps, core.pages, core.pageSize), timeoutMs);
+  return forkRegion(core, encodeSteps(steps, core.pages, core.pageSize), timeoutMs);
 }

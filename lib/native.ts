@@ -136,6 +136,12 @@ export interface Addon {
   testReleaseServicer(region: number, upTo: number): number;
   /** TEST ONLY (native/test_hooks.cc): the next worker servicer waits `ms` before it attaches, as a slow start would. */
   testDelayWorkerAttach(ms: number): void;
+  /** TEST ONLY: the region's next `skip` madvise calls (regionDiscard) succeed, the one after fails with `errno` (0 disarms). */
+  testFailMadvise(region: number, skip: number, errno: number): void;
+  /** TEST ONLY: a native thread that MADV_DONTNEEDs `page` every `intervalUs`, behind the library's back. */
+  testZapperStart(region: number, page: number, intervalUs: number): number;
+  /** TEST ONLY: stops and joins that thread; the zaps it made. */
+  testZapperStop(zapper: number): number;
 
   benchPlainTouch(pages: number, order: Int32Array, threads: number, out: Float64Array, write: boolean): void;
   benchSetAffinity(cpus: Int32Array): Int32Array;

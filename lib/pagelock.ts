@@ -7,6 +7,20 @@ import { deviceBySlot } from './device.js';
 
 /** How long a page may stay locked before waiting on it is treated as a hang. */
 export const LOCK_DEADLINE_MS = 10_000;
+let lockDeadlineMs = LOCK_DEADLINE_MS;
+
+/** The page-lock deadline in force: {@link LOCK_DEADLINE_MS}, unless a test shortened it. */
+export function lockDeadline(): number {
+  return lockDeadlineMs;
+}
+
+/**
+ * @internal TEST ONLY: sets the page-lock deadline (every wait that uses {@link lockDeadline}), so
+ * that a test of what a timeout leaves behind takes a second, not ten. Not exported from the package.
+ */
+export function setLockDeadlineForTest(ms: number): void {
+  lockDeadlineMs = ms;
+}
 
 const EAGAIN = -11;
 
@@ -32,11 +46,11 @@ export function lockPage(shared: Int32Array, page: number): number {
       continue;
     }
     if (spins < 64) continue;
-    if (deadline === 0) deadline = Date.now() + LOCK_DEADLINE_MS;
+    if (deadline === 0) deadline = Date.now() + lockDeadlineMs;
     else if (Date.now() > deadline) {
       throw new UffdHmmError(
         'ERR_PAGE_LOCK_TIMEOUT',
-        `page ${page} stayed locked for over ${LOCK_DEADLINE_MS} ms: its servicer is stuck, probably in a driver fault hook ` +
+        `page ${page} stayed locked for over ${lockDeadlineMs} ms: its servicer is stuck, probably in a driver fault hook ` +
           'that does not return; fix the hook, or keep configureServicers({ stallDeadlineMs }) ' +
           `below ${LOCK_DEADLINE_MS} ms (the default 5000 is) so that a native guard takes over a stuck servicer`,
       );
@@ -56,11 +70,35 @@ export function unlockPage(shared: Int32Array, page: number, state: number): voi
   Atomics.notify(shared, UNLOCK_SEQ);
 }
 
-/** Locks pages [first, first + count) in order and returns their state words as they were. */
+/**
+ * Locks pages [first, first + count) in order and returns their state words as they were. All or
+ * nothing: when a page stays locked past the deadline, the pages it took are released (a zap that
+ * came meanwhile applied, see {@link release}) before ERR_PAGE_LOCK_TIMEOUT is thrown.
+ */
 export function lockRange(shared: Int32Array, first: number, count: number): Int32Array {
   const old = new Int32Array(count);
-  for (let i = 0; i < count; i++) old[i] = lockPage(shared, first + i);
+  let i = 0;
+  try {
+    for (; i < count; i++) old[i] = lockPage(shared, first + i);
+  } catch (e) {
+    for (let j = 0; j < i; j++) release(shared, first + j, old[j]);
+    throw e;
+  }
   return old;
+}
+
+/**
+ * Locks `page` if nobody holds it and returns its state word as it was, or -1 without waiting.
+ * For a holder that must not wait for one page while it holds others (a run of pages grows only
+ * while the next one is free).
+ */
+export function tryLockPage(shared: Int32Array, page: number): number {
+  const idx = stateIndex(page);
+  for (;;) {
+    const s = Atomics.load(shared, idx);
+    if ((s & LOCKED) !== 0) return -1;
+    if (Atomics.compareExchange(shared, idx, s, s | LOCKED) === s) return s;
+  }
 }
 
 /**
@@ -70,6 +108,16 @@ export function lockRange(shared: Int32Array, first: number, count: number): Int
 export function placeLocked(table: Int32Array, page: number, state: number, pfn = 0): void {
   table[stateIndex(page)] = state | LOCKED;
   table[stateIndex(page) + 1] = pfn;
+}
+
+/**
+ * Carries a zap of a page we hold over from one table to another (remap's new table, which we
+ * publish from): the servicer marks ZAP_PENDING (and UNMAPPED) in whichever table it serves until
+ * it switches to the new one.
+ */
+export function carryZap(from: Int32Array, to: Int32Array, page: number): void {
+  const zap = Atomics.load(from, stateIndex(page)) & (ZAP_PENDING | UNMAPPED);
+  if (zap !== 0) Atomics.or(to, stateIndex(page), zap);
 }
 
 /** The page's state word without the lock bit: what it holds, whoever holds it. */
@@ -106,6 +154,14 @@ export function zapPendingAt(shared: Int32Array, page: number): boolean {
   return (Atomics.load(shared, stateIndex(page)) & (ZAP_PENDING | UNMAPPED)) === ZAP_PENDING;
 }
 
+/**
+ * Drops the ZAP_PENDING mark of a page we hold whose zap we could not carry out (the kernel refused
+ * our madvise and changed nothing): it is published as what it holds.
+ */
+export function forgetZap(shared: Int32Array, page: number): void {
+  Atomics.and(shared, stateIndex(page), ~ZAP_PENDING);
+}
+
 /** Flags pages we hold as zapped by us, so that the servicer tells our EVENT_REMOVE from others'. */
 export function markZapping(shared: Int32Array, first: number, count: number): void {
   for (let p = first; p < first + count; p++) Atomics.or(shared, stateIndex(p), ZAPPING);
@@ -121,7 +177,7 @@ export function unmarkZapping(shared: Int32Array, first: number, count: number):
  * count) and cleared their ZAPPING flags; throws ERR_SERVICER_STALLED past the page-lock deadline.
  */
 export function waitZapsSeen(shared: Int32Array, first: number, count: number): void {
-  const deadline = Date.now() + LOCK_DEADLINE_MS;
+  const deadline = Date.now() + lockDeadlineMs;
   for (let p = first, spins = 0; p < first + count; ) {
     if ((Atomics.load(shared, stateIndex(p)) & ZAPPING) === 0) {
       p++;
@@ -132,7 +188,7 @@ export function waitZapsSeen(shared: Int32Array, first: number, count: number): 
       unmarkZapping(shared, p, first + count - p);
       throw new UffdHmmError(
         'ERR_SERVICER_STALLED',
-        `the servicer did not see our own MADV_DONTNEED of page ${p} within ${LOCK_DEADLINE_MS} ms: it is stuck, ` +
+        `the servicer did not see our own MADV_DONTNEED of page ${p} within ${lockDeadlineMs} ms: it is stuck, ` +
           'probably in a driver fault hook that does not return; fix the hook, or keep configureServicers({ stallDeadlineMs }) ' +
           `below ${LOCK_DEADLINE_MS} ms (the default 5000 is) so that a native guard takes over a stuck servicer`,
       );
@@ -157,12 +213,12 @@ export function retry(shared: Int32Array, op: () => number, syscall: string, con
     if (rc !== EAGAIN) return check(rc, syscall, context);
     Atomics.add(shared, STAT_FILL_RETRIES, 1);
     if (i < 64) continue;
-    if (deadline === 0) deadline = Date.now() + LOCK_DEADLINE_MS;
+    if (deadline === 0) deadline = Date.now() + lockDeadlineMs;
     else if (Date.now() > deadline) {
       check(
         rc,
         syscall,
-        `${context}; the mm kept changing for over ${LOCK_DEADLINE_MS} ms`,
+        `${context}; the mm kept changing for over ${lockDeadlineMs} ms`,
         'the servicer left a userfaultfd event unread (a hung driver hook?); fix the hook or retry the call',
       );
     }

@@ -105,6 +105,7 @@ export class Region extends EventEmitter implements DeviceHolder {
   readonly userModeOnly: boolean;
   readonly #core: RegionCore;
   #closing: Promise<void> | undefined;
+  #closeCalled = false;
   #closed = false;
   #guarded = false;
 
@@ -146,8 +147,8 @@ export class Region extends EventEmitter implements DeviceHolder {
     return this.#core.bytes;
   }
   /**
-   * True once {@link Region#close} was called; the methods that read or move pages then throw
-   * `ERR_REGION_CLOSED`.
+   * True once {@link Region#close} has unmapped the region; the methods that read or move pages
+   * throw `ERR_REGION_CLOSED` from the call of close() on (even one that failed and is retried).
    */
   get closed(): boolean {
     return this.#closed;
@@ -181,8 +182,8 @@ export class Region extends EventEmitter implements DeviceHolder {
    * skipped.
    * @throws `ERR_REGION_CLOSED` / `ERR_DEVICE_CLOSED` when either is closed; `RangeError`
    * (`ERR_OUT_OF_RANGE`) for a range outside the region; `TypeError` (`ERR_INVALID_ARG_TYPE`) when
-   * `device` is not a Device; a SystemError naming the ioctl if the kernel refuses (nothing moved
-   * then).
+   * `device` is not a Device; a SystemError naming the call if the kernel refuses (nothing moved,
+   * but pages whose CPU copy the migration had already freed: those are on `device`).
    * @example
    * ```ts
    * region.bytes.fill(7, 0, 4 * region.pageSize);
@@ -381,7 +382,8 @@ export class Region extends EventEmitter implements DeviceHolder {
    * @param pages - the new size in pages, 1 to {@link MAX_REGION_PAGES}.
    * @throws `ERR_SERVICER_UNSUPPORTED` for an `'inline'` region; `ERR_REGION_BUSY` while
    * {@link NativeToucher} threads run on it; `ERR_UFFD_FEATURE_MISSING` without EVENT_REMAP;
-   * `ERR_REGION_CLOSED`; `RangeError` (`ERR_OUT_OF_RANGE`); a SystemError (`mremap`).
+   * `ERR_REGION_CLOSED`; `RangeError` (`ERR_OUT_OF_RANGE`); a SystemError (`mremap`): `EFAULT`,
+   * as the kernel's, when mprotect split the pages it would keep into several vmas.
    */
   remap(pages: number): void {
     remap(this.#open(), pages);
@@ -418,11 +420,17 @@ export class Region extends EventEmitter implements DeviceHolder {
   /**
    * munmap: device pages this region held are freed (pageFree), `bytes` is detached, the mapping
    * goes away. Threads still touching the region see plain memory, then a SIGSEGV once unmapped.
-   * Nothing is migrated back: the region's data is gone. Calling it again returns the same
-   * promise; methods that read or move pages throw `ERR_REGION_CLOSED` from the first call on.
+   * Nothing is migrated back: the region's data is gone. Calling it again while it runs returns
+   * the same promise; methods that read or move pages throw `ERR_REGION_CLOSED` from the first
+   * call on. Rejects with `ERR_PAGE_LOCK_TIMEOUT` when a page stayed locked past the deadline (a
+   * slow driver hook): nothing was freed, faults are still served; call it again later.
    */
   close(): Promise<void> {
-    return (this.#closing ??= Promise.resolve().then(() => this.#teardown()));
+    this.#closeCalled = true;
+    return (this.#closing ??= Promise.resolve().then(() => this.#teardown()).catch((e: unknown) => {
+      this.#closing = undefined; // a later call tries again
+      throw e;
+    }));
   }
 
   /** @internal Device removal: bring back every page held on `device`. */
@@ -453,7 +461,7 @@ export class Region extends EventEmitter implements DeviceHolder {
   }
   /** The region's core for a method that reads or moves pages, or ERR_REGION_CLOSED. */
   #open(): RegionCore {
-    if (this.#closed || this.#closing) throw regionClosed();
+    if (this.#closed || this.#closeCalled) throw regionClosed();
     return this.#core;
   }
 }

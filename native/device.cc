@@ -109,15 +109,18 @@ void DeviceStore::undoDrop(uint32_t pfn, bool wasLast) {
 void DeviceStore::pushFree(uint32_t pfn, bool count) {
   int32_t* hdr = shared;
   spinLock(&hdr[layout::kDevLock]);
-  int32_t top = hdr[layout::kDevFreeTop];
-  freeStack()[top] = static_cast<int32_t>(pfn);
-  hdr[layout::kDevFreeTop] = top + 1;
-  // Pages are allocated only by the main thread, which drains the log first: between two drains a
-  // pfn is freed at most once, so the log (capacity entries) cannot overflow.
+  // With a pageFree hook the page goes into the freed log instead of on the free stack: the main
+  // thread runs the hook, then puts it there (lib/device.ts), so it is never handed out again
+  // before its pageFree ran. A logged pfn cannot be freed again before it is drained, so the log
+  // (capacity entries) cannot overflow; if it ever did, the page would still be free.
   const int32_t logged = hdr[layout::kDevFreedLogged];
   if (__atomic_load_n(&hdr[layout::kDevLogFrees], __ATOMIC_RELAXED) && logged < static_cast<int32_t>(capacity)) {
     freedLog()[logged] = static_cast<int32_t>(pfn);
     __atomic_store_n(&hdr[layout::kDevFreedLogged], logged + 1, __ATOMIC_RELEASE);
+  } else {
+    int32_t top = hdr[layout::kDevFreeTop];
+    freeStack()[top] = static_cast<int32_t>(pfn);
+    hdr[layout::kDevFreeTop] = top + 1;
   }
   if (count) __atomic_fetch_sub(&hdr[layout::kDevUsed], 1, __ATOMIC_RELAXED);
   spinUnlock(&hdr[layout::kDevLock]);

@@ -22,9 +22,9 @@ struct DeviceStore {
   int32_t* freeStack() const { return shared + layout::kDeviceHeader + capacity; }
   int32_t* freedLog() const { return shared + layout::kDeviceHeader + 2 * capacity; }
 
-  // Drops one reference to `pfn`; on the last one the page goes back on the free stack and, when
-  // the main thread runs the driver's pageFree (kDevLogFrees), into the freed log for it. Returns
-  // true when the page was freed. Safe from any thread and from a signal handler: atomics and the
+  // Drops one reference to `pfn`; on the last one the page goes back on the free stack or, when
+  // the main thread runs the driver's pageFree (kDevLogFrees), into the freed log for it, and on
+  // the free stack once the hook ran. Returns true when the page was freed. Safe from any thread and from a signal handler: atomics and the
   // free-stack spinlock that the TypeScript side takes the same way.
   bool putPage(uint32_t pfn);
 
@@ -32,7 +32,7 @@ struct DeviceStore {
   // faulting thread (fault.cc): dropRef takes the reference and, on the last, counts the page
   // freed (kDevUsed, kDevFreed) while it stays off the free stack, so nobody can take it while it
   // is still being copied from; returns true on the last. Then either freeDropped (the page goes
-  // on the free stack, logged for pageFree) or, if the fill failed, undoDrop.
+  // on the free stack, or into the freed log for pageFree) or, if the fill failed, undoDrop.
   bool dropRef(uint32_t pfn);
   void freeDropped(uint32_t pfn);
   void undoDrop(uint32_t pfn, bool wasLast);
@@ -52,7 +52,8 @@ struct DeviceStore {
     return top - __atomic_load_n(&shared[layout::kDevReleased], __ATOMIC_RELAXED) >= kReleaseWarm + kReleaseBatch;
   }
 
-  // The free-stack push of a page whose last reference went (count: also kDevUsed and kDevFreed).
+  // The free-stack push (or, with kDevLogFrees, the freed-log entry) of a page whose last
+  // reference went (count: also kDevUsed and kDevFreed).
   void pushFree(uint32_t pfn, bool count);
 
   uint8_t* store;

@@ -58,7 +58,13 @@ static Napi::Value RegionRemap(const Napi::CallbackInfo& info) {
     int err = errno;
     r->expectingRemap.store(false);
     ::munmap(reserve, newLength);
-    throw systemError(env, err, "mremap", "moving a region of " + pagesText(r->pages) + " to " + pagesText(pages));
+    // EFAULT: the range spans more than one vma. lib/mm/mremap.ts refuses the splits it knows of
+    // with these words (SPLIT_HINT); this is one made behind the library's back.
+    throw systemError(env, err, "mremap", "moving a region of " + pagesText(r->pages) + " to " + pagesText(pages),
+                      err == EFAULT ? "the region is no longer one mapping (mprotect gave part of it another protection, or part of it "
+                                      "was unmapped), and mremap moves one mapping at a time; give the pages it keeps one protection "
+                                      "first (region.mprotect), or shrink it to the part before the first change"
+                                    : nullptr);
   }
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   while (__atomic_load_n(&r->base, __ATOMIC_ACQUIRE) != moved) {

@@ -28,13 +28,13 @@ bool faultInSyscall(uint32_t tid) {
   return buf[0] >= '0' && buf[0] <= '9';
 }
 
-// /proc/self/pagemap, opened on first use and kept open. A failed open (EMFILE, at the descriptor
-// limit) is not kept: the next call tries again, instead of failing with a stale errno for good.
-static int pagemapFd() {
-  static std::atomic<int> cached{-1};
+// A file of this process under /proc, opened on first use and kept open. A failed open (EMFILE, at
+// the descriptor limit) is not kept: the next call tries again, instead of failing with a stale
+// errno for good.
+static int keptOpen(std::atomic<int>& cached, const char* path) {
   int fd = cached.load(std::memory_order_acquire);
   if (fd >= 0) return fd;
-  fd = ::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  fd = ::open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return -1;
   int expected = -1;
   if (!cached.compare_exchange_strong(expected, fd)) {
@@ -42,6 +42,16 @@ static int pagemapFd() {
     return expected;
   }
   return fd;
+}
+
+static int pagemapFd() {
+  static std::atomic<int> fd{-1};
+  return keptOpen(fd, "/proc/self/pagemap");
+}
+
+static int memFd() {
+  static std::atomic<int> fd{-1};
+  return keptOpen(fd, "/proc/self/mem");
 }
 
 void openPagemapOrThrow(Napi::Env env) {
@@ -64,6 +74,24 @@ int readPagemap(const RegionState& r, uint32_t first, uint32_t count, uint64_t* 
     got += static_cast<size_t>(n);
   }
   return 0;
+}
+
+void openMemOrThrow(Napi::Env env) {
+  if (memFd() < 0) throw systemError(env, errno, "open(/proc/self/mem)", "opening this process's memory to copy pages out of it");
+}
+
+ssize_t readOwnMemory(const uint8_t* addr, uint8_t* dst, size_t len) {
+  int fd = memFd();
+  if (fd < 0) return -errno;
+  for (;;) {
+    // The kernel reads through get_user_pages without FOLL_UNLOCKABLE (access_remote_vm), so a
+    // page that is not there is never faulted in through userfaultfd: handle_userfault answers
+    // VM_FAULT_SIGBUS to such a fault, and the read stops short (EIO when nothing was read).
+    ssize_t n = ::pread(fd, dst, len, static_cast<off_t>(reinterpret_cast<uintptr_t>(addr)));
+    if (n >= 0) return n;
+    if (errno == EINTR) continue;
+    return errno == EIO || errno == EFAULT ? 0 : -errno;
+  }
 }
 
 // regionPagemap(region, first, count, out: BigUint64Array): the kernel's own pagemap words.

@@ -4,6 +4,8 @@
 
 #include <napi.h>
 
+#include <sys/types.h>
+
 #include <cstdint>
 
 #include "region.h"
@@ -20,5 +22,13 @@ int readPagemap(const RegionState& r, uint32_t first, uint32_t count, uint64_t* 
 
 // For the bindings that read pagemap: a failed open is named as such (a SystemError).
 void openPagemapOrThrow(Napi::Env env);
+
+// Copies up to len bytes of this process's memory at addr into dst through /proc/self/mem, which
+// never faults: a missing page (never touched, or zapped meanwhile) is not faulted in through
+// userfaultfd, where a thread holding that page's lock would wait on itself for good; the copy
+// stops before it. Returns the bytes copied (whole pages from a page-aligned addr; 0 when the first
+// page is missing) or -errno. openMemOrThrow first names a failed open.
+ssize_t readOwnMemory(const uint8_t* addr, uint8_t* dst, size_t len);
+void openMemOrThrow(Napi::Env env);
 
 }  // namespace uffdhmm

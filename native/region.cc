@@ -131,9 +131,12 @@ static Napi::Value RegionWriteProtect(const Napi::CallbackInfo& info) {
 }
 
 // regionCopyOut(region, first, count, device, pfns: Int32Array) -> pages that held data.
-// Copies page first+i into device page pfns[i] (skipped when pfns[i] < 0). A page with no CPU page
-// behind it is never read through memory (that would fault on the migrating thread, which holds
-// the page locked): its device page is zeroed instead, as migrate_vma does for a hole.
+// Copies page first+i into device page pfns[i] (skipped when pfns[i] < 0). The caller holds these
+// pages locked, so nothing here may touch them through memory: a page someone else zapped a moment
+// ago would fault, and its servicer defers faults on locked pages, so this thread would wait on its
+// own lock for good (and an inline region's SIGBUS handler would spin on it). Pages pagemap shows
+// with data are read through /proc/self/mem, which stops at a page that is gone instead; a page
+// with nothing behind it, then or now, zeroes its device page, as migrate_vma does for a hole.
 static Napi::Value RegionCopyOut(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const PageSpan s = argPages(info, 0, 1, 2);
@@ -147,6 +150,8 @@ static Napi::Value RegionCopyOut(const Napi::CallbackInfo& info) {
   for (uint32_t i = 0; i < count; i++)
     if (pfns[i] >= 0 && static_cast<size_t>(pfns[i]) >= dev->capacity) throw rangeError(env, "pfn is outside the device's memory");
   openPagemapOrThrow(env);
+  openMemOrThrow(env);
+  const size_t ps = r->pageSize;
   constexpr uint32_t kChunk = 512;
   uint64_t pm[kChunk];
   uint32_t withData = 0;
@@ -154,16 +159,32 @@ static Napi::Value RegionCopyOut(const Napi::CallbackInfo& info) {
     uint32_t k = std::min(kChunk, count - done);
     int rc = readPagemap(*r, first + done, k, pm);
     if (rc != 0) throw systemError(env, -rc, "pread(/proc/self/pagemap)", "reading the region's page table entries");
-    for (uint32_t i = 0; i < k; i++) {
-      int32_t pfn = pfns[done + i];
-      if (pfn < 0) continue;
-      uint8_t* dst = dev->page(static_cast<uint32_t>(pfn));
-      if (pm[i] & (kPmPresent | kPmSwap)) {
-        std::memcpy(dst, r->base + size_t(first + done + i) * r->pageSize, r->pageSize);
-        withData++;
-      } else {
-        std::memset(dst, 0, r->pageSize);
+    for (uint32_t i = 0; i < k;) {
+      const int32_t pfn = pfns[done + i];
+      if (pfn < 0) {
+        i++;
+        continue;
       }
+      if (!(pm[i] & (kPmPresent | kPmSwap))) {
+        std::memset(dev->page(static_cast<uint32_t>(pfn)), 0, ps);
+        i++;
+        continue;
+      }
+      // A run of pages with data going to consecutive device pages: one read.
+      uint32_t run = 1;
+      while (i + run < k && (pm[i + run] & (kPmPresent | kPmSwap)) && pfns[done + i + run] == pfn + int32_t(run)) run++;
+      const uint8_t* from = r->base + size_t(first + done + i) * ps;
+      ssize_t got = readOwnMemory(from, dev->page(static_cast<uint32_t>(pfn)), size_t(run) * ps);
+      if (got < 0) throw systemError(env, static_cast<int>(-got), "pread(/proc/self/mem)", "copying the region's pages to the device");
+      const uint32_t whole = static_cast<uint32_t>(size_t(got) / ps);
+      withData += whole;
+      if (whole == run) {
+        i += run;
+        continue;
+      }
+      // Page i + whole went away after pagemap was read: it is a hole now. Go on after it.
+      std::memset(dev->page(static_cast<uint32_t>(pfn) + whole), 0, ps);
+      i += whole + 1;
     }
   }
   return Napi::Number::New(env, withData);
@@ -174,6 +195,7 @@ static Napi::Value RegionCopyOut(const Napi::CallbackInfo& info) {
 static Napi::Value RegionDiscard(const Napi::CallbackInfo& info) {
   const PageSpan s = argPages(info, 0, 1, 2);
   const int advice = info.Length() > 3 && argBool(info, 3, "free") ? MADV_FREE : MADV_DONTNEED;
+  if (const int injected = testMadviseFault(*s.r)) return Napi::Number::New(info.Env(), -injected);  // test only
   return Napi::Number::New(info.Env(), ::madvise(s.start, s.length, advice) == 0 ? 0 : -errno);
 }
 

@@ -92,6 +92,12 @@ struct RegionState {
   std::atomic<int> testHoldMs{0};
   std::atomic<int> testHeld{0};      // batches held so far
   std::atomic<int> testReleased{0};  // held batch number n waits while testReleased < n
+  // TEST ONLY (testFailMadvise): the library's own madvise calls on this region (regionDiscard)
+  // succeed testMadviseSkip more times, then one fails with testMadviseErrno, zapping nothing: the
+  // recovery paths of a refused zap (lib/mm/migrate.ts, lib/mm/zap.ts), which the kernel never
+  // takes on a mapped, registered range of ours. 0: disarmed. One relaxed load per madvise.
+  std::atomic<int> testMadviseErrno{0};
+  std::atomic<int> testMadviseSkip{0};
 };
 
 // Ends every service of r (idempotent): marks it closed, unregisters the range (threads blocked on
@@ -109,6 +115,9 @@ void testHoldPoint(RegionState& r, const std::atomic<bool>& stop);
 // TEST ONLY (native/test_hooks.cc testDelayWorkerAttach): the next worker servicer to attach to its
 // poller waits this long first, as a worker slow to start would.
 extern std::atomic<uint32_t> gTestAttachDelayMs;
+// The test hook's side of regionDiscard (native/test_hooks.cc): the errno the next madvise on r is
+// to fail with, or 0 (almost always: one relaxed load).
+int testMadviseFault(RegionState& r);
 
 // The guard (native/guard.cc): a native servicer thread takes over r's faults with the default policy because its
 // worker servicer died. Releases pages the dead servicer held locked, then wakes every thread blocked

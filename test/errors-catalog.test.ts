@@ -476,6 +476,11 @@ const inProcess: Record<string, () => Promise<Seen>> = {
       const ro = openSync(file, 'r');
       return caught(() => Region.map({ pages: 1, shared: true, file: ro })).finally(() => closeSync(ro));
     }),
+  'remap-split': () => {
+    const region = track(Region.map({ pages: 2 }));
+    region.mprotect(1, 1, 'read');
+    return caught(() => region.remap(4));
+  },
   'madv-free': () => caught(() => track(Region.map({ pages: 1, shared: true })).discard(0, 1, { free: true })),
   collapse: () => caught(() => track(Region.map({ pages: 1 })).collapse(0, 1)),
   usage: async () => {

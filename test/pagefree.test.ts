@@ -123,3 +123,102 @@ describeUffd('pageFree runs once per freed device page', () => {
     });
   }
 });
+
+// free_devpage runs inside put_page, before anyone can allocate the page again: the hook must see
+// its pfn free (refcount 0), never already handed out to the next migration (the free stack is
+// LIFO: the pfn just freed is the next one given out).
+const probing = new URL('./fixtures/semantics/drivers/probing.mjs', import.meta.url);
+type Probe = (ctx: { deviceName: string; pfn: number }) => void;
+
+/** A device with the probing driver, and what its pageFree saw of the device as it ran. */
+function probedDevice(): { device: Device; seen: { pfn: number; refcountNow: number }[] } {
+  const name = `probing-${process.pid}-${seq++}`;
+  const device = new Device({ name, capacity: 4, driver: probing });
+  const seen: { pfn: number; refcountNow: number }[] = [];
+  (globalThis as { __uffdHmmPageFreeProbe?: Probe }).__uffdHmmPageFreeProbe = (ctx) => {
+    if (ctx.deviceName === name) seen.push({ pfn: ctx.pfn, refcountNow: device.refcount(ctx.pfn) });
+  };
+  return { device, seen };
+}
+
+async function calls(seen: unknown[], n: number): Promise<void> {
+  const deadline = Date.now() + 5000;
+  while (seen.length < n && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+  expect(seen.length, JSON.stringify(seen)).toBe(n);
+}
+
+describeUffd('pageFree has run before its pfn is handed out again', () => {
+  afterEach(() => {
+    delete (globalThis as { __uffdHmmPageFreeProbe?: Probe }).__uffdHmmPageFreeProbe;
+  });
+
+  for (const servicer of SERVICERS) {
+    it(`${servicer}: a page freed on the main thread (discard), the next migration right after`, async () => {
+      const { device, seen } = probedDevice();
+      const region = Region.map({ pages: 2, servicer });
+      region.bytes.fill(1);
+      expect(region.migrate(0, 1, device)).toBe(1);
+      const [pfn] = pfnsOf(region, 0, 1);
+      region.discard(0, 1);
+      expect(region.migrate(1, 1, device)).toBe(1);
+      await calls(seen, 1);
+      expect(seen).toEqual([{ pfn, refcountNow: 0 }]);
+      await region.close();
+      await calls(seen, 2);
+      expect(device.used).toBe(0);
+      await device.close();
+    });
+
+    it(`${servicer}: a page freed by native code (a fault), the next migration right after`, async () => {
+      const { device, seen } = probedDevice();
+      const region = Region.map({ pages: 2, servicer });
+      region.bytes.fill(1);
+      // The main thread's instance of the driver is loaded by a first free.
+      region.migrate(0, 1, device);
+      region.discard(0, 1);
+      await calls(seen, 1);
+      expect(region.migrate(1, 1, device)).toBe(1);
+      const [pfn] = pfnsOf(region, 1, 1);
+      expect(region.bytes[region.pageSize]).toBe(1); // the fault frees the device page natively
+      expect(region.migrate(0, 1, device)).toBe(1);
+      await calls(seen, 2);
+      expect(seen[1]).toEqual({ pfn, refcountNow: 0 });
+      await region.close();
+      await calls(seen, 3);
+      expect(device.used).toBe(0);
+      await device.close();
+    });
+  }
+});
+
+describeUffd('pageFree before the main thread has loaded the driver module', () => {
+  afterEach(() => {
+    delete (globalThis as { __uffdHmmPageFreeProbe?: Probe }).__uffdHmmPageFreeProbe;
+  });
+
+  it('a full device hands out a freed page rather than looking full, and its pageFree still comes once; after the load, never early', async () => {
+    const name = `probing-${process.pid}-${seq++}`;
+    const device = new Device({ name, capacity: 1, driver: probing });
+    const seen: { pfn: number; refcountNow: number }[] = [];
+    (globalThis as { __uffdHmmPageFreeProbe?: Probe }).__uffdHmmPageFreeProbe = (ctx) => {
+      if (ctx.deviceName === name) seen.push({ pfn: ctx.pfn, refcountNow: device.refcount(ctx.pfn) });
+    };
+    const region = Region.map({ pages: 2, servicer: 'native' });
+    // All synchronous: the import the first migration started has had no turn of the event loop.
+    expect(region.migrate(0, 1, device)).toBe(1);
+    region.discard(0, 1);
+    expect(region.migrate(1, 1, device)).toBe(1); // the only page, its pageFree still to come
+    expect(seen).toEqual([]);
+    await calls(seen, 1);
+    expect(seen).toEqual([{ pfn: 0, refcountNow: 1 }]);
+    // Loaded now: a free, then an allocation at once, and the hook came in between.
+    region.discard(1, 1);
+    expect(region.migrate(0, 1, device)).toBe(1);
+    expect(seen).toEqual([{ pfn: 0, refcountNow: 1 }, { pfn: 0, refcountNow: 0 }]);
+    await region.close();
+    await calls(seen, 3);
+    expect(device.used).toBe(0);
+    expect(device.stats().freed).toBe(3);
+    await device.close();
+  });
+});

@@ -2,6 +2,7 @@
 // address (EVENT_REMAP), faults there are served, the old bytes view is detached.
 import { expect, it } from 'vitest';
 import { Device, Region } from 'uffd-hmm';
+import { native } from '../dist/native.js';
 import { checkPages, describeUffd, fillPages } from './helpers.js';
 
 describeUffd.each(['worker', 'native'] as const)('remap with the %s servicer', (servicer) => {
@@ -43,6 +44,56 @@ describeUffd.each(['worker', 'native'] as const)('remap with the %s servicer', (
     expect(checkPages(r, 0, 3, 7)).toBeNull();
     await r.close();
     await d.close();
+  });
+});
+
+describeUffd.each(['worker', 'native'] as const)('remap of a region mprotect split, with the %s servicer', (servicer) => {
+  it('growing it or keeping its size fails as mremap across vmas does (EFAULT), saying why; nothing changes', async () => {
+    const r = Region.map({ pages: 4, servicer });
+    const d = new Device({ capacity: 4 });
+    fillPages(r, 0, 4, 9);
+    r.migrate(0, 2, d);
+    r.mprotect(2, 1, 'read'); // three vmas now: [0, 2), [2], [3]
+    const address = r.address;
+    for (const pages of [8, 4]) {
+      let e: unknown;
+      try {
+        r.remap(pages);
+      } catch (x) {
+        e = x;
+      }
+      expect(e, `remap(${pages})`).toMatchObject({ name: 'SystemError', code: 'EFAULT', errno: -14, syscall: 'mremap' });
+      expect((e as Error).message).toMatch(/^mremap failed: EFAULT \(moving a region of 4 pages to \d pages\): the region is no longer one mapping/);
+      expect((e as Error).message).not.toMatch(/please report/);
+    }
+    expect(r.address).toBe(address);
+    expect(r.pages).toBe(4);
+    expect(r.entry(0)).toMatchObject({ kind: 'device' });
+    expect(checkPages(r, 0, 4, 9)).toBeNull();
+    r.remap(2); // the first vma alone: what mremap can move
+    expect(r.pages).toBe(2);
+    expect(checkPages(r, 0, 2, 9)).toBeNull();
+    await r.close();
+    await d.close();
+  });
+
+  it('a split made behind the library\'s back: the kernel refuses, and the addon says why the same way', async () => {
+    const r = Region.map({ pages: 4, servicer });
+    expect(native.regionMprotect(r.handle, 1, 1, 1)).toBe(0); // PROT_READ, bypassing region.mprotect
+    expect(() => r.remap(8)).toThrow(expect.objectContaining({ code: 'EFAULT', syscall: 'mremap', message: expect.stringMatching(/: the region is no longer one mapping/) }));
+    expect(r.pages).toBe(4);
+    native.regionMprotect(r.handle, 1, 1, 3);
+    await r.close();
+  });
+
+  it('works again once the region has one protection', async () => {
+    const r = Region.map({ pages: 4, servicer });
+    fillPages(r, 0, 4, 10);
+    r.mprotect(2, 1, 'read');
+    r.mprotect(2, 1, 'readwrite'); // the kernel merges the vmas back
+    r.remap(6);
+    expect(checkPages(r, 0, 4, 10)).toBeNull();
+    await r.close();
   });
 });
 

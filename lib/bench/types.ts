@@ -109,7 +109,7 @@ export interface HostFacts {
   /** The CPU the measurement ran on. */
   cpu: number;
   /**
-   * What kind of host this is, from the facts above ({@link hostKindOf}): 'fast' when a null
+   * What kind of host this is, from the facts above: 'fast' when a null
    * system call costs under 200 ns (user-space work per fault shows in every ratio), 'slow' when it
    * costs more (each system call hides user-space work of about its own cost).
    */
@@ -123,6 +123,7 @@ export interface HostFacts {
   charges_first_read: boolean;
 }
 
+/** 'fast': a null system call under 200 ns (user-space work per fault shows); 'slow': one that costs more (it hides such work). */
 export type HostKind = 'fast' | 'slow';
 
 /** Where the results came from, so that two results files can be told apart. */

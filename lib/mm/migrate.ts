@@ -20,7 +20,7 @@ import {
   WRITE,
   stateIndex,
 } from '../layout.js';
-import { forRuns, lockPage, publish, release, retry, zapPendingAt } from '../pagelock.js';
+import { forRuns, forgetZap, lockPage, publish, release, retry, tryLockPage, zapPendingAt } from '../pagelock.js';
 import { Device, deviceBySlot } from '../device.js';
 import { MAX_FAULT_AROUND } from './backing.js';
 import { pmdBlockStart, thpBlocks } from './huge.js';
@@ -57,9 +57,10 @@ export function migrateToDevice(core: RegionCore, first: number, count: number, 
   core.servicerHost?.ensureDevice(device);
   core.devices.add(device);
   device.addHolder(core.owner);
+  device.collectFrees(); // pageFree hooks that are due run now, before any page is locked
 
   const shared = core.shared;
-  const pfns = new Int32Array(c).fill(-1); // new device page per page, -1 = not moving
+  const pfns = new Int32Array(c).fill(-1); // new device page per page, -1 = not moving, -2 = rolled back
   const old = new Int32Array(c); // state word before the lock
   let locked = 0; // pages [f, f+locked) are locked
   let onDevice = 0;
@@ -74,18 +75,21 @@ export function migrateToDevice(core: RegionCore, first: number, count: number, 
     }
   }
   const hugeBlockOf = (page: number): number => pmdBlockStart(core.address, page);
-  /** Gives back the pfns of huge device pages that did not get their whole block. */
-  const releaseHuge = (keep: boolean): Set<number> => {
+  /** Gives back the pfns of huge device pages whose block is not moving whole; the whole ones. */
+  const releaseHuge = (): Set<number> => {
     const whole = new Set<number>();
+    const moving = (b: number, i: number) => b + i - f < locked && pfns[b + i - f] === hugeBase.get(b)! + i;
     for (const [b, base] of hugeBase) {
-      let all = keep;
-      for (let i = 0; i < hugeN && all; i++) all = b + i - f < locked && pfns[b + i - f] === base + i;
+      let all = true;
+      for (let i = 0; i < hugeN && all; i++) all = moving(b, i);
       if (all) whole.add(b);
-      else for (let i = 0; i < hugeN; i++) if (!(keep && b + i - f < locked && pfns[b + i - f] === base + i)) device.putPage(base + i);
+      else for (let i = 0; i < hugeN; i++) if (!moving(b, i)) device.putPage(base + i);
     }
     return whole;
   };
-  let hugeWhole = new Set<number>();
+  const writeProtected = new Uint8Array(c); // stopped writers: let in again if the page stays
+  let finished = 0; // on failure, pages [f, f+finished) finish their migration (their CPU copy is gone)
+  let error: unknown;
   try {
     for (; locked < c; locked++) {
       const page = f + locked;
@@ -116,10 +120,12 @@ export function migrateToDevice(core: RegionCore, first: number, count: number, 
       }
       pfns[locked] = pfn;
     }
+    const cpuPage = (i: number) => pfns[i] >= 0 && (old[i] & KIND_MASK) === KIND_PRESENT;
     // Stop writers first (the migration entry), then copy, then free the CPU pages.
-    forRuns(f, locked, (i) => pfns[i] >= 0 && (old[i] & KIND_MASK) === KIND_PRESENT, (a, n) =>
-      retry(core.shared, () => native.regionWriteProtect(core.handle, a, n, true, false), 'ioctl(UFFDIO_WRITEPROTECT)', `write-protecting ${pageSpan(a, n)} to migrate them`),
-    );
+    forRuns(f, locked, cpuPage, (a, n) => {
+      retry(core.shared, () => native.regionWriteProtect(core.handle, a, n, true, false), 'ioctl(UFFDIO_WRITEPROTECT)', `write-protecting ${pageSpan(a, n)} to migrate them`);
+      writeProtected.fill(1, a - f, a - f + n);
+    });
     const cpuPfns = new Int32Array(locked);
     for (let i = 0; i < locked; i++) {
       const kind = old[i] & KIND_MASK;
@@ -128,36 +134,44 @@ export function migrateToDevice(core: RegionCore, first: number, count: number, 
     native.regionCopyOut(core.handle, f, locked, device.slot, cpuPfns);
     for (let i = 0; i < locked; i++) {
       if (pfns[i] < 0 || (old[i] & KIND_MASK) !== KIND_DEVICE) continue;
-      const from = deviceBySlot((old[i] >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT)!;
-      native.deviceCopyPage(from.slot, shared[stateIndex(f + i) + 1], device.slot, pfns[i]);
-      from.putPage(shared[stateIndex(f + i) + 1]);
+      // The old device page is put only once the migration cannot be rolled back any more.
+      native.deviceCopyPage((old[i] >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT, shared[stateIndex(f + i) + 1], device.slot, pfns[i]);
     }
-    forRuns(f, locked, (i) => pfns[i] >= 0 && (old[i] & KIND_MASK) === KIND_PRESENT, (a, n) =>
-      zapLocked(core, a, n),
-    );
-    hugeWhole = releaseHuge(true);
+    forRuns(f, locked, cpuPage, (a, n) => zapLocked(core, a, n, false, () => (finished = a + n - f)));
+    finished = locked;
   } catch (e) {
-    for (let i = 0; i < locked; i++) {
-      // Pages of a huge device page are all given back by releaseHuge.
-      if (pfns[i] >= 0 && !hugeBase.has(hugeBlockOf(f + i))) device.putPage(pfns[i]);
-      release(core.shared, f + i, old[i]);
+    // Pages whose CPU copy is gone finish their migration (their bytes are on the device); the
+    // others roll back: new device page given back, writers let in again, the entry as it was.
+    error = e;
+    for (let i = finished; i < locked; i++) {
+      if (pfns[i] >= 0 && !hugeBase.has(hugeBlockOf(f + i))) device.putPage(pfns[i]); // huge ones: releaseHuge
+      pfns[i] = -2;
     }
-    releaseHuge(false);
-    throw e;
+    forRuns(f, locked, (i) => pfns[i] === -2 && writeProtected[i] === 1 && (old[i] & WRITE) !== 0, (a, n) => {
+      // Best effort: a page left write-protected only costs its next write a fault that un-protects it.
+      native.regionWriteProtect(core.handle, a, n, false, false);
+    });
   }
+  const hugeWhole = releaseHuge();
   let moved = 0;
   settleZaps(core);
   for (let i = 0; i < locked; i++) {
     const page = f + i;
     const s = old[i];
     const kind = s & KIND_MASK;
+    if (pfns[i] === -2) {
+      release(core.shared, page, s);
+      continue;
+    }
     // If someone zapped the page while we held it, whatever it held, and the device page we
     // copied it to, is dropped, as zap_pte_range would drop the entry we were making.
+    const oldPfn = shared[stateIndex(page) + 1];
     if (pfns[i] < 0) {
       // Already on this device: only a forced read downgrades it (make_device_entry_read).
-      const oldPfn = shared[stateIndex(page) + 1];
       if (!publish(core.shared, page, kind === KIND_DEVICE && forceWrite === false ? s & ~WRITE : s) && kind === KIND_DEVICE) {
-        deviceBySlot((s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT)!.putPage(oldPfn);
+        const slot = (s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT;
+        deviceBySlot(slot)!.putPage(oldPfn);
+        if (slot === device.slot) onDevice--; // zapped: no longer on the device
       }
       continue;
     }
@@ -168,8 +182,11 @@ export function migrateToDevice(core: RegionCore, first: number, count: number, 
     const huge = hugeWhole.size > 0 && hugeWhole.has(hugeBlockOf(page)) ? HUGE : 0;
     if (publish(core.shared, page, KIND_DEVICE | (write ? WRITE : 0) | huge | (device.slot << DEVICE_SHIFT))) moved++;
     else device.putPage(pfns[i]);
+    // Device to device: the old page goes, zapped or not (the entry naming it is gone either way).
+    if (kind === KIND_DEVICE) deviceBySlot((s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT)!.putPage(oldPfn);
   }
   Atomics.add(device.shared, DEV_MIGRATED_TO_DEVICE, moved);
+  if (error !== undefined) throw error;
   return onDevice + moved;
 }
 
@@ -205,9 +222,12 @@ export function migrateBack(core: RegionCore, f: number, c: number, only: Device
     const pfn = shared[stateIndex(page) + 1];
     const write = (s & WRITE) !== 0;
     // A run of entries of the same kind naming consecutive device pages comes back in one COPY.
+    // It grows only over pages nobody holds: waiting for one while holding the run could time out
+    // with the run held; the next round waits for that page with nothing else held.
     let k = 1;
     while (k < MAX_FAULT_AROUND && page + k < f + c && pfn + k < device.capacity) {
-      const sq = lockPage(shared, page + k);
+      const sq = tryLockPage(shared, page + k);
+      if (sq < 0) break;
       if (sq !== s || shared[stateIndex(page + k) + 1] !== pfn + k) {
         release(core.shared, page + k, sq);
         break;
@@ -223,11 +243,19 @@ export function migrateBack(core: RegionCore, f: number, c: number, only: Device
       throw e;
     }
     // Someone may have zapped these pages meanwhile, and the kernel's zap may have come before
-    // our fill: then the bytes we put back must go again, and the pages end up none.
+    // our fill: then the bytes we put back must go again, and the pages end up none. Where the
+    // kernel refuses that madvise, it changed nothing: those pages keep the bytes and are present.
     settleZaps(core);
-    forRuns(page, k, (i) => zapPendingAt(shared, page + i), (a, n) =>
-      zapLocked(core, a, n),
-    );
+    let error: unknown;
+    forRuns(page, k, (i) => zapPendingAt(shared, page + i), (a, n) => {
+      let zapped = false;
+      try {
+        if (error === undefined) zapLocked(core, a, n, false, () => (zapped = true));
+      } catch (e) {
+        error = e;
+      }
+      if (!zapped) for (let p = a; p < a + n; p++) forgetZap(shared, p);
+    });
     for (let i = 0; i < k; i++) {
       shared[stateIndex(page + i) + 1] = 0;
       publish(core.shared, page + i, KIND_PRESENT | (write ? WRITE : 0));
@@ -239,6 +267,7 @@ export function migrateBack(core: RegionCore, f: number, c: number, only: Device
     native.regionWake(core.handle, page, k);
     moved += k;
     page += k;
+    if (error !== undefined) throw error;
   }
   return moved;
 }

@@ -76,14 +76,16 @@ export function attach(core: RegionCore, nat: NativeRegion): void {
 }
 
 /**
- * munmap's first half: the servicer lets go, every entry is zapped (device pages lose this
- * mapping's reference, free_swap_and_cache), devices forget the region and its trace stops. The
- * mapping stays.
+ * munmap's first half: every entry is zapped (device pages lose this mapping's reference,
+ * free_swap_and_cache), then the servicer lets go, devices forget the region and its trace stops.
+ * The mapping stays. Zapping comes first and takes every page or none: when a page stays locked
+ * past the deadline (a slow driver hook) this throws with the region as it was, still served,
+ * and a later call can finish the job.
  */
 export function zapMapping(core: RegionCore): void {
+  zapAll(core);
   core.servicerHost?.removeRegion(core.handle);
   core.servicerHost = undefined;
-  zapAll(core);
   for (const d of core.devices) d.removeHolder(core.owner);
   core.devices.clear();
   core.trace?.stop();

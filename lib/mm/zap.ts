@@ -4,7 +4,7 @@ import { native } from '../native.js';
 import { check } from '../errors.js';
 import { optionalBoolean, optionsObject, pageRange } from '../validate.js';
 import { DEVICE_SHIFT, KIND_DEVICE, KIND_MASK, KIND_NONE, MAX_DEVICE_SLOT, UNMAPPED, ZAP_BATCHES_DONE, ZAP_BATCHES_READ, ZAP_READING, stateIndex } from '../layout.js';
-import { LOCK_DEADLINE_MS, forRuns, lockPage, lockRange, markZapping, nap, release, unlockPage, unmarkZapping, waitZapsSeen } from '../pagelock.js';
+import { forRuns, lockDeadline, lockRange, markZapping, nap, release, unlockPage, unmarkZapping, waitZapsSeen } from '../pagelock.js';
 import { deviceBySlot } from '../device.js';
 import { checkHugeAligned } from './backing.js';
 import { pageSpan, type RegionCore } from './vma.js';
@@ -41,10 +41,7 @@ export function discard(core: RegionCore, first: number, count: number, options:
   let zapped = 0; // pages [f, f+zapped) are zapped (or were never mapped)
   try {
     // madvise only what is still mapped: pages someone munmapped have nothing left to zap.
-    forRuns(f, c, (i) => (old[i] & UNMAPPED) === 0, (a, n) => {
-      zapLocked(core, a, n);
-      zapped = a + n - f;
-    });
+    forRuns(f, c, (i) => (old[i] & UNMAPPED) === 0, (a, n) => zapLocked(core, a, n, false, () => (zapped = a + n - f)));
     zapped = c;
   } finally {
     // A run madvise refused keeps its entries (the kernel changed nothing there).
@@ -64,9 +61,10 @@ export function discard(core: RegionCore, first: number, count: number, options:
  * MADV_DONTNEED over pages this thread holds locked. The kernel reports it to the servicer as an
  * EVENT_REMOVE, which must not be mistaken for someone else's zap once the pages are unlocked:
  * each page is flagged ZAPPING, and the lock is kept until the servicer has seen the event and
- * cleared the flag.
+ * cleared the flag. `zapped` is called once the kernel has zapped them: a throw before it means
+ * the kernel changed nothing (madvise refused), after it that the servicer never saw the event.
  */
-export function zapLocked(core: RegionCore, first: number, count: number, free = false): void {
+export function zapLocked(core: RegionCore, first: number, count: number, free = false, zapped?: () => void): void {
   const shared = core.shared;
   if (core.zapEvents) markZapping(shared, first, count);
   const rc = native.regionDiscard(core.handle, first, count, free);
@@ -76,6 +74,7 @@ export function zapLocked(core: RegionCore, first: number, count: number, free =
     if (free) check(rc, 'madvise(MADV_FREE)', `freeing ${pageSpan(first, count)}`, 'MADV_FREE takes private anonymous memory only; discard without { free } instead');
     else check(rc, 'madvise(MADV_DONTNEED)', `zapping ${pageSpan(first, count)}`);
   }
+  zapped?.();
   if (core.zapEvents) waitZapsSeen(shared, first, count);
 }
 
@@ -94,17 +93,22 @@ export function settleZaps(core: RegionCore): void {
     if (target === undefined && Atomics.load(s, ZAP_READING) === 0) target = Atomics.load(s, ZAP_BATCHES_READ);
     if (target !== undefined && ((Atomics.load(s, ZAP_BATCHES_DONE) - target) | 0) >= 0) return;
     if (spins < 64) continue;
-    if (deadline === 0) deadline = Date.now() + LOCK_DEADLINE_MS;
+    if (deadline === 0) deadline = Date.now() + lockDeadline();
     else if (Date.now() > deadline) return;
     nap();
   }
 }
 
-/** Zaps every entry of the region (munmap in lib/mm/mmap.ts): device pages lose its reference. */
+/**
+ * Zaps every entry of the region (munmap in lib/mm/mmap.ts): device pages lose its reference. All
+ * or nothing: every page is locked first, so a page held past the deadline (a slow driver hook)
+ * leaves the region as it was, for a later try.
+ */
 export function zapAll(core: RegionCore): void {
   const shared = core.shared;
+  const old = lockRange(shared, 0, core.pages);
   for (let page = 0; page < core.pages; page++) {
-    const s = lockPage(shared, page);
+    const s = old[page];
     if ((s & KIND_MASK) === KIND_DEVICE) {
       deviceBySlot((s >>> DEVICE_SHIFT) & MAX_DEVICE_SLOT)!.putPage(shared[stateIndex(page) + 1]);
     }

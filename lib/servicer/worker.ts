@@ -140,7 +140,12 @@ function decideAndServe(handle: number, page: number, flags: number, tid: number
   if (r === undefined) {
     drainMessages();
     r = regions.get(handle);
-    if (r === undefined) return true; // closed: its faults were woken by the unregister
+    if (r === undefined) {
+      // Dropped: the region is closing (its faults are woken by the unregister). Its owner is about
+      // to lock every page: one locked for us goes back as it was, or the close would wait on it.
+      if (held) letGo(handle, page, flags, tid, t0Us, state, pfn);
+      return true;
+    }
   }
   // Bounded: each new round means someone else changed the page meanwhile.
   for (let round = 0; round < 8; round++) {
@@ -182,6 +187,15 @@ function decideAndServe(handle: number, page: number, flags: number, tid: number
   pending.pfn = pfn;
   pending.hookUs = hookUs;
   return false;
+}
+
+/** Unlocks a page the engine locked for an ask we will not serve (faultServe with no verdict). */
+function letGo(handle: number, page: number, flags: number, tid: number, t0Us: number, state: number, pfn: number): void {
+  try {
+    native.faultServe(handle, page, flags, tid, t0Us, VERDICT_NONE, state, pfn, true);
+  } catch (err) {
+    if ((err as { code?: string }).code !== 'ERR_REGION_CLOSED') throw err; // closed: nothing left to unlock
+  }
 }
 
 function serveAsk(handle: number, page: number, flags: number, tid: number, t0Us: number, verdict: number, state: number, pfn: number, held: boolean, hookUs: number): void {

@@ -65,6 +65,14 @@ export class Model {
     this.region = Model.newRegion(pages);
   }
 
+  /** A deep copy: each order a racing zap may have taken is tried on one (runner.ts). */
+  clone(): Model {
+    const m = new Model(0, []);
+    m.devices.push(...structuredClone(this.devices));
+    m.region = structuredClone(this.region);
+    return m;
+  }
+
   static newDevice(capacity: number): MDevice {
     return { open: true, capacity, pages: new Map(), stats: { faults: 0, migratedToDevice: 0, migratedToRam: 0, freed: 0 } };
   }
@@ -114,15 +122,17 @@ export class Model {
    * device counts (a forced read downgrades it, make_device_entry_read); a page the vma cannot read
    * stays. The entry is a write entry when the page was writable (or as forced).
    */
-  migrate(first: number, count: number, dev: number, write: boolean | undefined): number {
+  migrate(first: number, count: number, dev: number, write: boolean | undefined, during: ReadonlySet<number> = new Set()): number {
     const r = this.region;
     let on = 0;
     let moved = 0;
+    const zapped = new Set<number>();
     for (let page = first; page < first + count; page++) {
       const e = r.entries[page];
       if (e.kind === 'device' && e.dev === dev) {
-        on++;
         if (write === false) e.write = false;
+        if (during.has(page)) continue; // zapped before we published it: not on the device any more
+        on++;
         continue;
       }
       if (r.prot[page] === 'none') continue;
@@ -132,10 +142,64 @@ export class Model {
       if (e.kind === 'device') this.#put(e.dev, e.id);
       r.entries[page] = { kind: 'device', write: write ?? writable, dev, id };
       r.bytes[page].fill(0); // no CPU page remains
-      moved++;
+      // Zapped by someone else while the migration held it: the entry it was making is dropped.
+      if (during.has(page)) zapped.add(page);
+      else moved++;
     }
+    // Those, and the pages the migration did not take, lose their entry to the zap.
+    for (const page of during) this.discard(page, 1);
     this.devices[dev].stats.migratedToDevice += moved;
     return on + moved;
+  }
+
+  /**
+   * What a migration would do, without doing it: how many device pages it allocates, whether it
+   * takes a CPU page (so that it has one to zap with madvise), and whether the device fills up
+   * before the end of the range.
+   */
+  migratePlan(first: number, count: number, dev: number): { allocs: number; takesCpuPage: boolean; full: boolean } {
+    const m = this.clone();
+    const before = m.devices[dev].stats.migratedToDevice;
+    m.migrate(first, count, dev, undefined);
+    let takesCpuPage = false;
+    let wanted = 0;
+    for (let p = first; p < first + count; p++) {
+      const was = this.region.entries[p];
+      const e = m.region.entries[p];
+      if (!(was.kind === 'device' && was.dev === dev) && this.region.prot[p] !== 'none') wanted++;
+      if (was.kind === 'present' && e.kind === 'device' && e.dev === dev) takesCpuPage = true;
+    }
+    const allocs = m.devices[dev].stats.migratedToDevice - before;
+    return { allocs, takesCpuPage, full: allocs < wanted };
+  }
+
+  /** A migration rolled back after allocating `allocs` device pages: they are freed, nothing else changes. */
+  migrateRolledBack(dev: number, allocs: number): void {
+    this.devices[dev].stats.freed += allocs;
+  }
+
+  /** Whether mremap to `pages` refuses (EFAULT): the pages it keeps span vmas of different protections. */
+  remapSplit(pages: number): boolean {
+    const kept = this.region.prot.slice(0, Math.min(pages, this.region.pages));
+    return kept.some((p) => p !== kept[0]);
+  }
+
+  /**
+   * mremap: entries and bytes move with the mapping; pages cut off drop their device pages (as a
+   * munmap of the tail); new pages are holes with the protection of the last page kept.
+   */
+  remap(pages: number): void {
+    const r = this.region;
+    for (let p = pages; p < r.pages; p++) {
+      const e = r.entries[p];
+      if (e.kind === 'device') this.#put(e.dev, e.id);
+    }
+    const kept = Math.min(pages, r.pages);
+    const last = r.prot[kept - 1];
+    r.entries = Array.from({ length: pages }, (_, p) => (p < kept ? r.entries[p] : ({ kind: 'none' } as MEntry)));
+    r.prot = Array.from({ length: pages }, (_, p) => (p < kept ? r.prot[p] : last));
+    r.bytes = Array.from({ length: pages }, (_, p) => (p < kept ? r.bytes[p] : new Uint8Array(PAGE_SIZE)));
+    r.pages = pages;
   }
 
   /** Brings a device page back (S2 migrate back): read entries come back write-protected. */

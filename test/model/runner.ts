@@ -1,24 +1,17 @@
 // Runs one sequence of operations against a real Region and the reference model side by side and,
-// after every step, compares every entry, every byte, refcounts, device.used and the stats.
-import {
-  Device,
-  HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL,
-  HMM_DMIRROR_PROT_DEV_PRIVATE_REMOTE,
-  HMM_DMIRROR_PROT_ERROR,
-  HMM_DMIRROR_PROT_NONE,
-  HMM_DMIRROR_PROT_READ,
-  HMM_DMIRROR_PROT_WRITE,
-  HMM_DMIRROR_PROT_ZERO,
-  PM_MMAP_EXCLUSIVE,
-  PM_PRESENT,
-  PM_SWAP,
-  Region,
-  SWP_DEVICE,
-  SWP_DEVICE_WRITE,
-  type ServicerKind,
-} from 'uffd-hmm';
-import { appendFileSync } from 'node:fs';
+// after every step, compares every entry, every byte, refcounts, device.used and the stats. Some
+// steps race something for real: a zap by another thread (races.ts says which outcomes the model
+// accepts), a madvise the kernel refuses (native/test_hooks.cc), a slow driver hook.
+import { Device, Region, type ServicerKind } from 'uffd-hmm';
+import { appendFileSync, existsSync, writeFile, writeFileSync } from 'node:fs';
+import { constants } from 'node:os';
+import { native } from '../../dist/native.js';
+import { LOCKED, ZAP_BATCHES_DONE, ZAP_BATCHES_READ, ZAP_READING, stateIndex } from '../../dist/layout.js';
+import { LOCK_DEADLINE_MS, setLockDeadlineForTest } from '../../dist/pagelock.js';
+import type { Zapper } from '../zapper.js';
 import { Model, PAGE_SIZE, type MChildStep, type Prot } from './model.js';
+import { compareAll } from './compare.js';
+import { heldPage, range, refusedZap, zapCandidates, type Held, type Raced } from './races.js';
 
 // UFFD_HMM_MODEL_TRACE=<file> appends every scenario and step as it starts: the last line written
 // before a hang names the step that hung.
@@ -33,10 +26,19 @@ export type Op =
   | { op: 'discard'; first: number; count: number }
   | { op: 'mprotect'; first: number; count: number; prot: Prot }
   | { op: 'fork'; steps: MChildStep[] }
+  | { op: 'remap'; pages: number }
   | { op: 'closeDevice'; dev: number }
   | { op: 'openDevice'; dev: number }
   | { op: 'closeRegion' }
-  | { op: 'map' };
+  | { op: 'map' }
+  /** Another thread zaps [first, first + count) (at most 3 pages) while `then` runs. */
+  | { op: 'race'; first: number; count: number; then: RaceThen }
+  /** The kernel refuses the first madvise of `then`. */
+  | { op: 'refuseZap'; then: Extract<Op, { op: 'discard' | 'migrate' }> }
+  /** A fault on `page` (a device entry on device 1, whose driver is slow) holds it while `then` runs. */
+  | { op: 'slowHook'; page: number; then: Op };
+
+export type RaceThen = Extract<Op, { op: 'migrate' | 'migrateToRam' | 'remap' | 'fork' }>;
 
 export interface Scenario {
   servicer: ServicerKind;
@@ -45,15 +47,37 @@ export interface Scenario {
   ops: Op[];
 }
 
+/** What some steps need: a thread that zaps (race), device 1's slow driver and its flag file (slowHook). */
+export interface RunEnv {
+  zapper?: Zapper;
+  slowDriver?: { url: URL; flag: string };
+}
+
 /** Thrown when real and model disagree: names the step and what differed. */
 export class Divergence extends Error {}
 
 const codeOf = (e: unknown): string => (e as { code?: string }).code ?? String(e);
+/** How long the servicer holds the batch with a racing zap, unapplied. */
+const RACE_HOLD_MS = 20;
+/** The page-lock deadline while a slow hook holds a page (its hook takes 700 ms: slow-driver.mjs). */
+const SLOW_DEADLINE_MS = 120;
 
-/** Clamps a generated range into the region, so shrinking never produces an invalid call. */
-function range(first: number, count: number, pages: number): [number, number] {
-  const f = first % pages;
-  return [f, Math.min(count, pages - f)];
+/** Runs fn; a coded error becomes { error: code }, so that real and model compare as results. */
+async function outcome(fn: () => unknown): Promise<unknown> {
+  try {
+    return await fn();
+  } catch (e) {
+    if (typeof (e as { code?: unknown }).code === 'string') return { error: codeOf(e) };
+    throw e;
+  }
+}
+
+async function waitFor(cond: () => boolean, what: string): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 1));
+  }
 }
 
 /**
@@ -61,10 +85,12 @@ function range(first: number, count: number, pages: number): [number, number] {
  * undefined (touching a page under PROT_NONE, a device write to a page not on a device) are skipped,
  * so every shrunk sequence is still a valid program. Returns the executed steps, for messages.
  */
-export async function runScenario(s: Scenario): Promise<string[]> {
+export async function runScenario(s: Scenario, env: RunEnv = {}): Promise<string[]> {
   if (trace) appendFileSync(trace, `scenario ${JSON.stringify({ ...s, ops: undefined })}\n`);
-  const model = new Model(s.pages, s.capacities);
-  const devices = s.capacities.map((capacity, i) => new Device({ capacity, name: `model-dev${i}` }));
+  let model = new Model(s.pages, s.capacities);
+  const newDevice = (i: number) =>
+    new Device({ capacity: s.capacities[i], name: `model-dev${i}`, driver: i === 1 && env.slowDriver ? env.slowDriver.url : undefined });
+  const devices = s.capacities.map((_, i) => newDevice(i));
   let region = Region.map({ pages: s.pages, servicer: s.servicer });
   const errors: unknown[] = [];
   region.on('error', (e) => errors.push(e));
@@ -89,31 +115,44 @@ export async function runScenario(s: Scenario): Promise<string[]> {
   };
   /** Runs `fn` expecting it to throw `code`. */
   const throws = async (what: string, code: string, fn: () => unknown): Promise<void> => {
-    try {
-      await fn();
-    } catch (e) {
-      if (codeOf(e) === code) return;
-      fail(`${what}: threw ${codeOf(e)} (${(e as Error).message}), expected ${code}`);
+    same(what, await outcome(fn), { error: code });
+  };
+  /** The first of the models (and results) the real region matches; fails with the first's divergence. */
+  const oneOf = (desc: string, got: unknown, candidates: { model: Model; result: unknown }[]): void => {
+    const misses: string[] = [];
+    for (const c of candidates) {
+      const kept = model;
+      const renamed = rename.map((r) => new Map(r));
+      model = c.model;
+      try {
+        same(`result of ${desc}`, got, c.result);
+        compare();
+        return;
+      } catch (e) {
+        if (!(e instanceof Divergence)) throw e;
+        misses.push((e as Error).message.split('\n')[0]);
+        model = kept;
+        renamed.forEach((r, i) => (rename[i] = r));
+      }
     }
-    fail(`${what}: returned, expected ${code}`);
+    fail(`no order of the racing zap the model accepts matches:\n    ${misses.join('\n    ')}`);
   };
 
   try {
     for (const op of s.ops) {
       const m = model.region;
-      const n = s.pages;
       const desc = JSON.stringify(op);
       if (trace) appendFileSync(trace, `  ${desc}\n`);
       if (op.op === 'map') {
         if (m.open) continue;
         log.push(desc);
-        region = Region.map({ pages: n, servicer: s.servicer });
+        region = Region.map({ pages: s.pages, servicer: s.servicer });
         region.on('error', (e) => errors.push(e));
-        model.region = Model.newRegion(n);
+        model.region = Model.newRegion(s.pages);
       } else if (op.op === 'openDevice') {
         if (model.devices[op.dev].open) continue;
         log.push(desc);
-        devices[op.dev] = new Device({ capacity: s.capacities[op.dev], name: `model-dev${op.dev}` });
+        devices[op.dev] = newDevice(op.dev);
         rename[op.dev] = new Map();
         model.devices[op.dev] = Model.newDevice(s.capacities[op.dev]);
       } else if (op.op === 'closeDevice') {
@@ -124,7 +163,7 @@ export async function runScenario(s: Scenario): Promise<string[]> {
       } else if (!m.open) {
         // Every region operation on a closed region is refused with a coded error; its bytes view
         // is detached (length 0), so a CPU access reaches no memory at all.
-        if (op.op === 'closeRegion') continue;
+        if (op.op === 'closeRegion' || op.op === 'race' || op.op === 'refuseZap' || op.op === 'slowHook') continue;
         if (op.op === 'read' || op.op === 'write') {
           same('bytes of a closed region', region.bytes.length, 0);
           continue;
@@ -137,18 +176,39 @@ export async function runScenario(s: Scenario): Promise<string[]> {
         await region.close();
         model.closeRegion();
         same('bytes after close', region.bytes.length, 0);
+      } else if (op.op === 'race') {
+        if (!applicable(op) || !applicable(op.then)) continue;
+        log.push(desc);
+        const [f, c] = range(op.first, op.count, m.pages);
+        const steps = op.then.op === 'fork' ? childSteps(op.then.steps) : [];
+        const got = await race(f, c, op.then, steps);
+        const raced: Raced = op.then.op === 'fork' ? { op: 'fork', run: (mm) => forkModel(mm, steps) } : op.then;
+        oneOf(desc, got, zapCandidates(model, Array.from({ length: c }, (_, i) => f + i), raced, (d) => model.devices[d].open));
+      } else if (op.op === 'refuseZap') {
+        if (!applicable(op.then)) continue;
+        log.push(desc);
+        native.testFailMadvise(region.handle, 0, constants.errno.ENOMEM);
+        let got: unknown;
+        try {
+          got = await outcome(() => apply(op.then));
+        } finally {
+          native.testFailMadvise(region.handle, 0, 0);
+        }
+        const refused = op.then.op === 'migrate' && !model.devices[op.then.dev].open ? undefined : refusedZap(model, op.then);
+        same(`result of ${desc}`, got, refused ?? applyModel(op.then));
+      } else if (op.op === 'slowHook') {
+        if (!applicable(op)) continue;
+        log.push(desc);
+        const held = hookPage(op.page);
+        const got = await slowHook(held, op.then);
+        const blocked = heldOp(op.then);
+        const want = (blocked && heldPage(model, blocked, held)) ?? applyModel(op.then);
+        same(`result of ${desc}`, got, want);
+        model.read(held, 0); // the hook's fault (a write(2) from the page) is served last
       } else {
         if (!applicable(op)) continue;
         log.push(desc);
-        if (op.op === 'migrate' && !model.devices[op.dev].open) {
-          await throws(desc, 'ERR_DEVICE_CLOSED', () => apply(op));
-        } else if (op.op === 'fork' && s.servicer === 'inline') {
-          await throws(desc, 'ERR_SERVICER_UNSUPPORTED', () => apply(op));
-        } else {
-          const got = await apply(op);
-          const want = applyModel(op);
-          same(`result of ${desc}`, got, want);
-        }
+        same(`result of ${desc}`, await outcome(() => apply(op)), applyModel(op));
       }
       compare();
       if (errors.length) fail(`the region reported errors: ${errors.map((e) => codeOf(e)).join(', ')}`);
@@ -161,28 +221,64 @@ export async function runScenario(s: Scenario): Promise<string[]> {
 
   function applicable(op: Op): boolean {
     const m = model.region;
+    const n = m.pages;
     switch (op.op) {
       case 'read':
-        return m.prot[op.page % s.pages] !== 'none';
+        return m.prot[op.page % n] !== 'none';
       case 'write':
-        return m.prot[op.page % s.pages] === 'readwrite';
+        return m.prot[op.page % n] === 'readwrite';
       case 'deviceWrite':
-        return m.entries[op.page % s.pages].kind === 'device';
+        return m.entries[op.page % n].kind === 'device';
+      case 'race':
+        return s.servicer !== 'inline' && env.zapper !== undefined;
+      case 'slowHook': {
+        const then = op.then;
+        const held = hookPage(op.page);
+        if (s.servicer !== 'worker' || env.slowDriver === undefined || held < 0) return false;
+        // Not what would wait for the hook's own fault, or change the devices or the region as a whole.
+        if (['closeRegion', 'map', 'openDevice', 'closeDevice', 'race', 'refuseZap', 'slowHook'].includes(then.op)) return false;
+        if ((then.op === 'read' || then.op === 'write') && then.page % n === held) return false;
+        return applicable(then);
+      }
       default:
         return true;
     }
   }
 
+  /**
+   * The page a slow hook holds: the first from `page` on (wrapping around) whose fault reaches the
+   * hook, a readable device entry on device 1 (the fault is a write(2) from it); -1 when none is.
+   */
+  function hookPage(page: number): number {
+    const m = model.region;
+    for (let i = 0; i < m.pages; i++) {
+      const p = (page + i) % m.pages;
+      const e = m.entries[p];
+      if (e.kind === 'device' && e.dev === 1 && m.prot[p] !== 'none') return p;
+    }
+    return -1;
+  }
+
+  /** The step a slow hook's page blocks, as races.ts describes it, or undefined. */
+  function heldOp(op: Op): Held | undefined {
+    if (op.op === 'discard' || op.op === 'mprotect' || op.op === 'migrateToRam') return op;
+    if (op.op === 'migrate') return model.devices[op.dev].open ? op : undefined;
+    if (op.op === 'remap') return s.servicer === 'inline' || model.remapSplit(op.pages) ? undefined : op;
+    if (op.op === 'fork') return s.servicer === 'inline' ? undefined : op;
+    return undefined;
+  }
+
   /** Child steps that would crash the child (PROT_NONE, a write to a read-only page) are left out. */
   function childSteps(steps: MChildStep[]): MChildStep[] {
     const m = model.region;
+    const n = m.pages;
     return steps
       .map((st): MChildStep => {
         if (st.op === 'checksum') {
-          const [first, count] = range(st.first, st.count, s.pages);
+          const [first, count] = range(st.first, st.count, n);
           return { op: 'checksum', first, count };
         }
-        return { ...st, page: st.page % s.pages };
+        return { ...st, page: st.page % n };
       })
       .filter((st) => {
         if (st.op === 'checksum') return m.prot.slice(st.first, st.first + st.count).every((p) => p !== 'none');
@@ -190,8 +286,12 @@ export async function runScenario(s: Scenario): Promise<string[]> {
       });
   }
 
-  async function apply(op: Op): Promise<unknown> {
-    const n = s.pages;
+  function forkModel(mm: Model, steps: MChildStep[]): unknown {
+    return { results: mm.fork(steps), exitCode: 0, signal: null };
+  }
+
+  async function apply(op: Op, steps?: MChildStep[]): Promise<unknown> {
+    const n = model.region.open ? model.region.pages : s.pages;
     switch (op.op) {
       case 'migrate': {
         const [f, c] = range(op.first, op.count, n);
@@ -219,18 +319,22 @@ export async function runScenario(s: Scenario): Promise<string[]> {
         return undefined;
       }
       case 'fork': {
-        const res = await region.fork(childSteps(op.steps), { timeoutMs: 20_000 });
+        const res = await region.fork(steps ?? childSteps(op.steps), { timeoutMs: 20_000 });
         return { results: res.results, exitCode: res.exitCode, signal: res.signal };
       }
+      case 'remap':
+        region.remap(op.pages);
+        return undefined;
       default:
         return fail(`apply: unexpected ${op.op}`);
     }
   }
 
   function applyModel(op: Op): unknown {
-    const n = s.pages;
+    const n = model.region.pages;
     switch (op.op) {
       case 'migrate': {
+        if (!model.devices[op.dev].open) return { error: 'ERR_DEVICE_CLOSED' };
         const [f, c] = range(op.first, op.count, n);
         return model.migrate(f, c, op.dev, op.write);
       }
@@ -253,99 +357,64 @@ export async function runScenario(s: Scenario): Promise<string[]> {
         return undefined;
       }
       case 'fork':
-        return { results: model.fork(childSteps(op.steps)), exitCode: 0, signal: null };
+        if (s.servicer === 'inline') return { error: 'ERR_SERVICER_UNSUPPORTED' };
+        return forkModel(model, childSteps(op.steps));
+      case 'remap':
+        if (s.servicer === 'inline') return { error: 'ERR_SERVICER_UNSUPPORTED' };
+        if (model.remapSplit(op.pages)) return { error: 'EFAULT' };
+        model.remap(op.pages);
+        return undefined;
       default:
         return fail(`model: unexpected ${op.op}`);
     }
   }
 
-  /** Every observable of the real region and devices against the model. */
-  function compare(): void {
-    const m = model.region;
-    const n = s.pages;
-    for (let i = 0; i < devices.length; i++) {
-      same(`device ${i} used`, devices[i].used, model.used(i));
-      same(`device ${i} stats`, devices[i].stats(), model.devices[i].stats);
-      // Forget renamings of pages the model freed: the real pfn may be handed out again.
-      for (const id of rename[i].keys()) if (!model.devices[i].pages.has(id)) rename[i].delete(id);
-    }
-    if (!m.open) return;
-    same('region stats', region.stats(), m.stats);
-    const pm = region.pagemap(0, n);
-    const snap = region.snapshot(0, n);
-    // Asked for by a closed device, a snapshot is refused: the closed Device must never stand for
-    // the device that took its slot (whose pages would show as LOCAL).
-    for (const d of devices) if (d.closed) expectClosed('snapshot for a closed device', () => region.snapshot(0, n, d));
-    const snapFor = devices.map((d) => (d.closed ? undefined : region.snapshot(0, n, d)));
-    const view = Buffer.from(region.bytes.buffer, region.bytes.byteOffset, region.bytes.byteLength);
-    for (let p = 0; p < n; p++) {
-      const want = m.entries[p];
-      const real = region.entry(p);
-      const at = `page ${p}`;
-      same(`${at} kind`, real.kind, want.kind);
-      const prot = m.prot[p];
-      let wantSnap: number;
-      if (want.kind === 'device' && real.kind === 'device') {
-        same(`${at} write`, real.write, want.write);
-        if (real.device !== devices[want.dev]) fail(`${at}: on ${real.device.name}, model says model-dev${want.dev}`);
-        // pfn up to renaming: the same model page always shows as the same real pfn, and no two
-        // live model pages share one.
-        const map = rename[want.dev];
-        const known = map.get(want.id);
-        if (known === undefined) {
-          for (const [id, pfn] of map) if (pfn === real.pfn && id !== want.id) fail(`${at}: pfn ${real.pfn} already names another device page`);
-          map.set(want.id, real.pfn);
-        } else if (known !== real.pfn) {
-          fail(`${at}: device page moved from pfn ${known} to ${real.pfn} without a migration`);
-        }
-        const dev = devices[want.dev];
-        same(`${at} refcount`, dev.refcount(real.pfn), model.devices[want.dev].pages.get(want.id)!.refs);
-        if (!Buffer.from(dev.read(real.pfn)).equals(model.content(p))) fail(`${at}: device page bytes differ (${diffAt(dev.read(real.pfn), model.content(p))})`);
-        // pagemap shows the device swap entry (S6), exclusive while mapped once.
-        const e = pm[p];
-        if ((e & PM_SWAP) === 0n || (e & PM_PRESENT) !== 0n) fail(`${at}: pagemap 0x${e.toString(16)} is not a swap entry`);
-        same(`${at} pagemap type`, Number(e & 31n), want.write ? SWP_DEVICE_WRITE : SWP_DEVICE);
-        same(`${at} pagemap offset`, Number((e >> 5n) & ((1n << 50n) - 1n)), real.pfn);
-        same(`${at} pagemap exclusive`, (e & PM_MMAP_EXCLUSIVE) !== 0n, true);
-        const rw = want.write ? HMM_DMIRROR_PROT_WRITE : HMM_DMIRROR_PROT_READ;
-        wantSnap = HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL | rw;
-        snapFor.forEach((sn, i) => {
-          if (sn === undefined) return;
-          same(
-            `${at} snapshot for dev${i}`,
-            sn[p],
-            prot === 'none' ? HMM_DMIRROR_PROT_ERROR : (want.dev === i ? HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL : HMM_DMIRROR_PROT_DEV_PRIVATE_REMOTE) | rw,
-          );
-        });
-      } else if (want.kind === 'present' && real.kind === 'present') {
-        // The pte is writable when the page is not write-protected and the vma allows writes.
-        same(`${at} write`, real.write, want.write && prot === 'readwrite');
-        if ((pm[p] & PM_PRESENT) === 0n) fail(`${at}: present in the table but not in pagemap (0x${pm[p].toString(16)})`);
-        // Readable without a fault (present), unless PROT_NONE, where touching it is a SIGSEGV.
-        if (prot !== 'none') {
-          const got = view.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE);
-          if (!got.equals(m.bytes[p])) fail(`${at}: bytes differ (${diffAt(got, m.bytes[p])})`);
-        }
-        wantSnap = want.zero
-          ? HMM_DMIRROR_PROT_ZERO | HMM_DMIRROR_PROT_READ
-          : prot === 'readwrite'
-            ? want.write
-              ? HMM_DMIRROR_PROT_WRITE
-              : HMM_DMIRROR_PROT_READ
-            : HMM_DMIRROR_PROT_READ;
-      } else {
-        if ((pm[p] & (PM_PRESENT | PM_SWAP)) !== 0n) fail(`${at}: none in the table but pagemap 0x${pm[p].toString(16)}`);
-        wantSnap = HMM_DMIRROR_PROT_NONE;
-      }
-      if (prot === 'none') wantSnap = HMM_DMIRROR_PROT_ERROR;
-      same(`${at} snapshot`, snap[p], wantSnap);
-    }
+  /**
+   * Another thread zaps pages [f, f + c) while `then` runs: the servicer reads the zap's REMOVE
+   * (so the madvise returns, the kernel's zap done) and holds it, unapplied, for RACE_HOLD_MS, while
+   * `then` takes its pages. Waits until the zap is applied before anything is compared.
+   */
+  async function race(f: number, c: number, then: RaceThen, steps: MChildStep[]): Promise<unknown> {
+    native.testHoldServicer(region.handle, 1, RACE_HOLD_MS);
+    const rc = await env.zapper!.discardNow(region, f, c);
+    if (rc !== 0) fail(`the racing madvise failed: ${rc}`);
+    const got = await outcome(() => apply(then, steps));
+    native.testReleaseServicer(region.handle, 0);
+    const sh = region.shared;
+    await waitFor(
+      () => Atomics.load(sh, ZAP_READING) === 0 && Atomics.load(sh, ZAP_BATCHES_DONE) - Atomics.load(sh, ZAP_BATCHES_READ) >= 0,
+      'the racing zap to be applied',
+    );
+    return got;
   }
-}
 
-function diffAt(a: Uint8Array, b: Uint8Array): string {
-  for (let i = 0; i < Math.max(a.length, b.length); i++) if (a[i] !== b[i]) return `first at offset ${i}: real ${a[i]}, model ${b[i]}`;
-  return 'lengths differ';
+  /**
+   * A write(2) from page `held` on a libuv thread faults on its device entry; the slow hook holds
+   * the page locked (700 ms) while `then` runs with a short page-lock deadline. Waits for the write.
+   */
+  async function slowHook(held: number, then: Op): Promise<unknown> {
+    const { flag } = env.slowDriver!;
+    writeFileSync(flag, '');
+    const sink = `${flag}.sink`;
+    const written = new Promise<void>((resolve, reject) =>
+      writeFile(sink, region.bytes.subarray(held * PAGE_SIZE, held * PAGE_SIZE + 8), (e) => (e ? reject(e) : resolve())),
+    );
+    await waitFor(() => !existsSync(flag) && (Atomics.load(region.shared, stateIndex(held)) & LOCKED) !== 0, 'the slow hook to hold its page');
+    setLockDeadlineForTest(SLOW_DEADLINE_MS);
+    let got: unknown;
+    try {
+      got = await outcome(() => apply(then));
+    } finally {
+      setLockDeadlineForTest(LOCK_DEADLINE_MS);
+    }
+    await written;
+    await waitFor(() => (Atomics.load(region.shared, stateIndex(held)) & LOCKED) === 0, 'the slow hook to let its page go');
+    return got;
+  }
+
+  function compare(): void {
+    compareAll({ model, region, devices, rename, same, fail, expectClosed });
+  }
 }
 
 /**
