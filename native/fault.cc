@@ -326,7 +326,7 @@ Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, u
       fill = Fill::Zero;
       next = kKindPresent | kWrite;
     }
-    const uint32_t pfn0 = pfn - (page - first);
+    uint32_t pfn0 = pfn - (page - first);  // the device page of `first`: it moves with the run
     // Where a thread sleeps on the fault, the fill wakes it itself: one system call fewer than a
     // fill and a UFFDIO_WAKE. So everything that thread may look at once it runs (the state words,
     // the counters, the device's books) is done first, the pages staying locked until the end, and
@@ -357,6 +357,7 @@ Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, u
         if (first + i != page) unlockPage(r, r.state(first + i), s);
       first = page;
       k = 1;
+      pfn0 = pfn;
       rc = doFill(r, fill, page, 1, dev.get(), pfn, next & kWrite, flags, false);
     }
     if (rc == -EEXIST) {
