@@ -134,6 +134,10 @@ export interface Addon {
   testHoldServicer(region: number, batches: number, ms: number): number;
   /** TEST ONLY: let held batches 1..upTo go (0: all, and cancel the rest); returns how many were held. */
   testReleaseServicer(region: number, upTo: number): number;
+  /** TEST ONLY (native/test_hooks.cc): the region's next UFFDIO_COPY of more than `pages` pages fills that many and answers EAGAIN. */
+  testCutCopy(region: number, pages: number, counted?: boolean): void;
+  /** TEST ONLY: the next engine thread at `point` (1 lockNeighbours before its CAS, 2 migrateSharers after locking a sharer's page) waits; pauses so far. */
+  testPauseAt(region: number, point: number, ms: number): number;
 
   benchPlainTouch(pages: number, order: Int32Array, threads: number, out: Float64Array, write: boolean): void;
   benchSetAffinity(cpus: Int32Array): Int32Array;

@@ -4,6 +4,7 @@
 // and fails on a constant that either side lacks. docs/PROTOCOL.md explains the state machine.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 namespace uffdhmm::layout {

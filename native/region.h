@@ -92,7 +92,21 @@ struct RegionState {
   std::atomic<int> testHoldMs{0};
   std::atomic<int> testHeld{0};      // batches held so far
   std::atomic<int> testReleased{0};  // held batch number n waits while testReleased < n
+  // TEST ONLY (testCutCopy, native/test_hooks.cc): the next UFFDIO_COPY of more pages than this, by
+  // any path of the engine, fills only this many and answers EAGAIN, as the kernel may (its copy
+  // count says how far it got). 0: off. Costs each multi-page fill one relaxed load.
+  std::atomic<uint32_t> testCutCopyPages{0};
+  std::atomic<bool> testCutCopyUncounted{false};  // and say it filled nothing (a count lost)
+  // TEST ONLY (testPauseAt, native/test_hooks.cc): the next thread of the engine that reaches the
+  // point named here on this region waits there (testHoldMs at most, or until testReleaseServicer),
+  // counted in testHeld. The windows between reading a word and locking it, or between locking a
+  // page and publishing it, where a racing thread changes what the engine saw. 0: off.
+  std::atomic<int> testPausePoint{0};
 };
+
+// The points testPausePoint names.
+constexpr int kTestPointNeighbourLock = 1;  // lockNeighbours: a neighbour's word read, not locked yet
+constexpr int kTestPointSharerLocked = 2;   // migrateSharers: a sharer's page locked, nothing copied yet
 
 // Ends every service of r (idempotent): marks it closed, unregisters the range (threads blocked on
 // a fault see plain memory), and stops and joins its servicer thread. The mapping stays.
@@ -105,6 +119,14 @@ void retireRegionsOf(const void* env);
 // The servicer's side of the test hold above (native/test_hooks.cc): called after each read that
 // returned messages.
 void testHoldPoint(RegionState& r, const std::atomic<bool>& stop);
+
+// The engine's side of testCutCopy (native/test_hooks.cc): how many pages the UFFDIO_COPY of
+// `pages` pages about to be made on r should fill before it stops with EAGAIN; 0 (almost always):
+// all of them, the kernel decides. *counted false: report none of them filled.
+uint32_t testCutCopy(RegionState& r, uint32_t pages, bool* counted);
+
+// The engine's side of testPauseAt: waits here if a test armed `point` on r (one relaxed load if not).
+void testPause(RegionState& r, int point);
 
 // The guard (native/guard.cc): a native servicer thread takes over r's faults with the default policy because its
 // worker servicer died. Releases pages the dead servicer held locked, then wakes every thread blocked

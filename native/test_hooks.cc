@@ -1,5 +1,6 @@
 // TEST ONLY: hooks that hold a servicer between reading a batch of messages and serving it, for
-// test/ordering.test.ts (nothing in lib/ calls them). See RegionState::testHoldBatches for why.
+// test/ordering.test.ts, and that cut a multi-page UFFDIO_COPY short, for test/fill-partial.test.ts
+// (nothing in lib/ calls them). See RegionState::testHoldBatches and testCutCopyPages for why.
 #include <napi.h>
 #include <time.h>
 
@@ -13,12 +14,9 @@
 
 namespace uffdhmm {
 
-void testHoldPoint(RegionState& r, const std::atomic<bool>& stop) {
-  if (r.testHoldBatches.load(std::memory_order_relaxed) <= 0) return;
-  if (r.testHoldBatches.fetch_sub(1) <= 0) {
-    r.testHoldBatches.fetch_add(1);  // released meanwhile
-    return;
-  }
+// Waits as held batch (or pause) number testHeld + 1 until released, the hold's time is up, r closes
+// or `stop` is set.
+static void holdHere(RegionState& r, const std::atomic<bool>& stop) {
   const int me = r.testHeld.fetch_add(1) + 1;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(r.testHoldMs.load());
   while (r.testReleased.load() < me && std::chrono::steady_clock::now() < deadline &&
@@ -26,6 +24,35 @@ void testHoldPoint(RegionState& r, const std::atomic<bool>& stop) {
     struct timespec ts = {0, 100 * 1000};
     nanosleep(&ts, nullptr);
   }
+}
+
+void testHoldPoint(RegionState& r, const std::atomic<bool>& stop) {
+  if (r.testHoldBatches.load(std::memory_order_relaxed) <= 0) return;
+  if (r.testHoldBatches.fetch_sub(1) <= 0) {
+    r.testHoldBatches.fetch_add(1);  // released meanwhile
+    return;
+  }
+  holdHere(r, stop);
+}
+
+void testPause(RegionState& r, int point) {
+  int armed = r.testPausePoint.load(std::memory_order_relaxed);
+  if (armed != point || !r.testPausePoint.compare_exchange_strong(armed, 0)) return;
+  holdHere(r, r.stopServicer);
+}
+
+// TEST ONLY. testPauseAt(region, point, ms) -> pauses counted so far: the next engine thread to reach
+// `point` (native/region.h, kTestPoint*) on the region waits there for at most `ms` (at most
+// 10 s), or until testReleaseServicer. point 0 disarms.
+static Napi::Value TestPauseAt(const Napi::CallbackInfo& info) {
+  auto r = argRegion(info, 0);
+  uint32_t point = argU32(info, 1, "point");
+  uint32_t ms = argU32(info, 2, "ms");
+  if (point > kTestPointSharerLocked || ms > 10000) throw rangeError(info.Env(), "point must be at most 2 and ms at most 10000");
+  r->testHoldMs.store(static_cast<int>(ms));
+  r->testReleased.store(r->testHeld.load());
+  r->testPausePoint.store(static_cast<int>(point));
+  return Napi::Number::New(info.Env(), r->testHeld.load());
 }
 
 // TEST ONLY. testHoldServicer(region, batches, ms) -> batches held so far: the servicer holds each of
@@ -60,7 +87,29 @@ static Napi::Value TestReleaseServicer(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), r->testHeld.load());
 }
 
+uint32_t testCutCopy(RegionState& r, uint32_t pages, bool* counted) {
+  uint32_t cut = r.testCutCopyPages.load(std::memory_order_relaxed);
+  if (cut == 0 || cut >= pages || !r.testCutCopyPages.compare_exchange_strong(cut, 0)) return 0;
+  *counted = !r.testCutCopyUncounted.load();
+  return cut;
+}
+
+// TEST ONLY. testCutCopy(region, pages, counted = true): the region's next UFFDIO_COPY of more than
+// `pages` pages (a fault-around run, a huge entry, a migration back) fills its first `pages` pages
+// and stops with EAGAIN and that count, as the kernel's mfill_atomic does when it cannot go on; 0
+// cancels. The only way to reach the engine's handling of partial progress on demand. counted
+// false reports no progress: a table that lost track of pages the kernel has (what the engine did
+// before it honoured the count), to check that such a page is put right on its next fault.
+static Napi::Value TestCutCopy(const Napi::CallbackInfo& info) {
+  auto r = argRegion(info, 0);
+  r->testCutCopyUncounted.store(info.Length() > 2 && !argBool(info, 2, "counted"));
+  r->testCutCopyPages.store(argU32(info, 1, "pages"));
+  return info.Env().Undefined();
+}
+
 void initTestHooks(Napi::Env env, Napi::Object exports) {
+  exports.Set("testCutCopy", Napi::Function::New(env, TestCutCopy));
+  exports.Set("testPauseAt", Napi::Function::New(env, TestPauseAt));
   exports.Set("testHoldServicer", Napi::Function::New(env, TestHoldServicer));
   exports.Set("testReleaseServicer", Napi::Function::New(env, TestReleaseServicer));
 }
