@@ -84,6 +84,44 @@ describeUffd('a partial multi-page UFFDIO_COPY', () => {
     });
   }
 
+  for (const servicer of SERVICERS) {
+    it(`${servicer}: a fault-around run across a vma boundary (ENOENT) falls back to the faulting page, and frees its own device page`, () => {
+      const r = track(Region.map({ pages: 8, servicer, faultAround: 8 }));
+      const d = track(new Device({ capacity: 8 }));
+      fillPages(r, 0, 8, 6);
+      expect(r.migrate(0, 8, d, { write: false })).toBe(8);
+      const pfns = [...Array(8).keys()].map((p) => pfnOf(r, p));
+      r.mprotect(4, 4, 'read'); // two vmas: the run 2-7 crosses their boundary
+      expect(r.bytes[2 * r.pageSize + 1]).toBe(pattern(2, 1, 6));
+      expect(r.entry(2)).toEqual({ kind: 'present', write: false });
+      expect(pfns.map((pfn) => d.refcount(pfn))).toEqual([1, 1, 0, 1, 1, 1, 1, 1]);
+      expect(d.used).toBe(7);
+      expect(checkPages(r, 0, 8, 6)).toBeNull();
+      expect(d.used).toBe(0);
+    });
+  }
+
+  it("the main thread's migration back across a vma boundary goes page by page, and after an uncounted cut takes what is there", () => {
+    const r = track(Region.map({ pages: 8, servicer: 'native' }));
+    const d = track(new Device({ capacity: 8 }));
+    fillPages(r, 0, 8, 8);
+    expect(r.migrate(0, 8, d, { write: false })).toBe(8);
+    r.mprotect(3, 5, 'read');
+    expect(r.migrateToRam(0, 8)).toBe(8);
+    expect(d.used).toBe(0);
+    expect(checkPages(r, 0, 8, 8)).toBeNull();
+    r.mprotect(0, 8, 'readwrite');
+    const d2 = track(new Device({ capacity: 8 })); // fresh: consecutive pfns again, one run
+    expect(r.migrate(0, 8, d2)).toBe(8);
+    const raced = stat(r, STAT_FILL_RACED);
+    native.testCutCopy(r.handle, 3, false); // fills 0-2, says nothing: the retry finds them there
+    expect(r.migrateToRam(0, 8)).toBe(8);
+    expect(stat(r, STAT_FILL_RACED) - raced).toBe(3);
+    for (let p = 0; p < 8; p++) expect(r.entry(p)).toEqual({ kind: 'present', write: false });
+    expect(d2.used).toBe(0);
+    expect(checkPages(r, 0, 8, 8)).toBeNull();
+  });
+
   it("the main thread's migration back cut after 3 of 8 pages goes on from there, without a retry", () => {
     const r = track(Region.map({ pages: 8, servicer: 'native' }));
     const d = track(new Device({ capacity: 8 }));
