@@ -52,6 +52,18 @@ export const HUGE = 0x40;
  * holder applies the zap when it publishes (the page becomes none), as zap_pte_range would have.
  */
 export const ZAP_PENDING = 0x80;
+/**
+ * Who holds a locked page (bits 8-9), set in the same CAS as LOCKED and cleared with it: a takeover
+ * of a stalled or dead servicer releases only that servicer's locks (docs/PROTOCOL.md).
+ */
+export const HOLDER_SHIFT = 8;
+export const HOLDER_MASK = 0x300;
+/** The region's owner thread: every operation that locks through lib/pagelock.ts. */
+export const HOLDER_OWNER = 0x100;
+/** The fault engine for the region's servicer, from a driver ask to its faultServe too. */
+export const HOLDER_SERVICER = 0x200;
+/** A thread serving another mapping of the page: a fork sharer's migration back, region.fork's children. */
+export const HOLDER_PEER = 0x300;
 /** A PMD's span (x86-64, and arm64 with 4 KiB pages): the size of a THP and of a huge device entry. */
 export const PMD_SIZE = 2 << 20;
 export const DEVICE_SHIFT = 16;

@@ -40,7 +40,7 @@ void zapRange(RegionState& r, uint64_t start, uint64_t end, bool unmapped) {
         }
         break;
       }
-      if (!lockPage(st, s)) continue;
+      if (!lockPage(st, s, kHolderServicer)) continue;
       if ((s & kKindMask) == kKindDevice) {
         auto dev = devices().get((s >> kDeviceShift) & kMaxDeviceSlot);
         uint32_t pfn = static_cast<uint32_t>(st[1]);
@@ -66,7 +66,7 @@ static uint32_t lockNeighbours(RegionState& r, uint32_t page, int32_t s, uint32_
     // back meanwhile has the same state word and another device page.
     if (__atomic_load_n(st, __ATOMIC_ACQUIRE) != s) break;
     testPause(r, kTestPointNeighbourLock);  // test only: a no-op unless a test armed it
-    if (!lockPage(st, s)) break;
+    if (!lockPage(st, s, kHolderServicer)) break;
     if (static_cast<uint32_t>(st[1]) != pfn + k || __atomic_load_n(&dev.refcount()[pfn + k], __ATOMIC_ACQUIRE) != 1) {
       unlockPage(r, st, s);
       break;
@@ -94,7 +94,7 @@ static uint32_t lockHugeBlock(RegionState& r, uint32_t page, int32_t s, uint32_t
     if (i == off) continue;
     int32_t* st = r.state(first + i);
     // The pfn word checked under the lock, as in lockNeighbours.
-    if (__atomic_load_n(st, __ATOMIC_ACQUIRE) != s || !lockPage(st, s)) break;
+    if (__atomic_load_n(st, __ATOMIC_ACQUIRE) != s || !lockPage(st, s, kHolderServicer)) break;
     if (static_cast<uint32_t>(st[1]) != pfn0 + i || __atomic_load_n(&dev.refcount()[pfn0 + i], __ATOMIC_ACQUIRE) != 1) {
       unlockPage(r, st, s);
       break;
@@ -205,7 +205,7 @@ Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, u
   for (;;) {
     int32_t s;
     if (held) {
-      s = __atomic_load_n(st, __ATOMIC_ACQUIRE) & ~kLocked;
+      s = unlocked(__atomic_load_n(st, __ATOMIC_ACQUIRE));
       held = false;
       if (!ask || ask->verdict == kVerdictNone) {
         unlockPage(r, st, s);
@@ -214,7 +214,7 @@ Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, u
     } else {
       s = __atomic_load_n(st, __ATOMIC_ACQUIRE);
       if (s & kLocked) return Served::Deferred;
-      if (!lockPage(st, s)) continue;
+      if (!lockPage(st, s, kHolderServicer)) continue;
     }
     const int32_t kind = s & kKindMask;
     Fill fill;
@@ -279,7 +279,7 @@ Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, u
     RunBits freed;
     uint32_t dropped = 0;  // run pages [0, dropped) gave up their device reference before the fill
     if (early) {
-      for (uint32_t i = 0; i < k; i++) publishLocked(r.state(first + i), next);
+      for (uint32_t i = 0; i < k; i++) publishLocked(r.state(first + i), next, kHolderServicer);
       if (kind == kKindDevice) {
         for (uint32_t i = 0; i < k; i++)
           if (dev->dropRef(pfn0 + i)) freed.set(i);
@@ -296,7 +296,7 @@ Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, u
       countFault(r, dev.get(), kind, s, next, flags, k, -1);
       for (uint32_t i = filled; i < k; i++) {
         if (i < dropped) dev->undoDrop(pfn0 + i, freed.test(i));
-        publishLocked(r.state(first + i), s);
+        publishLocked(r.state(first + i), s, kHolderServicer);
       }
       dropped = std::min(dropped, filled);
       early = false;

@@ -25,6 +25,7 @@ constexpr int kFailed = 3;
 // is locked for the caller: serve it with held), 3 failed (the thread was woken to fault afresh).
 // verdict/state/pfn: the driver's decision and the entry it was for. held: the caller holds the
 // page locked since an ask (a pollerWait record or a 2 from here); verdict 0 then just unlocks it.
+// After a takeover of the region by a guard: 3, and nothing done.
 // All in one call, so that a worker terminated at any point leaves nothing half done.
 Napi::Value FaultServe(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -40,8 +41,17 @@ Napi::Value FaultServe(const Napi::CallbackInfo& info) {
   carried.state = static_cast<int32_t>(argU32(info, 6, "state"));
   carried.pfn = argU32(info, 7, "pfn");
   const bool held = argBool(info, 8, "held");
-  if (held && !(__atomic_load_n(r->state(page), __ATOMIC_ACQUIRE) & layout::kLocked))
-    throw rangeError(env, "held: the page is not locked");
+  // A takeover (guard.cc) waits for calls in progress, then releases the pages this servicer held:
+  // from then on every call refuses, since the pages are no longer its own (their threads were
+  // woken to fault afresh, for the guard).
+  struct InServe {
+    RegionState& r;
+    explicit InServe(RegionState& region) : r(region) { r.faultServes.fetch_add(1); }
+    ~InServe() { r.faultServes.fetch_sub(1); }
+  } inServe(*r);
+  if (r->guarded.load()) return Napi::Number::New(env, kFailed);
+  if (held && !heldBy(__atomic_load_n(r->state(page), __ATOMIC_ACQUIRE), layout::kHolderServicer))
+    throw rangeError(env, "held: the page is not locked for the servicer");
   switch (serveFault(*r, page, flags, tid, t0Us > 0 ? static_cast<uint64_t>(t0Us * 1000.0) : 0, &carried, held)) {
     case Served::Done:
       return Napi::Number::New(env, kServed);

@@ -2,6 +2,7 @@
 // servicer dies, a native servicer thread takes over its region's faults with the default policy,
 // after putting right the pages the dead servicer left locked.
 #include <napi.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 
 #include <system_error>
@@ -16,32 +17,44 @@
 
 namespace uffdhmm {
 
-TakeOver takeOver(const std::shared_ptr<RegionState>& r, int* err) {
-  if (r->closed.load(std::memory_order_acquire) || r->guarded.exchange(true)) return TakeOver::Already;
-  // Pages the dead servicer held locked stay locked forever unless released here. Whether its fill
-  // happened is read from the kernel's pagemap, so the table ends up as the kernel sees the page.
-  for (uint32_t page = 0; page < r->pages; page++) {
-    int32_t* st = r->state(page);
-    int32_t s = __atomic_load_n(st, __ATOMIC_ACQUIRE);
-    if (!(s & layout::kLocked)) continue;
+// Puts right the pages the replaced servicer left locked (holder kHolderServicer: a fault it was
+// serving, a page held for its driver's decision); whether its fill happened is read from the
+// kernel's pagemap, so the table ends up as the kernel sees the page. Locks of the region's owner
+// and of peers stay: their operations are in progress and complete (a discard waiting for the
+// REMOVE of its own zap gets it from the guard, which sees kZapping on a locked page).
+static void releaseServicerLocks(RegionState& r) {
+  for (uint32_t page = 0; page < r.pages; page++) {
+    int32_t* st = r.state(page);
+    const int32_t s = __atomic_load_n(st, __ATOMIC_ACQUIRE);
+    if (!heldBy(s, layout::kHolderServicer)) continue;
     uint64_t pm = 0;
-    bool filled = readPagemap(*r, page, 1, &pm) == 0 && (pm & kPmPresent);
-    int32_t kind = s & layout::kKindMask;
+    const bool filled = readPagemap(r, page, 1, &pm) == 0 && (pm & kPmPresent);
+    const int32_t kind = s & layout::kKindMask;
     auto dev = kind == layout::kKindDevice ? devices().get((s >> layout::kDeviceShift) & layout::kMaxDeviceSlot) : nullptr;
-    if (dev && filled) {
+    if (s & layout::kZapPending) {
+      // Zapped while it was held: the zap wins, as for every holder (lib/pagelock.ts publish).
+      if (dev) dev->putPage(static_cast<uint32_t>(st[1]));
+      st[1] = 0;
+      unlockPage(r, st, layout::kKindNone | (s & layout::kUnmapped));
+    } else if (dev && filled) {
       // Its migration back was filled: the engine's own books for it.
-      publishMigratedBack(*r, page, layout::kKindPresent | (s & layout::kWrite), *dev, static_cast<uint32_t>(st[1]));
-      continue;
+      publishMigratedBack(r, page, layout::kKindPresent | (s & layout::kWrite), *dev, static_cast<uint32_t>(st[1]));
     } else if (kind == layout::kKindDevice && filled) {
       st[1] = 0;
-      __atomic_store_n(st, layout::kKindPresent | (s & layout::kWrite), __ATOMIC_RELEASE);
+      unlockPage(r, st, layout::kKindPresent | (s & layout::kWrite));
     } else if (kind == layout::kKindNone && filled) {
-      __atomic_store_n(st, layout::kKindPresent | layout::kWrite, __ATOMIC_RELEASE);
+      unlockPage(r, st, layout::kKindPresent | layout::kWrite);
     } else {
-      __atomic_store_n(st, s & ~(layout::kLocked | layout::kZapping), __ATOMIC_RELEASE);
+      unlockPage(r, st, s & ~layout::kZapping);
     }
-    noteUnlock(*r);
   }
+}
+
+TakeOver takeOver(const std::shared_ptr<RegionState>& r, int* err) {
+  if (r->closed.load(std::memory_order_acquire) || r->guarded.exchange(true)) return TakeOver::Already;
+  // A faultServe already past its check of `guarded` finishes first; every later one refuses.
+  while (r->faultServes.load() != 0) sched_yield();
+  releaseServicerLocks(*r);
   // Zap events the dead servicer read but never applied are lost with it: holders must not wait
   // for them (settleZaps in lib/mm/zap.ts).
   __atomic_store_n(r->stat(layout::kZapBatchesDone), __atomic_load_n(r->stat(layout::kZapBatchesRead), __ATOMIC_SEQ_CST),

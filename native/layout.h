@@ -53,6 +53,14 @@ constexpr int32_t kHuge = 0x40;
 // Someone else zapped (MADV_DONTNEED / munmap) this page while another thread held it locked: the
 // holder applies the zap when it publishes (the page becomes none), as zap_pte_range would have.
 constexpr int32_t kZapPending = 0x80;
+// Who holds a locked page, in the same CAS that sets kLocked and cleared with it: a takeover of a
+// stalled or dead servicer releases only that servicer's locks, and an operation of the region's
+// owner or of a peer that holds a page completes as if nothing happened.
+constexpr int kHolderShift = 8;
+constexpr int32_t kHolderMask = 0x300;
+constexpr int32_t kHolderOwner = 0x100;     // the region's owner thread: its JS operations (lib/pagelock.ts lockPage)
+constexpr int32_t kHolderServicer = 0x200;  // the fault engine for the region's servicer (from an ask to its faultServe too)
+constexpr int32_t kHolderPeer = 0x300;      // a thread serving another mapping: migrateSharers, region.fork's children
 // A PMD's span (x86-64, and arm64 with 4 KiB pages): the size of a THP and of a huge device entry.
 constexpr size_t kPmdSize = size_t(2) << 20;
 constexpr int kDeviceShift = 16;     // device slot in bits 16..30

@@ -80,7 +80,7 @@ void migrateSharers(RegionState& r, uint32_t page, int32_t slot, uint32_t pfn) {
     // holder keeps the books: that mapping keeps its entry and its reference until it comes back
     // by its holder or on its own fault, from the same device page.
     if ((s & kLocked) || (s & kKindMask) != kKindDevice || ((s >> kDeviceShift) & kMaxDeviceSlot) != slot) return;
-    if (!lockPage(st, s)) return;
+    if (!lockPage(st, s, kHolderPeer)) return;
     testPause(m, kTestPointSharerLocked);  // test only: a no-op unless a test armed it
     // The pfn word is the holder's to change: only under the lock does it say which device page
     // this entry names (the word may have been re-migrated to another pfn with the same state).

@@ -44,6 +44,10 @@ struct RegionState {
   bool classifyFaults = false;  // look up whether each fault came from inside a system call
   uint32_t faultAround = 1;     // pages migrated back per device fault, at most
   std::atomic<bool> guarded{false};  // a native guard took over from a dead worker servicer
+  // The worker's faultServe calls in progress on this region: a takeover waits for them (they are
+  // short and never block) before it releases the servicer's locks, and every later call sees
+  // `guarded` and refuses, so no page is served by a servicer that no longer holds it.
+  std::atomic<int> faultServes{0};
   bool forkEvents = false;           // EVENT_FORK granted (it needs CAP_SYS_PTRACE): region.fork works
   // Native toucher sets running on this region: they compute addresses from base and pages, so
   // the region must not move (remap) under them.
