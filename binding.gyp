@@ -21,6 +21,7 @@
         "native/test_hooks.cc",
         "native/servicer_thread.cc",
         "native/poller.cc",
+        "native/watchdog.cc",
         "native/bench.cc",
         "native/bench_handlers.cc",
         "native/bench_host.cc",

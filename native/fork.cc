@@ -272,10 +272,8 @@ Napi::Value RegionFork(const Napi::CallbackInfo& info) {
   int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (efd < 0) throw systemError(env, errno, "eventfd", "the wake-up eventfd of a region.fork child");
   child->wakeFd = UniqueFd(efd);
-  {
-    std::lock_guard<std::mutex> lock(r->familyMu);
-    r->children.push_back(child);
-  }
+  // The family lock is taken on servicer threads (forEachSharer): never allocate under it.
+  appendOutsideLock(r->familyMu, r->children, child);
   startNativeServicer(child);
 
   auto job = std::make_shared<ForkJob>();

@@ -50,15 +50,42 @@ static void releaseServicerLocks(RegionState& r) {
   }
 }
 
-TakeOver takeOver(const std::shared_ptr<RegionState>& r, int* err) {
-  if (r->closed.load(std::memory_order_acquire) || r->guarded.exchange(true)) return TakeOver::Already;
+// The part of a takeover that every guard does first, with r's mode kGuardTaking: later faultServe
+// calls refuse, those in flight finish, the replaced servicer's locks are put right. No allocation.
+static void takeLocks(RegionState& r) {
+  r.guarded.store(true);
   // A faultServe already past its check of `guarded` finishes first; every later one refuses.
-  while (r->faultServes.load() != 0) sched_yield();
-  releaseServicerLocks(*r);
+  while (r.faultServes.load() != 0) sched_yield();
+  releaseServicerLocks(r);
   // Zap events the dead servicer read but never applied are lost with it: holders must not wait
   // for them (settleZaps in lib/mm/zap.ts).
-  __atomic_store_n(r->stat(layout::kZapBatchesDone), __atomic_load_n(r->stat(layout::kZapBatchesRead), __ATOMIC_SEQ_CST),
+  __atomic_store_n(r.stat(layout::kZapBatchesDone), __atomic_load_n(r.stat(layout::kZapBatchesRead), __ATOMIC_SEQ_CST),
                    __ATOMIC_SEQ_CST);
+}
+
+bool guardByWatchdog(RegionState& r) {
+  int mode = kGuardNone;
+  if (r.closed.load() || !r.guardMode.compare_exchange_strong(mode, kGuardTaking)) return false;
+  takeLocks(r);
+  r.guardMode.store(kGuardWatchdog);
+  // Faults the dead servicer read but never served: wake their threads so they fault afresh.
+  wake(r.uffd.get(), reinterpret_cast<uint64_t>(r.base), r.length);
+  return true;
+}
+
+TakeOver takeOver(const std::shared_ptr<RegionState>& r, int* err) {
+  int mode = r->guardMode.load();
+  for (;;) {
+    if (r->closed.load(std::memory_order_acquire) || mode == kGuardWatchdog || mode == kGuardThread) return TakeOver::Already;
+    if (mode == kGuardTaking) {
+      // The watchdog is putting its locks right, which takes a pagemap read per locked page.
+      sched_yield();
+      mode = r->guardMode.load();
+      continue;
+    }
+    if (r->guardMode.compare_exchange_weak(mode, kGuardTaking)) break;
+  }
+  takeLocks(*r);
   if (!r->servicer.joinable()) {
     // The worker may have died of the very shortage that fails this eventfd (EMFILE at start-up).
     // The guard serves without it: the eventfd only makes its stop prompt, and a guard without one
@@ -71,9 +98,11 @@ TakeOver takeOver(const std::shared_ptr<RegionState>& r, int* err) {
       // No thread (EAGAIN): nobody serves r. Say so rather than look guarded, and let a later try run.
       if (err) *err = e.code().value();
       r->guarded.store(false);
+      r->guardMode.store(mode);
       return TakeOver::NoThread;
     }
   }
+  r->guardMode.store(kGuardThread);
   // Faults the dead servicer read but never served: wake their threads so they fault afresh.
   wake(r->uffd.get(), reinterpret_cast<uint64_t>(r->base), r->length);
   return TakeOver::Done;

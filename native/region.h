@@ -48,6 +48,17 @@ struct RegionState {
   // short and never block) before it releases the servicer's locks, and every later call sees
   // `guarded` and refuses, so no page is served by a servicer that no longer holds it.
   std::atomic<int> faultServes{0};
+  // Who serves a worker region once its worker is gone or stuck (guard.cc): kGuardNone (its worker,
+  // or none yet), kGuardDetached (taken out of its poller), kGuardTaking (a guard is putting its
+  // locked pages right), kGuardWatchdog (its poller's watchdog thread serves it, through the
+  // poller's epoll set, until it closes), kGuardThread (a native guard thread of its own). One
+  // compare-and-swap decides each move, so two readers never share the userfaultfd.
+  std::atomic<int> guardMode{0};
+  // The watchdog's passes over this region in progress: retireRegion waits for them once `closed`
+  // is set (every later pass sees it), so nothing writes the table after its owner freed it.
+  std::atomic<int> borrowers{0};
+  // The epoll set of the worker poller this region is in (-1: none): retireRegion takes it out.
+  std::atomic<int> pollerEpoll{-1};
   bool forkEvents = false;           // EVENT_FORK granted (it needs CAP_SYS_PTRACE): region.fork works
   // Native toucher sets running on this region: they compute addresses from base and pages, so
   // the region must not move (remap) under them.
@@ -132,12 +143,38 @@ uint32_t testCutCopy(RegionState& r, uint32_t pages, bool* counted);
 // The engine's side of testPauseAt: waits here if a test armed `point` on r (one relaxed load if not).
 void testPause(RegionState& r, int point);
 
+// RegionState::guardMode's values.
+constexpr int kGuardNone = 0;
+constexpr int kGuardTaking = 1;
+constexpr int kGuardWatchdog = 2;
+constexpr int kGuardThread = 3;
+constexpr int kGuardDetached = 4;
+
 // The guard (native/guard.cc): a native servicer thread takes over r's faults with the default policy because its
 // worker servicer died. Releases pages the dead servicer held locked, then wakes every thread blocked
 // in the range so faults it had read are raised again. Done if this call did it (once per region);
-// NoThread (errno in *err) if no thread could be started: r is left unguarded, for a later try.
+// Already if a guard serves r (a thread, or its poller's watchdog) or r is closed; NoThread (errno in
+// *err) if no thread could be started: r is left unguarded, for a later try. Called from JS.
 enum class TakeOver { Done, Already, NoThread };
 TakeOver takeOver(const std::shared_ptr<RegionState>& r, int* err = nullptr);
+
+// The same, by the watchdog of r's worker poller (native/poller.cc), which then serves r itself
+// through the poller's epoll set: allocates nothing and takes no lock a forking thread may hold, so
+// it works while a fork() that waits for r's FORK event holds malloc's locks. True if it took r.
+bool guardByWatchdog(RegionState& r);
+
+// The watchdog's hold on r while it reads or serves it; ok is false once r is no longer its own.
+struct WatchdogPass {
+  RegionState& r;
+  bool ok;
+  explicit WatchdogPass(RegionState& region) : r(region) {
+    r.borrowers.fetch_add(1);
+    ok = r.guardMode.load() == kGuardWatchdog && !r.closed.load();
+  }
+  ~WatchdogPass() { r.borrowers.fetch_sub(1); }
+  WatchdogPass(const WatchdogPass&) = delete;
+  WatchdogPass& operator=(const WatchdogPass&) = delete;
+};
 
 // True when thread `tid` (of this process) is blocked inside a system call, i.e. its page fault
 // was taken in kernel mode (copy_to_user and friends): /proc/self/task/<tid>/syscall says which.

@@ -139,6 +139,23 @@ describeUffd("a takeover releases only the stalled servicer's locks", () => {
   });
 });
 
+describeUffd('a fork while the worker servicer is stuck', () => {
+  it('completes: the watchdog takes over, allocating nothing, and reads the FORK event (8 s stall)', async () => {
+    const o = await runNode([fileURLToPath(new URL('./fixtures/fork-during-stall.mjs', import.meta.url)), 'stalled'], { timeoutMs: 40_000 });
+    expect({ timedOut: o.timedOut, code: o.code }, o.out).toEqual({ timedOut: false, code: 0 });
+    expect(o.stdout).toMatch(/spawn status=0 ms=\d+/);
+    expect(o.stdout).toContain('ok guarded=true byte=3 used=3');
+  }, 60_000);
+
+  it('does not wait for a poller the watchdog already declared dead', async () => {
+    const o = await runNode([fileURLToPath(new URL('./fixtures/fork-during-stall.mjs', import.meta.url)), 'dead'], { timeoutMs: 30_000 });
+    expect({ timedOut: o.timedOut, code: o.code }, o.out).toEqual({ timedOut: false, code: 0 });
+    const ms = Number(/spawn status=0 ms=(\d+)/.exec(o.stdout)?.[1]);
+    expect(ms, o.out).toBeLessThan(2500); // prepareFork gave a worker 5 s to reach pollerWait
+    expect(o.stdout).toContain('ok guarded=true byte=3 used=3');
+  }, 60_000);
+});
+
 describeUffd('a crashed worker servicer', () => {
   it('never holds up process.exit (a driver module that throws while it loads, 12 runs)', async () => {
     // The worker that threw kept looping in pollerWait over an empty set, and process.exit() joined
