@@ -9,6 +9,7 @@
         "native/device.cc",
         "native/region.cc",
         "native/fault.cc",
+        "native/refusal.cc",
         "native/migrate_device.cc",
         "native/dispatch.cc",
         "native/fault_napi.cc",

@@ -10,7 +10,8 @@ export const STAT_WP_FAULTS = 2;
 export const STAT_KERNEL_FAULTS = 3;
 export const STAT_MIGRATED_BACK = 4;
 export const STAT_ZERO_FILLS = 5;
-export const STAT_POISONED = 6;
+/** Faults a driver refused (its fault hook answered 'sigbus'). */
+export const STAT_REFUSED = 6;
 /** Bumped after every page unlock so waiters can re-check. */
 export const UNLOCK_SEQ = 7;
 /**
@@ -64,6 +65,12 @@ export const HOLDER_OWNER = 0x100;
 export const HOLDER_SERVICER = 0x200;
 /** A thread serving another mapping of the page: a fork sharer's migration back, region.fork's children. */
 export const HOLDER_PEER = 0x300;
+/**
+ * A refusal of a fault taken inside a system call is in progress on this locked device entry: a
+ * poison marker makes the faulting thread's system call fail with EFAULT, and that thread zaps it on
+ * its way back (native/refusal.cc); the servicer then unlocks the page with the entry as it was.
+ */
+export const REFUSAL_POISON = 0x400;
 /** A PMD's span (x86-64, and arm64 with 4 KiB pages): the size of a THP and of a huge device entry. */
 export const PMD_SIZE = 2 << 20;
 export const DEVICE_SHIFT = 16;
@@ -156,8 +163,8 @@ export const FAULT_KERNEL = 1 << 16;
 
 // The records pollerWait writes (native/poller.cc): faults whose driver must be asked; every other
 // fault and event is served in native code. [region handle, EVENT_ASK, flags, page, tid, t0 µs,
-// state word, pfn].
-export const EVENT_STRIDE = 8;
+// state word, pfn, offset of the faulting address in its page (where a refusal's SIGBUS points)].
+export const EVENT_STRIDE = 9;
 export const EVENT_ASK = 1;
 
 // region.fork's steps, as lib/fork.ts encodes them for native/fork.cc: FORK_STEP_STRIDE int32 per

@@ -8,6 +8,7 @@
 
 #include "device.h"
 #include "proc.h"
+#include "refusal.h"
 #include "trace.h"
 
 namespace uffdhmm {
@@ -32,7 +33,15 @@ void zapRange(RegionState& r, uint64_t start, uint64_t end, bool unmapped) {
       if (s & kLocked) {
         // Our own zap (the lock holder flagged it) or a page mid-migration: its holder keeps the
         // books. A migration must learn of the zap, or it would publish what the zap dropped.
-        if (s & kZapping) {
+        if ((s & (kZapping | kRefusalPoison)) == (kZapping | kRefusalPoison) && heldBy(s, kHolderServicer)) {
+          // A refusal's marker zapped by the faulting thread (refuse): the entry stays as it was,
+          // unless someone else zapped the page meanwhile.
+          const uint32_t pfn = static_cast<uint32_t>(st[1]);
+          if (!publishUnlessZapped(r, st, s & ~(kZapping | kRefusalPoison | kZapPending)) && (s & kKindMask) == kKindDevice) {
+            auto dev = devices().get((s >> kDeviceShift) & kMaxDeviceSlot);
+            if (dev) dev->putPage(pfn);
+          }
+        } else if (s & kZapping) {
           __atomic_fetch_and(st, ~kZapping, __ATOMIC_RELEASE);
           noteUnlock(r);
         } else {
@@ -142,7 +151,7 @@ static void countFault(RegionState& r, DeviceStore* dev, int32_t kind, int32_t s
   if (flags & UFFD_PAGEFAULT_FLAG_WRITE) add(r.stat(kStatWriteFaults), 1);
   if (kind == kKindDevice && next != s) {
     add(&dev->shared[kDevFaults], 1);
-    if (next == kKindPoison) add(r.stat(kStatPoisoned), 1);
+    if (next == kKindPoison) add(r.stat(kStatRefused), 1);
     else countMigrated(r, dev, k, sign);
   } else if (kind == kKindPresent && (flags & UFFD_PAGEFAULT_FLAG_WP)) {
     add(r.stat(kStatWpFaults), 1);
@@ -196,6 +205,41 @@ static int doFill(RegionState& r, Fill fill, uint32_t first, uint32_t k, const D
   return rc;
 }
 
+// The driver refused (VM_FAULT_SIGBUS): that access fails and nothing else changes. The page, held
+// since the ask, keeps its entry, its device page and its references; no pageFree. From user mode
+// the thread gets SIGBUS (BUS_ADRERR at the faulting address) and the pte stays a hole: if a handler
+// returns, the access faults again and the driver is asked again. From inside a system call a
+// poison marker fails its retry with EFAULT, and the thread zaps the marker on its way back (native/
+// refusal.cc): the page stays locked, kZapping | kRefusalPoison, until this servicer reads that zap
+// (zapRange), so nobody takes the page meanwhile.
+static Served refuse(RegionState& r, uint32_t page, int32_t s, uint32_t flags, uint32_t tid, uint64_t t0Ns, DeviceStore& dev,
+                     bool kernel, uint32_t offset) {
+  int32_t* st = r.state(page);
+  const uint64_t addr = r.addr(page);
+  if (!kernel) {
+    refuseUserAccess(tid, addr + offset);
+    unlockPage(r, st, s);
+  } else {
+    // The marker before the signal: a thread woken before it is there faults on the hole again, and
+    // again, its pending signal cutting every wait short.
+    publishLocked(st, s | kZapping | kRefusalPoison, kHolderServicer);
+    int rc = poison(r.uffd.get(), addr, r.pageSize, kPoisonModeDontwake, nullptr);
+    if (rc != 0) {
+      unlockPage(r, st, s);
+      if (rc != -EAGAIN) return Served::Failed;
+      bump(r, kStatFillRetries);
+      return Served::Deferred;  // the mm is changing: tried again, with the verdict, after the event
+    }
+    if (!refuseKernelAccess(tid, addr)) unlockPage(r, st, s);  // the thread is gone, and its fault with it
+  }
+  // The signal ends the thread's wait; woken besides, in case it blocks that signal too: it then
+  // faults again, and the driver is asked again.
+  wake(r.uffd.get(), addr, r.pageSize);
+  countFault(r, &dev, kKindDevice, s, kKindPoison, flags, 1, +1);
+  if (r.trace) traceRecord(r, page, flags, tid, (s >> kDeviceShift) & kMaxDeviceSlot, kOutcomeSigbus, t0Ns ? t0Ns : monoNs());
+  return Served::Done;
+}
+
 Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, uint64_t t0Ns, Carried* ask, bool held) {
   if (page >= r.pages) return Served::Failed;
   int32_t* st = r.state(page);
@@ -235,15 +279,20 @@ Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, u
         if (ask->verdict != kVerdictNone && ask->state == s && ask->pfn == pfn) {
           verdict = ask->verdict;
         } else if (__atomic_load_n(&dev->shared[kDevAskFault], __ATOMIC_ACQUIRE) != 0) {
-          *ask = {kVerdictNone, s, pfn};
+          *ask = {kVerdictNone, s, pfn, ask->offset};
           return Served::Ask;  // still locked: the caller asks the driver, then serves it held
         }
       }
       if (verdict == kVerdictSigbus) {
-        // The driver refused (VM_FAULT_SIGBUS): the page becomes poison and the thread gets SIGBUS.
-        fill = Fill::Poison;
-        next = kKindPoison;
-      } else {
+        const bool kernel = (flags & kFaultKernel) || (tid != 0 && faultInSyscall(tid));
+        if (tid != 0 && !(kernel && (!(kernelFeatures().features & UFFD_FEATURE_POISON) || threadBlocks(tid, refusalSignal()))))
+          return refuse(r, page, s, flags, tid, t0Ns, *dev, kernel, ask ? ask->offset : 0);
+        // Not deliverable (no thread id; inside a system call, a kernel without UFFDIO_POISON or a
+        // thread that blocks the refusal signal): served by the default policy instead, and the
+        // caller says so (ask->verdict).
+        ask->verdict = kVerdictMigrate;
+      }
+      {
         fill = Fill::FromDevice;
         next = kKindPresent | (s & kWrite);
         if (s & kHuge)

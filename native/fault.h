@@ -26,6 +26,7 @@ struct Carried {
   int32_t verdict = layout::kVerdictNone;
   int32_t state = 0;
   uint32_t pfn = 0;
+  uint32_t offset = 0;  // of the faulting address in its page (UFFD_FEATURE_EXACT_ADDRESS): a refusal's si_addr
 };
 
 // Serves one userfaultfd page fault on `page` of `r` from the shared table: device entry ->

@@ -26,7 +26,9 @@ static void releaseServicerLocks(RegionState& r) {
   for (uint32_t page = 0; page < r.pages; page++) {
     int32_t* st = r.state(page);
     const int32_t s = __atomic_load_n(st, __ATOMIC_ACQUIRE);
-    if (!heldBy(s, layout::kHolderServicer)) continue;
+    // A refusal in progress (fault.cc refuse) ends with the faulting thread's own zap, which the guard
+    // reads: the page stays locked for it.
+    if (!heldBy(s, layout::kHolderServicer) || (s & layout::kRefusalPoison)) continue;
     uint64_t pm = 0;
     const bool filled = readPagemap(r, page, 1, &pm) == 0 && (pm & kPmPresent);
     const int32_t kind = s & layout::kKindMask;

@@ -39,7 +39,7 @@ Registry<Poller>& pollers() {
 constexpr int kStride = layout::kEventStride;
 
 // A fault whose driver must decide, into the worker's array: [region, kEventAsk, flags, page, tid,
-// t0 µs, state word, pfn]. No room: the fault waits in the queue and is asked about next time.
+// t0 µs, state word, pfn, offset in the page]. No room: the fault waits in the queue and is asked about next time.
 bool Poller::Asks::ask(int handle, uint32_t page, uint32_t flags, uint32_t tid, uint64_t t0Ns, const Carried& entry) {
   if (written >= capacity) return false;
   double* rec = out + size_t(written) * kStride;
@@ -51,6 +51,7 @@ bool Poller::Asks::ask(int handle, uint32_t page, uint32_t flags, uint32_t tid, 
   rec[5] = double(t0Ns) / 1000.0;
   rec[6] = static_cast<double>(entry.state);
   rec[7] = static_cast<double>(entry.pfn);
+  rec[8] = static_cast<double>(entry.offset);
   written++;
   return true;
 }

@@ -2,13 +2,19 @@
 // test/ordering.test.ts, and that cut a multi-page UFFDIO_COPY short, for test/fill-partial.test.ts
 // (nothing in lib/ calls them). See RegionState::testHoldBatches and testCutCopyPages for why.
 #include <napi.h>
+#include <signal.h>
 #include <time.h>
 
 #include <algorithm>
 #include <chrono>
 #include <climits>
+#include <cstring>
+#include <string>
 
+#include "device.h"
 #include "napi_util.h"
+#include "pagelock.h"
+#include "refusal.h"
 #include "region.h"
 #include "span.h"
 
@@ -107,7 +113,87 @@ static Napi::Value TestCutCopy(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// TEST ONLY. testPoisonPage(region, page): the page becomes hardware poison (S8), as
+// madvise(MADV_HWPOISON) would make it: its entry is dropped (a device page loses its reference)
+// and a poison marker takes its place (UFFDIO_POISON), KIND_POISON in the table. The page must
+// have no CPU page (a hole or a device entry). Refusals no longer leave poison: this is the only
+// way a test reaches KIND_POISON.
+static Napi::Value TestPoisonPage(const Napi::CallbackInfo& info) {
+  const PageSpan span = argPages(info, 0, 1, 2);
+  RegionState& r = *span.r;
+  for (uint32_t page = span.first; page < span.first + span.count; page++) {
+    int32_t* st = r.state(page);
+    int32_t s = __atomic_load_n(st, __ATOMIC_ACQUIRE);
+    if ((s & layout::kLocked) || !lockPage(st, s, layout::kHolderOwner)) throw rangeError(info.Env(), "the page is locked");
+    const int32_t kind = s & layout::kKindMask;
+    if (kind == layout::kKindPresent) {
+      unlockPage(r, st, s);
+      throw rangeError(info.Env(), "the page has a CPU page: discard it first");
+    }
+    int rc = poison(r.uffd.get(), r.addr(page), r.pageSize, kPoisonModeDontwake, nullptr);
+    if (rc != 0) {
+      unlockPage(r, st, s);
+      throw rangeError(info.Env(), (std::string("the poison marker was refused: ") + std::strerror(-rc)).c_str());
+    }
+    if (kind == layout::kKindDevice) {
+      auto dev = devices().get((s >> layout::kDeviceShift) & layout::kMaxDeviceSlot);
+      if (dev) dev->putPage(static_cast<uint32_t>(st[1]));
+    }
+    st[1] = 0;
+    unlockPage(r, st, layout::kKindPoison);
+  }
+  return info.Env().Undefined();
+}
+
+namespace {
+std::atomic<int> gBusCount{0};
+std::atomic<int> gBusCode{0};
+std::atomic<uint64_t> gBusAddr{0};
+void recordSigbus(int, siginfo_t* si, void*) {
+  gBusCode.store(si->si_code);
+  gBusAddr.store(reinterpret_cast<uint64_t>(si->si_addr));
+  gBusCount.fetch_add(1);
+}
+}  // namespace
+
+// TEST ONLY (a child process of test/semantics-sigbus.test.ts; not with inline regions, whose
+// handler this replaces). testRecordSigbus(): from now on a SIGBUS is recorded and its handler
+// returns, so the access is made again, as after any handler that returns. testSigbusRecord() ->
+// [count, si_code of the last, si_addr of the last (bigint)].
+static Napi::Value TestRecordSigbus(const Napi::CallbackInfo& info) {
+  struct sigaction sa;
+  std::memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = recordSigbus;
+  sa.sa_flags = SA_SIGINFO;
+  sigemptyset(&sa.sa_mask);
+  ::sigaction(SIGBUS, &sa, nullptr);
+  return info.Env().Undefined();
+}
+
+static Napi::Value TestSigbusRecord(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Array out = Napi::Array::New(env, 3);
+  out.Set(0u, Napi::Number::New(env, gBusCount.load()));
+  out.Set(1u, Napi::Number::New(env, gBusCode.load()));
+  out.Set(2u, Napi::BigInt::New(env, gBusAddr.load()));
+  return out;
+}
+
+// TEST ONLY. testBlockRefusalSignal(block): the calling thread blocks (or unblocks) the signal a
+// refusal travels by (native/refusal.cc), as a thread of a native library might.
+static Napi::Value TestBlockRefusalSignal(const Napi::CallbackInfo& info) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, refusalSignal());
+  pthread_sigmask(argBool(info, 0, "block") ? SIG_BLOCK : SIG_UNBLOCK, &set, nullptr);
+  return info.Env().Undefined();
+}
+
 void initTestHooks(Napi::Env env, Napi::Object exports) {
+  exports.Set("testBlockRefusalSignal", Napi::Function::New(env, TestBlockRefusalSignal));
+  exports.Set("testPoisonPage", Napi::Function::New(env, TestPoisonPage));
+  exports.Set("testRecordSigbus", Napi::Function::New(env, TestRecordSigbus));
+  exports.Set("testSigbusRecord", Napi::Function::New(env, TestSigbusRecord));
   exports.Set("testCutCopy", Napi::Function::New(env, TestCutCopy));
   exports.Set("testPauseAt", Napi::Function::New(env, TestPauseAt));
   exports.Set("testHoldServicer", Napi::Function::New(env, TestHoldServicer));

@@ -128,7 +128,7 @@ describeUffd("a takeover releases only the stalled servicer's locks", () => {
     native.regionTakeOver(r.handle); // false if a guard took it over already (a worker still failing)
     expect(r.guarded).toBe(true);
     // The old servicer's answer for page 0, as if its driver had been asked before the takeover.
-    expect(native.faultServe(r.handle, 0, 0, 0, 0, VERDICT_MIGRATE, s, pfn, true)).toBe(3);
+    expect(native.faultServe(r.handle, 0, 0, 0, 0, VERDICT_MIGRATE, s, pfn, true, 0)).toBe(3);
     expect(Atomics.load(r.shared, idx)).toBe(s | LOCKED | HOLDER_OWNER);
     expect(d.refcount(pfn)).toBe(1);
     Atomics.store(r.shared, idx, s);

@@ -10,7 +10,7 @@ import { driverLoadFailed, faultHookFailed } from '../errors.js';
 import { DEV_ASK_FAULT, EVENT_ASK, EVENT_STRIDE, VERDICT_NONE, deviceSlotOf } from '../layout.js';
 import { pfnOf, stateOf } from '../pagelock.js';
 import { CTRL_MAIL_SEQ, CTRL_NAP, CTRL_RUNNING, CTRL_STOP, type FromWorker, type ToWorker } from './protocol.js';
-import { ASK, DEFERRED, askDriver, type DeviceInfo, type PolicyHost, type RegionInfo } from './policy.js';
+import { ASK, DEFERRED, SERVED_NOT_REFUSED, askDriver, type DeviceInfo, type PolicyHost, type RegionInfo } from './policy.js';
 import type { Driver } from '../driver.js';
 
 interface Data {
@@ -25,9 +25,10 @@ const MAX_DEFERRED = 4096;
 const events = new Float64Array(BATCH * EVENT_STRIDE);
 const regions = new Map<number, RegionInfo>();
 // Faults to ask about that must wait (a driver still loading, a locked page, EAGAIN): region handle,
-// page, flags, tid, read time, and the driver's answer carried to the retry with the entry it was
-// for (verdict, state, pfn), so one CPU access asks the hook once; retried until served.
-const DEFER_STRIDE = 8;
+// page, flags, tid, read time, the driver's answer carried to the retry with the entry it was for
+// (verdict, state, pfn), so one CPU access asks the hook once, and the faulting address's offset in
+// its page; retried until served.
+const DEFER_STRIDE = 9;
 const deferred = new Float64Array(MAX_DEFERRED * DEFER_STRIDE);
 let ndeferred = 0;
 let seenMail = 0;
@@ -110,7 +111,7 @@ function drainMessages(): void {
   }
 }
 
-function defer(region: number, page: number, flags: number, tid: number, t0Us: number, verdict: number, state: number, pfn: number): void {
+function defer(region: number, page: number, flags: number, tid: number, t0Us: number, verdict: number, state: number, pfn: number, offset: number): void {
   if (ndeferred === MAX_DEFERRED) return; // cannot happen: at most one fault per blocked thread
   const at = ndeferred * DEFER_STRIDE;
   deferred[at] = region;
@@ -121,6 +122,7 @@ function defer(region: number, page: number, flags: number, tid: number, t0Us: n
   deferred[at + 5] = verdict;
   deferred[at + 6] = state;
   deferred[at + 7] = pfn;
+  deferred[at + 8] = offset;
   ndeferred++;
 }
 
@@ -132,7 +134,7 @@ function defer(region: number, page: number, flags: number, tid: number, t0Us: n
  * `pending` holds the verdict and entry to retry with (the page unlocked).
  */
 const pending = { verdict: VERDICT_NONE, state: 0, pfn: 0 };
-function decideAndServe(handle: number, page: number, flags: number, tid: number, t0Us: number, verdict: number, state: number, pfn: number, held: boolean): boolean {
+function decideAndServe(handle: number, page: number, flags: number, tid: number, t0Us: number, verdict: number, state: number, pfn: number, held: boolean, offset: number): boolean {
   let r = regions.get(handle);
   if (r === undefined) {
     drainMessages();
@@ -152,7 +154,7 @@ function decideAndServe(handle: number, page: number, flags: number, tid: number
     }
     let rc: number;
     try {
-      rc = native.faultServe(handle, page, flags, tid, t0Us, verdict, state, pfn, held);
+      rc = native.faultServe(handle, page, flags, tid, t0Us, verdict, state, pfn, held, offset);
     } catch (err) {
       // The region closed between reading the fault and serving it; closing woke its threads.
       if ((err as { code?: string }).code === 'ERR_REGION_CLOSED') return true;
@@ -162,6 +164,11 @@ function decideAndServe(handle: number, page: number, flags: number, tid: number
       held = false; // the engine never defers with the page locked
       break;
     }
+    if (rc === SERVED_NOT_REFUSED) {
+      const dev = host.devices[deviceSlotOf(state)];
+      if (dev !== undefined) host.hookError(dev, 'fault', new Error(refusalUndeliverable(tid)));
+      return true;
+    }
     if (rc !== ASK) return true; // served, or failed (and its thread woken to fault afresh)
     // The page holds another entry than the verdict was for, and is locked for us: ask about it.
     held = true;
@@ -170,16 +177,25 @@ function decideAndServe(handle: number, page: number, flags: number, tid: number
     pfn = pfnOf(r.shared, page);
   }
   // Out of rounds with the page still locked for us: let it go; the retry asks afresh.
-  if (held && native.faultServe(handle, page, flags, tid, t0Us, VERDICT_NONE, state, pfn, true) !== DEFERRED) return true;
+  if (held && native.faultServe(handle, page, flags, tid, t0Us, VERDICT_NONE, state, pfn, true, offset) !== DEFERRED) return true;
   pending.verdict = verdict;
   pending.state = state;
   pending.pfn = pfn;
   return false;
 }
 
-function serveAsk(handle: number, page: number, flags: number, tid: number, t0Us: number, verdict: number, state: number, pfn: number, held: boolean): void {
-  if (!decideAndServe(handle, page, flags, tid, t0Us, verdict, state, pfn, held))
-    defer(handle, page, flags, tid, t0Us, pending.verdict, pending.state, pending.pfn);
+function serveAsk(handle: number, page: number, flags: number, tid: number, t0Us: number, verdict: number, state: number, pfn: number, held: boolean, offset: number): void {
+  if (!decideAndServe(handle, page, flags, tid, t0Us, verdict, state, pfn, held, offset))
+    defer(handle, page, flags, tid, t0Us, pending.verdict, pending.state, pending.pfn, offset);
+}
+
+/** Why a refusal became a migration (reported as the hook's error; rare, so built only then). */
+function refusalUndeliverable(tid: number): string {
+  return (
+    `the fault hook refused a fault that thread ${tid} took inside a system call, which cannot be failed here: that thread ` +
+    'blocks the real-time signal a refusal is delivered by (SIGRTMAX-4), or this kernel lacks UFFDIO_POISON (Linux 6.6+); ' +
+    'the fault was served by the default policy (migrated back) instead'
+  );
 }
 
 function retryDeferred(): void {
@@ -188,7 +204,7 @@ function retryDeferred(): void {
   for (let i = 0; i < n; i++) {
     const at = i * DEFER_STRIDE;
     // defer() only writes at or below slot i: this slot is read before anything overwrites it.
-    serveAsk(deferred[at], deferred[at + 1], deferred[at + 2], deferred[at + 3], deferred[at + 4], deferred[at + 5], deferred[at + 6], deferred[at + 7], false);
+    serveAsk(deferred[at], deferred[at + 1], deferred[at + 2], deferred[at + 3], deferred[at + 4], deferred[at + 5], deferred[at + 6], deferred[at + 7], false, deferred[at + 8]);
   }
 }
 
@@ -210,7 +226,7 @@ async function run(): Promise<void> {
     for (let i = 0; i < n; i++) {
       const at = i * EVENT_STRIDE;
       if (events[at + 1] !== EVENT_ASK) continue;
-      serveAsk(events[at], events[at + 3], events[at + 2], events[at + 4], events[at + 5], VERDICT_NONE, events[at + 6], events[at + 7], true);
+      serveAsk(events[at], events[at + 3], events[at + 2], events[at + 4], events[at + 5], VERDICT_NONE, events[at + 6], events[at + 7], true, events[at + 8]);
     }
   }
   Atomics.store(ctrl, CTRL_RUNNING, 0);
