@@ -17,7 +17,7 @@ static inline void bump(RegionState& r, int index) { __atomic_fetch_add(r.stat(i
 int copyRun(RegionState& r, uint32_t page, const uint8_t* src, uint32_t count, uint64_t mode, uint32_t* filled) {
   int64_t done = 0;
   bool counted = true;
-  const uint32_t cut = count > 1 ? testCutCopy(r, count, &counted) : 0;
+  const uint32_t cut = count > 1 ? testCutCopy(r, page, count, &counted) : 0;
   int rc = copy(r.uffd.get(), r.addr(page), reinterpret_cast<uint64_t>(src), uint64_t(cut ? cut : count) * r.pageSize, mode, &done);
   if (cut && rc == 0) rc = -EAGAIN;
   if (!counted) done = 0;

@@ -137,8 +137,9 @@ void testHoldPoint(RegionState& r, const std::atomic<bool>& stop);
 
 // The engine's side of testCutCopy (native/test_hooks.cc): how many pages the UFFDIO_COPY of
 // `pages` pages about to be made on r should fill before it stops with EAGAIN; 0 (almost always):
-// all of them, the kernel decides. *counted false: report none of them filled.
-uint32_t testCutCopy(RegionState& r, uint32_t pages, bool* counted);
+// all of them, the kernel decides (also when the range crosses a vma boundary, which the kernel
+// refuses before filling anything). *counted false: report none of them filled.
+uint32_t testCutCopy(RegionState& r, uint32_t page, uint32_t pages, bool* counted);
 
 // The engine's side of testPauseAt: waits here if a test armed `point` on r (one relaxed load if not).
 void testPause(RegionState& r, int point);

@@ -1,8 +1,10 @@
 // TEST ONLY: hooks that hold a servicer between reading a batch of messages and serving it, for
 // test/ordering.test.ts, and that cut a multi-page UFFDIO_COPY short, for test/fill-partial.test.ts
 // (nothing in lib/ calls them). See RegionState::testHoldBatches and testCutCopyPages for why.
+#include <fcntl.h>
 #include <napi.h>
 #include <signal.h>
+#include <unistd.h>
 #include <time.h>
 
 #include <algorithm>
@@ -93,9 +95,42 @@ static Napi::Value TestReleaseServicer(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), r->testHeld.load());
 }
 
-uint32_t testCutCopy(RegionState& r, uint32_t pages, bool* counted) {
+// Whether [start, end) lies in one mapping of /proc/self/maps. The kernel refuses a UFFDIO_COPY
+// that crosses a vma boundary before it fills anything (ENOENT), so a cut copy must not fill part
+// of such a range. Async-signal-safe (the inline servicer's copies run in a signal handler): read(2)
+// and hand parsing only.
+static bool inOneMapping(uint64_t start, uint64_t end) {
+  int fd = ::open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  char buf[4096];
+  size_t have = 0;
+  bool found = false, eof = false;
+  while (!found && !eof) {
+    ssize_t n = ::read(fd, buf + have, sizeof buf - have);
+    if (n <= 0) eof = true;
+    else have += size_t(n);
+    size_t line = 0;
+    for (size_t i = 0; i < have; i++) {
+      if (buf[i] != '\n') continue;
+      uint64_t lo = 0, hi = 0;
+      size_t j = line;
+      for (; j < i && buf[j] != '-'; j++) lo = lo * 16 + uint64_t(buf[j] <= '9' ? buf[j] - '0' : buf[j] - 'a' + 10);
+      for (j++; j < i && buf[j] != ' '; j++) hi = hi * 16 + uint64_t(buf[j] <= '9' ? buf[j] - '0' : buf[j] - 'a' + 10);
+      if (lo <= start && end <= hi) found = true;
+      line = i + 1;
+    }
+    std::memmove(buf, buf + line, have - line);
+    have -= line;
+  }
+  ::close(fd);
+  return found;
+}
+
+uint32_t testCutCopy(RegionState& r, uint32_t page, uint32_t pages, bool* counted) {
   uint32_t cut = r.testCutCopyPages.load(std::memory_order_relaxed);
-  if (cut == 0 || cut >= pages || !r.testCutCopyPages.compare_exchange_strong(cut, 0)) return 0;
+  if (cut == 0 || cut >= pages || !inOneMapping(r.addr(page), r.addr(page) + uint64_t(pages) * r.pageSize) ||
+      !r.testCutCopyPages.compare_exchange_strong(cut, 0))
+    return 0;
   *counted = !r.testCutCopyUncounted.load();
   return cut;
 }

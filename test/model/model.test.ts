@@ -1,19 +1,29 @@
 // Differential model test: fast-check generates sequences of map/migrate/access/device-write/
-// discard/mprotect/migrateToRam/fork/close; after each step the real region must match model.ts.
+// discard/mprotect/migrateToRam/fork/close, kernel-mode accesses (refused on device 1 under the
+// worker servicer), multi-page copies cut short (testCutCopy), and on THP regions collapse, huge
+// entries, partial mprotect/discard and faults on them; after each step the real region must match
+// model.ts. Stuck workers (stalls, takeovers, forks during them) are in stall.test.ts.
 import fc from 'fast-check';
-import { beforeAll, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, it } from 'vitest';
 import { SERVICERS, describeUffd } from '../helpers.js';
-import { runScenario, warmWorkerServicer, type Scenario } from './runner.js';
-import { scenario } from './arbitraries.js';
+import { reached, runScenario, warmWorkerServicer, type Scenario } from './runner.js';
+import { scenario, thpScenario } from './arbitraries.js';
 import { Model } from './model.js';
 
 // Bounded so the file stays under a minute on a shared 2-core machine; UFFD_HMM_MODEL_RUNS raises
 // it for a longer hunt (a failure prints its seed and the shrunk scenario: keep it in
 // regressions.test.ts).
 const RUNS = Number(process.env.UFFD_HMM_MODEL_RUNS ?? 500);
+// THP scenarios compare 512 pages after every step: fewer of them (UFFD_HMM_MODEL_THP_RUNS).
+const THP_RUNS = Number(process.env.UFFD_HMM_MODEL_THP_RUNS ?? 12);
+// UFFD_HMM_MODEL_SEED replays (or sweeps) a given seed; fast-check picks one per run otherwise.
+const SEED = process.env.UFFD_HMM_MODEL_SEED === undefined ? {} : { seed: Number(process.env.UFFD_HMM_MODEL_SEED) };
 
 beforeAll(async () => {
   await warmWorkerServicer();
+});
+afterAll(() => {
+  console.log(`model paths reached: ${JSON.stringify(reached)}`);
 });
 
 describeUffd('differential model', () => {
@@ -22,7 +32,16 @@ describeUffd('differential model', () => {
       fc.asyncProperty(scenario(servicer), async (s) => {
         await runScenario(s);
       }),
-      { numRuns: RUNS, interruptAfterTimeLimit: 40_000 },
+      { numRuns: RUNS, interruptAfterTimeLimit: 40_000, ...SEED },
+    );
+  }, 120_000);
+
+  it.each(SERVICERS)('%s servicer, THP regions (collapse, huge entries, splits, cut copies): every step agrees with the model', async (servicer) => {
+    await fc.assert(
+      fc.asyncProperty(thpScenario(servicer), async (s) => {
+        await runScenario(s);
+      }),
+      { numRuns: THP_RUNS, interruptAfterTimeLimit: 40_000, ...SEED },
     );
   }, 120_000);
 

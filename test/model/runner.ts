@@ -12,13 +12,27 @@ import {
   PM_MMAP_EXCLUSIVE,
   PM_PRESENT,
   PM_SWAP,
+  NativeToucher,
   Region,
   SWP_DEVICE,
   SWP_DEVICE_WRITE,
   type ServicerKind,
 } from 'uffd-hmm';
-import { appendFileSync } from 'node:fs';
-import { Model, PAGE_SIZE, type MChildStep, type Prot } from './model.js';
+import { spawnSync } from 'node:child_process';
+import { appendFileSync, closeSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { native } from '../../dist/native.js';
+import { thpBlocks } from '../../dist/mm/huge.js';
+import { HMM_DMIRROR_PROT_PMD } from '../../dist/mm/proc.js';
+import { Model, PAGE_SIZE, PMD_PAGES, type MChildStep, type Prot } from './model.js';
+
+/** Device 1's driver refuses faults taken inside system calls (the worker servicer asks it). */
+const REFUSING_DRIVER = new URL('./fixtures/refuse-kernel.mjs', import.meta.url);
+/** In stall scenarios it also stalls the worker on every CPU fault, past the stall deadline. */
+const STALLING_DRIVER = new URL('./fixtures/stall-or-refuse.mjs', import.meta.url);
+/** Bytes a kernel-mode access (write(2) from the region) reads. */
+const SYSCALL_LEN = 16;
 
 // UFFD_HMM_MODEL_TRACE=<file> appends every scenario and step as it starts: the last line written
 // before a hang names the step that hung.
@@ -36,14 +50,37 @@ export type Op =
   | { op: 'closeDevice'; dev: number }
   | { op: 'openDevice'; dev: number }
   | { op: 'closeRegion' }
-  | { op: 'map' };
+  | { op: 'map' }
+  /** write(2) of 16 bytes from the page to a file: a kernel-mode access (S10), refused on device 1. */
+  | { op: 'syscallRead'; page: number; offset: number }
+  /** A read whose fault's multi-page copy (a huge entry's) stops after `cut` pages (testCutCopy). */
+  | { op: 'readCut'; page: number; offset: number; cut: number }
+  /** migrateToRam with its first multi-page copy stopping after `cut` pages. */
+  | { op: 'migrateToRamCut'; first: number; count: number; cut: number }
+  /** THP regions: MADV_COLLAPSE of the first PMD, tried when the model says every page allows it. */
+  | { op: 'collapse' }
+  /** Every page written (byte 0 and 4095): the region made ready to collapse. */
+  | { op: 'fillAll'; value: number }
+  /**
+   * Stall scenarios: a native thread adds 1 to the page's first uint32; on a device-1 page the
+   * driver stalls the worker and the watchdog takes the region over. With spawn, the process
+   * forks (spawnSync) during that stall.
+   */
+  | { op: 'stallTouch'; page: number; spawn: boolean };
 
 export interface Scenario {
   servicer: ServicerKind;
   pages: number;
   capacities: [number, number];
   ops: Op[];
+  /** A THP region (pages: one PMD), collapsed by its ops. */
+  thp?: boolean;
+  /** Device 1's driver stalls CPU faults (the process runs with a short stall deadline). */
+  stall?: boolean;
 }
+
+/** How often the runs reached the paths issue #21 is about, for the test's summary line. */
+export const reached = { stalls: 0, forksDuringStall: 0, refusals: 0, hugeEntries: 0, hugeFaults: 0, cutCopies: 0 };
 
 /** Thrown when real and model disagree: names the step and what differed. */
 export class Divergence extends Error {}
@@ -64,8 +101,18 @@ function range(first: number, count: number, pages: number): [number, number] {
 export async function runScenario(s: Scenario): Promise<string[]> {
   if (trace) appendFileSync(trace, `scenario ${JSON.stringify({ ...s, ops: undefined })}\n`);
   const model = new Model(s.pages, s.capacities);
-  const devices = s.capacities.map((capacity, i) => new Device({ capacity, name: `model-dev${i}` }));
-  let region = Region.map({ pages: s.pages, servicer: s.servicer });
+  const newDevice = (i: number): Device =>
+    new Device({ capacity: s.capacities[i], name: `model-dev${i}`, ...(i === 1 ? { driver: s.stall ? STALLING_DRIVER : REFUSING_DRIVER } : {}) });
+  const devices = s.capacities.map((_, i) => newDevice(i));
+  const mapRegion = (): Region =>
+    Region.map({ pages: s.pages, servicer: s.servicer, ...(s.servicer === 'inline' ? {} : { countKernelFaults: true }), ...(s.thp ? { thp: true } : {}) });
+  let region = mapRegion();
+  // The driver is asked only by a worker servicer, and not once a guard took the region over.
+  const refuses = (dev: number): boolean => s.servicer === 'worker' && dev === 1 && !region.guarded;
+  const tolerated = (e: unknown): boolean => s.stall === true && codeOf(e) === 'ERR_SERVICER_STALLED';
+  let thpBefore: number[] = [];
+  const dir = mkdtempSync(path.join(tmpdir(), 'uffd-hmm-model-'));
+  const out = openSync(path.join(dir, 'syscall'), 'w+');
   const errors: unknown[] = [];
   region.on('error', (e) => errors.push(e));
   // Per device: model page id -> real pfn, the consistent renaming of device page numbers.
@@ -97,13 +144,13 @@ export async function runScenario(s: Scenario): Promise<string[]> {
       if (op.op === 'map') {
         if (m.open) continue;
         log.push(desc);
-        region = Region.map({ pages: n, servicer: s.servicer });
+        region = mapRegion();
         region.on('error', (e) => errors.push(e));
         model.region = Model.newRegion(n);
       } else if (op.op === 'openDevice') {
         if (model.devices[op.dev].open) continue;
         log.push(desc);
-        devices[op.dev] = new Device({ capacity: s.capacities[op.dev], name: `model-dev${op.dev}` });
+        devices[op.dev] = newDevice(op.dev);
         rename[op.dev] = new Map();
         model.devices[op.dev] = Model.newDevice(s.capacities[op.dev]);
       } else if (op.op === 'closeDevice') {
@@ -114,8 +161,8 @@ export async function runScenario(s: Scenario): Promise<string[]> {
       } else if (!m.open) {
         // Every region operation on a closed region is refused with a coded error; its bytes view
         // is detached (length 0), so a CPU access reaches no memory at all.
-        if (op.op === 'closeRegion') continue;
-        if (op.op === 'read' || op.op === 'write') {
+        if (op.op === 'closeRegion' || op.op === 'collapse' || op.op === 'fillAll') continue;
+        if (op.op === 'read' || op.op === 'write' || op.op === 'readCut' || op.op === 'syscallRead' || op.op === 'stallTouch') {
           same('bytes of a closed region', region.bytes.length, 0);
           continue;
         }
@@ -141,11 +188,13 @@ export async function runScenario(s: Scenario): Promise<string[]> {
         }
       }
       compare();
-      if (errors.length) fail(`the region reported errors: ${errors.map((e) => codeOf(e)).join(', ')}`);
+      if (errors.some((e) => !tolerated(e))) fail(`the region reported errors: ${errors.map((e) => codeOf(e)).join(', ')}`);
     }
   } finally {
     if (!region.closed) await region.close();
     for (const d of devices) if (!d.closed) await d.close();
+    closeSync(out);
+    rmSync(dir, { recursive: true, force: true });
   }
   return log;
 
@@ -153,8 +202,14 @@ export async function runScenario(s: Scenario): Promise<string[]> {
     const m = model.region;
     switch (op.op) {
       case 'read':
+      case 'readCut':
         return m.prot[op.page % s.pages] !== 'none';
+      case 'fillAll':
+        return m.prot.every((p) => p === 'readwrite');
+      case 'collapse':
+        return s.thp === true && model.collapsible(0);
       case 'write':
+      case 'stallTouch':
         return m.prot[op.page % s.pages] === 'readwrite';
       case 'deviceWrite':
         return m.entries[op.page % s.pages].kind === 'device';
@@ -185,12 +240,79 @@ export async function runScenario(s: Scenario): Promise<string[]> {
     switch (op.op) {
       case 'migrate': {
         const [f, c] = range(op.first, op.count, n);
+        // Whether the kernel backs a block with a THP is its own business (collapse, khugepaged):
+        // the model is told what the migration finds.
+        thpBefore = s.thp && model.devices[op.dev].open ? thpBlocks(region.handle, region.address, f, c) : [];
         return region.migrate(f, c, devices[op.dev], op.write === undefined ? undefined : { write: op.write });
       }
       case 'migrateToRam':
         return region.migrateToRam(...range(op.first, op.count, n));
       case 'read':
         return region.bytes[(op.page % n) * PAGE_SIZE + op.offset];
+      case 'readCut': {
+        native.testCutCopy(region.handle, op.cut);
+        try {
+          return region.bytes[(op.page % n) * PAGE_SIZE + op.offset];
+        } finally {
+          native.testCutCopy(region.handle, 0); // not taken (no multi-page copy): cancelled
+        }
+      }
+      case 'migrateToRamCut': {
+        native.testCutCopy(region.handle, op.cut);
+        try {
+          return region.migrateToRam(...range(op.first, op.count, n));
+        } finally {
+          native.testCutCopy(region.handle, 0);
+        }
+      }
+      case 'syscallRead': {
+        const at = (op.page % n) * PAGE_SIZE + Math.min(op.offset, PAGE_SIZE - SYSCALL_LEN);
+        try {
+          if (writeSync(out, region.bytes, at, SYSCALL_LEN, 0) !== SYSCALL_LEN) return fail('a short write(2)');
+        } catch (e) {
+          return codeOf(e);
+        }
+        const back = new Uint8Array(SYSCALL_LEN);
+        readSync(out, back, 0, SYSCALL_LEN, 0);
+        return [...back];
+      }
+      case 'collapse':
+        try {
+          region.collapse(0, PMD_PAGES);
+        } catch (e) {
+          // No free 2 MiB page, or pages the kernel still held: its call, not ours; a THP or not,
+          // the next migration finds out (thpBlocks).
+          if (codeOf(e) !== 'ENOMEM' && codeOf(e) !== 'EAGAIN') throw e;
+        }
+        return undefined;
+      case 'fillAll':
+        for (let p = 0; p < n; p++) {
+          region.bytes[p * PAGE_SIZE] = op.value;
+          region.bytes[p * PAGE_SIZE + PAGE_SIZE - 1] = (op.value + p) & 0xff;
+        }
+        return undefined;
+      case 'stallTouch': {
+        const page = op.page % n;
+        const e = model.region.entries[page];
+        const stalls = s.servicer === 'worker' && e.kind === 'device' && e.dev === 1 && !region.guarded;
+        const t = new NativeToucher(region, { threads: 1, iterations: 1, mode: 'increment', pages: [page] });
+        if (op.spawn) {
+          await new Promise((res) => setTimeout(res, 20));
+          const res = spawnSync('true', { timeout: 20_000 }); // a fork while the worker is stuck
+          if (res.status !== 0) return fail(`spawnSync during a stall: status ${res.status}, ${String(res.error)}`);
+        }
+        await t.finished(20_000);
+        if (stalls) {
+          reached.stalls++;
+          if (op.spawn) reached.forksDuringStall++;
+          // The host hears of the takeover on its next check; a region mapped before that would
+          // join the dead worker's poller (and be guarded at once, where the model expects hooks).
+          const deadline = Date.now() + 10_000;
+          while (!errors.some(tolerated) && Date.now() < deadline) await new Promise((res) => setTimeout(res, 10));
+          if (!region.guarded) return fail('a stalled hook: the region was not taken over');
+        }
+        return undefined;
+      }
       case 'write':
         region.bytes[(op.page % n) * PAGE_SIZE + op.offset] = op.value;
         return undefined;
@@ -222,12 +344,48 @@ export async function runScenario(s: Scenario): Promise<string[]> {
     switch (op.op) {
       case 'migrate': {
         const [f, c] = range(op.first, op.count, n);
-        return model.migrate(f, c, op.dev, op.write);
+        const moved = model.migrate(f, c, op.dev, op.write, thpBefore);
+        if (thpBefore.length > 0 && model.hugeWhole(thpBefore[0])) reached.hugeEntries++;
+        return moved;
+      }
+      case 'readCut': {
+        const p = op.page % n;
+        if (model.region.entries[p].kind === 'device' && model.hugeWhole(p)) reached.cutCopies++;
+        return model.read(p, op.offset, op.cut);
+      }
+      case 'migrateToRamCut':
+        return model.migrateToRam(...range(op.first, op.count, n));
+      case 'syscallRead': {
+        const r = model.syscallRead(op.page % n, Math.min(op.offset, PAGE_SIZE - SYSCALL_LEN), SYSCALL_LEN, s.servicer === 'inline', refuses);
+        const e = model.region.entries[op.page % n];
+        if (r === 'EFAULT' && e.kind === 'device') reached.refusals++;
+        return r;
+      }
+      case 'collapse':
+        return undefined;
+      case 'fillAll':
+        for (let p = 0; p < n; p++) {
+          model.write(p, 0, op.value);
+          model.write(p, PAGE_SIZE - 1, (op.value + p) & 0xff);
+        }
+        return undefined;
+      case 'stallTouch': {
+        // A plain read, then write, of the little-endian uint32 at byte 0 (native/toucher.cc).
+        const page = op.page % n;
+        model.read(page, 0);
+        const b = model.content(page);
+        let v = (b[0] | (b[1] << 8) | (b[2] << 16) | (b[3] << 24)) >>> 0;
+        v = (v + 1) >>> 0;
+        for (let i = 0; i < 4; i++) model.write(page, i, (v >>> (8 * i)) & 0xff);
+        return undefined;
       }
       case 'migrateToRam':
         return model.migrateToRam(...range(op.first, op.count, n));
-      case 'read':
-        return model.read(op.page % n, op.offset);
+      case 'read': {
+        const p = op.page % n;
+        if (model.region.entries[p].kind === 'device' && model.hugeWhole(p)) reached.hugeFaults++;
+        return model.read(p, op.offset);
+      }
       case 'write':
         model.write(op.page % n, op.offset, op.value);
         return undefined;
@@ -294,7 +452,7 @@ export async function runScenario(s: Scenario): Promise<string[]> {
         same(`${at} pagemap type`, Number(e & 31n), want.write ? SWP_DEVICE_WRITE : SWP_DEVICE);
         same(`${at} pagemap offset`, Number((e >> 5n) & ((1n << 50n) - 1n)), real.pfn);
         same(`${at} pagemap exclusive`, (e & PM_MMAP_EXCLUSIVE) !== 0n, true);
-        const rw = want.write ? HMM_DMIRROR_PROT_WRITE : HMM_DMIRROR_PROT_READ;
+        const rw = (want.write ? HMM_DMIRROR_PROT_WRITE : HMM_DMIRROR_PROT_READ) | (model.hugeWhole(p) ? HMM_DMIRROR_PROT_PMD : 0);
         wantSnap = HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL | rw;
         same(
           `${at} snapshot for dev0`,
