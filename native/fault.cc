@@ -164,13 +164,6 @@ namespace {
 
 enum class Fill { FromDevice, Poison, Unprotect, PageCache, Zero };
 
-// Device pages a fault-around run or a huge entry frees, one bit per page of the run.
-struct RunBits {
-  uint64_t w[8] = {};  // kPmdSize / 4 KiB pages at most: 512
-  void set(uint32_t i) { w[i / 64] |= uint64_t(1) << (i % 64); }
-  bool test(uint32_t i) const { return w[i / 64] >> (i % 64) & 1; }
-};
-
 }  // namespace
 
 // The fill itself: UFFDIO_COPY from the device / ZEROPAGE / COPY of zeroes / WRITEPROTECT / CONTINUE
@@ -323,31 +316,27 @@ Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, u
     // the counters, the device's books) is done first, the pages staying locked until the end, and
     // taken back if the fill fails. Not for a trace (its record times the fill), nor for a zero
     // fill of a page the table already calls present (most likely there: a fault-around
-    // neighbour's thread, or a racing fill; its word must not change until the fill says so).
-    bool early = wakes && !r.trace && next != s && !(fill == Fill::Zero && kind == kKindPresent);
-    RunBits freed;
-    uint32_t dropped = 0;  // run pages [0, dropped) gave up their device reference before the fill
+    // neighbour's thread, or a racing fill; its word must not change until the fill says so), nor
+    // for a run of pages: a copy that stops partway wakes the threads of what it filled while the
+    // rest still shows the state it is about to be taken back from (one UFFDIO_WAKE per run instead).
+    bool early = wakes && !r.trace && k == 1 && next != s && !(fill == Fill::Zero && kind == kKindPresent);
+    bool dropped = false, lastRef = false;  // early: the page's device reference went before the fill
     if (early) {
-      for (uint32_t i = 0; i < k; i++) publishLocked(r.state(first + i), next, kHolderServicer);
+      publishLocked(st, next, kHolderServicer);
       if (kind == kKindDevice) {
-        for (uint32_t i = 0; i < k; i++)
-          if (dev->dropRef(pfn0 + i)) freed.set(i);
-        dropped = k;
+        lastRef = dev->dropRef(pfn);
+        dropped = true;
       }
-      countFault(r, dev.get(), kind, s, next, flags, k, +1);
+      countFault(r, dev.get(), kind, s, next, flags, 1, +1);
     }
     uint32_t filled = 0;
     int rc = doFill(r, fill, first, k, dev.get(), pfn0, next & kWrite, flags, early, &filled);
-    uint32_t woken = early ? filled : 0;  // without DONTWAKE the kernel woke what it filled
     if (rc != 0 && early) {
-      // Take the books back for every page the fill left: all of them, or those after the prefix
-      // a multi-page copy filled (and woke) before it stopped, which keep theirs and are settled below.
-      countFault(r, dev.get(), kind, s, next, flags, k, -1);
-      for (uint32_t i = filled; i < k; i++) {
-        if (i < dropped) dev->undoDrop(pfn0 + i, freed.test(i));
-        publishLocked(r.state(first + i), s, kHolderServicer);
-      }
-      dropped = std::min(dropped, filled);
+      // Nothing was filled (one page) and nobody woken: take it all back.
+      countFault(r, dev.get(), kind, s, next, flags, 1, -1);
+      if (dropped) dev->undoDrop(pfn, lastRef);
+      publishLocked(st, s, kHolderServicer);
+      dropped = false;
       early = false;
     }
     // Run page i came back: the entry's device reference goes, dropped before the fill or now.
@@ -355,8 +344,8 @@ Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, u
       int32_t* sq = r.state(first + i);
       sq[1] = 0;
       unlockPage(r, sq, next);
-      if (i >= dropped) dev->putPage(pfn0 + i);
-      else if (freed.test(i)) dev->freeDropped(pfn0 + i);
+      if (!dropped) dev->putPage(pfn0 + i);
+      else if (lastRef) dev->freeDropped(pfn0 + i);
     };
     if (rc != 0 && filled > 0) {
       // A copy that stopped partway (EAGAIN and its count): the kernel has the pages it filled, so
@@ -370,11 +359,10 @@ Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, u
       } else {
         for (uint32_t i = 0; i < filled; i++) settle(i);
         countMigrated(r, dev.get(), filled, +1);  // pages came back; the fault is still to serve
-        if (wakes && woken < filled) wake(fd, r.addr(first), uint64_t(filled) * r.pageSize);
+        if (wakes) wake(fd, r.addr(first), uint64_t(filled) * r.pageSize);
         first = page;
         k = 1;
         pfn0 = pfn;
-        dropped = woken = 0;
         rc = doFill(r, fill, page, 1, dev.get(), pfn, next & kWrite, flags, false, &filled);
       }
     } else if (rc != 0 && k > 1) {
@@ -384,7 +372,6 @@ Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, u
       first = page;
       k = 1;
       pfn0 = pfn;
-      dropped = 0;
       rc = doFill(r, fill, page, 1, dev.get(), pfn, next & kWrite, flags, false, &filled);
     }
     if (rc == -EEXIST) {
@@ -421,7 +408,7 @@ Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, u
       traceRecord(r, page, flags, tid, kind == kKindDevice ? (s >> kDeviceShift) & kMaxDeviceSlot : 0, outcomeOf(kind, s, next, flags),
                   t0Ns ? t0Ns : monoNs());
     }
-    if (wakes && woken < k) wake(fd, r.addr(first), uint64_t(k) * r.pageSize);
+    if (wakes) wake(fd, r.addr(first), uint64_t(k) * r.pageSize);
     return Served::Done;
   }
 }
