@@ -65,8 +65,9 @@ export type FaultDecision = 'migrate' | 'sigbus';
 export interface Driver {
   /**
    * dev_pagemap.fault (migrate_to_ram): the CPU touched a page whose entry names this device.
-   * Return `'migrate'` (or nothing) to migrate it back, the default; `'sigbus'` to refuse: the
-   * page is poisoned (UFFDIO_POISON), its device page freed, and the faulting thread gets SIGBUS.
+   * Return `'migrate'` (or nothing) to migrate it back, the default; `'sigbus'` to refuse, as
+   * VM_FAULT_SIGBUS: that access fails (SIGBUS with BUS_ADRERR at the faulting address; EFAULT from
+   * inside a system call) and nothing else changes: the next access asks again.
    * Runs synchronously while the faulting thread waits, so keep it short: a hook that hangs past
    * the stall deadline ({@link configureServicers}) has its regions taken over by native guards.
    */

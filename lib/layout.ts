@@ -10,7 +10,8 @@ export const STAT_WP_FAULTS = 2;
 export const STAT_KERNEL_FAULTS = 3;
 export const STAT_MIGRATED_BACK = 4;
 export const STAT_ZERO_FILLS = 5;
-export const STAT_POISONED = 6;
+/** Faults a driver refused (its fault hook answered 'sigbus'). */
+export const STAT_REFUSED = 6;
 /** Bumped after every page unlock so waiters can re-check. */
 export const UNLOCK_SEQ = 7;
 /**
@@ -52,6 +53,24 @@ export const HUGE = 0x40;
  * holder applies the zap when it publishes (the page becomes none), as zap_pte_range would have.
  */
 export const ZAP_PENDING = 0x80;
+/**
+ * Who holds a locked page (bits 8-9), set in the same CAS as LOCKED and cleared with it: a takeover
+ * of a stalled or dead servicer releases only that servicer's locks (docs/PROTOCOL.md).
+ */
+export const HOLDER_SHIFT = 8;
+export const HOLDER_MASK = 0x300;
+/** The region's owner thread: every operation that locks through lib/pagelock.ts. */
+export const HOLDER_OWNER = 0x100;
+/** The fault engine for the region's servicer, from a driver ask to its faultServe too. */
+export const HOLDER_SERVICER = 0x200;
+/** A thread serving another mapping of the page: a fork sharer's migration back, region.fork's children. */
+export const HOLDER_PEER = 0x300;
+/**
+ * A refusal of a fault taken inside a system call is in progress on this locked device entry: a
+ * poison marker makes the faulting thread's system call fail with EFAULT, and that thread zaps it on
+ * its way back (native/refusal.cc); the servicer then unlocks the page with the entry as it was.
+ */
+export const REFUSAL_POISON = 0x400;
 /** A PMD's span (x86-64, and arm64 with 4 KiB pages): the size of a THP and of a huge device entry. */
 export const PMD_SIZE = 2 << 20;
 export const DEVICE_SHIFT = 16;
@@ -146,8 +165,8 @@ export const FAULT_KERNEL = 1 << 16;
 
 // The records pollerWait writes (native/poller.cc): faults whose driver must be asked; every other
 // fault and event is served in native code. [region handle, EVENT_ASK, flags, page, tid, t0 µs,
-// state word, pfn].
-export const EVENT_STRIDE = 8;
+// state word, pfn, offset of the faulting address in its page (where a refusal's SIGBUS points)].
+export const EVENT_STRIDE = 9;
 export const EVENT_ASK = 1;
 
 // region.fork's steps, as lib/fork.ts encodes them for native/fork.cc: FORK_STEP_STRIDE int32 per

@@ -95,7 +95,7 @@ export interface Addon {
    * 3 failed (its thread was woken to fault afresh). held: the caller holds the page locked since
    * an ask; verdict 0 then only unlocks it.
    */
-  faultServe(handle: number, page: number, flags: number, tid: number, t0Us: number, verdict: number, state: number, pfn: number, held: boolean, hookUs?: number): number;
+  faultServe(handle: number, page: number, flags: number, tid: number, t0Us: number, verdict: number, state: number, pfn: number, held: boolean, offset: number, hookUs?: number): number;
   /** Migrate back of locked pages [page, page + count) from device pages [pfn, …): 0 or -errno; publishes nothing. */
   regionFillFromDevice(handle: number, page: number, count: number, slot: number, pfn: number, writeProtect: boolean): number;
   regionWake(handle: number, first: number, count: number): number;
@@ -142,6 +142,18 @@ export interface Addon {
   testZapperStart(region: number, page: number, intervalUs: number): number;
   /** TEST ONLY: stops and joins that thread; the zaps it made. */
   testZapperStop(zapper: number): number;
+  /** TEST ONLY (native/test_hooks.cc): the region's next UFFDIO_COPY of more than `pages` pages fills that many and answers EAGAIN. */
+  testCutCopy(region: number, pages: number, counted?: boolean): void;
+  /** TEST ONLY: the next engine thread at `point` (1 lockNeighbours before its CAS, 2 migrateSharers after locking a sharer's page) waits; pauses so far. */
+  testPauseAt(region: number, point: number, ms: number): number;
+  /** TEST ONLY: pages [first, first + count) become hardware poison (S8): entry dropped, UFFDIO_POISON, kind 'poison'. */
+  testPoisonPage(region: number, first: number, count: number): void;
+  /** TEST ONLY: record each SIGBUS (and return from the handler) from now on. */
+  testRecordSigbus(): void;
+  /** TEST ONLY: the calling thread blocks (true) or unblocks the refusal signal (SIGRTMAX-4). */
+  testBlockRefusalSignal(block: boolean): void;
+  /** TEST ONLY: [count, si_code of the last, si_addr of the last]. */
+  testSigbusRecord(): [number, number, bigint];
 
   benchPlainTouch(pages: number, order: Int32Array, threads: number, out: Float64Array, write: boolean): void;
   benchSetAffinity(cpus: Int32Array): Int32Array;

@@ -1,7 +1,8 @@
 // The migration entry: a page's state word with LOCKED set. Whoever moves a page (a migration on
 // the main thread, a servicer migrating it back) holds it; everyone else waits for the unlock.
-// The only TypeScript that sets or clears LOCKED, ZAPPING and ZAP_PENDING (docs/PROTOCOL.md).
-import { KIND_DEVICE, KIND_MASK, KIND_NONE, DEVICE_SHIFT, LOCKED, MAX_DEVICE_SLOT, STAT_FILL_RETRIES, UNLOCK_SEQ, UNMAPPED, ZAPPING, ZAP_PENDING, stateIndex } from './layout.js';
+// The only TypeScript that sets or clears LOCKED, ZAPPING and ZAP_PENDING (docs/PROTOCOL.md). Every
+// lock taken here is the region owner's (HOLDER_OWNER): a takeover of a stuck servicer leaves it.
+import { HOLDER_MASK, HOLDER_OWNER, KIND_DEVICE, KIND_MASK, KIND_NONE, DEVICE_SHIFT, LOCKED, MAX_DEVICE_SLOT, STAT_FILL_RETRIES, UNLOCK_SEQ, UNMAPPED, ZAPPING, ZAP_PENDING, stateIndex } from './layout.js';
 import { UffdHmmError, check } from './errors.js';
 import { deviceBySlot } from './device.js';
 
@@ -42,7 +43,7 @@ export function lockPage(shared: Int32Array, page: number): number {
   for (let spins = 0; ; spins++) {
     const s = Atomics.load(shared, idx);
     if ((s & LOCKED) === 0) {
-      if (Atomics.compareExchange(shared, idx, s, s | LOCKED) === s) return s;
+      if (Atomics.compareExchange(shared, idx, s, s | LOCKED | HOLDER_OWNER) === s) return s;
       continue;
     }
     if (spins < 64) continue;
@@ -65,7 +66,7 @@ export function lockPage(shared: Int32Array, page: number): number {
 
 /** Publishes the page's new state (LOCKED clear) and wakes anyone waiting for an unlock. */
 export function unlockPage(shared: Int32Array, page: number, state: number): void {
-  Atomics.store(shared, stateIndex(page), state & ~LOCKED);
+  Atomics.store(shared, stateIndex(page), state & ~(LOCKED | HOLDER_MASK));
   Atomics.add(shared, UNLOCK_SEQ, 1);
   Atomics.notify(shared, UNLOCK_SEQ);
 }
@@ -97,7 +98,7 @@ export function tryLockPage(shared: Int32Array, page: number): number {
   for (;;) {
     const s = Atomics.load(shared, idx);
     if ((s & LOCKED) !== 0) return -1;
-    if (Atomics.compareExchange(shared, idx, s, s | LOCKED) === s) return s;
+    if (Atomics.compareExchange(shared, idx, s, s | LOCKED | HOLDER_OWNER) === s) return s;
   }
 }
 
@@ -106,7 +107,7 @@ export function tryLockPage(shared: Int32Array, page: number): number {
  * table): the page stays held until the holder unlocks it there.
  */
 export function placeLocked(table: Int32Array, page: number, state: number, pfn = 0): void {
-  table[stateIndex(page)] = state | LOCKED;
+  table[stateIndex(page)] = state | LOCKED | HOLDER_OWNER;
   table[stateIndex(page) + 1] = pfn;
 }
 
@@ -122,7 +123,7 @@ export function carryZap(from: Int32Array, to: Int32Array, page: number): void {
 
 /** The page's state word without the lock bit: what it holds, whoever holds it. */
 export function stateOf(shared: Int32Array, page: number): number {
-  return Atomics.load(shared, stateIndex(page)) & ~LOCKED;
+  return Atomics.load(shared, stateIndex(page)) & ~(LOCKED | HOLDER_MASK);
 }
 
 /**
@@ -136,7 +137,7 @@ export function publish(shared: Int32Array, page: number, next: number): boolean
     const cur = Atomics.load(shared, idx);
     const zapped = (cur & ZAP_PENDING) !== 0;
     if (zapped) shared[idx + 1] = 0;
-    if (Atomics.compareExchange(shared, idx, cur, (zapped ? KIND_NONE | (cur & UNMAPPED) : next) & ~LOCKED) !== cur) continue;
+    if (Atomics.compareExchange(shared, idx, cur, (zapped ? KIND_NONE | (cur & UNMAPPED) : next) & ~(LOCKED | HOLDER_MASK)) !== cur) continue;
     Atomics.add(shared, UNLOCK_SEQ, 1);
     Atomics.notify(shared, UNLOCK_SEQ);
     return !zapped;

@@ -442,7 +442,7 @@ export class Region extends EventEmitter implements DeviceHolder {
     if (this.listenerCount('error') > 0) this.emit('error', err);
     else process.emitWarning(err);
   }
-  /** @internal The worker servicer died; a native guard thread (native/guard.cc takeOver) serves this region now. */
+  /** @internal The worker servicer died; a native guard (native/guard.cc: its poller's watchdog, or a thread of its own) serves this region now. */
   servicerTakenOver(): void {
     this.#core.servicerHost = undefined;
     this.#guarded = true;

@@ -45,8 +45,8 @@ import { toChromeTrace, type ChromeTrace, type TraceSpan } from './trace-events.
  * - `'page-cache'`: a minor fault in a private file region; the file's own page was mapped
  *   (UFFDIO_CONTINUE).
  * - `'unprotected'`: a write-protect fault; the page was made writable in place (do_wp_page).
- * - `'sigbus'`: the driver refused (`fault` returned `'sigbus'`); the page was poisoned and the
- *   thread got SIGBUS.
+ * - `'sigbus'`: the driver refused (`fault` returned `'sigbus'`); the access failed (SIGBUS, or
+ *   EFAULT inside a system call) and the entry stayed.
  * - `'woken'`: the page had been resolved meanwhile (by another fault or a migration); the
  *   thread was only woken to retry.
  */

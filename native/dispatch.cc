@@ -39,6 +39,7 @@ Served serveAt(RegionState& r, int handle, const PendingFault& f, AskSink* sink)
   int64_t page = r.pageOf(f.address);
   if (page < 0) return r.expectingRemap.load(std::memory_order_acquire) ? Served::Deferred : Served::Failed;
   Carried entry;
+  entry.offset = static_cast<uint32_t>(f.address & (r.pageSize - 1));
   Served rc = serveFault(r, static_cast<uint32_t>(page), f.flags, f.tid, f.t0Ns, sink ? &entry : nullptr);
   if (rc == Served::Ask && !sink->ask(handle, static_cast<uint32_t>(page), f.flags, f.tid, f.t0Ns, entry)) {
     // No room to ask now: the page the engine left locked for the asker goes back as it was.

@@ -7,6 +7,8 @@
 #include <cerrno>
 
 #include "device.h"
+#include "proc.h"
+#include "refusal.h"
 #include "trace.h"
 
 namespace uffdhmm {
@@ -19,66 +21,6 @@ static const uint8_t* zeroPage() {
 }
 
 static inline void bump(RegionState& r, int index) { __atomic_fetch_add(r.stat(index), 1, __ATOMIC_RELAXED); }
-static inline void bumpDevice(DeviceStore& dev, int index) { __atomic_fetch_add(&dev.shared[index], 1, __ATOMIC_RELAXED); }
-
-static inline bool lockPage(int32_t* st, int32_t seen) {
-  return __atomic_compare_exchange_n(st, &seen, seen | kLocked, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
-}
-
-static inline void unlockPage(RegionState& r, int32_t* st, int32_t value) {
-  __atomic_store_n(st, value & ~kLocked, __ATOMIC_RELEASE);
-  noteUnlock(r);
-}
-
-// The new state, stored before a fill that wakes the faulting thread, still locked: the thread
-// resumes on a word that already says what its page is, and nobody else takes the page before
-// the books are done. A failed fill stores the old word back.
-static inline void publishLocked(int32_t* st, int32_t value) { __atomic_store_n(st, value | kLocked, __ATOMIC_RELEASE); }
-
-void publishMigratedBack(RegionState& r, uint32_t page, int32_t next, DeviceStore& dev, uint32_t pfn) {
-  int32_t* st = r.state(page);
-  st[1] = 0;
-  unlockPage(r, st, next);
-  dev.putPage(pfn);
-  bump(r, kStatMigratedBack);
-  bumpDevice(dev, kDevMigratedToRam);
-}
-
-void migrateSharers(RegionState& r, uint32_t page, int32_t slot, uint32_t pfn) {
-  auto dev = devices().get(slot);
-  if (!dev || pfn >= dev->capacity) return;
-  if (__atomic_load_n(&dev->refcount()[pfn], __ATOMIC_ACQUIRE) <= 1) return;
-  forEachSharer(r, [&](RegionState& m) {
-    if (page >= m.pages || m.closed.load(std::memory_order_acquire)) return;
-    int32_t* st = m.state(page);
-    int32_t s = __atomic_load_n(st, __ATOMIC_ACQUIRE);
-    // Locked: its own servicer is migrating it back right now (several processes faulting the same
-    // page at once), or its owner is moving it. Never wait for that lock: this thread holds our
-    // page's lock, and that holder may be waiting for it (each sharer's servicer migrating back for
-    // the others), so waits would chain across every sharer, under the family lock besides. The
-    // holder keeps the books: that mapping keeps its entry and its reference until it comes back
-    // by its holder or on its own fault, from the same device page.
-    if ((s & kLocked) || (s & kKindMask) != kKindDevice || ((s >> kDeviceShift) & kMaxDeviceSlot) != slot ||
-        static_cast<uint32_t>(st[1]) != pfn)
-      return;
-    if (!lockPage(st, s)) return;
-    const uint64_t addr = m.addr(page);
-    int rc = copy(m.uffd.get(), addr, reinterpret_cast<uint64_t>(dev->page(pfn)), m.pageSize,
-                  UFFDIO_COPY_MODE_DONTWAKE | UFFDIO_COPY_MODE_WP, nullptr);
-    if (rc != 0 && rc != -EEXIST) {
-      if (rc == -EAGAIN) bump(m, kStatFillRetries);
-      unlockPage(m, st, s);
-      return;
-    }
-    if (rc == -EEXIST) bump(m, kStatFillRaced);
-    st[1] = 0;
-    unlockPage(m, st, kKindPresent);
-    dev->putPage(pfn);
-    // That mapping's page came back; the device page migrated once (counted by the faulting side).
-    bump(m, kStatMigratedBack);
-    wake(m.uffd.get(), addr, m.pageSize);
-  });
-}
 
 void zapRange(RegionState& r, uint64_t start, uint64_t end, bool unmapped) {
   const uint64_t base = reinterpret_cast<uint64_t>(r.base);
@@ -91,7 +33,15 @@ void zapRange(RegionState& r, uint64_t start, uint64_t end, bool unmapped) {
       if (s & kLocked) {
         // Our own zap (the lock holder flagged it) or a page mid-migration: its holder keeps the
         // books. A migration must learn of the zap, or it would publish what the zap dropped.
-        if (s & kZapping) {
+        if ((s & (kZapping | kRefusalPoison)) == (kZapping | kRefusalPoison) && heldBy(s, kHolderServicer)) {
+          // A refusal's marker zapped by the faulting thread (refuse): the entry stays as it was,
+          // unless someone else zapped the page meanwhile.
+          const uint32_t pfn = static_cast<uint32_t>(st[1]);
+          if (!publishUnlessZapped(r, st, s & ~(kZapping | kRefusalPoison | kZapPending)) && (s & kKindMask) == kKindDevice) {
+            auto dev = devices().get((s >> kDeviceShift) & kMaxDeviceSlot);
+            if (dev) dev->putPage(pfn);
+          }
+        } else if (s & kZapping) {
           __atomic_fetch_and(st, ~kZapping, __ATOMIC_RELEASE);
           noteUnlock(r);
         } else {
@@ -99,7 +49,7 @@ void zapRange(RegionState& r, uint64_t start, uint64_t end, bool unmapped) {
         }
         break;
       }
-      if (!lockPage(st, s)) continue;
+      if (!lockPage(st, s, kHolderServicer)) continue;
       if ((s & kKindMask) == kKindDevice) {
         auto dev = devices().get((s >> kDeviceShift) & kMaxDeviceSlot);
         uint32_t pfn = static_cast<uint32_t>(st[1]);
@@ -120,10 +70,16 @@ static uint32_t lockNeighbours(RegionState& r, uint32_t page, int32_t s, uint32_
   uint32_t k = 1;
   while (k < r.faultAround && page + k < r.pages && pfn + k < dev.capacity) {
     int32_t* st = r.state(page + k);
-    // Same kind, write bit and device (the whole state word): only the pfn differs.
-    if (__atomic_load_n(st, __ATOMIC_ACQUIRE) != s || static_cast<uint32_t>(st[1]) != pfn + k) break;
-    if (__atomic_load_n(&dev.refcount()[pfn + k], __ATOMIC_ACQUIRE) != 1) break;
-    if (!lockPage(st, s)) break;
+    // Same kind, write bit and device (the whole state word): only the pfn differs. The pfn word is
+    // the holder's to change, so it is read once the lock is ours: a neighbour migrated away and
+    // back meanwhile has the same state word and another device page.
+    if (__atomic_load_n(st, __ATOMIC_ACQUIRE) != s) break;
+    testPause(r, kTestPointNeighbourLock);  // test only: a no-op unless a test armed it
+    if (!lockPage(st, s, kHolderServicer)) break;
+    if (static_cast<uint32_t>(st[1]) != pfn + k || __atomic_load_n(&dev.refcount()[pfn + k], __ATOMIC_ACQUIRE) != 1) {
+      unlockPage(r, st, s);
+      break;
+    }
     k++;
   }
   return k;
@@ -146,9 +102,12 @@ static uint32_t lockHugeBlock(RegionState& r, uint32_t page, int32_t s, uint32_t
   for (; i < n; i++) {
     if (i == off) continue;
     int32_t* st = r.state(first + i);
-    if (__atomic_load_n(st, __ATOMIC_ACQUIRE) != s || static_cast<uint32_t>(st[1]) != pfn0 + i) break;
-    if (__atomic_load_n(&dev.refcount()[pfn0 + i], __ATOMIC_ACQUIRE) != 1) break;
-    if (!lockPage(st, s)) break;
+    // The pfn word checked under the lock, as in lockNeighbours.
+    if (__atomic_load_n(st, __ATOMIC_ACQUIRE) != s || !lockPage(st, s, kHolderServicer)) break;
+    if (static_cast<uint32_t>(st[1]) != pfn0 + i || __atomic_load_n(&dev.refcount()[pfn0 + i], __ATOMIC_ACQUIRE) != 1) {
+      unlockPage(r, st, s);
+      break;
+    }
   }
   const bool whole = i == n && __atomic_exchange_n(&dev.shared[kDevFailAlloc], 0, __ATOMIC_ACQ_REL) == 0;
   if (!whole) {
@@ -167,23 +126,6 @@ int continueOrZero(RegionState& r, uint32_t page, bool dontwake) {
   return rc;
 }
 
-int fillFromDevice(RegionState& r, uint32_t page, DeviceStore& dev, uint32_t pfn, uint32_t count, bool writeProtect) {
-  const int fd = r.uffd.get();
-  const uint64_t mode = UFFDIO_COPY_MODE_DONTWAKE | (writeProtect ? UFFDIO_COPY_MODE_WP : 0);
-  int rc = copy(fd, r.addr(page), reinterpret_cast<uint64_t>(dev.page(pfn)), uint64_t(count) * r.pageSize, mode, nullptr);
-  if (rc == 0 || rc == -EAGAIN || (count == 1 && rc != -EEXIST)) return rc;
-  if (count == 1) {
-    bump(r, kStatFillRaced);
-    return 0;
-  }
-  for (uint32_t i = 0; i < count; i++) {
-    rc = copy(fd, r.addr(page + i), reinterpret_cast<uint64_t>(dev.page(pfn + i)), r.pageSize, mode, nullptr);
-    if (rc == -EEXIST) bump(r, kStatFillRaced);
-    else if (rc != 0) return rc;
-  }
-  return 0;
-}
-
 // What a served fault did, for its trace record.
 static int32_t outcomeOf(int32_t kind, int32_t s, int32_t next, uint32_t flags) {
   if (next == s) return kOutcomeWoken;
@@ -192,6 +134,12 @@ static int32_t outcomeOf(int32_t kind, int32_t s, int32_t next, uint32_t flags) 
   if (kind == kKindPresent && (flags & UFFD_PAGEFAULT_FLAG_WP)) return kOutcomeUnprotected;
   if (flags & UFFD_PAGEFAULT_FLAG_MINOR) return kOutcomePageCache;
   return kOutcomeZeroPage;
+}
+
+// Pages that came back from a device (a fault's run, or the part of it a partial copy filled).
+static void countMigrated(RegionState& r, DeviceStore* dev, uint32_t n, int sign) {
+  __atomic_fetch_add(r.stat(kStatMigratedBack), sign * static_cast<int32_t>(n), __ATOMIC_RELAXED);
+  __atomic_fetch_add(&dev->shared[kDevMigratedToRam], sign * static_cast<int32_t>(n), __ATOMIC_RELAXED);
 }
 
 // The counters one served fault adds (sign +1) or, when a fill that was to wake fails, takes back.
@@ -203,12 +151,8 @@ static void countFault(RegionState& r, DeviceStore* dev, int32_t kind, int32_t s
   if (flags & UFFD_PAGEFAULT_FLAG_WRITE) add(r.stat(kStatWriteFaults), 1);
   if (kind == kKindDevice && next != s) {
     add(&dev->shared[kDevFaults], 1);
-    if (next == kKindPoison) {
-      add(r.stat(kStatPoisoned), 1);
-    } else {
-      add(r.stat(kStatMigratedBack), k);
-      add(&dev->shared[kDevMigratedToRam], k);
-    }
+    if (next == kKindPoison) add(r.stat(kStatRefused), 1);
+    else countMigrated(r, dev, k, sign);
   } else if (kind == kKindPresent && (flags & UFFD_PAGEFAULT_FLAG_WP)) {
     add(r.stat(kStatWpFaults), 1);
   } else if (kind == kKindNone && next != s && !(flags & UFFD_PAGEFAULT_FLAG_MINOR)) {
@@ -220,38 +164,75 @@ namespace {
 
 enum class Fill { FromDevice, Poison, Unprotect, PageCache, Zero };
 
-// Device pages a fault-around run or a huge entry frees, one bit per page of the run.
-struct RunBits {
-  uint64_t w[8] = {};  // kPmdSize / 4 KiB pages at most: 512
-  void set(uint32_t i) { w[i / 64] |= uint64_t(1) << (i % 64); }
-  bool test(uint32_t i) const { return w[i / 64] >> (i % 64) & 1; }
-};
-
 }  // namespace
 
 // The fill itself: UFFDIO_COPY from the device / ZEROPAGE / COPY of zeroes / WRITEPROTECT / CONTINUE
-// / POISON over [first, first + k). 0 or -errno.
+// / POISON over [first, first + k). 0 or -errno; *filled: the pages of it the kernel filled (only a
+// multi-page copy can fill part of its pages and fail, see copyRun).
 static int doFill(RegionState& r, Fill fill, uint32_t first, uint32_t k, const DeviceStore* dev, uint32_t pfn0, bool writable,
-                  uint32_t flags, bool wake) {
+                  uint32_t flags, bool wake, uint32_t* filled) {
   const int fd = r.uffd.get();
   const uint64_t addr = r.addr(first);
+  int rc = -EINVAL;
   switch (fill) {
     case Fill::FromDevice:
-      return copy(fd, addr, reinterpret_cast<uint64_t>(dev->page(pfn0)), uint64_t(k) * r.pageSize,
-                  (wake ? 0 : UFFDIO_COPY_MODE_DONTWAKE) | (writable ? 0 : UFFDIO_COPY_MODE_WP), nullptr);
+      return copyRun(r, first, dev->page(pfn0), k, (wake ? 0 : UFFDIO_COPY_MODE_DONTWAKE) | (writable ? 0 : UFFDIO_COPY_MODE_WP), filled);
     case Fill::Poison:
-      return poison(fd, addr, r.pageSize, wake ? 0 : kPoisonModeDontwake, nullptr);
+      rc = poison(fd, addr, r.pageSize, wake ? 0 : kPoisonModeDontwake, nullptr);
+      break;
     case Fill::Unprotect:
-      return writeProtect(fd, addr, r.pageSize, false, wake);
+      rc = writeProtect(fd, addr, r.pageSize, false, wake);
+      break;
     case Fill::PageCache:
-      return continueOrZero(r, first, !wake);
+      rc = continueOrZero(r, first, !wake);
+      break;
     case Fill::Zero:
       // A write fault gets a zeroed private page in one step; a read maps the shared zero page.
       if (flags & UFFD_PAGEFAULT_FLAG_WRITE)
-        return copy(fd, addr, reinterpret_cast<uint64_t>(zeroPage()), r.pageSize, wake ? 0 : UFFDIO_COPY_MODE_DONTWAKE, nullptr);
-      return zeropage(fd, addr, r.pageSize, wake ? 0 : UFFDIO_ZEROPAGE_MODE_DONTWAKE, nullptr);
+        rc = copy(fd, addr, reinterpret_cast<uint64_t>(zeroPage()), r.pageSize, wake ? 0 : UFFDIO_COPY_MODE_DONTWAKE, nullptr);
+      else
+        rc = zeropage(fd, addr, r.pageSize, wake ? 0 : UFFDIO_ZEROPAGE_MODE_DONTWAKE, nullptr);
+      break;
   }
-  return -EINVAL;
+  *filled = rc == 0 ? k : 0;
+  return rc;
+}
+
+// The driver refused (VM_FAULT_SIGBUS): that access fails and nothing else changes. The page, held
+// since the ask, keeps its entry, its device page and its references; no pageFree. From user mode
+// the thread gets SIGBUS (BUS_ADRERR at the faulting address) and the pte stays a hole: if a handler
+// returns, the access faults again and the driver is asked again. From inside a system call a
+// poison marker fails its retry with EFAULT, and the thread zaps the marker on its way back (native/
+// refusal.cc): the page stays locked, kZapping | kRefusalPoison, until this servicer reads that zap
+// (zapRange), so nobody takes the page meanwhile.
+static Served refuse(RegionState& r, uint32_t page, int32_t s, uint32_t flags, uint32_t tid, uint64_t t0Ns, DeviceStore& dev,
+                     uint32_t pfn, bool kernel, const Carried* ask) {
+  const uint32_t offset = ask ? ask->offset : 0;
+  int32_t* st = r.state(page);
+  const uint64_t addr = r.addr(page);
+  if (!kernel) {
+    refuseUserAccess(tid, addr + offset);
+    unlockPage(r, st, s);
+  } else {
+    // The marker before the signal: a thread woken before it is there faults on the hole again, and
+    // again, its pending signal cutting every wait short.
+    publishLocked(st, s | kZapping | kRefusalPoison, kHolderServicer);
+    int rc = poison(r.uffd.get(), addr, r.pageSize, kPoisonModeDontwake, nullptr);
+    if (rc != 0) {
+      unlockPage(r, st, s);
+      if (rc != -EAGAIN) return Served::Failed;
+      bump(r, kStatFillRetries);
+      return Served::Deferred;  // the mm is changing: tried again, with the verdict, after the event
+    }
+    if (!refuseKernelAccess(tid, addr)) unlockPage(r, st, s);  // the thread is gone, and its fault with it
+  }
+  // The signal ends the thread's wait; woken besides, in case it blocks that signal too: it then
+  // faults again, and the driver is asked again.
+  wake(r.uffd.get(), addr, r.pageSize);
+  countFault(r, &dev, kKindDevice, s, kKindPoison, flags, 1, +1);
+  if (r.trace)
+    traceRecord(r, page, flags, tid, (s >> kDeviceShift) & kMaxDeviceSlot, kOutcomeSigbus, t0Ns ? t0Ns : monoNs(), pfn, ask ? ask->hookUs : 0.0);
+  return Served::Done;
 }
 
 Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, uint64_t t0Ns, Carried* ask, bool held) {
@@ -263,7 +244,7 @@ Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, u
   for (;;) {
     int32_t s;
     if (held) {
-      s = __atomic_load_n(st, __ATOMIC_ACQUIRE) & ~kLocked;
+      s = unlocked(__atomic_load_n(st, __ATOMIC_ACQUIRE));
       held = false;
       if (!ask || ask->verdict == kVerdictNone) {
         unlockPage(r, st, s);
@@ -272,7 +253,7 @@ Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, u
     } else {
       s = __atomic_load_n(st, __ATOMIC_ACQUIRE);
       if (s & kLocked) return Served::Deferred;
-      if (!lockPage(st, s)) continue;
+      if (!lockPage(st, s, kHolderServicer)) continue;
     }
     const int32_t kind = s & kKindMask;
     Fill fill;
@@ -293,15 +274,20 @@ Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, u
         if (ask->verdict != kVerdictNone && ask->state == s && ask->pfn == pfn) {
           verdict = ask->verdict;
         } else if (__atomic_load_n(&dev->shared[kDevAskFault], __ATOMIC_ACQUIRE) != 0) {
-          *ask = {kVerdictNone, s, pfn};
+          *ask = {kVerdictNone, s, pfn, ask->offset};
           return Served::Ask;  // still locked: the caller asks the driver, then serves it held
         }
       }
       if (verdict == kVerdictSigbus) {
-        // The driver refused (VM_FAULT_SIGBUS): the page becomes poison and the thread gets SIGBUS.
-        fill = Fill::Poison;
-        next = kKindPoison;
-      } else {
+        const bool kernel = (flags & kFaultKernel) || (tid != 0 && faultInSyscall(tid));
+        if (tid != 0 && !(kernel && (!(kernelFeatures().features & UFFD_FEATURE_POISON) || threadBlocks(tid, refusalSignal()))))
+          return refuse(r, page, s, flags, tid, t0Ns, *dev, pfn, kernel, ask);
+        // Not deliverable (no thread id; inside a system call, a kernel without UFFDIO_POISON or a
+        // thread that blocks the refusal signal): served by the default policy instead, and the
+        // caller says so (ask->verdict).
+        ask->verdict = kVerdictMigrate;
+      }
+      {
         fill = Fill::FromDevice;
         next = kKindPresent | (s & kWrite);
         if (s & kHuge)
@@ -326,43 +312,81 @@ Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, u
       fill = Fill::Zero;
       next = kKindPresent | kWrite;
     }
-    const uint32_t pfn0 = pfn - (page - first);
+    uint32_t pfn0 = pfn - (page - first);  // the device page of `first`: it moves with the run
     // Where a thread sleeps on the fault, the fill wakes it itself: one system call fewer than a
     // fill and a UFFDIO_WAKE. So everything that thread may look at once it runs (the state words,
     // the counters, the device's books) is done first, the pages staying locked until the end, and
     // taken back if the fill fails. Not for a trace (its record times the fill), nor for a zero
     // fill of a page the table already calls present (most likely there: a fault-around
-    // neighbour's thread, or a racing fill; its word must not change until the fill says so).
-    bool early = wakes && !r.trace && next != s && !(fill == Fill::Zero && kind == kKindPresent);
-    RunBits freed;
+    // neighbour's thread, or a racing fill; its word must not change until the fill says so), nor
+    // for a run of pages: a copy that stops partway wakes the threads of what it filled while the
+    // rest still shows the state it is about to be taken back from (one UFFDIO_WAKE per run instead).
+    bool early = wakes && !r.trace && k == 1 && next != s && !(fill == Fill::Zero && kind == kKindPresent);
+    bool dropped = false, lastRef = false;  // early: the page's device reference went before the fill
     if (early) {
-      for (uint32_t i = 0; i < k; i++) publishLocked(r.state(first + i), next);
-      if (kind == kKindDevice)
-        for (uint32_t i = 0; i < k; i++)
-          if (dev->dropRef(pfn0 + i)) freed.set(i);
-      countFault(r, dev.get(), kind, s, next, flags, k, +1);
+      publishLocked(st, next, kHolderServicer);
+      if (kind == kKindDevice) {
+        lastRef = dev->dropRef(pfn);
+        dropped = true;
+      }
+      countFault(r, dev.get(), kind, s, next, flags, 1, +1);
     }
-    int rc = doFill(r, fill, first, k, dev.get(), pfn0, next & kWrite, flags, early);
+    uint32_t filled = 0;
+    int rc = doFill(r, fill, first, k, dev.get(), pfn0, next & kWrite, flags, early, &filled);
     if (rc != 0 && early) {
-      // Nothing was filled and nobody woken: take it all back.
-      countFault(r, dev.get(), kind, s, next, flags, k, -1);
-      if (kind == kKindDevice)
-        for (uint32_t i = 0; i < k; i++) dev->undoDrop(pfn0 + i, freed.test(i));
-      for (uint32_t i = 0; i < k; i++) publishLocked(r.state(first + i), s);
+      // Nothing was filled (one page) and nobody woken: take it all back.
+      countFault(r, dev.get(), kind, s, next, flags, 1, -1);
+      if (dropped) dev->undoDrop(pfn, lastRef);
+      publishLocked(st, s, kHolderServicer);
+      dropped = false;
       early = false;
     }
-    if (rc != 0 && k > 1) {
-      // Part of the run is there already, or it crosses a vma boundary: this page alone.
+    // Run page i came back: the entry's device reference goes, dropped before the fill or now.
+    auto settle = [&](uint32_t i) {
+      int32_t* sq = r.state(first + i);
+      sq[1] = 0;
+      unlockPage(r, sq, next);
+      if (!dropped) dev->putPage(pfn0 + i);
+      else if (lastRef) dev->freeDropped(pfn0 + i);
+    };
+    if (rc != 0 && filled > 0) {
+      // A copy that stopped partway (EAGAIN and its count): the kernel has the pages it filled, so
+      // the table says so too; only the rest go back as they were. If the faulting page is among
+      // them the fault is served, else it is tried again alone.
+      for (uint32_t i = filled; i < k; i++)
+        if (first + i != page) unlockPage(r, r.state(first + i), s);
+      if (page - first < filled) {
+        k = filled;
+        rc = 0;
+      } else {
+        for (uint32_t i = 0; i < filled; i++) settle(i);
+        countMigrated(r, dev.get(), filled, +1);  // pages came back; the fault is still to serve
+        if (wakes) wake(fd, r.addr(first), uint64_t(filled) * r.pageSize);
+        first = page;
+        k = 1;
+        pfn0 = pfn;
+        rc = doFill(r, fill, page, 1, dev.get(), pfn, next & kWrite, flags, false, &filled);
+      }
+    } else if (rc != 0 && k > 1) {
+      // Nothing filled: part of the run is there already, or it crosses a vma boundary: this page alone.
       for (uint32_t i = 0; i < k; i++)
         if (first + i != page) unlockPage(r, r.state(first + i), s);
       first = page;
       k = 1;
-      rc = doFill(r, fill, page, 1, dev.get(), pfn, next & kWrite, flags, false);
+      pfn0 = pfn;
+      rc = doFill(r, fill, page, 1, dev.get(), pfn, next & kWrite, flags, false, &filled);
     }
     if (rc == -EEXIST) {
-      rc = 0;  // another path filled it first: keep the state, just wake
+      rc = 0;  // another path filled it first: just wake
       next = s;
       bump(r, kStatFillRaced);
+      uint64_t pm = 0;
+      if (fill == Fill::FromDevice && readPagemap(r, page, 1, &pm) == 0 && (pm & kPmPresent)) {
+        // Nobody else fills a page we hold: the kernel has it from a fill whose count went
+        // missing. The entry is gone as the kernel sees it; the table follows the kernel, or every
+        // later fault there (a write to a write-protected page) would be "already there" for ever.
+        next = kKindPresent | ((pm & kPmUffdWp) ? 0 : kWrite);
+      }
     }
     if (rc == -EAGAIN) {
       // The mm is changing: an event (REMOVE, UNMAP, REMAP, FORK) waits to be read, and the kernel
@@ -377,12 +401,8 @@ Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, u
     }
     const bool migrated = kind == kKindDevice && next != s;
     for (uint32_t i = 0; i < k; i++) {
-      int32_t* sq = r.state(first + i);
-      if (migrated) sq[1] = 0;
-      unlockPage(r, sq, next);
-      if (!migrated) continue;
-      if (!early) dev->putPage(pfn0 + i);
-      else if (freed.test(i)) dev->freeDropped(pfn0 + i);
+      if (migrated) settle(i);
+      else unlockPage(r, r.state(first + i), next);
     }
     if (early) return Served::Done;
     countFault(r, dev.get(), kind, s, next, flags, k, +1);

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "pagelock.h"
 #include "region.h"
 
 namespace uffdhmm {
@@ -25,7 +26,8 @@ struct Carried {
   int32_t verdict = layout::kVerdictNone;
   int32_t state = 0;
   uint32_t pfn = 0;
-  double hookUs = 0;  // time the driver's fault hook took to give the verdict, for the trace
+  uint32_t offset = 0;  // of the faulting address in its page (UFFD_FEATURE_EXACT_ADDRESS): a refusal's si_addr
+  double hookUs = 0;    // time the driver's fault hook took to give the verdict, for the trace
 };
 
 // Serves one userfaultfd page fault on `page` of `r` from the shared table: device entry ->
@@ -65,7 +67,10 @@ int continueOrZero(RegionState& r, uint32_t page, bool dontwake = true);
 // migrate_device_unmap()/remove_migration_ptes() do for every mapping through the rmap.
 void migrateSharers(RegionState& r, uint32_t page, int32_t slot, uint32_t pfn);
 
-// Bumps the unlock sequence so waiters on a locked page re-check it.
-inline void noteUnlock(RegionState& r) { __atomic_fetch_add(r.stat(layout::kUnlockSeq), 1, __ATOMIC_RELEASE); }
+// UFFDIO_COPY of `count` pages of r at `page` from `src`; *filled: how many of them the kernel
+// filled: all on success, a prefix (possibly none) on failure, since mfill_atomic stops at the
+// first page it cannot fill and answers EAGAIN with its count, having woken that prefix unless
+// DONTWAKE. 0 or -errno. (testCutCopy in native/test_hooks.cc can make it stop, for tests.)
+int copyRun(RegionState& r, uint32_t page, const uint8_t* src, uint32_t count, uint64_t mode, uint32_t* filled);
 
 }  // namespace uffdhmm

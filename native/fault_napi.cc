@@ -9,6 +9,7 @@
 #include "dispatch.h"
 #include "fault.h"
 #include "napi_util.h"
+#include "refusal.h"
 #include "span.h"
 
 namespace uffdhmm {
@@ -19,12 +20,19 @@ constexpr int kServed = 0;
 constexpr int kDeferred = 1;
 constexpr int kAsk = 2;
 constexpr int kFailed = 3;
+// The driver refused a fault taken inside a system call that cannot be failed here (the thread blocks
+// the refusal signal, or no UFFDIO_POISON; native/refusal.cc): served by the default policy
+// instead; the caller reports it.
+constexpr int kServedNotRefused = 4;
 
-// faultServe(region, page, flags, tid, t0Us, verdict, state, pfn, held[, hookUs]) -> 0 served, 1 deferred
+// faultServe(region, page, flags, tid, t0Us, verdict, state, pfn, held, offset[, hookUs]) -> 0 served, 1 deferred
 // (keep the verdict and try again), 2 ask the driver about the entry the page holds now (the page
-// is locked for the caller: serve it with held), 3 failed (the thread was woken to fault afresh).
+// is locked for the caller: serve it with held), 3 failed (the thread was woken to fault afresh),
+// 4 served by migration although the driver refused (the refusal could not reach the thread).
+// offset: the faulting address's offset in the page (the ask record's), where a refusal points.
 // verdict/state/pfn: the driver's decision and the entry it was for. held: the caller holds the
 // page locked since an ask (a pollerWait record or a 2 from here); verdict 0 then just unlocks it.
+// After a takeover of the region by a guard: 3, and nothing done.
 // All in one call, so that a worker terminated at any point leaves nothing half done.
 Napi::Value FaultServe(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -40,13 +48,25 @@ Napi::Value FaultServe(const Napi::CallbackInfo& info) {
   carried.state = static_cast<int32_t>(argU32(info, 6, "state"));
   carried.pfn = argU32(info, 7, "pfn");
   const bool held = argBool(info, 8, "held");
+  carried.offset = info.Length() > 9 ? argU32(info, 9, "offset") : 0;
+  if (carried.offset >= r->pageSize) throw rangeError(env, "offset must be less than the page size");
   // Optional: how long the driver's fault hook took (µs), recorded in the fault's trace record.
-  if (info.Length() > 9 && info[9].IsNumber()) carried.hookUs = info[9].As<Napi::Number>().DoubleValue();
-  if (held && !(__atomic_load_n(r->state(page), __ATOMIC_ACQUIRE) & layout::kLocked))
-    throw rangeError(env, "held: the page is not locked");
+  if (info.Length() > 10 && info[10].IsNumber()) carried.hookUs = info[10].As<Napi::Number>().DoubleValue();
+  const int32_t verdictGiven = carried.verdict;
+  // A takeover (guard.cc) waits for calls in progress, then releases the pages this servicer held:
+  // from then on every call refuses, since the pages are no longer its own (their threads were
+  // woken to fault afresh, for the guard).
+  struct InServe {
+    RegionState& r;
+    explicit InServe(RegionState& region) : r(region) { r.faultServes.fetch_add(1); }
+    ~InServe() { r.faultServes.fetch_sub(1); }
+  } inServe(*r);
+  if (r->guarded.load()) return Napi::Number::New(env, kFailed);
+  if (held && !heldBy(__atomic_load_n(r->state(page), __ATOMIC_ACQUIRE), layout::kHolderServicer))
+    throw rangeError(env, "held: the page is not locked for the servicer");
   switch (serveFault(*r, page, flags, tid, t0Us > 0 ? static_cast<uint64_t>(t0Us * 1000.0) : 0, &carried, held)) {
     case Served::Done:
-      return Napi::Number::New(env, kServed);
+      return Napi::Number::New(env, carried.verdict == verdictGiven ? kServed : kServedNotRefused);
     case Served::Deferred:
       return Napi::Number::New(env, kDeferred);
     case Served::Ask:
@@ -76,6 +96,7 @@ Napi::Value RegionFillFromDevice(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void initFault(Napi::Env env, Napi::Object exports) {
+  installRefusalHandler();
   exports.Set("faultServe", Napi::Function::New(env, FaultServe, "faultServe"));
   exports.Set("regionFillFromDevice", Napi::Function::New(env, RegionFillFromDevice, "regionFillFromDevice"));
 }

@@ -107,8 +107,7 @@ int32_t lockChildPage(RegionState& c, uint32_t page) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
   for (int spins = 0;; spins++) {
     int32_t s = __atomic_load_n(st, __ATOMIC_ACQUIRE);
-    if (!(s & layout::kLocked) && __atomic_compare_exchange_n(st, &s, s | layout::kLocked, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
-      return s;
+    if (!(s & layout::kLocked) && lockPage(st, s, layout::kHolderPeer)) return s;
     if (spins > 64) {
       if (std::chrono::steady_clock::now() > deadline) return -1;
       struct timespec ts = {0, 20 * 1000};
@@ -124,7 +123,7 @@ void releaseChild(RegionState& c) {
     int32_t* st = c.state(page);
     if ((__atomic_load_n(st, __ATOMIC_ACQUIRE) & layout::kKindMask) != layout::kKindDevice) continue;
     int32_t s = lockChildPage(c, page);
-    if (s < 0) s = __atomic_load_n(st, __ATOMIC_ACQUIRE) & ~layout::kLocked;  // its holder is gone with the child
+    if (s < 0) s = unlocked(__atomic_load_n(st, __ATOMIC_ACQUIRE));  // its holder is gone with the child
     if ((s & layout::kKindMask) == layout::kKindDevice) {
       auto dev = devices().get((s >> layout::kDeviceShift) & layout::kMaxDeviceSlot);
       if (dev) dev->putPage(static_cast<uint32_t>(st[1]));
@@ -273,10 +272,8 @@ Napi::Value RegionFork(const Napi::CallbackInfo& info) {
   int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (efd < 0) throw systemError(env, errno, "eventfd", "the wake-up eventfd of a region.fork child");
   child->wakeFd = UniqueFd(efd);
-  {
-    std::lock_guard<std::mutex> lock(r->familyMu);
-    r->children.push_back(child);
-  }
+  // The family lock is taken on servicer threads (forEachSharer): never allocate under it.
+  appendOutsideLock(r->familyMu, r->children, child);
   startNativeServicer(child);
 
   auto job = std::make_shared<ForkJob>();

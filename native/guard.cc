@@ -2,6 +2,7 @@
 // servicer dies, a native servicer thread takes over its region's faults with the default policy,
 // after putting right the pages the dead servicer left locked.
 #include <napi.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 
 #include <system_error>
@@ -16,36 +17,77 @@
 
 namespace uffdhmm {
 
-TakeOver takeOver(const std::shared_ptr<RegionState>& r, int* err) {
-  if (r->closed.load(std::memory_order_acquire) || r->guarded.exchange(true)) return TakeOver::Already;
-  // Pages the dead servicer held locked stay locked forever unless released here. Whether its fill
-  // happened is read from the kernel's pagemap, so the table ends up as the kernel sees the page.
-  for (uint32_t page = 0; page < r->pages; page++) {
-    int32_t* st = r->state(page);
-    int32_t s = __atomic_load_n(st, __ATOMIC_ACQUIRE);
-    if (!(s & layout::kLocked)) continue;
+// Puts right the pages the replaced servicer left locked (holder kHolderServicer: a fault it was
+// serving, a page held for its driver's decision); whether its fill happened is read from the
+// kernel's pagemap, so the table ends up as the kernel sees the page. Locks of the region's owner
+// and of peers stay: their operations are in progress and complete (a discard waiting for the
+// REMOVE of its own zap gets it from the guard, which sees kZapping on a locked page).
+static void releaseServicerLocks(RegionState& r) {
+  for (uint32_t page = 0; page < r.pages; page++) {
+    int32_t* st = r.state(page);
+    const int32_t s = __atomic_load_n(st, __ATOMIC_ACQUIRE);
+    // A refusal in progress (fault.cc refuse) ends with the faulting thread's own zap, which the guard
+    // reads: the page stays locked for it.
+    if (!heldBy(s, layout::kHolderServicer) || (s & layout::kRefusalPoison)) continue;
     uint64_t pm = 0;
-    bool filled = readPagemap(*r, page, 1, &pm) == 0 && (pm & kPmPresent);
-    int32_t kind = s & layout::kKindMask;
+    const bool filled = readPagemap(r, page, 1, &pm) == 0 && (pm & kPmPresent);
+    const int32_t kind = s & layout::kKindMask;
     auto dev = kind == layout::kKindDevice ? devices().get((s >> layout::kDeviceShift) & layout::kMaxDeviceSlot) : nullptr;
-    if (dev && filled) {
+    if (s & layout::kZapPending) {
+      // Zapped while it was held: the zap wins, as for every holder (lib/pagelock.ts publish).
+      if (dev) dev->putPage(static_cast<uint32_t>(st[1]));
+      st[1] = 0;
+      unlockPage(r, st, layout::kKindNone | (s & layout::kUnmapped));
+    } else if (dev && filled) {
       // Its migration back was filled: the engine's own books for it.
-      publishMigratedBack(*r, page, layout::kKindPresent | (s & layout::kWrite), *dev, static_cast<uint32_t>(st[1]));
-      continue;
+      publishMigratedBack(r, page, layout::kKindPresent | (s & layout::kWrite), *dev, static_cast<uint32_t>(st[1]));
     } else if (kind == layout::kKindDevice && filled) {
       st[1] = 0;
-      __atomic_store_n(st, layout::kKindPresent | (s & layout::kWrite), __ATOMIC_RELEASE);
+      unlockPage(r, st, layout::kKindPresent | (s & layout::kWrite));
     } else if (kind == layout::kKindNone && filled) {
-      __atomic_store_n(st, layout::kKindPresent | layout::kWrite, __ATOMIC_RELEASE);
+      unlockPage(r, st, layout::kKindPresent | layout::kWrite);
     } else {
-      __atomic_store_n(st, s & ~(layout::kLocked | layout::kZapping), __ATOMIC_RELEASE);
+      unlockPage(r, st, s & ~layout::kZapping);
     }
-    noteUnlock(*r);
   }
+}
+
+// The part of a takeover that every guard does first, with r's mode kGuardTaking: later faultServe
+// calls refuse, those in flight finish, the replaced servicer's locks are put right. No allocation.
+static void takeLocks(RegionState& r) {
+  r.guarded.store(true);
+  // A faultServe already past its check of `guarded` finishes first; every later one refuses.
+  while (r.faultServes.load() != 0) sched_yield();
+  releaseServicerLocks(r);
   // Zap events the dead servicer read but never applied are lost with it: holders must not wait
   // for them (settleZaps in lib/mm/zap.ts).
-  __atomic_store_n(r->stat(layout::kZapBatchesDone), __atomic_load_n(r->stat(layout::kZapBatchesRead), __ATOMIC_SEQ_CST),
+  __atomic_store_n(r.stat(layout::kZapBatchesDone), __atomic_load_n(r.stat(layout::kZapBatchesRead), __ATOMIC_SEQ_CST),
                    __ATOMIC_SEQ_CST);
+}
+
+bool guardByWatchdog(RegionState& r) {
+  int mode = kGuardNone;
+  if (r.closed.load() || !r.guardMode.compare_exchange_strong(mode, kGuardTaking)) return false;
+  takeLocks(r);
+  r.guardMode.store(kGuardWatchdog);
+  // Faults the dead servicer read but never served: wake their threads so they fault afresh.
+  wake(r.uffd.get(), reinterpret_cast<uint64_t>(r.base), r.length);
+  return true;
+}
+
+TakeOver takeOver(const std::shared_ptr<RegionState>& r, int* err) {
+  int mode = r->guardMode.load();
+  for (;;) {
+    if (r->closed.load(std::memory_order_acquire) || mode == kGuardWatchdog || mode == kGuardThread) return TakeOver::Already;
+    if (mode == kGuardTaking) {
+      // The watchdog is putting its locks right, which takes a pagemap read per locked page.
+      sched_yield();
+      mode = r->guardMode.load();
+      continue;
+    }
+    if (r->guardMode.compare_exchange_weak(mode, kGuardTaking)) break;
+  }
+  takeLocks(*r);
   if (!r->servicer.joinable()) {
     // The worker may have died of the very shortage that fails this eventfd (EMFILE at start-up).
     // The guard serves without it: the eventfd only makes its stop prompt, and a guard without one
@@ -58,9 +100,11 @@ TakeOver takeOver(const std::shared_ptr<RegionState>& r, int* err) {
       // No thread (EAGAIN): nobody serves r. Say so rather than look guarded, and let a later try run.
       if (err) *err = e.code().value();
       r->guarded.store(false);
+      r->guardMode.store(mode);
       return TakeOver::NoThread;
     }
   }
+  r->guardMode.store(kGuardThread);
   // Faults the dead servicer read but never served: wake their threads so they fault afresh.
   wake(r->uffd.get(), reinterpret_cast<uint64_t>(r->base), r->length);
   return TakeOver::Done;

@@ -4,6 +4,7 @@
 // and fails on a constant that either side lacks. docs/PROTOCOL.md explains the state machine.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 namespace uffdhmm::layout {
@@ -19,7 +20,7 @@ constexpr int kStatWpFaults = 2;
 constexpr int kStatKernelFaults = 3;
 constexpr int kStatMigratedBack = 4;
 constexpr int kStatZeroFills = 5;
-constexpr int kStatPoisoned = 6;
+constexpr int kStatRefused = 6;  // faults a driver refused (its fault hook answered 'sigbus')
 constexpr int kUnlockSeq = 7;  // bumped after every page unlock, so waiters can sleep on it
 // Fills (UFFDIO_COPY / ZEROPAGE / WRITEPROTECT / POISON) refused with EAGAIN because the mm was
 // changing (an EVENT_REMOVE / UNMAP / REMAP / FORK not read yet) and tried again later.
@@ -52,6 +53,19 @@ constexpr int32_t kHuge = 0x40;
 // Someone else zapped (MADV_DONTNEED / munmap) this page while another thread held it locked: the
 // holder applies the zap when it publishes (the page becomes none), as zap_pte_range would have.
 constexpr int32_t kZapPending = 0x80;
+// Who holds a locked page, in the same CAS that sets kLocked and cleared with it: a takeover of a
+// stalled or dead servicer releases only that servicer's locks, and an operation of the region's
+// owner or of a peer that holds a page completes as if nothing happened.
+constexpr int kHolderShift = 8;
+constexpr int32_t kHolderMask = 0x300;
+constexpr int32_t kHolderOwner = 0x100;     // the region's owner thread: its JS operations (lib/pagelock.ts lockPage)
+constexpr int32_t kHolderServicer = 0x200;  // the fault engine for the region's servicer (from an ask to its faultServe too)
+constexpr int32_t kHolderPeer = 0x300;      // a thread serving another mapping: migrateSharers, region.fork's children
+// A refusal of a fault taken inside a system call is in progress on this locked device entry: a
+// poison marker in the kernel's page table makes the faulting thread's retry fail with EFAULT, and
+// that thread zaps it as its system call returns (native/refusal.cc). The servicer, reading that
+// zap's REMOVE, unlocks the page with the entry as it was. Set with kZapping by the lock holder.
+constexpr int32_t kRefusalPoison = 0x400;
 // A PMD's span (x86-64, and arm64 with 4 KiB pages): the size of a THP and of a huge device entry.
 constexpr size_t kPmdSize = size_t(2) << 20;
 constexpr int kDeviceShift = 16;     // device slot in bits 16..30
@@ -128,8 +142,9 @@ constexpr int32_t kVerdictSigbus = 2;
 
 // The records pollerWait writes for the worker servicer: faults whose driver must be asked (every
 // other fault and event is served in native code), kEventStride doubles each: [region handle,
-// kEventAsk, flags, page, tid, t0 µs, state word, pfn] (native/poller.cc writes them).
-constexpr int kEventStride = 8;
+// kEventAsk, flags, page, tid, t0 µs, state word, pfn, offset of the faulting address in its page]
+// (native/poller.cc writes them).
+constexpr int kEventStride = 9;
 constexpr int kEventAsk = 1;
 
 // region.fork's steps, as lib/fork.ts encodes them for native/fork.cc: kForkStepStride int32 per

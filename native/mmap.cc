@@ -213,7 +213,7 @@ static Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
   // region has no thread reading messages, so it asks for none: its faults arrive as SIGBUS.
   const uint64_t wanted =
       inlineMode ? UFFD_FEATURE_SIGBUS
-                 : (kernelFeatures().features & (UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_EVENT_REMOVE |
+                 : (kernelFeatures().features & (UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_EXACT_ADDRESS | UFFD_FEATURE_EVENT_REMOVE |
                                                  UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_FORK |
                                                  UFFD_FEATURE_EVENT_REMAP)) |
                        shmemNeeded;

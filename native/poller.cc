@@ -6,7 +6,6 @@
 #include <fcntl.h>
 #include <napi.h>
 #include <poll.h>
-#include <signal.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
@@ -26,6 +25,7 @@
 #include <vector>
 
 #include "napi_util.h"
+#include "poller.h"
 #include "region.h"
 #include "registry.h"
 #include "dispatch.h"
@@ -34,51 +34,10 @@
 
 namespace uffdhmm {
 
-namespace {
-
-struct Poller {
-  UniqueFd epoll;
-  UniqueFd wakeFd;
-  // Faults read but not served yet (dispatch.h), and the JS side's array of faults to ask about.
-  // Fixed arrays: the waiting thread must not allocate. Only that thread uses them.
-  FaultQueue deferred;
-  struct Asks : AskSink {
-    double* out = nullptr;
-    int capacity = 0;
-    int written = 0;
-    bool ask(int handle, uint32_t page, uint32_t flags, uint32_t tid, uint64_t t0Ns, const Carried& entry) override;
-  } asks;
-  bool kicked = false;
-  std::atomic<bool> holding{false};     // held in pollerWait while a fork is in progress
-  std::atomic<pid_t> attachedTid{0};    // the worker thread that waits on this poller
-  std::atomic<bool> hasMembers{false};
-  std::mutex mu;             // guards members
-  std::vector<int> members;  // handles of the regions in the epoll set
-
-  // The stall watchdog (pollerWatch): the worker bumps `beat` on every pollerWait; if it stays out
-  // of pollerWait for longer than the deadline, native guards take its regions over and the
-  // poller is dead: pollerWait then returns -2 at once.
-  std::atomic<uint64_t> beat{0};
-  std::atomic<bool> inWait{false};
-  std::atomic<bool> dead{false};
-  std::atomic<bool> workerGone{false};  // dead because the worker's environment went away, not stuck
-  std::thread watchdog;
-
-  // The worker's thread, for the start-up rule of watchLoop: the threads of the process that
-  // appeared while the worker was created (Node creates its thread inside `new Worker`), found by
-  // listing /proc/self/task in pollerCreate and again in pollerWatch. Written before the watchdog
-  // starts, read only by it. Unknown when a listing failed.
-  std::vector<pid_t> tidsBefore;
-  std::vector<pid_t> startTids;
-  bool startTidsKnown = false;
-};
-
-// /proc/self/task, opened when the addon loads: a worker fails to start when the process is out of
-// descriptors, and telling that from a slow start must not need one more.
+// /proc/self/task, opened once when the addon loads (initPoller).
 int gTaskDir = -1;
 std::mutex gTaskDirMu;
 
-// The thread ids of this process; false when they cannot be listed.
 bool listThreads(std::vector<pid_t>& out) {
   out.clear();
   std::lock_guard<std::mutex> lock(gTaskDirMu);
@@ -96,106 +55,33 @@ bool listThreads(std::vector<pid_t>& out) {
   }
 }
 
-// Whether the worker's thread ended: none of the threads created with it is alive. (A thread id is
-// reused only after the pid space wraps; a live stranger among them only makes us wait longer.)
-bool startThreadsGone(const Poller& p) {
-  if (!p.startTidsKnown) return false;
-  for (pid_t tid : p.startTids)
-    if (::syscall(SYS_tgkill, ::getpid(), tid, 0) == 0 || errno != ESRCH) return false;
-  return true;
-}
-
 Registry<Poller>& pollers() {
   static auto* registry = new Registry<Poller>;  // never destroyed: threads may still use it during exit()
   return *registry;
 }
 
-// Hands every region of p to a native guard, so that no fault waits for a worker that is gone.
-void takeOverAll(Poller& p) {
-  std::vector<int> members;
-  {
-    std::lock_guard<std::mutex> lock(p.mu);
-    members = p.members;
-  }
-  for (int h : members) {
-    auto r = regions().get(h);
-    if (r) {
-      ::epoll_ctl(p.epoll.get(), EPOLL_CTL_DEL, r->uffd.get(), nullptr);
-      takeOver(r);
-    }
-  }
-}
-
-constexpr uint64_t kWakeTag = 0;  // epoll data of the eventfd; regions are tagged by handle (>= 1)
-
-// Whether some region of p has a fault or event nobody has read yet (the set is only looked at).
-bool eventsWaiting(Poller& p) {
-  struct epoll_event evs[8];
-  int n = ::epoll_wait(p.epoll.get(), evs, 8, 0);
-  for (int i = 0; i < n; i++)
-    if (evs[i].data.u64 != kWakeTag) return true;
-  return false;
-}
-
-// A worker still starting (its thread alive, or not known to be dead) is given this long, while
-// faults wait, to reach pollerAttach.
-constexpr uint32_t kMinStartDeadlineMs = 10000;
-
-void watchLoop(std::shared_ptr<Poller> p, uint32_t deadlineMs) {
-  uint64_t lastBeat = p->beat.load();
-  auto since = std::chrono::steady_clock::now();
-  const auto tick = std::chrono::milliseconds(std::max<uint32_t>(10, std::min<uint32_t>(100, deadlineMs / 4)));
-  const auto startDeadline = std::chrono::milliseconds(std::max(deadlineMs, kMinStartDeadlineMs));
-  while (!p->dead.load()) {
-    std::this_thread::sleep_for(tick);
-    uint64_t b = p->beat.load();
-    auto now = std::chrono::steady_clock::now();
-    // Waiting in pollerWait is idle, not stuck.
-    if (b != lastBeat || p->inWait.load()) {
-      lastBeat = b;
-      since = now;
-      continue;
-    }
-    if (b == 0) {
-      // Before its first pollerWait the worker is starting. One that dies before pollerAttach (it
-      // could not load: EMFILE, a broken install) has no cleanup hook to hand its regions over, and
-      // a main thread blocked on one of their faults never hears of the death. Its thread is gone:
-      // guards serve those faults at once, and its 'error' or 'exit' event says why (workerGone).
-      // A worker still loading keeps its regions: faults wait up to the start deadline for it.
-      if (p->attachedTid.load() != 0 || !eventsWaiting(*p)) {
-        since = now;
-        continue;
-      }
-      if (startThreadsGone(*p)) {
-        p->workerGone.store(true);
-      } else if (now - since < startDeadline) {
-        continue;
-      }
-    } else if (now - since < std::chrono::milliseconds(deadlineMs)) {
-      // Out of pollerWait that long, the worker is stuck serving what it read (a hook that hangs):
-      // those faults, and every later one, would wait for it forever.
-      continue;
-    }
-    p->dead.store(true);
-    takeOverAll(*p);
-  }
-}
-
-// Runs when the worker's environment goes away (terminated, crashed, or at process exit) on the
-// worker's own thread, before its 'exit' event can reach the main thread, whose event loop may be
-// blocked (e.g. in a madvise or fork that waits for this servicer to read an event).
-void onWorkerGone(void* arg) {
-  int handle = static_cast<int>(reinterpret_cast<intptr_t>(arg));
-  auto p = pollers().get(handle);
-  if (!p) return;
-  p->workerGone.store(true);
-  p->dead.store(true);
-  takeOverAll(*p);
-}
-
-
 // One event in the output array: layout::kEventStride doubles (native/layout.h has the fields).
 constexpr int kStride = layout::kEventStride;
+
+// A fault whose driver must decide, into the worker's array: [region, kEventAsk, flags, page, tid,
+// t0 µs, state word, pfn, offset in the page]. No room: the fault waits in the queue and is asked about next time.
+bool Poller::Asks::ask(int handle, uint32_t page, uint32_t flags, uint32_t tid, uint64_t t0Ns, const Carried& entry) {
+  if (written >= capacity) return false;
+  double* rec = out + size_t(written) * kStride;
+  rec[0] = handle;
+  rec[1] = layout::kEventAsk;
+  rec[2] = static_cast<double>(flags);
+  rec[3] = static_cast<double>(page);
+  rec[4] = static_cast<double>(tid);
+  rec[5] = double(t0Ns) / 1000.0;
+  rec[6] = static_cast<double>(entry.state);
+  rec[7] = static_cast<double>(entry.pfn);
+  rec[8] = static_cast<double>(entry.offset);
+  written++;
+  return true;
+}
+
+namespace {
 
 std::shared_ptr<Poller> argPoller(const Napi::CallbackInfo& info, size_t i) {
   auto p = pollers().get(static_cast<int>(argU32(info, i, "poller")));
@@ -216,12 +102,28 @@ Napi::Value PollerCreate(const Napi::CallbackInfo& info) {
   ev.events = EPOLLIN;
   ev.data.u64 = kWakeTag;
   if (::epoll_ctl(ep, EPOLL_CTL_ADD, efd, &ev) != 0) throw systemError(env, errno, "epoll_ctl", "starting the worker servicer");
-  p->startTidsKnown = listThreads(p->tidsBefore);  // the worker is created next; pollerWatch looks again
-  return Napi::Number::New(env, pollers().add(p));
+  p->members.reserve(64);
+  // The watchdog exists before any region does: a takeover must never have to start a thread.
+  try {
+    std::thread(watchLoop, p).detach();  // it ends with the poller's destruction, never joined at exit
+  } catch (const std::system_error& e) {
+    throw systemError(env, e.code().value(), "pthread_create", "starting the worker servicer's watchdog");
+  }
+  // The worker is created next: the threads that appear until pollerWatch are its own (listed after
+  // the watchdog started, which is not one of them).
+  p->tidsBeforeKnown = listThreads(p->tidsBefore);
+  int h = pollers().add(p);
+  // Its owner's regions are retired with the owner's environment: the watchdog ends then too.
+  napi_add_env_cleanup_hook(env, onPollerOwnerGone, reinterpret_cast<void*>(static_cast<intptr_t>(h)));
+  return Napi::Number::New(env, h);
 }
 
 Napi::Value PollerDestroy(const Napi::CallbackInfo& info) {
-  pollers().remove(static_cast<int>(argU32(info, 0, "poller")));
+  auto p = pollers().remove(static_cast<int>(argU32(info, 0, "poller")));
+  if (p) {
+    p->destroyed.store(true);
+    p->kickWatchdog();
+  }
   return info.Env().Undefined();
 }
 
@@ -237,15 +139,13 @@ Napi::Value PollerAdd(const Napi::CallbackInfo& info) {
   ev.data.u64 = static_cast<uint64_t>(h);
   if (::epoll_ctl(p->epoll.get(), EPOLL_CTL_ADD, r->uffd.get(), &ev) != 0)
     throw systemError(env, errno, "epoll_ctl", "adding a region to the worker servicer");
-  {
-    std::lock_guard<std::mutex> lock(p->mu);
-    p->members.push_back(h);
-    p->hasMembers.store(true);
-  }
+  r->pollerEpoll.store(p->epoll.get());
+  appendOutsideLock(p->mu, p->members, h);
+  p->hasMembers.store(true);
   // The worker may have died since the caller last looked (its 'exit' not yet delivered): a region
-  // joining a dead poller is served by a guard at once. takeOverAll sets dead before it reads
-  // members, so the region is taken either there or here.
-  if (p->dead.load()) takeOver(r);
+  // joining a dead poller is served by its watchdog at once. The watchdog turns dead before it reads
+  // members, so the region is taken either there or here (guardByWatchdog takes it once).
+  if (p->dead()) guardByWatchdog(*r);
   return env.Undefined();
 }
 
@@ -261,12 +161,31 @@ Napi::Value PollerAttach(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// pollerRemove(poller, region): called before the region closes, so no fd number is reused in the set.
+// pollerRemove(poller, region): called before the region closes, so no fd number is reused in the
+// set, and when its worker failed, before a guard thread of its own takes it over. A region the
+// watchdog serves already stays in the set: the watchdog serves it until it closes (retireRegion).
 Napi::Value PollerRemove(const Napi::CallbackInfo& info) {
   auto p = argPoller(info, 0);
   int h = static_cast<int>(argU32(info, 1, "region"));
   auto r = regions().get(h);
-  if (r) ::epoll_ctl(p->epoll.get(), EPOLL_CTL_DEL, r->uffd.get(), nullptr);
+  bool keep = false;
+  if (r) {
+    int mode = r->guardMode.load();
+    for (;;) {
+      if (mode == kGuardTaking) {  // the watchdog is taking it: see how that ends
+        sched_yield();
+        mode = r->guardMode.load();
+        continue;
+      }
+      // Out of the watchdog's reach before it leaves the set, in one step.
+      if (mode != kGuardNone || r->guardMode.compare_exchange_weak(mode, kGuardDetached)) break;
+    }
+    keep = mode == kGuardWatchdog;
+    if (!keep) {
+      ::epoll_ctl(p->epoll.get(), EPOLL_CTL_DEL, r->uffd.get(), nullptr);
+      r->pollerEpoll.store(-1);
+    }
+  }
   std::lock_guard<std::mutex> lock(p->mu);
   for (size_t i = 0; i < p->members.size(); i++)
     if (p->members[i] == h) {
@@ -277,23 +196,25 @@ Napi::Value PollerRemove(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// pollerWatch(poller, deadlineMs): starts the stall watchdog (once), right after the worker was
-// created: the threads that appeared since pollerCreate are the worker's. pollerDead(poller) says
-// whether, and why, the poller's regions went to native guards.
+// pollerWatch(poller, deadlineMs): sets the stall deadline of the poller's watchdog. pollerDead(poller)
+// says whether, and why, the poller's regions went to the watchdog.
 Napi::Value PollerWatch(const Napi::CallbackInfo& info) {
   auto p = argPoller(info, 0);
   uint32_t deadline = argU32(info, 1, "deadlineMs");
   if (deadline < 10) throw rangeError(info.Env(), "deadlineMs must be at least 10");
-  if (!p->watchdog.joinable()) {
+  uint32_t unset = 0;
+  // Once, as before: the first deadline holds. Right after the worker was created: the threads that
+  // appeared since pollerCreate are the worker's.
+  if (p->deadlineMs.compare_exchange_strong(unset, deadline) && p->tidsBeforeKnown) {
     std::vector<pid_t> now;
-    p->startTidsKnown = p->startTidsKnown && listThreads(now);
-    p->startTids.clear();
-    for (pid_t tid : now)
-      if (std::find(p->tidsBefore.begin(), p->tidsBefore.end(), tid) == p->tidsBefore.end()) p->startTids.push_back(tid);
+    if (listThreads(now)) {
+      for (pid_t tid : now)
+        if (std::find(p->tidsBefore.begin(), p->tidsBefore.end(), tid) == p->tidsBefore.end()) p->startTids.push_back(tid);
+      p->startTidsReady.store(true, std::memory_order_release);
+    }
     p->tidsBefore.clear();
-    p->watchdog = std::thread(watchLoop, p, deadline);
-    p->watchdog.detach();  // it ends by itself once the poller is dead; never joined at exit
   }
+  p->kickWatchdog();
   return info.Env().Undefined();
 }
 
@@ -301,7 +222,7 @@ Napi::Value PollerWatch(const Napi::CallbackInfo& info) {
 // or 'error' event, which says why, is on its way to the owner).
 Napi::Value PollerDead(const Napi::CallbackInfo& info) {
   auto p = argPoller(info, 0);
-  return Napi::Number::New(info.Env(), !p->dead.load() ? 0 : p->workerGone.load() ? 2 : 1);
+  return Napi::Number::New(info.Env(), !p->dead() ? 0 : p->workerGone.load() ? 2 : 1);
 }
 
 // pollerKick(poller): wakes a pollerWait in progress (new messages, or stop).
@@ -310,23 +231,6 @@ Napi::Value PollerKick(const Napi::CallbackInfo& info) {
   uint64_t one = 1;
   (void)!::write(p->wakeFd.get(), &one, sizeof one);
   return info.Env().Undefined();
-}
-
-// A fault whose driver must decide, into the worker's array: [region, kEventAsk, flags, page, tid,
-// t0 µs, state word, pfn]. No room: the fault waits in the queue and is asked about next time.
-bool Poller::Asks::ask(int handle, uint32_t page, uint32_t flags, uint32_t tid, uint64_t t0Ns, const Carried& entry) {
-  if (written >= capacity) return false;
-  double* rec = out + size_t(written) * kStride;
-  rec[0] = handle;
-  rec[1] = layout::kEventAsk;
-  rec[2] = static_cast<double>(flags);
-  rec[3] = static_cast<double>(page);
-  rec[4] = static_cast<double>(tid);
-  rec[5] = double(t0Ns) / 1000.0;
-  rec[6] = static_cast<double>(entry.state);
-  rec[7] = static_cast<double>(entry.pfn);
-  written++;
-  return true;
 }
 
 // One round: wait up to timeoutMs for ready userfaultfds, read and dispatch their messages. Every
@@ -374,15 +278,18 @@ static void prepareFork() {
   std::shared_ptr<Poller> waitFor[16];
   int n = 0;
   pollers().forEach([&](const std::shared_ptr<Poller>& p) {
-    if (n < 16 && p->hasMembers.load() && p->attachedTid.load() != gettid()) waitFor[n++] = p;
+    // A dead poller's regions are its watchdog's, which reads their FORK events itself.
+    if (n < 16 && p->hasMembers.load() && p->attachedTid.load() != gettid() && !p->dead()) waitFor[n++] = p;
   });
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
   for (int i = 0; i < n; i++) {
     uint64_t one = 1;
     (void)!::write(waitFor[i]->wakeFd.get(), &one, sizeof one);
     // A worker still starting, or busy in a driver hook, gets there in time; past the deadline the
-    // fork goes ahead (and may wait in the kernel until that worker reads its FORK message).
-    while (!waitFor[i]->holding.load(std::memory_order_acquire) && std::chrono::steady_clock::now() < deadline)
+    // fork goes ahead, and waits in the kernel until that worker, or the watchdog that takes over
+    // from it at the stall deadline, reads its FORK message.
+    while (!waitFor[i]->holding.load(std::memory_order_acquire) && !waitFor[i]->dead() &&
+           std::chrono::steady_clock::now() < deadline)
       sched_yield();
   }
 }
@@ -412,9 +319,11 @@ Napi::Value PollerWait(const Napi::CallbackInfo& info) {
   const int capacity = static_cast<int>(len / kStride);
   if (capacity < 1) throw rangeError(env, "out must hold at least one event");
 
-  if (p->dead.load()) return Napi::Number::New(env, -2);  // guards serve these regions now
-  p->beat.fetch_add(1, std::memory_order_relaxed);
-  p->inWait.store(true, std::memory_order_relaxed);
+  // In, unless the watchdog declared us dead: one CAS, so it can never do so once we are in.
+  for (uint64_t v = p->phase.load();;) {
+    if ((v & 3) == Poller::kDead) return Napi::Number::New(env, -2);  // the watchdog serves these regions now
+    if (p->phase.compare_exchange_weak(v, (((v >> 2) + 1) << 2) | Poller::kIn)) break;
+  }
   p->asks.out = out;
   p->asks.capacity = capacity;
   p->asks.written = 0;
@@ -436,8 +345,8 @@ Napi::Value PollerWait(const Napi::CallbackInfo& info) {
     pump(*p, 1);
   }
   p->holding.store(false, std::memory_order_release);
-  p->beat.fetch_add(1, std::memory_order_relaxed);
-  p->inWait.store(false, std::memory_order_relaxed);
+  // Out. Nobody else changes the word while we are in (onWorkerGone runs on this thread).
+  p->phase.store((((p->phase.load() >> 2) + 1) << 2) | Poller::kOut);
   const int written = p->asks.written;
   p->asks.out = nullptr;
   return Napi::Number::New(env, written == 0 && p->kicked ? -1 : written);

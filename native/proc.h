@@ -15,6 +15,7 @@ namespace uffdhmm {
 // pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst).
 constexpr uint64_t kPmPresent = 1ull << 63;
 constexpr uint64_t kPmSwap = 1ull << 62;
+constexpr uint64_t kPmUffdWp = 1ull << 57;  // the pte is userfaultfd write-protected
 
 // Reads the kernel's pagemap words for pages [first, first+count) of r into out; -errno on failure.
 // The caller has checked the range against r.

@@ -11,10 +11,10 @@ namespace {
 // Every constexpr of native/layout.h, by its C++ name; the test checks this list against the header.
 #define PROTOCOL_CONSTANTS(X)                                                                                        \
   X(kFaultKernel) X(kRegionHeader) X(kStatFaults) X(kStatWriteFaults) X(kStatWpFaults) X(kStatKernelFaults)         \
-  X(kStatMigratedBack) X(kStatZeroFills) X(kStatPoisoned) X(kUnlockSeq) X(kStatFillRetries) X(kStatFillRaced)       \
+  X(kStatMigratedBack) X(kStatZeroFills) X(kStatRefused) X(kUnlockSeq) X(kStatFillRetries) X(kStatFillRaced)       \
   X(kZapReading) X(kZapBatchesRead) X(kZapBatchesDone) X(kKindMask) X(kKindNone)                \
   X(kKindPresent) X(kKindDevice) X(kKindPoison) X(kWrite) X(kLocked) X(kUnmapped) X(kZapping) X(kHuge)              \
-  X(kZapPending) X(kPmdSize) X(kDeviceShift) X(kMaxDeviceSlot) X(kTraceHeader) X(kTraceEnabled) X(kTraceNext)       \
+  X(kZapPending) X(kHolderShift) X(kHolderMask) X(kHolderOwner) X(kHolderServicer) X(kHolderPeer) X(kRefusalPoison) X(kPmdSize) X(kDeviceShift) X(kMaxDeviceSlot) X(kTraceHeader) X(kTraceEnabled) X(kTraceNext)       \
   X(kTraceOverwritten) X(kTraceCapacity) X(kTraceStride) X(kTraceSeq) X(kTraceT0) X(kTracePage) X(kTraceFlags)      \
   X(kTraceTid) X(kTraceSlot) X(kTraceOutcome) X(kTraceServiceUs) X(kTracePfn) X(kTraceHookUs) X(kOutcomeMigrated) X(kOutcomeZeroPage)            \
   X(kOutcomeUnprotected) X(kOutcomeSigbus) X(kOutcomePageCache) X(kOutcomeWoken) X(kDeviceHeader) X(kDevLock)       \

@@ -5,6 +5,8 @@
 #include "region.h"
 
 #include <napi.h>
+#include <sched.h>
+#include <sys/epoll.h>
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
@@ -79,6 +81,11 @@ void retireRegion(RegionState& r) {
   wake(r.uffd.get(), reinterpret_cast<uint64_t>(r.base), r.length);
   inlineRemove(&r);
   stopNativeServicer(r);
+  // Out of a worker poller's epoll set, and, if that poller's watchdog serves it, done with: its
+  // passes check `closed` after announcing themselves, so none starts after this wait.
+  int ep = r.pollerEpoll.exchange(-1);
+  if (ep >= 0) ::epoll_ctl(ep, EPOLL_CTL_DEL, r.uffd.get(), nullptr);
+  while (r.borrowers.load() != 0) sched_yield();
 }
 
 void retireRegionsOf(const void* env) {

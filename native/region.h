@@ -44,6 +44,21 @@ struct RegionState {
   bool classifyFaults = false;  // look up whether each fault came from inside a system call
   uint32_t faultAround = 1;     // pages migrated back per device fault, at most
   std::atomic<bool> guarded{false};  // a native guard took over from a dead worker servicer
+  // The worker's faultServe calls in progress on this region: a takeover waits for them (they are
+  // short and never block) before it releases the servicer's locks, and every later call sees
+  // `guarded` and refuses, so no page is served by a servicer that no longer holds it.
+  std::atomic<int> faultServes{0};
+  // Who serves a worker region once its worker is gone or stuck (guard.cc): kGuardNone (its worker,
+  // or none yet), kGuardDetached (taken out of its poller), kGuardTaking (a guard is putting its
+  // locked pages right), kGuardWatchdog (its poller's watchdog thread serves it, through the
+  // poller's epoll set, until it closes), kGuardThread (a native guard thread of its own). One
+  // compare-and-swap decides each move, so two readers never share the userfaultfd.
+  std::atomic<int> guardMode{0};
+  // The watchdog's passes over this region in progress: retireRegion waits for them once `closed`
+  // is set (every later pass sees it), so nothing writes the table after its owner freed it.
+  std::atomic<int> borrowers{0};
+  // The epoll set of the worker poller this region is in (-1: none): retireRegion takes it out.
+  std::atomic<int> pollerEpoll{-1};
   bool forkEvents = false;           // EVENT_FORK granted (it needs CAP_SYS_PTRACE): region.fork works
   // Native toucher sets running on this region: they compute addresses from base and pages, so
   // the region must not move (remap) under them.
@@ -98,7 +113,21 @@ struct RegionState {
   // takes on a mapped, registered range of ours. 0: disarmed. One relaxed load per madvise.
   std::atomic<int> testMadviseErrno{0};
   std::atomic<int> testMadviseSkip{0};
+  // TEST ONLY (testCutCopy, native/test_hooks.cc): the next UFFDIO_COPY of more pages than this, by
+  // any path of the engine, fills only this many and answers EAGAIN, as the kernel may (its copy
+  // count says how far it got). 0: off. Costs each multi-page fill one relaxed load.
+  std::atomic<uint32_t> testCutCopyPages{0};
+  std::atomic<bool> testCutCopyUncounted{false};  // and say it filled nothing (a count lost)
+  // TEST ONLY (testPauseAt, native/test_hooks.cc): the next thread of the engine that reaches the
+  // point named here on this region waits there (testHoldMs at most, or until testReleaseServicer),
+  // counted in testHeld. The windows between reading a word and locking it, or between locking a
+  // page and publishing it, where a racing thread changes what the engine saw. 0: off.
+  std::atomic<int> testPausePoint{0};
 };
+
+// The points testPausePoint names.
+constexpr int kTestPointNeighbourLock = 1;  // lockNeighbours: a neighbour's word read, not locked yet
+constexpr int kTestPointSharerLocked = 2;   // migrateSharers: a sharer's page locked, nothing copied yet
 
 // Ends every service of r (idempotent): marks it closed, unregisters the range (threads blocked on
 // a fault see plain memory), and stops and joins its servicer thread. The mapping stays.
@@ -118,13 +147,47 @@ extern std::atomic<uint32_t> gTestAttachDelayMs;
 // The test hook's side of regionDiscard (native/test_hooks.cc): the errno the next madvise on r is
 // to fail with, or 0 (almost always: one relaxed load).
 int testMadviseFault(RegionState& r);
+// The engine's side of testCutCopy (native/test_hooks.cc): how many pages the UFFDIO_COPY of
+// `pages` pages about to be made on r should fill before it stops with EAGAIN; 0 (almost always):
+// all of them, the kernel decides (also when the range crosses a vma boundary, which the kernel
+// refuses before filling anything). *counted false: report none of them filled.
+uint32_t testCutCopy(RegionState& r, uint32_t page, uint32_t pages, bool* counted);
+
+// The engine's side of testPauseAt: waits here if a test armed `point` on r (one relaxed load if not).
+void testPause(RegionState& r, int point);
+
+// RegionState::guardMode's values.
+constexpr int kGuardNone = 0;
+constexpr int kGuardTaking = 1;
+constexpr int kGuardWatchdog = 2;
+constexpr int kGuardThread = 3;
+constexpr int kGuardDetached = 4;
 
 // The guard (native/guard.cc): a native servicer thread takes over r's faults with the default policy because its
 // worker servicer died. Releases pages the dead servicer held locked, then wakes every thread blocked
 // in the range so faults it had read are raised again. Done if this call did it (once per region);
-// NoThread (errno in *err) if no thread could be started: r is left unguarded, for a later try.
+// Already if a guard serves r (a thread, or its poller's watchdog) or r is closed; NoThread (errno in
+// *err) if no thread could be started: r is left unguarded, for a later try. Called from JS.
 enum class TakeOver { Done, Already, NoThread };
 TakeOver takeOver(const std::shared_ptr<RegionState>& r, int* err = nullptr);
+
+// The same, by the watchdog of r's worker poller (native/poller.cc), which then serves r itself
+// through the poller's epoll set: allocates nothing and takes no lock a forking thread may hold, so
+// it works while a fork() that waits for r's FORK event holds malloc's locks. True if it took r.
+bool guardByWatchdog(RegionState& r);
+
+// The watchdog's hold on r while it reads or serves it; ok is false once r is no longer its own.
+struct WatchdogPass {
+  RegionState& r;
+  bool ok;
+  explicit WatchdogPass(RegionState& region) : r(region) {
+    r.borrowers.fetch_add(1);
+    ok = r.guardMode.load() == kGuardWatchdog && !r.closed.load();
+  }
+  ~WatchdogPass() { r.borrowers.fetch_sub(1); }
+  WatchdogPass(const WatchdogPass&) = delete;
+  WatchdogPass& operator=(const WatchdogPass&) = delete;
+};
 
 // True when thread `tid` (of this process) is blocked inside a system call, i.e. its page fault
 // was taken in kernel mode (copy_to_user and friends): /proc/self/task/<tid>/syscall says which.

@@ -10,14 +10,45 @@
 
 namespace uffdhmm {
 
-// Handles that are never reused: a stale handle from a closed object finds nothing.
+// Appends x to v under mu, allocating only while mu is free: a thread blocked in malloc (whose locks
+// a fork() in progress holds until that fork's FORK event is read) must never hold a lock that the
+// reader of that event takes. The old storage is freed after mu is released, too.
+template <class T>
+void appendOutsideLock(std::mutex& mu, std::vector<T>& v, T x) {
+  for (;;) {
+    size_t cap;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (v.size() < v.capacity()) {
+        v.push_back(std::move(x));
+        return;
+      }
+      cap = v.capacity();
+    }
+    std::vector<T> bigger;
+    bigger.reserve(cap < 8 ? 16 : 2 * cap);
+    std::lock_guard<std::mutex> lock(mu);
+    if (v.capacity() < bigger.capacity()) {
+      for (auto& e : v) bigger.push_back(std::move(e));  // reserved: no allocation
+      v.swap(bigger);
+    }
+  }
+}
+
+// Handles that are never reused: a stale handle from a closed object finds nothing. Every lookup
+// (the fault path's, the watchdog's) takes the lock, so nothing allocates or frees under it: nodes
+// are made and destroyed outside it, and the buckets are reserved once.
 template <class T>
 class Registry {
  public:
+  Registry() { map_.reserve(4096); }
   int add(std::shared_ptr<T> obj) {
+    Map one;
+    auto node = one.extract(one.emplace(0, std::move(obj)).first);
     std::lock_guard<std::mutex> lock(mu_);
     int h = next_++;
-    map_.emplace(h, std::move(obj));
+    node.key() = h;
+    map_.insert(std::move(node));
     return h;
   }
   std::shared_ptr<T> get(int h) {
@@ -32,17 +63,18 @@ class Registry {
     for (auto& [h, obj] : map_) f(obj);
   }
   std::shared_ptr<T> remove(int h) {
+    typename Map::node_type node;  // destroyed after the lock is released
     std::lock_guard<std::mutex> lock(mu_);
     auto it = map_.find(h);
     if (it == map_.end()) return nullptr;
-    auto obj = std::move(it->second);
-    map_.erase(it);
-    return obj;
+    node = map_.extract(it);
+    return std::move(node.mapped());
   }
 
  private:
+  using Map = std::unordered_map<int, std::shared_ptr<T>>;
   std::mutex mu_;
-  std::unordered_map<int, std::shared_ptr<T>> map_;
+  Map map_;
   int next_ = 1;
 };
 
@@ -50,7 +82,7 @@ class Registry {
 template <class T>
 class SlotRegistry {
  public:
-  explicit SlotRegistry(int maxSlot) : maxSlot_(maxSlot) {}
+  explicit SlotRegistry(int maxSlot) : maxSlot_(maxSlot) { slots_.reserve(256); }
   int add(std::shared_ptr<T> obj) {
     std::lock_guard<std::mutex> lock(mu_);
     for (size_t i = 1; i < slots_.size(); i++) {

@@ -76,7 +76,9 @@ int copy(int fd, uint64_t dst, uint64_t src, uint64_t len, uint64_t mode, int64_
   c.len = len;
   c.mode = mode;
   int rc = ::ioctl(fd, UFFDIO_COPY, &c) == 0 ? 0 : -errno;
-  if (done) *done = c.copy;
+  // The kernel writes the bytes it filled, or -errno when it filled none: a failed call may still
+  // have filled (and, without DONTWAKE, woken) a prefix of the range (mfill_atomic's partial copy).
+  if (done) *done = rc == 0 ? int64_t(len) : c.copy > 0 ? c.copy : 0;
   return rc;
 }
 

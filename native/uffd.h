@@ -110,7 +110,8 @@ int apiHandshake(int fd, uint64_t features, uint64_t* supported, uint64_t* ioctl
 
 int registerRange(int fd, uint64_t start, uint64_t len, uint64_t mode, uint64_t* ioctls);
 int unregisterRange(int fd, uint64_t start, uint64_t len);
-// Each returns 0 or -errno. Copy/zeropage/poison report partial progress through *done (bytes).
+// Each returns 0 or -errno. Copy/zeropage/poison report partial progress through *done (bytes): a
+// multi-page COPY that stops partway answers EAGAIN with *done the bytes it filled.
 int copy(int fd, uint64_t dst, uint64_t src, uint64_t len, uint64_t mode, int64_t* done);
 int zeropage(int fd, uint64_t dst, uint64_t len, uint64_t mode, int64_t* done);
 int wake(int fd, uint64_t start, uint64_t len);

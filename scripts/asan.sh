@@ -1,6 +1,6 @@
 #!/bin/sh
 # AddressSanitizer run of the teardown paths (process exit, region and device close, guard
-# take-over, fork children): builds the addon with -fsanitize=address into a copy of the package
+# take-over, fork children) and of the fault engine's recovery paths (scripts/engine-edges.mjs): builds the addon with -fsanitize=address into a copy of the package
 # under build/asan/ (the normal build/Release stays as it is), then runs the exit stress, the
 # teardown tests' scenarios and the fork scenarios against it with libasan preloaded into node.
 #
@@ -39,6 +39,7 @@ export LD_PRELOAD ASAN_OPTIONS
 status=0
 node "$pkg/scripts/exit-stress.mjs" --runs "$runs" || status=1
 node "$pkg/scripts/teardown-scenarios.mjs" || status=1
+node "$pkg/scripts/engine-edges.mjs" || status=1
 unset LD_PRELOAD
 
 if ls "$out/reports"/asan.* >/dev/null 2>&1; then

@@ -5,7 +5,21 @@ import { fileURLToPath } from 'node:url';
 import { expect, it } from 'vitest';
 import { Device, NativeToucher, Region, configureServicers } from 'uffd-hmm';
 import { WorkerServicer } from '../dist/servicer/host.js';
+import { HOLDER_OWNER, LOCKED, VERDICT_MIGRATE, stateIndex } from '../dist/layout.js';
+import { native } from '../dist/native.js';
 import { checkPages, describeUffd, fillPages, runNode } from './helpers.js';
+
+const pfnOf = (r: Region, p: number): number => (r.entry(p) as { pfn: number }).pfn;
+const lockedNow = (r: Region, p: number): boolean => (Atomics.load(r.shared, stateIndex(p)) & LOCKED) !== 0;
+
+/** Polls until cond() holds; every wait has a deadline. */
+async function until(cond: () => boolean, what: string, ms = 5_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((res) => setTimeout(res, 2));
+  }
+}
 
 // Every worker servicer this file starts gives up on a stalled worker after 300 ms.
 configureServicers({ stallDeadlineMs: 300 });
@@ -67,6 +81,79 @@ describeUffd('servicer guard', () => {
     await r.close();
     await d.close();
   });
+});
+
+describeUffd("a takeover releases only the stalled servicer's locks", () => {
+  it("discard waiting for its own REMOVE keeps its page through the takeover, and frees that page's device page", async () => {
+    const d = new Device({ capacity: 8, driver: new URL('./fixtures/busy-driver.mjs', import.meta.url) });
+    const r = Region.map({ pages: 4 });
+    for (let p = 0; p < 4; p++) r.bytes.fill(0xa0 + p, p * r.pageSize, (p + 1) * r.pageSize);
+    expect(r.migrate(2, 1, d)).toBe(1); // page 2 names pfn 0
+    expect(r.migrate(0, 2, d)).toBe(2);
+    const pfn2 = pfnOf(r, 2);
+    const errors: Error[] = [];
+    r.on('error', (e: Error) => errors.push(e));
+    // A toucher's fault on page 0 goes to the hook, busy for 1.5 s with page 0 locked for it.
+    const t = new NativeToucher(r, { threads: 1, iterations: 1, mode: 'read', pages: [0] });
+    await until(() => lockedNow(r, 0), 'the hook to hold page 0');
+    // discard holds page 1 while its MADV_DONTNEED waits for a servicer to read the REMOVE: the
+    // guard, once the watchdog took over at 300 ms. The guard must see that REMOVE as discard's own.
+    r.discard(1, 1);
+    expect(r.entry(1)).toEqual({ kind: 'none' });
+    expect(d.refcount(pfn2)).toBe(1);
+    expect(r.migrate(3, 1, d)).toBe(1); // takes a free pfn: never page 2's
+    expect(pfnOf(r, 3)).not.toBe(pfn2);
+    expect(r.bytes[2 * r.pageSize + 9]).toBe(0xa2);
+    await t.finished(10_000);
+    expect(r.bytes[9]).toBe(0xa0);
+    expect(r.bytes[3 * r.pageSize + 9]).toBe(0xa3);
+    expect(r.guarded).toBe(true);
+    expect(d.used).toBe(0);
+    await until(() => errors.length > 0, 'the stall to be reported');
+    expect(errors.map((e) => (e as { code?: string }).code), String(errors)).toContain('ERR_SERVICER_STALLED');
+    await r.close();
+    await d.close();
+  });
+
+  it("a faultServe that comes back after the takeover refuses: the page is someone else's now", async () => {
+    const d = new Device({ capacity: 2 });
+    const r = Region.map({ pages: 2 });
+    r.bytes.fill(7);
+    expect(r.migrate(0, 2, d)).toBe(2);
+    const idx = stateIndex(0);
+    const s = Atomics.load(r.shared, idx);
+    const pfn = pfnOf(r, 0);
+    // The region's owner holds page 0 (as a migration would), and a guard takes the region over.
+    expect(Atomics.compareExchange(r.shared, idx, s, s | LOCKED | HOLDER_OWNER)).toBe(s);
+    native.regionTakeOver(r.handle); // false if a guard took it over already (a worker still failing)
+    expect(r.guarded).toBe(true);
+    // The old servicer's answer for page 0, as if its driver had been asked before the takeover.
+    expect(native.faultServe(r.handle, 0, 0, 0, 0, VERDICT_MIGRATE, s, pfn, true, 0)).toBe(3);
+    expect(Atomics.load(r.shared, idx)).toBe(s | LOCKED | HOLDER_OWNER);
+    expect(d.refcount(pfn)).toBe(1);
+    Atomics.store(r.shared, idx, s);
+    expect(r.bytes[5]).toBe(7);
+    expect(d.used).toBe(1);
+    await r.close();
+    await d.close();
+  });
+});
+
+describeUffd('a fork while the worker servicer is stuck', () => {
+  it('completes: the watchdog takes over, allocating nothing, and reads the FORK event (8 s stall)', async () => {
+    const o = await runNode([fileURLToPath(new URL('./fixtures/fork-during-stall.mjs', import.meta.url)), 'stalled'], { timeoutMs: 40_000 });
+    expect({ timedOut: o.timedOut, code: o.code }, o.out).toEqual({ timedOut: false, code: 0 });
+    expect(o.stdout).toMatch(/spawn status=0 ms=\d+/);
+    expect(o.stdout).toContain('ok guarded=true byte=3 used=3');
+  }, 60_000);
+
+  it('does not wait for a poller the watchdog already declared dead', async () => {
+    const o = await runNode([fileURLToPath(new URL('./fixtures/fork-during-stall.mjs', import.meta.url)), 'dead'], { timeoutMs: 30_000 });
+    expect({ timedOut: o.timedOut, code: o.code }, o.out).toEqual({ timedOut: false, code: 0 });
+    const ms = Number(/spawn status=0 ms=(\d+)/.exec(o.stdout)?.[1]);
+    expect(ms, o.out).toBeLessThan(2500); // prepareFork gave a worker 5 s to reach pollerWait
+    expect(o.stdout).toContain('ok guarded=true byte=3 used=3');
+  }, 60_000);
 });
 
 describeUffd('a crashed worker servicer', () => {

@@ -1,8 +1,12 @@
 // S2 (driver refusal) and S8 (poison), plus the driver hooks around them: a refusing `fault` hook
 // kills the faulting thread with SIGBUS, a throwing one is reported but the fault is still served, pageFree sees every free.
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect, it } from 'vitest';
 import { Device, HMM_DMIRROR_PROT_ERROR, Region } from 'uffd-hmm';
+import { native } from '../dist/native.js';
 import { checkPages, closeAfterEach, describeUffd, fillPages } from './helpers.js';
 import { describeOutcome, jsonLines, runChild } from './fixtures/semantics/run-child.js';
 
@@ -64,20 +68,128 @@ describeUffd('driver refusal: SIGBUS in the faulting thread (child processes)', 
     expect(lines).toEqual(want);
   });
 
-  it.concurrent('a poisoned page raises SIGBUS when touched, even after the driver accepts again (S8)', async ({ expect }) => {
-    const o = await runChild(child, ['refuse-first.mjs', 'poison']);
+  it.concurrent('a refusal inside write(2) fails the call with EFAULT and leaves the entry; the next touch asks again', async ({ expect }) => {
+    const o = await runChild(child, ['refuse-first.mjs', 'syscall']);
+    expect(o.timedOut, describeOutcome(o)).toBe(false);
+    expect({ code: o.code, signal: o.signal }, describeOutcome(o)).toEqual({ code: 0, signal: null });
+    expect(jsonLines(o.stdout)[0]).toEqual({ code: 'EFAULT', entry: 'device', used: 3, page1: true, page1Entry: 'present' });
+    expect(o.stdout).toContain(`VALUE ${(0 * 131 + 5 * 7 + 1) & 0xff}`);
+    expect(o.stdout).toContain('SURVIVED');
+  });
+
+  it.concurrent('a refused CPU access gets SIGBUS with BUS_ADRERR at the faulting address; a handler that returns makes it ask again', async ({ expect }) => {
+    const o = await runChild(child, ['refuse-twice.mjs', 'cpu-record']);
+    expect(o.timedOut, describeOutcome(o)).toBe(false);
+    expect({ code: o.code, signal: o.signal }, describeOutcome(o)).toEqual({ code: 0, signal: null });
+    const BUS_ADRERR = 2;
+    // Two refusals, each a SIGBUS at byte 3 of page 2; the third ask migrates and the read completes.
+    expect(jsonLines(o.stdout)[0]).toEqual({
+      count: 2,
+      code: BUS_ADRERR,
+      offset: 2 * 4096 + 3,
+      value: (2 * 131 + 3 * 7 + 1) & 0xff,
+      before: 'device',
+      after: 'present',
+      used: 3,
+    });
+  });
+
+  it.concurrent('a thread that blocks the refusal signal gets a queued SIGBUS (SI_QUEUE) at the faulting address', async ({ expect }) => {
+    const o = await runChild(child, ['refuse-twice.mjs', 'cpu-blocked']);
+    expect(o.timedOut, describeOutcome(o)).toBe(false);
+    expect({ code: o.code, signal: o.signal }, describeOutcome(o)).toEqual({ code: 0, signal: null });
+    const SI_QUEUE = -1;
+    expect(jsonLines(o.stdout)[0]).toMatchObject({ count: 2, code: SI_QUEUE, offset: 2 * 4096 + 3, after: 'present' });
+  });
+
+  it.concurrent('a page poisoned as by hardware raises SIGBUS whenever touched (S8)', async ({ expect }) => {
+    const o = await runChild(child, ['refuse-first.mjs', 'hwpoison']);
     expect(o.timedOut, describeOutcome(o)).toBe(false);
     expect(o.signal, describeOutcome(o)).toBe('SIGBUS');
-    // The refusal came during write(2): the kernel cannot deliver SIGBUS there and fails with EFAULT.
-    expect(jsonLines(o.stdout)[0]).toEqual({
-      code: 'EFAULT',
-      entry: 'poison',
-      snapshot: HMM_DMIRROR_PROT_ERROR,
-      page1: true,
-      page1Entry: 'present',
-    });
+    expect(jsonLines(o.stdout)[0]).toEqual({ entry: 'poison', snapshot: HMM_DMIRROR_PROT_ERROR, used: 3 });
     expect(o.stdout).toContain('TOUCH 0 read');
     expect(o.stdout).not.toContain('VALUE');
+  });
+});
+
+describeUffd('a refusal is the kernel\'s VM_FAULT_SIGBUS: that access fails, nothing else changes', () => {
+  it('write(2) from a device page whose driver refuses twice: EFAULT, EFAULT, then the 16 bytes; entry, data and device page intact', async () => {
+    const calls: { hook: string; deviceName: string; call?: number }[] = [];
+    const channel = new BroadcastChannel('uffd-hmm-semantics-refuse-twice');
+    channel.onmessage = (e) => calls.push((e as MessageEvent<{ hook: string; deviceName: string }>).data);
+    track({ close: async () => channel.close() });
+    const r = track(Region.map({ pages: 2 }));
+    // A module instance of its own (the query): its count of asks starts at 0 whatever ran before.
+    const d = track(new Device({ name: 'twice0', capacity: 2, driver: driver('refuse-twice.mjs?issue-sequence') }));
+    fillPages(r, 0, 2, 6);
+    expect(r.migrate(0, 1, d)).toBe(1);
+    const entry = r.entry(0);
+    const pfn = (entry as { pfn: number }).pfn;
+    const data = Buffer.from(d.read(pfn));
+    const used = d.used;
+    const dir = mkdtempSync(path.join(tmpdir(), 'uffd-hmm-refusal-'));
+    const fd = openSync(path.join(dir, 'out'), 'w');
+    const results: (number | string)[] = [];
+    const mine = () => calls.filter((c) => c.deviceName === 'twice0');
+    try {
+      for (let i = 0; i < 3; i++) {
+        try {
+          results.push(writeSync(fd, r.bytes.subarray(0, 16)));
+        } catch (e) {
+          results.push((e as { code: string }).code);
+        }
+        if (i < 2) {
+          // Nothing changed: the entry, its device page and its data, and no page was freed.
+          expect(r.entry(0)).toEqual(entry);
+          expect(Buffer.from(d.read(pfn)).equals(data)).toBe(true);
+          expect({ used: d.used, refcount: d.refcount(pfn) }).toEqual({ used, refcount: 1 });
+          await until(() => mine().filter((c) => c.hook === 'fault').length >= i + 1, `ask ${i + 1}`);
+          await new Promise((res) => setTimeout(res, 30)); // a pageFree would have been drained by now
+          expect(mine().filter((c) => c.hook === 'pageFree')).toEqual([]);
+        }
+      }
+    } finally {
+      closeSync(fd);
+    }
+    const written = readFileSync(path.join(dir, 'out'));
+    rmSync(dir, { recursive: true, force: true });
+    expect(results).toEqual(['EFAULT', 'EFAULT', 16]);
+    expect(written.equals(data.subarray(0, 16))).toBe(true);
+    // Each access asked the driver: three asks, the third migrated the page back and freed its device page.
+    await until(() => mine().some((c) => c.hook === 'pageFree'), 'pageFree');
+    expect(mine().filter((c) => c.hook === 'fault').map((c) => c.call)).toEqual([1, 2, 3]);
+    expect(mine().filter((c) => c.hook === 'pageFree')).toHaveLength(1);
+    expect(r.entry(0)).toEqual({ kind: 'present', write: true });
+    expect(checkPages(r, 0, 2, 6)).toBeNull();
+    expect(d.used).toBe(0);
+  });
+});
+
+describeUffd('a refusal that cannot be delivered', () => {
+  it('write(2) from a thread that blocks the refusal signal: migrated back instead, and reported as ERR_DRIVER_HOOK', async () => {
+    const r = track(Region.map({ pages: 1 }));
+    const d = track(new Device({ name: 'refuse-blocked', capacity: 1, driver: driver('refuse-twice.mjs?blocked') }));
+    const errors: Error[] = [];
+    d.on('error', (e: Error) => errors.push(e));
+    fillPages(r, 0, 1, 8);
+    expect(r.migrate(0, 1, d)).toBe(1);
+    const dir = mkdtempSync(path.join(tmpdir(), 'uffd-hmm-refusal-'));
+    const fd = openSync(path.join(dir, 'out'), 'w');
+    native.testBlockRefusalSignal(true);
+    let n: number;
+    try {
+      n = writeSync(fd, r.bytes.subarray(0, 16));
+    } finally {
+      native.testBlockRefusalSignal(false);
+      closeSync(fd);
+      rmSync(dir, { recursive: true, force: true });
+    }
+    expect(n).toBe(16);
+    expect(r.entry(0)).toEqual({ kind: 'present', write: true });
+    expect(checkPages(r, 0, 1, 8)).toBeNull();
+    await until(() => errors.length > 0, 'the report');
+    expect(errors[0]).toMatchObject({ code: 'ERR_DRIVER_HOOK' });
+    expect(errors[0].message).toContain('SIGRTMAX-4');
   });
 });
 

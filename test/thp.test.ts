@@ -93,6 +93,36 @@ describeUffd('THP regions', () => {
     });
   }
 
+  for (const servicer of SERVICERS) {
+    it(`${servicer}: a huge read entry split by mprotect comes back one page, freeing that page's device page`, () => {
+      // The 2 MiB COPY fails across the split (two vmas), and the fault falls back to the one page:
+      // the fallback freed the block's first device page (page 0's) instead of page 300's.
+      const r = track(Region.map({ pages: N, servicer, thp: true }));
+      for (let p = 0; p < N; p++) r.bytes.fill(p & 0xff, p * r.pageSize, (p + 1) * r.pageSize);
+      r.collapse(0, N);
+      const d = track(new Device({ capacity: N + 1 }));
+      expect(r.migrate(0, N, d, { write: false })).toBe(N);
+      expect(r.snapshot(0, 1, d)[0]).toBe(HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL | HMM_DMIRROR_PROT_READ | HMM_DMIRROR_PROT_PMD);
+      const pfn = (p: number) => (r.entry(p) as { pfn: number }).pfn;
+      const [pfn0, pfn300] = [pfn(0), pfn(300)];
+      r.mprotect(256, 256, 'read');
+      expect(r.bytes[300 * r.pageSize + 5]).toBe(300 & 0xff);
+      expect(r.entry(300)).toEqual({ kind: 'present', write: false });
+      expect({ page0: d.refcount(pfn0), page300: d.refcount(pfn300), used: d.used }).toEqual({ page0: 1, page300: 0, used: N - 1 });
+      expect(r.entry(0)).toEqual({ kind: 'device', write: false, device: d, pfn: pfn0 });
+      // A second region's migration gets a free page: never the one page 0 still names.
+      const r2 = track(Region.map({ pages: 1, servicer }));
+      r2.bytes.fill(0xee);
+      expect(r2.migrate(0, 1, d)).toBe(1);
+      expect(pfn0).not.toBe((r2.entry(0) as { pfn: number }).pfn);
+      for (let p = 0; p < N; p++) {
+        const at = p * r.pageSize;
+        if (r.bytes[at] !== (p & 0xff) || r.bytes[at + r.pageSize - 1] !== (p & 0xff)) throw new Error(`page ${p} reads ${r.bytes[at]}`);
+      }
+      expect(d.used).toBe(1);
+    });
+  }
+
   it('a huge entry shared with a forked child comes back page by page', async () => {
     const r = thpRegion('native');
     const d = track(new Device({ capacity: N }));

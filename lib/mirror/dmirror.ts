@@ -50,8 +50,8 @@ export function mirrorError(errno: number, op: string, context: string, hint: st
 export const MAKE_READABLE = "mprotect it 'read' or 'readwrite' first, or leave it out of the range";
 export const MAKE_WRITABLE = "mprotect it 'readwrite' first, or leave it out of the range";
 export const UNFAULTABLE =
-  'a poisoned page (a driver refused its fault; region.discard() clears the poison) or one unmapped behind the library ' +
-  'cannot be reached; leave it out of the range';
+  'a page whose driver refused its fault (each access asks the driver again) or one unmapped behind the library ' +
+  'cannot be reached; leave it out of the range, or try again once the driver accepts';
 
 /** "page 3" or "pages 3..9", for error contexts. */
 export function pageSpan(first: number, count: number): string {

@@ -39,8 +39,8 @@ import type { Region } from '../region.js';
  * - `'device'`: a device entry (`make_device_entry`): the data is in `device`'s memory at `pfn`,
  *   and the next CPU access faults it back. `write` distinguishes a write entry
  *   ({@link SWP_DEVICE_WRITE}) from a read entry ({@link SWP_DEVICE}).
- * - `'poison'`: a driver refused a fault (`'sigbus'`); every access raises SIGBUS until
- *   {@link Region#discard} clears it.
+ * - `'poison'`: hardware poison (S8): every access raises SIGBUS until {@link Region#discard}
+ *   clears it. A driver's refusal never leaves one: the entry stays a device entry.
  */
 export type Entry =
   | {

@@ -12,6 +12,11 @@ export const DEFERRED = 1;
 /** The entry changed since the driver was asked: ask again, about the entry the page holds now. */
 export const ASK = 2;
 export const FAILED = 3;
+/**
+ * The driver refused a fault taken inside a system call by a thread that blocks the signal a
+ * refusal travels by (native/refusal.cc): the fault was served by the default policy instead.
+ */
+export const SERVED_NOT_REFUSED = 4;
 
 export interface RegionInfo {
   handle: number;

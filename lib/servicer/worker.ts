@@ -11,7 +11,7 @@ import { DRIVER_LOAD_CONSEQUENCE } from '../driver.js';
 import { DEV_ASK_FAULT, EVENT_ASK, EVENT_STRIDE, VERDICT_NONE, deviceSlotOf } from '../layout.js';
 import { pfnOf, stateOf } from '../pagelock.js';
 import { CTRL_MAIL_SEQ, CTRL_NAP, CTRL_RUNNING, CTRL_STOP, type FromWorker, type ToWorker } from './protocol.js';
-import { ASK, DEFERRED, askDriver, lastHookUs, type DeviceInfo, type PolicyHost, type RegionInfo } from './policy.js';
+import { ASK, DEFERRED, SERVED_NOT_REFUSED, askDriver, lastHookUs, type DeviceInfo, type PolicyHost, type RegionInfo } from './policy.js';
 import type { Driver } from '../driver.js';
 
 interface Data {
@@ -26,10 +26,10 @@ const MAX_DEFERRED = 4096;
 const events = new Float64Array(BATCH * EVENT_STRIDE);
 const regions = new Map<number, RegionInfo>();
 // Faults to ask about that must wait (a driver still loading, a locked page, EAGAIN): region handle,
-// page, flags, tid, read time, and the driver's answer carried to the retry with the entry it was
-// for (verdict, state, pfn) and the time the hook took (for the trace), so one CPU access asks the
-// hook once; retried until served.
-const DEFER_STRIDE = 9;
+// page, flags, tid, read time, the driver's answer carried to the retry with the entry it was for
+// (verdict, state, pfn) and the time the hook took (for the trace), so one CPU access asks the hook
+// once, and the faulting address's offset in its page (where a refusal points); retried until served.
+const DEFER_STRIDE = 10;
 const deferred = new Float64Array(MAX_DEFERRED * DEFER_STRIDE);
 let ndeferred = 0;
 let seenMail = 0;
@@ -112,7 +112,7 @@ function drainMessages(): void {
   }
 }
 
-function defer(region: number, page: number, flags: number, tid: number, t0Us: number, verdict: number, state: number, pfn: number, hookUs: number): void {
+function defer(region: number, page: number, flags: number, tid: number, t0Us: number, verdict: number, state: number, pfn: number, offset: number, hookUs: number): void {
   if (ndeferred === MAX_DEFERRED) return; // cannot happen: at most one fault per blocked thread
   const at = ndeferred * DEFER_STRIDE;
   deferred[at] = region;
@@ -123,7 +123,8 @@ function defer(region: number, page: number, flags: number, tid: number, t0Us: n
   deferred[at + 5] = verdict;
   deferred[at + 6] = state;
   deferred[at + 7] = pfn;
-  deferred[at + 8] = hookUs;
+  deferred[at + 8] = offset;
+  deferred[at + 9] = hookUs;
   ndeferred++;
 }
 
@@ -135,7 +136,7 @@ function defer(region: number, page: number, flags: number, tid: number, t0Us: n
  * `pending` holds the verdict and entry to retry with (the page unlocked).
  */
 const pending = { verdict: VERDICT_NONE, state: 0, pfn: 0, hookUs: 0 };
-function decideAndServe(handle: number, page: number, flags: number, tid: number, t0Us: number, verdict: number, state: number, pfn: number, held: boolean, hookUs: number): boolean {
+function decideAndServe(handle: number, page: number, flags: number, tid: number, t0Us: number, verdict: number, state: number, pfn: number, held: boolean, offset: number, hookUs: number): boolean {
   let r = regions.get(handle);
   if (r === undefined) {
     drainMessages();
@@ -143,7 +144,7 @@ function decideAndServe(handle: number, page: number, flags: number, tid: number
     if (r === undefined) {
       // Dropped: the region is closing (its faults are woken by the unregister). Its owner is about
       // to lock every page: one locked for us goes back as it was, or the close would wait on it.
-      if (held) letGo(handle, page, flags, tid, t0Us, state, pfn);
+      if (held) letGo(handle, page, flags, tid, t0Us, state, pfn, offset);
       return true;
     }
   }
@@ -163,7 +164,7 @@ function decideAndServe(handle: number, page: number, flags: number, tid: number
     }
     let rc: number;
     try {
-      rc = native.faultServe(handle, page, flags, tid, t0Us, verdict, state, pfn, held, hookUs);
+      rc = native.faultServe(handle, page, flags, tid, t0Us, verdict, state, pfn, held, offset, hookUs);
     } catch (err) {
       // The region closed between reading the fault and serving it; closing woke its threads.
       if ((err as { code?: string }).code === 'ERR_REGION_CLOSED') return true;
@@ -173,6 +174,11 @@ function decideAndServe(handle: number, page: number, flags: number, tid: number
       held = false; // the engine never defers with the page locked
       break;
     }
+    if (rc === SERVED_NOT_REFUSED) {
+      const dev = host.devices[deviceSlotOf(state)];
+      if (dev !== undefined) host.hookError(dev, 'fault', new Error(refusalUndeliverable(tid)));
+      return true;
+    }
     if (rc !== ASK) return true; // served, or failed (and its thread woken to fault afresh)
     // The page holds another entry than the verdict was for, and is locked for us: ask about it.
     held = true;
@@ -181,7 +187,7 @@ function decideAndServe(handle: number, page: number, flags: number, tid: number
     pfn = pfnOf(r.shared, page);
   }
   // Out of rounds with the page still locked for us: let it go; the retry asks afresh.
-  if (held && native.faultServe(handle, page, flags, tid, t0Us, VERDICT_NONE, state, pfn, true) !== DEFERRED) return true;
+  if (held && native.faultServe(handle, page, flags, tid, t0Us, VERDICT_NONE, state, pfn, true, offset) !== DEFERRED) return true;
   pending.verdict = verdict;
   pending.state = state;
   pending.pfn = pfn;
@@ -190,17 +196,26 @@ function decideAndServe(handle: number, page: number, flags: number, tid: number
 }
 
 /** Unlocks a page the engine locked for an ask we will not serve (faultServe with no verdict). */
-function letGo(handle: number, page: number, flags: number, tid: number, t0Us: number, state: number, pfn: number): void {
+function letGo(handle: number, page: number, flags: number, tid: number, t0Us: number, state: number, pfn: number, offset: number): void {
   try {
-    native.faultServe(handle, page, flags, tid, t0Us, VERDICT_NONE, state, pfn, true);
+    native.faultServe(handle, page, flags, tid, t0Us, VERDICT_NONE, state, pfn, true, offset);
   } catch (err) {
     if ((err as { code?: string }).code !== 'ERR_REGION_CLOSED') throw err; // closed: nothing left to unlock
   }
 }
 
-function serveAsk(handle: number, page: number, flags: number, tid: number, t0Us: number, verdict: number, state: number, pfn: number, held: boolean, hookUs: number): void {
-  if (!decideAndServe(handle, page, flags, tid, t0Us, verdict, state, pfn, held, hookUs))
-    defer(handle, page, flags, tid, t0Us, pending.verdict, pending.state, pending.pfn, pending.hookUs);
+function serveAsk(handle: number, page: number, flags: number, tid: number, t0Us: number, verdict: number, state: number, pfn: number, held: boolean, offset: number, hookUs: number): void {
+  if (!decideAndServe(handle, page, flags, tid, t0Us, verdict, state, pfn, held, offset, hookUs))
+    defer(handle, page, flags, tid, t0Us, pending.verdict, pending.state, pending.pfn, offset, pending.hookUs);
+}
+
+/** Why a refusal became a migration (reported as the hook's error; rare, so built only then). */
+function refusalUndeliverable(tid: number): string {
+  return (
+    `the fault hook refused a fault that thread ${tid} took inside a system call, which cannot be failed here: that thread ` +
+    'blocks the real-time signal a refusal is delivered by (SIGRTMAX-4), or this kernel lacks UFFDIO_POISON (Linux 6.6+); ' +
+    'the fault was served by the default policy (migrated back) instead'
+  );
 }
 
 function retryDeferred(): void {
@@ -209,7 +224,7 @@ function retryDeferred(): void {
   for (let i = 0; i < n; i++) {
     const at = i * DEFER_STRIDE;
     // defer() only writes at or below slot i: this slot is read before anything overwrites it.
-    serveAsk(deferred[at], deferred[at + 1], deferred[at + 2], deferred[at + 3], deferred[at + 4], deferred[at + 5], deferred[at + 6], deferred[at + 7], false, deferred[at + 8]);
+    serveAsk(deferred[at], deferred[at + 1], deferred[at + 2], deferred[at + 3], deferred[at + 4], deferred[at + 5], deferred[at + 6], deferred[at + 7], false, deferred[at + 8], deferred[at + 9]);
   }
 }
 
@@ -231,7 +246,7 @@ async function run(): Promise<void> {
     for (let i = 0; i < n; i++) {
       const at = i * EVENT_STRIDE;
       if (events[at + 1] !== EVENT_ASK) continue;
-      serveAsk(events[at], events[at + 3], events[at + 2], events[at + 4], events[at + 5], VERDICT_NONE, events[at + 6], events[at + 7], true, 0);
+      serveAsk(events[at], events[at + 3], events[at + 2], events[at + 4], events[at + 5], VERDICT_NONE, events[at + 6], events[at + 7], true, events[at + 8], 0);
     }
   }
   Atomics.store(ctrl, CTRL_RUNNING, 0);

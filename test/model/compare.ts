@@ -1,5 +1,6 @@
-// The comparison after every step of the differential model test (runner.ts): every entry, every
-// byte, refcounts, device.used, the stats, pagemap and the dmirror snapshot, real against model.
+// The differential model test's comparison (runner.ts calls it after every step): every
+// observable of the real region and devices against the model: entries, bytes, refcounts (device
+// page numbers up to a consistent renaming), pagemap, snapshots, device.used and the stats.
 import {
   HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL,
   HMM_DMIRROR_PROT_DEV_PRIVATE_REMOTE,
@@ -16,6 +17,7 @@ import {
   type Device,
   type Region,
 } from 'uffd-hmm';
+import { HMM_DMIRROR_PROT_PMD } from '../../dist/mm/proc.js';
 import { PAGE_SIZE, type Model } from './model.js';
 
 export interface Compared {
@@ -79,7 +81,7 @@ export function compareAll(c: Compared): void {
       same(`${at} pagemap type`, Number(e & 31n), want.write ? SWP_DEVICE_WRITE : SWP_DEVICE);
       same(`${at} pagemap offset`, Number((e >> 5n) & ((1n << 50n) - 1n)), real.pfn);
       same(`${at} pagemap exclusive`, (e & PM_MMAP_EXCLUSIVE) !== 0n, true);
-      const rw = want.write ? HMM_DMIRROR_PROT_WRITE : HMM_DMIRROR_PROT_READ;
+      const rw = (want.write ? HMM_DMIRROR_PROT_WRITE : HMM_DMIRROR_PROT_READ) | (model.hugeWhole(p) ? HMM_DMIRROR_PROT_PMD : 0);
       wantSnap = HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL | rw;
       snapFor.forEach((sn, i) => {
         if (sn === undefined) return;

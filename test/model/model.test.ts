@@ -1,8 +1,11 @@
 // Differential model test: fast-check generates sequences of map/migrate/access/device-write/
 // discard/mprotect/migrateToRam/fork/remap/close, some of them racing a zap by another thread or
-// meeting a refused madvise, and, for the worker servicer, a slow driver hook holding a page past
-// the page-lock deadline; after each step the real region must match model.ts (races.ts says which
-// outcomes of a race it accepts).
+// meeting a refused madvise, kernel-mode accesses (refused on device 1 under the worker servicer),
+// multi-page copies cut short (testCutCopy), and, for the worker servicer, a slow driver hook holding
+// a page past the page-lock deadline; and on THP regions collapse, huge entries, partial
+// mprotect/discard and faults on them. After each step the real region must match model.ts
+// (races.ts says which outcomes of a race it accepts). Stuck workers (stalls, takeovers, forks
+// during them) are in stall.test.ts.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -10,8 +13,8 @@ import fc from 'fast-check';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { SERVICERS, describeUffd } from '../helpers.js';
 import { Zapper } from '../zapper.js';
-import { runScenario, warmWorkerServicer, type RunEnv, type Scenario } from './runner.js';
-import { scenario, slowHookScenario } from './arbitraries.js';
+import { reached, runScenario, warmWorkerServicer, type RunEnv, type Scenario } from './runner.js';
+import { scenario, slowHookScenario, thpScenario } from './arbitraries.js';
 import { Model } from './model.js';
 
 // Bounded so the file stays under a minute on a shared 2-core machine; UFFD_HMM_MODEL_RUNS (and
@@ -20,6 +23,8 @@ import { Model } from './model.js';
 // in regressions.test.ts).
 const RUNS = Number(process.env.UFFD_HMM_MODEL_RUNS ?? 500);
 const SLOW_RUNS = Number(process.env.UFFD_HMM_MODEL_SLOW_RUNS ?? 6);
+// THP scenarios compare 512 pages after every step: fewer of them (UFFD_HMM_MODEL_THP_RUNS).
+const THP_RUNS = Number(process.env.UFFD_HMM_MODEL_THP_RUNS ?? 12);
 /** Each property stops after this long, passing with the runs it made; UFFD_HMM_MODEL_TIME_MS for a hunt. */
 const TIME_MS = Number(process.env.UFFD_HMM_MODEL_TIME_MS ?? 40_000);
 /** UFFD_HMM_MODEL_SEED replays (or fixes, for a hunt) the seed fast-check uses; random otherwise. */
@@ -47,6 +52,9 @@ afterAll(async () => {
   await env.zapper?.close();
   rmSync(dir, { recursive: true, force: true });
 });
+afterAll(() => {
+  console.log(`model paths reached: ${JSON.stringify(reached)}`);
+});
 
 describeUffd('differential model', () => {
   it.each(SERVICERS)('%s servicer: every step agrees with the model', async (servicer) => {
@@ -58,6 +66,15 @@ describeUffd('differential model', () => {
       { numRuns: RUNS, interruptAfterTimeLimit: TIME_MS, ...SEED },
     );
     for (const op of servicer === 'inline' ? ['remap', 'refuseZap'] : ['remap', 'race', 'refuseZap']) expect(ran.get(op), op).toBeGreaterThan(RUNS / 50);
+  }, TIME_MS + 80_000);
+
+  it.each(SERVICERS)('%s servicer, THP regions (collapse, huge entries, splits, cut copies): every step agrees with the model', async (servicer) => {
+    await fc.assert(
+      fc.asyncProperty(thpScenario(servicer), async (s) => {
+        await runScenario(s);
+      }),
+      { numRuns: THP_RUNS, interruptAfterTimeLimit: TIME_MS, ...SEED },
+    );
   }, TIME_MS + 80_000);
 
   it('worker servicer, a slow driver hook holding a page: steps over it time out and change nothing, the rest goes on', async () => {

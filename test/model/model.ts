@@ -16,7 +16,8 @@ export type MEntry =
    * zero page is mapped (a read of a hole), so the snapshot says ZERO.
    */
   | { kind: 'present'; write: boolean; zero: boolean }
-  | { kind: 'device'; write: boolean; dev: number; id: number };
+  /** huge: part of a huge device entry (a THP migrated whole); its block's ids are consecutive. */
+  | { kind: 'device'; write: boolean; dev: number; id: number; huge?: boolean };
 
 export interface MDevicePage {
   bytes: Uint8Array;
@@ -54,6 +55,12 @@ export type MChildStep =
   | { op: 'checksum'; first: number; count: number };
 
 let nextId = 1;
+
+/** 4 KiB pages per PMD: a THP, a huge device entry. */
+export const PMD_PAGES = 512;
+
+/** How a kernel-mode access (write(2) from the region) ends: the bytes it read, or the errno. */
+export type SyscallResult = number[] | 'EFAULT';
 
 
 export class Model {
@@ -103,9 +110,52 @@ export class Model {
   #alloc(dev: number, bytes: Uint8Array): number | undefined {
     const d = this.devices[dev];
     if (d.pages.size >= d.capacity) return undefined;
+    return this.#allocId(d, bytes);
+  }
+
+  #allocId(d: MDevice, bytes: Uint8Array): number {
     const id = nextId++;
     d.pages.set(id, { bytes: bytes.slice(), refs: 1 });
     return id;
+  }
+
+  /**
+   * Whether `page` is part of a whole huge device entry: every entry of its PMD block a huge entry
+   * of the same device and write bit, their ids one consecutive run (a split one comes back, and
+   * shows in the snapshot, page by page).
+   */
+  hugeWhole(page: number): boolean {
+    const r = this.region;
+    const first = page - (page % PMD_PAGES);
+    if (first + PMD_PAGES > r.pages) return false;
+    const e0 = r.entries[first];
+    if (e0.kind !== 'device' || !e0.huge) return false;
+    for (let i = 1; i < PMD_PAGES; i++) {
+      const e = r.entries[first + i];
+      if (e.kind !== 'device' || !e.huge || e.dev !== e0.dev || e.write !== e0.write || e.id !== e0.id + i) return false;
+    }
+    return true;
+  }
+
+  /**
+   * A fault on `page`'s device entry: a whole huge entry comes back whole, if its pages are mapped
+   * once and lie in one vma (one protection); a copy cut after `cut` pages (the test hook) brings
+   * back that prefix and then the faulting page alone. Otherwise the page alone.
+   */
+  #faultBack(page: number, cut: number): void {
+    const r = this.region;
+    const first = page - (page % PMD_PAGES);
+    const e0 = r.entries[first];
+    const whole =
+      this.hugeWhole(page) &&
+      r.entries.slice(first, first + PMD_PAGES).every((e) => e.kind === 'device' && this.devices[e.dev].pages.get(e.id)!.refs === 1) &&
+      r.prot.slice(first, first + PMD_PAGES).every((p) => p === r.prot[first]);
+    if (!whole) return this.#back(page, true);
+    const d = this.devices[(e0 as { dev: number }).dev];
+    d.stats.faults++;
+    const n = cut > 0 && cut < PMD_PAGES ? cut : PMD_PAGES;
+    for (let i = 0; i < n; i++) this.#back(first + i, false);
+    if (page - first >= n) this.#back(page, false);
   }
 
   #put(dev: number, id: number): void {
@@ -122,11 +172,21 @@ export class Model {
    * device counts (a forced read downgrades it, make_device_entry_read); a page the vma cannot read
    * stays. The entry is a write entry when the page was writable (or as forced).
    */
-  migrate(first: number, count: number, dev: number, write: boolean | undefined, during: ReadonlySet<number> = new Set()): number {
+  migrate(first: number, count: number, dev: number, write: boolean | undefined, during: ReadonlySet<number> = new Set(), thpBlocks: number[] = []): number {
     const r = this.region;
     let on = 0;
     let moved = 0;
     const zapped = new Set<number>();
+    // A THP the range covers whole moves into one huge device page: an aligned run of free device
+    // pages (here: a device with room for a whole one and nothing on it), ids consecutive.
+    const d = this.devices[dev];
+    const huge = new Map<number, number>();
+    for (const b of thpBlocks)
+      if (d.pages.size === 0 && d.capacity >= PMD_PAGES && huge.size === 0 && b >= first && b + PMD_PAGES <= first + count) {
+        const base = nextId;
+        nextId += PMD_PAGES;
+        huge.set(b, base);
+      }
     for (let page = first; page < first + count; page++) {
       const e = r.entries[page];
       if (e.kind === 'device' && e.dev === dev) {
@@ -136,11 +196,19 @@ export class Model {
         continue;
       }
       if (r.prot[page] === 'none') continue;
-      const id = this.#alloc(dev, this.content(page));
+      const block = page - (page % PMD_PAGES);
+      const base = huge.get(block);
+      let id: number | undefined;
+      if (base !== undefined) {
+        id = base + (page - block);
+        d.pages.set(id, { bytes: this.content(page).slice(), refs: 1 });
+      } else {
+        id = this.#alloc(dev, this.content(page));
+      }
       if (id === undefined) break;
       const writable = r.prot[page] === 'readwrite' && (e.kind === 'none' || e.write);
       if (e.kind === 'device') this.#put(e.dev, e.id);
-      r.entries[page] = { kind: 'device', write: write ?? writable, dev, id };
+      r.entries[page] = { kind: 'device', write: write ?? writable, dev, id, ...(base !== undefined ? { huge: true } : {}) };
       r.bytes[page].fill(0); // no CPU page remains
       // Zapped by someone else while the migration held it: the entry it was making is dropped.
       if (during.has(page)) zapped.add(page);
@@ -228,7 +296,7 @@ export class Model {
   }
 
   /** A CPU read (user mode): a hole maps the zero page; a device entry faults the page back. */
-  read(page: number, offset: number): number {
+  read(page: number, offset: number, cut = 0): number {
     const r = this.region;
     const e = r.entries[page];
     if (r.prot[page] === 'none') throw new Error('model: read under PROT_NONE is a SIGSEGV');
@@ -237,9 +305,32 @@ export class Model {
       r.stats.faults++;
     } else if (e.kind === 'device') {
       r.stats.faults++;
-      this.#back(page, true);
+      this.#faultBack(page, cut);
     }
     return r.bytes[page][offset];
+  }
+
+  /**
+   * A kernel-mode access (write(2) of `len` bytes from the page, S10), in a region that counts
+   * kernel faults. PROT_NONE: EFAULT, no fault. The inline servicer fails any missing page with
+   * EFAULT (UFFD_FEATURE_SIGBUS, nothing served). A device whose driver refuses faults taken
+   * inside system calls (`refuses`, the worker servicer only: hooks run nowhere else): EFAULT,
+   * the fault counted, nothing else changes (S2, VM_FAULT_SIGBUS). Otherwise as a CPU read.
+   */
+  syscallRead(page: number, offset: number, len: number, inline: boolean, refuses: (dev: number) => boolean): SyscallResult {
+    const r = this.region;
+    const e = r.entries[page];
+    if (r.prot[page] === 'none') return 'EFAULT';
+    if (e.kind !== 'present' && inline) return 'EFAULT';
+    if (e.kind === 'device' && refuses(e.dev)) {
+      r.stats.faults++;
+      r.stats.kernelFaults++;
+      this.devices[e.dev].stats.faults++;
+      return 'EFAULT';
+    }
+    if (e.kind !== 'present') r.stats.kernelFaults++;
+    this.read(page, offset);
+    return [...r.bytes[page].subarray(offset, offset + len)];
   }
 
   /** A CPU write: faults a hole in as a private zeroed page, a device entry back, then write-protect faults. */
@@ -254,7 +345,7 @@ export class Model {
     } else if (e.kind === 'device') {
       r.stats.faults++;
       r.stats.writeFaults++;
-      this.#back(page, true);
+      this.#faultBack(page, 0);
       e = r.entries[page];
     }
     if (e.kind === 'present' && !e.write) {
@@ -283,6 +374,17 @@ export class Model {
       r.entries[page] = { kind: 'none' };
       r.bytes[page].fill(0);
     }
+  }
+
+  /** Whether MADV_COLLAPSE can make a THP of the block at `first`: every page present, writable, not write-protected. */
+  collapsible(first: number): boolean {
+    const r = this.region;
+    for (let p = first; p < first + PMD_PAGES; p++) {
+      const e = r.entries[p];
+      // A hole or the shared zero page in a userfaultfd region is never filled by a collapse.
+      if (e.kind !== 'present' || !e.write || e.zero || r.prot[p] !== 'readwrite') return false;
+    }
+    return true;
   }
 
   /** S5 change_pte_range: write device entries become read entries; the vma's protection changes. */

@@ -131,4 +131,38 @@ describeUffd('model regressions', () => {
       await device.close();
     }
   });
+
+  // Issue #21, in model form: a huge read entry split by a partial mprotect came back one page
+  // whose fallback freed the block's first device page (refcounts differ); a huge entry's copy cut
+  // short was rolled back whole (the table said device where the kernel had the pages).
+  const thp = (servicer: Scenario['servicer'], ops: Op[]): Scenario => ({ servicer, pages: 512, capacities: [512, 8], thp: true, ops });
+  const hugeRead: Op[] = [
+    { op: 'fillAll', value: 7 },
+    { op: 'collapse' },
+    { op: 'migrate', first: 0, count: 512, dev: 0, write: false },
+  ];
+  it.each(['worker', 'native', 'inline'] as const)('%s: a huge read entry split by mprotect, faulted at page 300', async (servicer) => {
+    await warmWorkerServicer();
+    await runScenario(thp(servicer, [...hugeRead, { op: 'mprotect', first: 256, count: 256, prot: 'read' }, { op: 'read', page: 300, offset: 5 }, { op: 'migrate', first: 0, count: 1, dev: 1 }]));
+  });
+  it.each(['worker', 'native', 'inline'] as const)('%s: a huge entry whose copy stops after 2 pages, faulted at page 300 and at page 1', async (servicer) => {
+    await warmWorkerServicer();
+    await runScenario(thp(servicer, [...hugeRead, { op: 'readCut', page: 300, offset: 5, cut: 2 }, { op: 'write', page: 1, offset: 0, value: 9 }]));
+    await runScenario(thp(servicer, [...hugeRead, { op: 'readCut', page: 1, offset: 5, cut: 2 }, { op: 'write', page: 0, offset: 0, value: 9 }]));
+  });
+  it.each(['worker', 'native', 'inline'] as const)('%s: write(2) from device pages, device 1 refusing (worker)', async (servicer) => {
+    await warmWorkerServicer();
+    await runScenario(
+      scenario(servicer, 3, [2, 2], [
+        { op: 'write', page: 0, offset: 0, value: 3 },
+        { op: 'migrate', first: 0, count: 1, dev: 1 },
+        { op: 'syscallRead', page: 0, offset: 0 },
+        { op: 'syscallRead', page: 0, offset: 0 },
+        { op: 'migrate', first: 1, count: 1, dev: 0 },
+        { op: 'syscallRead', page: 1, offset: 100 },
+        { op: 'syscallRead', page: 2, offset: 0 },
+        { op: 'read', page: 0, offset: 0 },
+      ]),
+    );
+  });
 });

@@ -1,17 +1,28 @@
 // Runs one sequence of operations against a real Region and the reference model side by side and,
 // after every step, compares every entry, every byte, refcounts, device.used and the stats. Some
 // steps race something for real: a zap by another thread (races.ts says which outcomes the model
-// accepts), a madvise the kernel refuses (native/test_hooks.cc), a slow driver hook.
-import { Device, Region, type ServicerKind } from 'uffd-hmm';
-import { appendFileSync, existsSync, writeFile, writeFileSync } from 'node:fs';
-import { constants } from 'node:os';
+// accepts), a madvise the kernel refuses (native/test_hooks.cc), a slow driver hook, a kernel-mode
+// access a driver refuses, a multi-page copy cut short, a worker that stalls.
+import { Device, NativeToucher, Region, type ServicerKind } from 'uffd-hmm';
+import { spawnSync } from 'node:child_process';
+import { appendFileSync, closeSync, existsSync, mkdtempSync, openSync, readSync, rmSync, writeFile, writeFileSync, writeSync } from 'node:fs';
+import { constants, tmpdir } from 'node:os';
+import path from 'node:path';
 import { native } from '../../dist/native.js';
+import { thpBlocks } from '../../dist/mm/huge.js';
 import { LOCKED, ZAP_BATCHES_DONE, ZAP_BATCHES_READ, ZAP_READING, stateIndex } from '../../dist/layout.js';
 import { LOCK_DEADLINE_MS, setLockDeadlineForTest } from '../../dist/pagelock.js';
 import type { Zapper } from '../zapper.js';
-import { Model, PAGE_SIZE, type MChildStep, type Prot } from './model.js';
 import { compareAll } from './compare.js';
+import { Model, PAGE_SIZE, PMD_PAGES, type MChildStep, type Prot } from './model.js';
 import { heldPage, range, refusedZap, zapCandidates, type Held, type Raced } from './races.js';
+
+/** Device 1's driver refuses faults taken inside system calls (the worker servicer asks it). */
+const REFUSING_DRIVER = new URL('./fixtures/refuse-kernel.mjs', import.meta.url);
+/** In stall scenarios it also stalls the worker on every CPU fault, past the stall deadline. */
+const STALLING_DRIVER = new URL('./fixtures/stall-or-refuse.mjs', import.meta.url);
+/** Bytes a kernel-mode access (write(2) from the region) reads. */
+const SYSCALL_LEN = 16;
 
 // UFFD_HMM_MODEL_TRACE=<file> appends every scenario and step as it starts: the last line written
 // before a hang names the step that hung.
@@ -36,7 +47,23 @@ export type Op =
   /** The kernel refuses the first madvise of `then`. */
   | { op: 'refuseZap'; then: Extract<Op, { op: 'discard' | 'migrate' }> }
   /** A fault on `page` (a device entry on device 1, whose driver is slow) holds it while `then` runs. */
-  | { op: 'slowHook'; page: number; then: Op };
+  | { op: 'slowHook'; page: number; then: Op }
+  /** write(2) of 16 bytes from the page to a file: a kernel-mode access (S10), refused on device 1. */
+  | { op: 'syscallRead'; page: number; offset: number }
+  /** A read whose fault's multi-page copy (a huge entry's) stops after `cut` pages (testCutCopy). */
+  | { op: 'readCut'; page: number; offset: number; cut: number }
+  /** migrateToRam with its first multi-page copy stopping after `cut` pages. */
+  | { op: 'migrateToRamCut'; first: number; count: number; cut: number }
+  /** THP regions: MADV_COLLAPSE of the first PMD, tried when the model says every page allows it. */
+  | { op: 'collapse' }
+  /** Every page written (byte 0 and 4095): the region made ready to collapse. */
+  | { op: 'fillAll'; value: number }
+  /**
+   * Stall scenarios: a native thread adds 1 to the page's first uint32; on a device-1 page the
+   * driver stalls the worker and the watchdog takes the region over. With spawn, the process
+   * forks (spawnSync) during that stall.
+   */
+  | { op: 'stallTouch'; page: number; spawn: boolean };
 
 export type RaceThen = Extract<Op, { op: 'migrate' | 'migrateToRam' | 'remap' | 'fork' }>;
 
@@ -45,6 +72,10 @@ export interface Scenario {
   pages: number;
   capacities: [number, number];
   ops: Op[];
+  /** A THP region (pages: one PMD), collapsed by its ops. */
+  thp?: boolean;
+  /** Device 1's driver stalls CPU faults (the process runs with a short stall deadline). */
+  stall?: boolean;
 }
 
 /** What some steps need: a thread that zaps (race), device 1's slow driver and its flag file (slowHook). */
@@ -52,6 +83,9 @@ export interface RunEnv {
   zapper?: Zapper;
   slowDriver?: { url: URL; flag: string };
 }
+
+/** How often the runs reached the paths of the engine's edges (refusals, huge entries, cut copies, stalls), for the test's summary line. */
+export const reached = { stalls: 0, forksDuringStall: 0, refusals: 0, hugeEntries: 0, hugeFaults: 0, cutCopies: 0 };
 
 /** Thrown when real and model disagree: names the step and what differed. */
 export class Divergence extends Error {}
@@ -88,10 +122,21 @@ async function waitFor(cond: () => boolean, what: string): Promise<void> {
 export async function runScenario(s: Scenario, env: RunEnv = {}): Promise<string[]> {
   if (trace) appendFileSync(trace, `scenario ${JSON.stringify({ ...s, ops: undefined })}\n`);
   let model = new Model(s.pages, s.capacities);
-  const newDevice = (i: number) =>
-    new Device({ capacity: s.capacities[i], name: `model-dev${i}`, driver: i === 1 && env.slowDriver ? env.slowDriver.url : undefined });
+  // Device 1's driver: the slow one for slow-hook scenarios; else one that refuses faults taken in
+  // system calls (and, in stall scenarios, stalls the worker on CPU faults).
+  const driverOf1 = (): URL => env.slowDriver?.url ?? (s.stall ? STALLING_DRIVER : REFUSING_DRIVER);
+  const newDevice = (i: number): Device =>
+    new Device({ capacity: s.capacities[i], name: `model-dev${i}`, ...(i === 1 ? { driver: driverOf1() } : {}) });
   const devices = s.capacities.map((_, i) => newDevice(i));
-  let region = Region.map({ pages: s.pages, servicer: s.servicer });
+  const mapRegion = (): Region =>
+    Region.map({ pages: s.pages, servicer: s.servicer, ...(s.servicer === 'inline' ? {} : { countKernelFaults: true }), ...(s.thp ? { thp: true } : {}) });
+  let region = mapRegion();
+  // The refusing driver is asked only by a worker servicer, and not once a guard took the region over.
+  const refuses = (dev: number): boolean => s.servicer === 'worker' && dev === 1 && env.slowDriver === undefined && !region.guarded;
+  const tolerated = (e: unknown): boolean => s.stall === true && codeOf(e) === 'ERR_SERVICER_STALLED';
+  let thpBefore: number[] = [];
+  const dir = mkdtempSync(path.join(tmpdir(), 'uffd-hmm-model-'));
+  const out = openSync(path.join(dir, 'syscall'), 'w+');
   const errors: unknown[] = [];
   region.on('error', (e) => errors.push(e));
   // Per device: model page id -> real pfn, the consistent renaming of device page numbers.
@@ -146,7 +191,7 @@ export async function runScenario(s: Scenario, env: RunEnv = {}): Promise<string
       if (op.op === 'map') {
         if (m.open) continue;
         log.push(desc);
-        region = Region.map({ pages: s.pages, servicer: s.servicer });
+        region = mapRegion();
         region.on('error', (e) => errors.push(e));
         model.region = Model.newRegion(s.pages);
       } else if (op.op === 'openDevice') {
@@ -163,8 +208,8 @@ export async function runScenario(s: Scenario, env: RunEnv = {}): Promise<string
       } else if (!m.open) {
         // Every region operation on a closed region is refused with a coded error; its bytes view
         // is detached (length 0), so a CPU access reaches no memory at all.
-        if (op.op === 'closeRegion' || op.op === 'race' || op.op === 'refuseZap' || op.op === 'slowHook') continue;
-        if (op.op === 'read' || op.op === 'write') {
+        if (op.op === 'closeRegion' || op.op === 'race' || op.op === 'refuseZap' || op.op === 'slowHook' || op.op === 'collapse' || op.op === 'fillAll') continue;
+        if (op.op === 'read' || op.op === 'write' || op.op === 'readCut' || op.op === 'syscallRead' || op.op === 'stallTouch') {
           same('bytes of a closed region', region.bytes.length, 0);
           continue;
         }
@@ -204,18 +249,21 @@ export async function runScenario(s: Scenario, env: RunEnv = {}): Promise<string
         const blocked = heldOp(op.then);
         const want = (blocked && heldPage(model, blocked, held)) ?? applyModel(op.then);
         same(`result of ${desc}`, got, want);
-        model.read(held, 0); // the hook's fault (a write(2) from the page) is served last
+        // The hook's fault (a write(2) of 8 bytes from the page: kernel mode) is served last; the slow driver migrates.
+        model.syscallRead(held, 0, 8, false, () => false);
       } else {
         if (!applicable(op)) continue;
         log.push(desc);
         same(`result of ${desc}`, await outcome(() => apply(op)), applyModel(op));
       }
       compare();
-      if (errors.length) fail(`the region reported errors: ${errors.map((e) => codeOf(e)).join(', ')}`);
+      if (errors.some((e) => !tolerated(e))) fail(`the region reported errors: ${errors.map((e) => codeOf(e)).join(', ')}`);
     }
   } finally {
     if (!region.closed) await region.close();
     for (const d of devices) if (!d.closed) await d.close();
+    closeSync(out);
+    rmSync(dir, { recursive: true, force: true });
   }
   return log;
 
@@ -225,7 +273,14 @@ export async function runScenario(s: Scenario, env: RunEnv = {}): Promise<string
     switch (op.op) {
       case 'read':
         return m.prot[op.page % n] !== 'none';
+      case 'readCut':
+        return m.prot[op.page % n] !== 'none';
+      case 'fillAll':
+        return m.prot.every((p) => p === 'readwrite');
+      case 'collapse':
+        return s.thp === true && model.collapsible(0);
       case 'write':
+      case 'stallTouch':
         return m.prot[op.page % n] === 'readwrite';
       case 'deviceWrite':
         return m.entries[op.page % n].kind === 'device';
@@ -295,12 +350,79 @@ export async function runScenario(s: Scenario, env: RunEnv = {}): Promise<string
     switch (op.op) {
       case 'migrate': {
         const [f, c] = range(op.first, op.count, n);
+        // Whether the kernel backs a block with a THP is its own business (collapse, khugepaged):
+        // the model is told what the migration finds.
+        thpBefore = s.thp && model.devices[op.dev].open ? thpBlocks(region.handle, region.address, f, c) : [];
         return region.migrate(f, c, devices[op.dev], op.write === undefined ? undefined : { write: op.write });
       }
       case 'migrateToRam':
         return region.migrateToRam(...range(op.first, op.count, n));
       case 'read':
         return region.bytes[(op.page % n) * PAGE_SIZE + op.offset];
+      case 'readCut': {
+        native.testCutCopy(region.handle, op.cut);
+        try {
+          return region.bytes[(op.page % n) * PAGE_SIZE + op.offset];
+        } finally {
+          native.testCutCopy(region.handle, 0); // not taken (no multi-page copy): cancelled
+        }
+      }
+      case 'migrateToRamCut': {
+        native.testCutCopy(region.handle, op.cut);
+        try {
+          return region.migrateToRam(...range(op.first, op.count, n));
+        } finally {
+          native.testCutCopy(region.handle, 0);
+        }
+      }
+      case 'syscallRead': {
+        const at = (op.page % n) * PAGE_SIZE + Math.min(op.offset, PAGE_SIZE - SYSCALL_LEN);
+        try {
+          if (writeSync(out, region.bytes, at, SYSCALL_LEN, 0) !== SYSCALL_LEN) return fail('a short write(2)');
+        } catch (e) {
+          return codeOf(e);
+        }
+        const back = new Uint8Array(SYSCALL_LEN);
+        readSync(out, back, 0, SYSCALL_LEN, 0);
+        return [...back];
+      }
+      case 'collapse':
+        try {
+          region.collapse(0, PMD_PAGES);
+        } catch (e) {
+          // No free 2 MiB page, or pages the kernel still held: its call, not ours; a THP or not,
+          // the next migration finds out (thpBlocks).
+          if (codeOf(e) !== 'ENOMEM' && codeOf(e) !== 'EAGAIN') throw e;
+        }
+        return undefined;
+      case 'fillAll':
+        for (let p = 0; p < n; p++) {
+          region.bytes[p * PAGE_SIZE] = op.value;
+          region.bytes[p * PAGE_SIZE + PAGE_SIZE - 1] = (op.value + p) & 0xff;
+        }
+        return undefined;
+      case 'stallTouch': {
+        const page = op.page % n;
+        const e = model.region.entries[page];
+        const stalls = s.servicer === 'worker' && e.kind === 'device' && e.dev === 1 && !region.guarded;
+        const t = new NativeToucher(region, { threads: 1, iterations: 1, mode: 'increment', pages: [page] });
+        if (op.spawn) {
+          await new Promise((res) => setTimeout(res, 20));
+          const res = spawnSync('true', { timeout: 20_000 }); // a fork while the worker is stuck
+          if (res.status !== 0) return fail(`spawnSync during a stall: status ${res.status}, ${String(res.error)}`);
+        }
+        await t.finished(20_000);
+        if (stalls) {
+          reached.stalls++;
+          if (op.spawn) reached.forksDuringStall++;
+          // The host hears of the takeover on its next check; a region mapped before that would
+          // join the dead worker's poller (and be guarded at once, where the model expects hooks).
+          const deadline = Date.now() + 10_000;
+          while (!errors.some(tolerated) && Date.now() < deadline) await new Promise((res) => setTimeout(res, 10));
+          if (!region.guarded) return fail('a stalled hook: the region was not taken over');
+        }
+        return undefined;
+      }
       case 'write':
         region.bytes[(op.page % n) * PAGE_SIZE + op.offset] = op.value;
         return undefined;
@@ -336,12 +458,48 @@ export async function runScenario(s: Scenario, env: RunEnv = {}): Promise<string
       case 'migrate': {
         if (!model.devices[op.dev].open) return { error: 'ERR_DEVICE_CLOSED' };
         const [f, c] = range(op.first, op.count, n);
-        return model.migrate(f, c, op.dev, op.write);
+        const moved = model.migrate(f, c, op.dev, op.write, new Set(), thpBefore);
+        if (thpBefore.length > 0 && model.hugeWhole(thpBefore[0])) reached.hugeEntries++;
+        return moved;
+      }
+      case 'readCut': {
+        const p = op.page % n;
+        if (model.region.entries[p].kind === 'device' && model.hugeWhole(p)) reached.cutCopies++;
+        return model.read(p, op.offset, op.cut);
+      }
+      case 'migrateToRamCut':
+        return model.migrateToRam(...range(op.first, op.count, n));
+      case 'syscallRead': {
+        const r = model.syscallRead(op.page % n, Math.min(op.offset, PAGE_SIZE - SYSCALL_LEN), SYSCALL_LEN, s.servicer === 'inline', refuses);
+        const e = model.region.entries[op.page % n];
+        if (r === 'EFAULT' && e.kind === 'device') reached.refusals++;
+        return r;
+      }
+      case 'collapse':
+        return undefined;
+      case 'fillAll':
+        for (let p = 0; p < n; p++) {
+          model.write(p, 0, op.value);
+          model.write(p, PAGE_SIZE - 1, (op.value + p) & 0xff);
+        }
+        return undefined;
+      case 'stallTouch': {
+        // A plain read, then write, of the little-endian uint32 at byte 0 (native/toucher.cc).
+        const page = op.page % n;
+        model.read(page, 0);
+        const b = model.content(page);
+        let v = (b[0] | (b[1] << 8) | (b[2] << 16) | (b[3] << 24)) >>> 0;
+        v = (v + 1) >>> 0;
+        for (let i = 0; i < 4; i++) model.write(page, i, (v >>> (8 * i)) & 0xff);
+        return undefined;
       }
       case 'migrateToRam':
         return model.migrateToRam(...range(op.first, op.count, n));
-      case 'read':
-        return model.read(op.page % n, op.offset);
+      case 'read': {
+        const p = op.page % n;
+        if (model.region.entries[p].kind === 'device' && model.hugeWhole(p)) reached.hugeFaults++;
+        return model.read(p, op.offset);
+      }
       case 'write':
         model.write(op.page % n, op.offset, op.value);
         return undefined;
