@@ -129,20 +129,24 @@ export class PageFrees {
     }
     if (this.#module === undefined) return this.load(); // they run once it has loaded
     const driver = this.#module;
-    const late = this.#late.splice(0);
-    for (const pfn of [...late, ...this.#waiting.splice(0)]) {
-      if (typeof driver?.pageFree === 'function') {
-        const ctx: PageFreeContext = { deviceName: owner.name, pfn };
-        try {
-          driver.pageFree(ctx);
-        } catch (e) {
-          const report = (): void => owner.reportError(new UffdHmmError('ERR_DRIVER_HOOK', pageFreeHookThrew(owner.name, e), { cause: e }));
-          // Reported once this thread holds nothing (a listener may do anything), or at once at exit.
-          if (now) report();
-          else queueMicrotask(report);
-        }
+    const hook = (pfn: number): void => {
+      if (typeof driver?.pageFree !== 'function') return;
+      const ctx: PageFreeContext = { deviceName: owner.name, pfn };
+      try {
+        driver.pageFree(ctx);
+      } catch (e) {
+        const report = (): void => owner.reportError(new UffdHmmError('ERR_DRIVER_HOOK', pageFreeHookThrew(owner.name, e), { cause: e }));
+        // Reported once this thread holds nothing (a listener may do anything), or at once at exit.
+        if (now) report();
+        else queueMicrotask(report);
       }
-      if (!owner.closed && !late.includes(pfn)) pushFreeDevicePage(owner.shared, owner.capacity, pfn);
+    };
+    // Pages handed out early are in use again: their hook runs, they stay off the free stack. A pfn
+    // can be in both lists (handed out early, then freed again): the waiting one goes back.
+    for (const pfn of this.#late.splice(0)) hook(pfn);
+    for (const pfn of this.#waiting.splice(0)) {
+      hook(pfn);
+      if (!owner.closed) pushFreeDevicePage(owner.shared, owner.capacity, pfn);
     }
     if (owner.closed) live.delete(this);
   }

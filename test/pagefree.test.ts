@@ -221,4 +221,26 @@ describeUffd('pageFree before the main thread has loaded the driver module', () 
     expect(device.stats().freed).toBe(3);
     await device.close();
   });
+
+  it('a page handed out early and freed again before the load goes back on the free stack once the module loads', async () => {
+    const name = `probing-${process.pid}-${seq++}`;
+    const device = new Device({ name, capacity: 1, driver: probing });
+    const seen: { pfn: number; refcountNow: number }[] = [];
+    (globalThis as { __uffdHmmPageFreeProbe?: Probe }).__uffdHmmPageFreeProbe = (ctx) => {
+      if (ctx.deviceName === name) seen.push({ pfn: ctx.pfn, refcountNow: device.refcount(ctx.pfn) });
+    };
+    const region = Region.map({ pages: 1, servicer: 'native' });
+    // All synchronous, before the import has a turn: pfn 0 freed, handed out early, freed again.
+    expect(region.migrate(0, 1, device)).toBe(1);
+    region.discard(0, 1);
+    expect(region.migrate(0, 1, device)).toBe(1);
+    region.discard(0, 1);
+    await calls(seen, 2);
+    // Both frees got their hook, and the page is free: the device is not full for good.
+    expect(seen.map((x) => x.pfn)).toEqual([0, 0]);
+    expect(device.used).toBe(0);
+    expect(region.migrate(0, 1, device)).toBe(1);
+    await region.close();
+    await device.close();
+  });
 });
