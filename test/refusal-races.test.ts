@@ -1,0 +1,23 @@
+// A driver's refusal of a fault taken inside a system call, racing another thread's access to the
+// same page (native/refusal.cc, fault.cc refuse). The kernel holds the page lock across
+// migrate_to_ram: another thread waits for it, then faults and asks the driver for itself; the
+// refusal fails only the system call that was refused. These run in child processes: the failure
+// they guard against is a SIGBUS.
+import { fileURLToPath } from 'node:url';
+import { expect, it } from 'vitest';
+import { describeUffd } from './helpers.js';
+import { describeOutcome, jsonLines, runChild } from './fixtures/semantics/run-child.js';
+
+const child = fileURLToPath(new URL('./fixtures/refusal-races/child.mjs', import.meta.url));
+
+describeUffd('a refusal inside a system call fails that call only', () => {
+  for (const scenario of ['waiting', 'fresh'] as const) {
+    const when = scenario === 'waiting' ? 'waiting on the page as the refusal comes' : 'touching the page just after the refusal';
+    it.concurrent(`another thread ${when} reads the page (the driver migrates its access), and the write gets EFAULT`, async () => {
+      const o = await runChild(child, [scenario], { timeoutMs: 20_000 });
+      expect(o.timedOut, describeOutcome(o)).toBe(false);
+      expect({ code: o.code, signal: o.signal }, describeOutcome(o)).toEqual({ code: 0, signal: null });
+      expect(jsonLines(o.stdout), describeOutcome(o)).toEqual([{ value: 0x5a }, { write: 'EFAULT' }, { a: true, b: true }]);
+    });
+  }
+});
