@@ -21,3 +21,27 @@ describeUffd('a refusal inside a system call fails that call only', () => {
     });
   }
 });
+
+// The refusal travels to the faulting thread as a queued real-time signal, which the kernel refuses
+// (EAGAIN) once the user's queued signals reach RLIMIT_SIGPENDING; the kernel's own SIGBUS for a
+// refused access is never refused. With the limit at 0 every queued real-time signal fails.
+const sigbusChild = fileURLToPath(new URL('./fixtures/semantics/sigbus-child.mjs', import.meta.url));
+const noQueuedSignals = { wrapper: ['prlimit', '--sigpending=0'] };
+
+describeUffd('a refusal whose signal cannot be queued (RLIMIT_SIGPENDING reached)', () => {
+  it.concurrent('a refused CPU read still dies of SIGBUS, not a loop of asks', async () => {
+    const o = await runChild(sigbusChild, ['refuse-all.mjs', 'read'], noQueuedSignals);
+    expect(o.timedOut, describeOutcome(o)).toBe(false);
+    expect(o.signal, describeOutcome(o)).toBe('SIGBUS');
+    expect(o.stdout).toContain('TOUCH 2 read');
+    expect(o.stdout).not.toContain('VALUE');
+  });
+
+  it.concurrent('a refused write(2) gets EFAULT and the page is still there: the next touch reads it', async () => {
+    const o = await runChild(sigbusChild, ['refuse-first.mjs', 'syscall'], noQueuedSignals);
+    expect(o.timedOut, describeOutcome(o)).toBe(false);
+    expect({ code: o.code, signal: o.signal }, describeOutcome(o)).toEqual({ code: 0, signal: null });
+    expect(o.stdout).toContain(`VALUE ${(0 * 131 + 5 * 7 + 1) & 0xff}`);
+    expect(o.stdout).toContain('SURVIVED');
+  });
+});
