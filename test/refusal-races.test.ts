@@ -22,6 +22,15 @@ describeUffd('a refusal inside a system call fails that call only', () => {
   }
 });
 
+describeUffd('a takeover while a refusal inside a system call is in progress', () => {
+  it.concurrent('leaves the page held for the refusal; the watchdog reads its zap: EFAULT, then the page reads back', async () => {
+    const o = await runChild(child, ['takeover'], { timeoutMs: 20_000 });
+    expect(o.timedOut, describeOutcome(o)).toBe(false);
+    expect({ code: o.code, signal: o.signal }, describeOutcome(o)).toEqual({ code: 0, signal: null });
+    expect(jsonLines(o.stdout), describeOutcome(o)).toEqual([{ write: 'EFAULT' }, { value: 0x5a }, { page1: 0x5a, guarded: true }, { a: true, b: true }]);
+  });
+});
+
 // The refusal travels to the faulting thread as a queued real-time signal, which the kernel refuses
 // (EAGAIN) once the user's queued signals reach RLIMIT_SIGPENDING; the kernel's own SIGBUS for a
 // refused access is never refused. With the limit at 0 every queued real-time signal fails.
