@@ -326,7 +326,7 @@ export class Device extends EventEmitter {
       for (const holder of [...this.#holders]) holder.evictDevice(this);
       this.#holders.clear();
       clearInterval(this.#freedLogTimer);
-      this.#frees?.run();
+      this.#frees?.close(); // pageFree for every page freed, those a fault on another thread is freeing now included
       this.#closed = true;
       bySlot.delete(this.slot);
       this.emit('close');

@@ -6,12 +6,17 @@ import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 
 import { UffdHmmError, driverLoadFailed, pageFreeHookThrew } from './errors.js';
-import { DEV_FREEING, DEV_LOG_FREES } from './layout.js';
+import { DEV_FREEING, DEV_LOG_FREES, DEV_USED } from './layout.js';
 import { drainFreedLog, pushFreeDevicePage } from './devicepages.js';
 import { DRIVER_LOAD_CONSEQUENCE, type Driver, type PageFreeContext } from './driver.js';
 
 /** How long the exit hook waits for a free a servicer is finishing (microseconds, unless descheduled). */
 const EXIT_FREEING_WAIT_MS = 100;
+/** How long a closing device waits for the frees of faults served on other threads (as long). */
+const CLOSE_FREEING_WAIT_MS = EXIT_FREEING_WAIT_MS;
+
+/** Nothing ever notifies it: Atomics.wait on it is a short sleep. */
+const napWord = new Int32Array(new SharedArrayBuffer(4));
 
 /** Every PageFrees with work that may still be due: its device is open, or freed pages wait for their hook. */
 const live = new Set<PageFrees>();
@@ -149,6 +154,23 @@ export class PageFrees {
       if (!owner.closed) pushFreeDevicePage(owner.shared, owner.capacity, pfn);
     }
     if (owner.closed) live.delete(this);
+  }
+
+  /**
+   * The device is closing, every entry naming its pages gone: the last {@link run}. A fault served
+   * on another thread unlocks its page (so the eviction moves on) a moment before it frees the
+   * device page and logs it for us; that free would come after this drain, and its pageFree never
+   * run. So first wait, briefly, until no page is used or being freed any more. DEV_USED is read
+   * first: the engine counts a page freeing before it stops counting it used, and logs it before it
+   * stops counting it freeing.
+   */
+  close(): void {
+    const shared = this.#owner.shared;
+    const deadline = Date.now() + CLOSE_FREEING_WAIT_MS;
+    while ((Atomics.load(shared, DEV_USED) !== 0 || Atomics.load(shared, DEV_FREEING) !== 0) && Date.now() < deadline) {
+      Atomics.wait(napWord, 0, 0, 0.05);
+    }
+    this.run();
   }
 
   /**

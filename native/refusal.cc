@@ -79,20 +79,29 @@ bool threadBlocks(uint32_t tid, int sig) {
   return (mask >> (sig - 1)) & 1;
 }
 
-bool refuseUserAccess(uint32_t tid, uint64_t addr) {
+// SIGBUS itself, not through the handler, whose si_code can only be a queued one here. A standard
+// signal is delivered even when the queue is full (RLIMIT_SIGPENDING), only without its siginfo.
+static bool sendBus(uint32_t tid, uint64_t addr) {
   siginfo_t si;
   std::memset(&si, 0, sizeof si);
-  if (threadBlocks(tid, refusalSignal())) {
-    // Not through the handler: SIGBUS itself, whose si_code can only be a queued one here.
-    si.si_signo = SIGBUS;
-    si.si_code = SI_QUEUE;
-    si.si_addr = reinterpret_cast<void*>(addr);
-    return sendTo(tid, SIGBUS, &si) == 0;
-  }
+  si.si_signo = SIGBUS;
+  si.si_code = SI_QUEUE;
+  si.si_addr = reinterpret_cast<void*>(addr);
+  return sendTo(tid, SIGBUS, &si) == 0;
+}
+
+bool refuseUserAccess(uint32_t tid, uint64_t addr) {
+  if (threadBlocks(tid, refusalSignal())) return sendBus(tid, addr);
+  siginfo_t si;
+  std::memset(&si, 0, sizeof si);
   si.si_signo = refusalSignal();
   si.si_code = kRefuseUser;
   si.si_value.sival_ptr = reinterpret_cast<void*>(addr);
-  return sendTo(tid, refusalSignal(), &si) == 0;
+  if (sendTo(tid, refusalSignal(), &si) == 0) return true;
+  // A real-time signal the kernel would not queue (EAGAIN: the user's queued signals reached
+  // RLIMIT_SIGPENDING). The thread must still get its SIGBUS, or it would fault, be woken and ask
+  // the driver again, for ever: the kernel's force_sig_fault never fails.
+  return errno == EAGAIN && sendBus(tid, addr);
 }
 
 bool refuseKernelAccess(uint32_t tid, uint64_t pageAddr) {

@@ -18,8 +18,10 @@ bool threadBlocks(uint32_t tid, int sig);
 // as force_sig_fault would give it. Only a thread may send itself a siginfo with a kernel si_code,
 // so the refusal signal's handler sends it there. The pte is not touched: the thread leaves its
 // fault because a signal is pending (handle_userfault sleeps interruptibly for a user fault). A
-// thread that blocks the refusal signal gets the SIGBUS straight away, with si_code SI_QUEUE. False
-// when nothing could be sent (the thread is gone).
+// thread that blocks the refusal signal gets the SIGBUS straight away, with si_code SI_QUEUE, and so
+// does one whose refusal signal could not be queued (RLIMIT_SIGPENDING reached: then without its
+// siginfo, as the kernel delivers a standard signal it cannot queue). False when nothing could be
+// sent (the thread is gone).
 bool refuseUserAccess(uint32_t tid, uint64_t addr);
 
 // An access from inside a system call refused: the caller has put a poison marker on the page (the
