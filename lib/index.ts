@@ -65,6 +65,7 @@ export {
   type RegionMapping,
   type FileBacking,
   type RegionStats,
+  type ServicerStats,
   type ServicerKind,
 } from './region.js';
 export {

@@ -27,6 +27,13 @@ export const ZAP_READING = 10;
 export const ZAP_BATCHES_READ = 11;
 /** Of those, the batches whose REMOVE/UNMAP events are applied. */
 export const ZAP_BATCHES_DONE = 12;
+/**
+ * Times the worker servicer's JS got control back after its poller read this region's messages
+ * (native/layout.h kStatJsEntries): 0 per fault while no fault needs a driver's hook, 1 with one.
+ */
+export const STAT_JS_ENTRIES = 13;
+/** JS threads sleeping on UNLOCK_SEQ: native unlockers bump it only while one does (native/layout.h). */
+export const UNLOCK_WAITERS = 14;
 
 export const KIND_MASK = 0x3;
 export const KIND_NONE = 0;

@@ -2,7 +2,7 @@
 // the main thread, a servicer migrating it back) holds it; everyone else waits for the unlock.
 // The only TypeScript that sets or clears LOCKED, ZAPPING and ZAP_PENDING (docs/PROTOCOL.md). Every
 // lock taken here is the region owner's (HOLDER_OWNER): a takeover of a stuck servicer leaves it.
-import { HOLDER_MASK, HOLDER_OWNER, KIND_DEVICE, KIND_MASK, KIND_NONE, DEVICE_SHIFT, LOCKED, MAX_DEVICE_SLOT, STAT_FILL_RETRIES, UNLOCK_SEQ, UNMAPPED, ZAPPING, ZAP_PENDING, stateIndex } from './layout.js';
+import { HOLDER_MASK, HOLDER_OWNER, KIND_DEVICE, KIND_MASK, KIND_NONE, DEVICE_SHIFT, LOCKED, MAX_DEVICE_SLOT, STAT_FILL_RETRIES, UNLOCK_SEQ, UNLOCK_WAITERS, UNMAPPED, ZAPPING, ZAP_PENDING, stateIndex } from './layout.js';
 import { UffdHmmError, check } from './errors.js';
 import { deviceBySlot } from './device.js';
 
@@ -59,14 +59,30 @@ export function lockPage(shared: Int32Array, page: number): number {
     // Native holders (the fault engine) bump UNLOCK_SEQ but cannot notify: a servicer holds a page
     // for microseconds (its fill wakes the faulting thread just before it unlocks), so look again
     // soon at first, then every millisecond.
-    const seq = Atomics.load(shared, UNLOCK_SEQ);
-    if ((Atomics.load(shared, idx) & LOCKED) !== 0) Atomics.wait(shared, UNLOCK_SEQ, seq, spins < 256 ? 0.02 : 1);
+    sleepOnUnlock(shared, idx, LOCKED, spins < 256 ? 0.02 : 1);
   }
+}
+
+/**
+ * Sleeps up to `ms` while `bit` is set in the word at `idx`, woken by the next unlock. Registered
+ * as a waiter (UNLOCK_WAITERS) meanwhile: native unlockers bump UNLOCK_SEQ only while one is.
+ */
+function sleepOnUnlock(shared: Int32Array, idx: number, bit: number, ms: number): void {
+  Atomics.add(shared, UNLOCK_WAITERS, 1);
+  const seq = Atomics.load(shared, UNLOCK_SEQ);
+  if ((Atomics.load(shared, idx) & bit) !== 0) Atomics.wait(shared, UNLOCK_SEQ, seq, ms);
+  Atomics.sub(shared, UNLOCK_WAITERS, 1);
 }
 
 /** Publishes the page's new state (LOCKED clear) and wakes anyone waiting for an unlock. */
 export function unlockPage(shared: Int32Array, page: number, state: number): void {
   Atomics.store(shared, stateIndex(page), state & ~(LOCKED | HOLDER_MASK));
+  wakeUnlockWaiters(shared);
+}
+
+/** After an unlock: bumps UNLOCK_SEQ and wakes its sleepers, if any sleep (a migration unlocks every page it moved). */
+function wakeUnlockWaiters(shared: Int32Array): void {
+  if (Atomics.load(shared, UNLOCK_WAITERS) === 0) return;
   Atomics.add(shared, UNLOCK_SEQ, 1);
   Atomics.notify(shared, UNLOCK_SEQ);
 }
@@ -138,8 +154,7 @@ export function publish(shared: Int32Array, page: number, next: number): boolean
     const zapped = (cur & ZAP_PENDING) !== 0;
     if (zapped) shared[idx + 1] = 0;
     if (Atomics.compareExchange(shared, idx, cur, (zapped ? KIND_NONE | (cur & UNMAPPED) : next) & ~(LOCKED | HOLDER_MASK)) !== cur) continue;
-    Atomics.add(shared, UNLOCK_SEQ, 1);
-    Atomics.notify(shared, UNLOCK_SEQ);
+    wakeUnlockWaiters(shared);
     return !zapped;
   }
 }
@@ -194,8 +209,7 @@ export function waitZapsSeen(shared: Int32Array, first: number, count: number): 
           `below ${LOCK_DEADLINE_MS} ms (the default 5000 is) so that a native guard takes over a stuck servicer`,
       );
     }
-    const seq = Atomics.load(shared, UNLOCK_SEQ);
-    if ((Atomics.load(shared, stateIndex(p)) & ZAPPING) !== 0) Atomics.wait(shared, UNLOCK_SEQ, seq, 0.05);
+    sleepOnUnlock(shared, stateIndex(p), ZAPPING, 0.05);
   }
 }
 

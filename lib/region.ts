@@ -12,7 +12,7 @@ import { FaultTrace } from './trace.js';
 import type { InspectOptionsStylized } from './inspect.js';
 import { mapRequest, type MapOptions, type MapRequest, type RegionMapping, type ServicerKind } from './mm/backing.js';
 import { evictDevice, migrateToDevice, migrateToRam, type MigrateOptions } from './mm/migrate.js';
-import { entry, pagemap, regionStats, showRegion, smaps, snapshot, type Entry, type RegionStats } from './mm/proc.js';
+import { entry, pagemap, regionStats, servicerStats, showRegion, smaps, snapshot, type Entry, type RegionStats, type ServicerStats } from './mm/proc.js';
 import { discard, type DiscardOptions } from './mm/zap.js';
 import { attach, mapMemory, munmap, newCore, startTrace, zapMapping } from './mm/mmap.js';
 import { mprotect } from './mm/mprotect.js';
@@ -26,7 +26,7 @@ export type { DiscardOptions } from './mm/zap.js';
 export { hugePageSize } from './mm/huge.js';
 export { HMM_DMIRROR_PROT_ERROR, HMM_DMIRROR_PROT_NONE, HMM_DMIRROR_PROT_READ, HMM_DMIRROR_PROT_WRITE, HMM_DMIRROR_PROT_PMD, HMM_DMIRROR_PROT_PUD } from './mm/proc.js';
 export { HMM_DMIRROR_PROT_ZERO, HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL, HMM_DMIRROR_PROT_DEV_PRIVATE_REMOTE, PM_PRESENT, PM_SWAP, PM_FILE, PM_UFFD_WP } from './mm/proc.js';
-export { PM_MMAP_EXCLUSIVE, PM_SOFT_DIRTY, type Entry, type RegionStats } from './mm/proc.js';
+export { PM_MMAP_EXCLUSIVE, PM_SOFT_DIRTY, type Entry, type RegionStats, type ServicerStats } from './mm/proc.js';
 
 /**
  * A real anonymous mapping registered with userfaultfd: the emulated vma. {@link Region#bytes} is
@@ -416,6 +416,13 @@ export class Region extends EventEmitter implements DeviceHolder {
   /** A snapshot of this region's fault counters; still readable after close. */
   stats(): RegionStats {
     return regionStats(this.shared);
+  }
+  /**
+   * How its servicer served it: JS entries of the worker servicer (0 per fault while no driver's
+   * fault hook decides), and fills tried again or found done already. Still readable after close.
+   */
+  servicerStats(): ServicerStats {
+    return servicerStats(this.shared);
   }
   /**
    * munmap: device pages this region held are freed (pageFree), `bytes` is detached, the mapping

@@ -258,11 +258,11 @@ Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, u
     const int32_t kind = s & kKindMask;
     Fill fill;
     int32_t next;
-    std::shared_ptr<DeviceStore> dev;
+    DeviceStore* dev = nullptr;  // borrowed: this page's lock keeps the device it names open
     uint32_t pfn = 0, first = page, k = 1;  // pages [first, first + k) come back together
     if (kind == kKindDevice) {
       pfn = static_cast<uint32_t>(st[1]);
-      dev = devices().get((s >> kDeviceShift) & kMaxDeviceSlot);
+      dev = devices().borrow((s >> kDeviceShift) & kMaxDeviceSlot);
       if (!dev) {
         // The device vanished with an entry still naming it: refuse rather than invent data.
         unlockPage(r, st, s);
@@ -295,7 +295,8 @@ Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, u
         else if (r.faultAround > 1 && dev->refcount()[pfn] == 1)
           k = lockNeighbours(r, page, s, pfn, *dev);
         // Shared with forked children: they get the page back too, as the kernel's rmap walk does.
-        migrateSharers(r, page, (s >> kDeviceShift) & kMaxDeviceSlot, pfn);
+        if (pfn < dev->capacity && __atomic_load_n(&dev->refcount()[pfn], __ATOMIC_ACQUIRE) > 1)
+          migrateSharers(r, page, *dev, (s >> kDeviceShift) & kMaxDeviceSlot, pfn);
       }
     } else if (kind == kKindPresent && (flags & UFFD_PAGEFAULT_FLAG_WP)) {
       fill = Fill::Unprotect;
@@ -329,13 +330,13 @@ Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, u
         lastRef = dev->dropRef(pfn);
         dropped = true;
       }
-      countFault(r, dev.get(), kind, s, next, flags, 1, +1);
+      countFault(r, dev, kind, s, next, flags, 1, +1);
     }
     uint32_t filled = 0;
-    int rc = doFill(r, fill, first, k, dev.get(), pfn0, next & kWrite, flags, early, &filled);
+    int rc = doFill(r, fill, first, k, dev, pfn0, next & kWrite, flags, early, &filled);
     if (rc != 0 && early) {
       // Nothing was filled (one page) and nobody woken: take it all back.
-      countFault(r, dev.get(), kind, s, next, flags, 1, -1);
+      countFault(r, dev, kind, s, next, flags, 1, -1);
       if (dropped) dev->undoDrop(pfn, lastRef);
       publishLocked(st, s, kHolderServicer);
       dropped = false;
@@ -360,12 +361,12 @@ Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, u
         rc = 0;
       } else {
         for (uint32_t i = 0; i < filled; i++) settle(i);
-        countMigrated(r, dev.get(), filled, +1);  // pages came back; the fault is still to serve
+        countMigrated(r, dev, filled, +1);  // pages came back; the fault is still to serve
         if (wakes) wake(fd, r.addr(first), uint64_t(filled) * r.pageSize);
         first = page;
         k = 1;
         pfn0 = pfn;
-        rc = doFill(r, fill, page, 1, dev.get(), pfn, next & kWrite, flags, false, &filled);
+        rc = doFill(r, fill, page, 1, dev, pfn, next & kWrite, flags, false, &filled);
       }
     } else if (rc != 0 && k > 1) {
       // Nothing filled: part of the run is there already, or it crosses a vma boundary: this page alone.
@@ -374,7 +375,7 @@ Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, u
       first = page;
       k = 1;
       pfn0 = pfn;
-      rc = doFill(r, fill, page, 1, dev.get(), pfn, next & kWrite, flags, false, &filled);
+      rc = doFill(r, fill, page, 1, dev, pfn, next & kWrite, flags, false, &filled);
     }
     if (rc == -EEXIST) {
       rc = 0;  // another path filled it first: just wake
@@ -405,7 +406,7 @@ Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, u
       else unlockPage(r, r.state(first + i), next);
     }
     if (early) return Served::Done;
-    countFault(r, dev.get(), kind, s, next, flags, k, +1);
+    countFault(r, dev, kind, s, next, flags, k, +1);
     if (r.trace) {
       traceRecord(r, page, flags, tid, kind == kKindDevice ? (s >> kDeviceShift) & kMaxDeviceSlot : 0, outcomeOf(kind, s, next, flags),
                   t0Ns ? t0Ns : monoNs(), pfn, ask ? ask->hookUs : 0.0);

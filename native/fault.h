@@ -65,7 +65,7 @@ int continueOrZero(RegionState& r, uint32_t page, bool dontwake = true);
 // After `page` of r came back from device page (slot, pfn) that other processes still map (after
 // fork): migrate it back for each of them too, write-protected, dropping their references, as
 // migrate_device_unmap()/remove_migration_ptes() do for every mapping through the rmap.
-void migrateSharers(RegionState& r, uint32_t page, int32_t slot, uint32_t pfn);
+void migrateSharers(RegionState& r, uint32_t page, DeviceStore& dev, int32_t slot, uint32_t pfn);
 
 // UFFDIO_COPY of `count` pages of r at `page` from `src`; *filled: how many of them the kernel
 // filled: all on success, a prefix (possibly none) on failure, since mfill_atomic stops at the

@@ -34,6 +34,14 @@ constexpr int kStatFillRaced = 9;
 constexpr int kZapReading = 10;
 constexpr int kZapBatchesRead = 11;
 constexpr int kZapBatchesDone = 12;
+// Times the worker servicer's JS got control back after its poller read this region's messages (a
+// driver's fault hook to ask, or the end of a time slice): 0 per fault while no fault needs a hook,
+// 1 with one. Counted by the poller (native/poller.cc) as pollerWait returns.
+constexpr int kStatJsEntries = 13;
+// Threads of the main thread's JS sleeping on kUnlockSeq (Atomics.wait, with a timeout of a
+// millisecond at most): native unlockers bump kUnlockSeq only while one does, saving a fault an
+// atomic read-modify-write. A waiter an unlocker misses sleeps out its short timeout and looks again.
+constexpr int kUnlockWaiters = 14;
 
 // A page's state word.
 constexpr int32_t kKindMask = 0x3;

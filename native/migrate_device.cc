@@ -65,10 +65,10 @@ void publishMigratedBack(RegionState& r, uint32_t page, int32_t next, DeviceStor
   __atomic_fetch_add(&dev.shared[kDevMigratedToRam], 1, __ATOMIC_RELAXED);
 }
 
-void migrateSharers(RegionState& r, uint32_t page, int32_t slot, uint32_t pfn) {
-  auto dev = devices().get(slot);
-  if (!dev || pfn >= dev->capacity) return;
-  if (__atomic_load_n(&dev->refcount()[pfn], __ATOMIC_ACQUIRE) <= 1) return;
+void migrateSharers(RegionState& r, uint32_t page, DeviceStore& dev, int32_t slot, uint32_t pfn) {
+  if (pfn >= dev.capacity) return;
+  // Mapped once (every fault but those after a fork): nobody else to bring it back for.
+  if (__atomic_load_n(&dev.refcount()[pfn], __ATOMIC_ACQUIRE) <= 1) return;
   forEachSharer(r, [&](RegionState& m) {
     if (page >= m.pages || m.closed.load(std::memory_order_acquire)) return;
     int32_t* st = m.state(page);
@@ -94,17 +94,17 @@ void migrateSharers(RegionState& r, uint32_t page, int32_t slot, uint32_t pfn) {
     int rc = -ECANCELED;
     const uint64_t addr = m.addr(page);
     if (!(__atomic_load_n(st, __ATOMIC_ACQUIRE) & kZapPending))
-      rc = copy(m.uffd.get(), addr, reinterpret_cast<uint64_t>(dev->page(pfn)), m.pageSize,
+      rc = copy(m.uffd.get(), addr, reinterpret_cast<uint64_t>(dev.page(pfn)), m.pageSize,
                 UFFDIO_COPY_MODE_DONTWAKE | UFFDIO_COPY_MODE_WP, nullptr);
     if (rc != 0 && rc != -EEXIST) {
       if (rc == -EAGAIN) bump(m, kStatFillRetries);
-      if (!publishUnlessZapped(m, st, s)) dev->putPage(pfn);  // zapped: the entry's reference goes with it
+      if (!publishUnlessZapped(m, st, s)) dev.putPage(pfn);  // zapped: the entry's reference goes with it
       return;
     }
     if (rc == -EEXIST) bump(m, kStatFillRaced);
     st[1] = 0;
     const bool kept = publishUnlessZapped(m, st, kKindPresent);
-    dev->putPage(pfn);
+    dev.putPage(pfn);
     if (!kept) return;
     // That mapping's page came back; the device page migrated once (counted by the faulting side).
     bump(m, kStatMigratedBack);

@@ -11,8 +11,12 @@
 
 namespace uffdhmm {
 
-// Bumps the unlock sequence so waiters on a locked page re-check it.
-inline void noteUnlock(RegionState& r) { __atomic_fetch_add(r.stat(layout::kUnlockSeq), 1, __ATOMIC_RELEASE); }
+// Bumps the unlock sequence so waiters on a locked page re-check it: only while one sleeps on it
+// (kUnlockWaiters), since a fault would otherwise pay an atomic read-modify-write per page for
+// nobody. A waiter that registers just after this load sleeps out its timeout (a millisecond at most).
+inline void noteUnlock(RegionState& r) {
+  if (__atomic_load_n(r.stat(layout::kUnlockWaiters), __ATOMIC_RELAXED) != 0) __atomic_fetch_add(r.stat(layout::kUnlockSeq), 1, __ATOMIC_RELEASE);
+}
 
 constexpr int32_t kLockBits = layout::kLocked | layout::kHolderMask;
 

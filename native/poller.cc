@@ -233,14 +233,18 @@ Napi::Value PollerKick(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+Poller::Cached* cachedRegion(Poller& p, int h);
+
 // One round: wait up to timeoutMs for ready userfaultfds, read and dispatch their messages. Every
-// event and every fault that needs no driver decision is served here, in native code.
-void pump(Poller& p, int timeoutMs) {
+// event and every fault that needs no driver decision is served here, in native code. Returns how
+// many userfaultfds (or the eventfd) were ready.
+int pump(Poller& p, int timeoutMs) {
   constexpr int kMaxReady = 16;
   struct epoll_event ready[kMaxReady];
   int nready;
   do {
-    nready = ::epoll_wait(p.epoll.get(), ready, kMaxReady, timeoutMs);
+    // The system call itself, not libc's cancellation point (see readMessages in dispatch.cc).
+    nready = static_cast<int>(::syscall(SYS_epoll_wait, p.epoll.get(), ready, kMaxReady, timeoutMs));
   } while (nready < 0 && errno == EINTR);
   constexpr int kBatch = 64;
   struct uffd_msg msgs[kBatch];
@@ -252,14 +256,57 @@ void pump(Poller& p, int timeoutMs) {
       continue;
     }
     int h = static_cast<int>(ready[i].data.u64);
-    auto r = regions().get(h);
-    if (!r) continue;
+    Poller::Cached* c = cachedRegion(p, h);
+    std::shared_ptr<RegionState> uncached;  // past kMaxCached regions at once: looked up each time
+    RegionState* r = c ? c->region.get() : (uncached = regions().get(h)).get();
+    if (!r || r->closed.load(std::memory_order_acquire)) continue;  // closing woke its threads
     // Leave messages in the kernel's queue rather than overflow ours.
     int room = std::min(kBatch, FaultQueue::kCapacity - p.deferred.size());
     if (room <= 0) continue;
     int32_t zapBatch = 0;
     int n = readBatch(*r, msgs, room, &zapBatch);
-    if (n > 0) dispatchBatch(*r, h, msgs, n, zapBatch, p.deferred, &p.asks);
+    if (n <= 0) continue;
+    dispatchBatch(*r, h, msgs, n, zapBatch, p.deferred, &p.asks);
+    if (c) c->served = true;
+  }
+  return nready;
+}
+
+// The cache entry of region h, looked up in the registry on its first batch; null when the cache
+// is full (or h is closed already). Linear: a worker serves a handful of regions at once.
+Poller::Cached* cachedRegion(Poller& p, int h) {
+  for (int i = 0; i < p.ncached; i++)
+    if (p.cached[i].handle == h) return &p.cached[i];
+  if (p.ncached == Poller::kMaxCached) return nullptr;
+  auto r = regions().get(h);
+  if (!r) return nullptr;
+  Poller::Cached& c = p.cached[p.ncached++];
+  c.handle = h;
+  c.region = std::move(r);  // a move into a slot that holds none: no allocation
+  c.served = false;
+  return &c;
+}
+
+// At pollerWait's return: a JS entry for each region it read from, and the references to regions
+// that left the poller (pollerRemove, before a close) or closed let go, outside the fork gate: the
+// last reference frees the region, its userfaultfd with it.
+void settleCached(Poller& p) {
+  std::unique_lock<std::mutex> lock(p.mu);
+  for (int i = 0; i < p.ncached;) {
+    Poller::Cached& c = p.cached[i];
+    if (c.served) __atomic_fetch_add(c.region->stat(layout::kStatJsEntries), 1, __ATOMIC_RELAXED);
+    c.served = false;
+    const bool member = std::find(p.members.begin(), p.members.end(), c.handle) != p.members.end();
+    if (member && !c.region->closed.load(std::memory_order_acquire)) {
+      i++;
+      continue;
+    }
+    // Moved out, and dropped once the lock is released: a region's destructor closes files.
+    std::shared_ptr<RegionState> gone = std::move(c.region);
+    p.cached[i] = std::move(p.cached[--p.ncached]);
+    lock.unlock();
+    gone.reset();
+    lock.lock();
   }
 }
 
@@ -321,22 +368,40 @@ Napi::Value PollerWait(const Napi::CallbackInfo& info) {
 
   // In, unless the watchdog declared us dead: one CAS, so it can never do so once we are in.
   for (uint64_t v = p->phase.load();;) {
-    if ((v & 3) == Poller::kDead) return Napi::Number::New(env, -2);  // the watchdog serves these regions now
+    if ((v & 3) == Poller::kDead) {
+      p->dropCached();  // the watchdog serves these regions now; this thread reads none of them again
+      return Napi::Number::New(env, -2);
+    }
     if (p->phase.compare_exchange_weak(v, (((v >> 2) + 1) << 2) | Poller::kIn)) break;
   }
   p->asks.out = out;
   p->asks.capacity = capacity;
   p->asks.written = 0;
   p->kicked = false;
-  retryDeferred(p->deferred, nullptr, &p->asks);
-  pump(*p, p->asks.written == 0 && p->deferred.size() == 0 ? static_cast<int>(timeout) : 0);
-  // Faults on locked pages: a migration holds a page for microseconds. Look again shortly, here,
-  // until one needs JS, a kick comes, or the caller's timeout is up.
-  for (uint32_t waited = 0; p->asks.written == 0 && !p->kicked && p->deferred.size() > 0 && waited < timeout * 50; waited++) {
-    struct timespec ts = {0, 20 * 1000};
-    ::nanosleep(&ts, nullptr);
+  // JS runs only when it must: a fault a driver's hook must decide (an ask), a kick (new messages,
+  // a stop), or the end of the caller's time slice, so that the worker's event loop still turns.
+  // Every other fault and event is served here, batch after batch, with no JS round trip. The
+  // clock is read once per kSliceCheck batches, not per fault: a slice ends at most that many
+  // batches late.
+  constexpr int kSliceCheck = 64;
+  const auto sliceEnd = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout);
+  int waitMs = static_cast<int>(timeout);
+  for (int round = 1;; round++) {
     retryDeferred(p->deferred, nullptr, &p->asks);
-    pump(*p, 0);
+    const bool idle = p->asks.written == 0 && p->deferred.size() == 0;
+    const int ready = pump(*p, idle ? waitMs : 0);
+    if (p->asks.written > 0 || p->kicked) break;
+    if (idle && ready == 0) break;  // waited out the rest of the slice with nothing to serve
+    if (p->deferred.size() > 0) {
+      // Faults on locked pages: a migration holds a page for microseconds. Look again shortly.
+      struct timespec ts = {0, 20 * 1000};
+      ::nanosleep(&ts, nullptr);
+    }
+    if (round % kSliceCheck == 0 || !idle || ready == 0) {
+      const auto left = sliceEnd - std::chrono::steady_clock::now();
+      if (left <= std::chrono::steady_clock::duration::zero()) break;
+      waitMs = static_cast<int>(std::chrono::ceil<std::chrono::milliseconds>(left).count());
+    }
   }
   // Never go back to JS (which may allocate) while a fork is in progress: see prepareFork.
   while (gForkGate.load(std::memory_order_acquire) != 0) {
@@ -349,6 +414,7 @@ Napi::Value PollerWait(const Napi::CallbackInfo& info) {
   p->phase.store((((p->phase.load() >> 2) + 1) << 2) | Poller::kOut);
   const int written = p->asks.written;
   p->asks.out = nullptr;
+  settleCached(*p);  // JS gets control back now
   return Napi::Number::New(env, written == 0 && p->kicked ? -1 : written);
 }
 

@@ -34,6 +34,25 @@ struct Poller {
     bool ask(int handle, uint32_t page, uint32_t flags, uint32_t tid, uint64_t t0Ns, const Carried& entry) override;
   } asks;
   bool kicked = false;
+  // The regions pollerWait has read from, each with a reference, so that a batch costs no registry
+  // lookup (a mutex and a reference count, more than the rest of a fault's bookkeeping). Only the
+  // thread in pollerWait uses them. A closed region's reference goes when pollerWait returns
+  // (releaseClosed), never inside it: the last reference frees the region, and a fork in progress
+  // holds malloc's locks. `served` marks those read by the current call: a JS entry each
+  // (kStatJsEntries) when it returns.
+  struct Cached {
+    int handle = 0;
+    std::shared_ptr<RegionState> region;
+    bool served = false;
+  };
+  static constexpr int kMaxCached = 64;
+  Cached cached[kMaxCached];
+  int ncached = 0;
+  // Lets every cached reference go: the worker reads no region again (dead, or gone). Its thread only.
+  void dropCached() {
+    for (int i = 0; i < ncached; i++) cached[i].region.reset();
+    ncached = 0;
+  }
   std::atomic<bool> holding{false};     // held in pollerWait while a fork is in progress
   std::atomic<pid_t> attachedTid{0};    // the worker thread that waits on this poller
   std::atomic<bool> hasMembers{false};

@@ -12,7 +12,7 @@ namespace {
 #define PROTOCOL_CONSTANTS(X)                                                                                        \
   X(kFaultKernel) X(kRegionHeader) X(kStatFaults) X(kStatWriteFaults) X(kStatWpFaults) X(kStatKernelFaults)         \
   X(kStatMigratedBack) X(kStatZeroFills) X(kStatRefused) X(kUnlockSeq) X(kStatFillRetries) X(kStatFillRaced)       \
-  X(kZapReading) X(kZapBatchesRead) X(kZapBatchesDone) X(kKindMask) X(kKindNone)                \
+  X(kZapReading) X(kZapBatchesRead) X(kZapBatchesDone) X(kStatJsEntries) X(kUnlockWaiters) X(kKindMask) X(kKindNone)                \
   X(kKindPresent) X(kKindDevice) X(kKindPoison) X(kWrite) X(kLocked) X(kUnmapped) X(kZapping) X(kHuge)              \
   X(kZapPending) X(kHolderShift) X(kHolderMask) X(kHolderOwner) X(kHolderServicer) X(kHolderPeer) X(kRefusalPoison) X(kPmdSize) X(kDeviceShift) X(kMaxDeviceSlot) X(kTraceHeader) X(kTraceEnabled) X(kTraceNext)       \
   X(kTraceOverwritten) X(kTraceCapacity) X(kTraceStride) X(kTraceSeq) X(kTraceT0) X(kTracePage) X(kTraceFlags)      \

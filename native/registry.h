@@ -2,6 +2,7 @@
 // addon, so objects are named by integer handles that any thread may pass back in.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <unordered_map>
@@ -82,17 +83,25 @@ class Registry {
 template <class T>
 class SlotRegistry {
  public:
-  explicit SlotRegistry(int maxSlot) : maxSlot_(maxSlot) { slots_.reserve(256); }
+  explicit SlotRegistry(int maxSlot) : maxSlot_(maxSlot), raw_(new std::atomic<T*>[size_t(maxSlot) + 1]()) { slots_.reserve(256); }
+  // The object in slot h without a lock or a reference count, for the fault engine's hot path (a
+  // mutex and a shared_ptr copy cost it more than the rest of its bookkeeping for a fault). Valid
+  // only while the caller holds a page lock whose entry names h: an object is removed only after
+  // every entry naming it was taken back under that page's lock (a device is evicted before
+  // deviceDestroy), so no removal completes while such a lock is held.
+  T* borrow(int h) const { return h <= 0 || h > maxSlot_ ? nullptr : raw_[h].load(std::memory_order_acquire); }
   int add(std::shared_ptr<T> obj) {
     std::lock_guard<std::mutex> lock(mu_);
     for (size_t i = 1; i < slots_.size(); i++) {
       if (!slots_[i]) {
+        raw_[i].store(obj.get(), std::memory_order_release);
         slots_[i] = std::move(obj);
         return static_cast<int>(i);
       }
     }
     if (slots_.empty()) slots_.emplace_back();  // slot 0 stays empty: 0 means "no device"
     if (static_cast<int>(slots_.size()) > maxSlot_) return -1;
+    raw_[slots_.size()].store(obj.get(), std::memory_order_release);
     slots_.push_back(std::move(obj));
     return static_cast<int>(slots_.size() - 1);
   }
@@ -104,6 +113,7 @@ class SlotRegistry {
   std::shared_ptr<T> remove(int h) {
     std::lock_guard<std::mutex> lock(mu_);
     if (h <= 0 || static_cast<size_t>(h) >= slots_.size()) return nullptr;
+    raw_[h].store(nullptr, std::memory_order_release);
     return std::exchange(slots_[h], nullptr);
   }
 
@@ -111,6 +121,7 @@ class SlotRegistry {
   std::mutex mu_;
   std::vector<std::shared_ptr<T>> slots_;
   int maxSlot_;
+  std::unique_ptr<std::atomic<T*>[]> raw_;  // slots_' objects, for borrow()
 };
 
 }  // namespace uffdhmm

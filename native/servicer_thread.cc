@@ -3,6 +3,7 @@
 #include "servicer_thread.h"
 
 #include <poll.h>
+#include <sys/syscall.h>
 #include <time.h>
 
 #include <cerrno>
@@ -31,7 +32,8 @@ void serviceLoop(std::shared_ptr<RegionState> r) {
     }
     // A guard started without its wake-up eventfd (guard takeOver) sees its stop flag only here.
     int timeout = deferred.size() > 0 ? 0 : r->wakeFd.valid() ? 1000 : 10;
-    int rc = ::poll(fds, 2, timeout);
+    // The system call itself, not libc's cancellation point (see readMessages).
+    int rc = static_cast<int>(::syscall(SYS_poll, fds, 2, timeout));
     if (rc < 0) {
       if (errno == EINTR) continue;
       break;

@@ -153,6 +153,7 @@ void onWorkerGone(void* arg) {
   int handle = static_cast<int>(reinterpret_cast<intptr_t>(arg));
   auto p = pollers().get(handle);
   if (!p) return;
+  p->dropCached();  // on the worker's own thread, the cache's only user: its regions are not read again
   p->workerGone.store(true);
   uint64_t v = p->phase.load();
   while ((v & 3) != Poller::kDead && !p->phase.compare_exchange_weak(v, (v & ~uint64_t(3)) | Poller::kDead)) {

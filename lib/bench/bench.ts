@@ -63,6 +63,7 @@ interface Tally {
   touches: number;
   warmup: number;
   served: number | undefined;
+  jsEntries: number;
   roundP50: number[];
   /** Fault-around runs: each group of `faultAround` touches (one fault, the rest finding their page back), summed. */
   groups: LatencyRecorder | undefined;
@@ -199,7 +200,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchOutput> {
       let t = tallies.get(step.name);
       if (!t) {
         const recorder = new LatencyRecorder();
-        t = { step, recorder, wallNs: 0, elapsedNs: 0, touches: 0, warmup: 0, served: undefined, roundP50: [], groups: undefined };
+        t = { step, recorder, wallNs: 0, elapsedNs: 0, touches: 0, warmup: 0, served: undefined, jsEntries: 0, roundP50: [], groups: undefined };
         tallies.set(step.name, t);
       }
       t.recorder.record(touched.latencies, warmup);
@@ -215,6 +216,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchOutput> {
       t.touches += opts.faults;
       t.warmup += warmup;
       if (touched.served !== undefined) t.served = (t.served ?? 0) + touched.served;
+      t.jsEntries += touched.jsEntries ?? 0;
     }
 
     const runs: RunResult[] = [];
@@ -233,6 +235,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchOutput> {
         elapsed_s: t.elapsedNs / 1e9,
         warmup: t.warmup,
         ...(t.served === undefined ? {} : { faults_served: t.served }),
+        ...(t.step.def.servicer === 'worker' && t.served ? { js_entries_per_fault: t.jsEntries / t.served } : {}),
         ...(t.roundP50.length > 1 ? { round_p50_us: t.roundP50 } : {}),
         ...(t.groups ? perPage(t.groups, t.step.def.faultAround ?? 1) : {}),
       });

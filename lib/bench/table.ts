@@ -100,6 +100,11 @@ export function formatReport(res: BenchResults, files: string[]): string {
     const fmt = (r: number | null) => (r === null ? 'n/a' : `${((r - 1) * 100).toFixed(1)}%`);
     out.push(`trace overhead at p50 (traced ÷ untraced, same run): worker ${fmt(to.worker_p50)}, native ${fmt(to.native_p50)}`);
   }
+  const js = res.runs.filter((r) => r.js_entries_per_fault !== undefined);
+  if (js.length > 0) {
+    out.push('');
+    out.push(`worker servicer's returns to JS per served fault: ${js.map((r) => `${r.name} ${r.js_entries_per_fault!.toFixed(4)}`).join(', ')}`);
+  }
   if (res.memory) {
     const m = res.memory;
     out.push('');

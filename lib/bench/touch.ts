@@ -13,6 +13,8 @@ export interface Touched {
   wallNs: number;
   /** Faults the region's servicer counted, for region runs. */
   served?: number;
+  /** The worker servicer's returns to JS on account of the region's faults (Region#servicerStats). */
+  jsEntries?: number;
 }
 
 export interface TouchHooks {
@@ -82,7 +84,7 @@ export async function touchRun(def: RunDef, v: Variant, order: Int32Array, cpu: 
     });
     await hooks.afterTouches?.(region);
     if (trace && trace.recorded < n) throw benchCheckFailed(`the trace recorded ${trace.recorded} of ${n} faults`);
-    return { latencies, wallNs: Number(wall), served: region.stats().faults };
+    return { latencies, wallNs: Number(wall), served: region.stats().faults, jsEntries: region.servicerStats().jsEntries };
   } finally {
     await region.close();
     await device.close();

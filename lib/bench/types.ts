@@ -40,6 +40,11 @@ export interface RunResult extends LatencySummary {
   warmup: number;
   /** Faults the region's servicer counted (region runs only): equals touches when each touch faulted once. */
   faults_served?: number;
+  /**
+   * Worker runs: the worker servicer's returns to JS per served fault (Region#servicerStats): about
+   * 0 when every fault is served natively, 1 when a driver's fault hook decides each.
+   */
+  js_entries_per_fault?: number;
   /** p50 of each round, when the run had several: how much the rounds agree. */
   round_p50_us?: number[];
   /**

@@ -16,6 +16,9 @@ import {
   REGION_HEADER,
   STAT_FAULTS,
   STAT_KERNEL_FAULTS,
+  STAT_FILL_RACED,
+  STAT_FILL_RETRIES,
+  STAT_JS_ENTRIES,
   STAT_MIGRATED_BACK,
   STAT_WP_FAULTS,
   STAT_WRITE_FAULTS,
@@ -117,6 +120,33 @@ export interface RegionStats {
   kernelFaults: number;
   /** Pages migrated back to system memory, by faults or migrateToRam. */
   migratedBack: number;
+}
+
+/**
+ * How the region's faults were served, beyond what {@link RegionStats} counts (Region#servicerStats):
+ * counters that only go up, for benchmarks and for telling a slow servicer from a slow host.
+ */
+export interface ServicerStats {
+  /**
+   * Times the worker servicer's JS got control back after its native poller read this region's
+   * faults: once per fault a driver's `fault` hook decides, otherwise only at the end of a time
+   * slice (every 250 ms or so) or when messages reach the worker. 0 under the native and inline
+   * servicers, which have no JS.
+   */
+  jsEntries: number;
+  /** Fills refused with EAGAIN because the mm was changing (an event not read yet), and tried again. */
+  fillRetries: number;
+  /** Fills that found the page already there (another path filled it first): the thread was only woken. */
+  fillRaced: number;
+}
+
+/** The region's servicer counters (Region#servicerStats), from its header; readable after close. */
+export function servicerStats(s: Int32Array): ServicerStats {
+  return {
+    jsEntries: Atomics.load(s, STAT_JS_ENTRIES) >>> 0,
+    fillRetries: Atomics.load(s, STAT_FILL_RETRIES) >>> 0,
+    fillRaced: Atomics.load(s, STAT_FILL_RACED) >>> 0,
+  };
 }
 
 /** The region's fault counters (Region#stats), from its header; readable after close. */

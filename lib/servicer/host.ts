@@ -152,7 +152,7 @@ export class WorkerServicer {
                 'configureServicers({ stallDeadlineMs }) if it is only slow',
             ),
       );
-      void this.#worker.terminate();
+      void this.#terminate();
     }, Math.min(250, deadline));
     this.#watch.unref();
   }
@@ -194,7 +194,17 @@ export class WorkerServicer {
     // stop, then make sure: it has nothing left to serve.
     Atomics.store(this.#ctrl, CTRL_STOP, 1);
     native.pollerKick(this.poller);
-    if (!this.#exited) void this.#worker.terminate();
+    if (!this.#exited) void this.#terminate();
+  }
+
+  /**
+   * Ends the worker. Termination lands when its thread next runs JS, and its pollerWait serves
+   * faults natively until a kick or the end of its time slice: the kick brings it back to JS now.
+   */
+  #terminate(): Promise<number> {
+    const done = this.#worker.terminate();
+    native.pollerKick(this.poller);
+    return done;
   }
 
   addRegion(region: ServicedRegion): void {
@@ -289,6 +299,6 @@ export class WorkerServicer {
 
   /** @internal For tests of the guard: stops the worker as a crash would. */
   async terminateForTest(): Promise<void> {
-    await this.#worker.terminate();
+    await this.#terminate();
   }
 }
