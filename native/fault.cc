@@ -22,6 +22,17 @@ static const uint8_t* zeroPage() {
 
 static inline void bump(RegionState& r, int index) { __atomic_fetch_add(r.stat(index), 1, __ATOMIC_RELAXED); }
 
+// Waits (50 ms at most: the zapping thread is running its madvise) until the page's pte no longer
+// holds a refusal's poison marker, which pagemap shows as a swap entry.
+static void awaitMarkerGone(RegionState& r, uint32_t page) {
+  for (int tries = 0; tries < 2500; tries++) {
+    uint64_t pm = kPmSwap;
+    if (readPagemap(r, page, 1, &pm) != 0 || !(pm & kPmSwap)) return;
+    struct timespec ts = {0, 20 * 1000};
+    ::nanosleep(&ts, nullptr);
+  }
+}
+
 void zapRange(RegionState& r, uint64_t start, uint64_t end, bool unmapped) {
   const uint64_t base = reinterpret_cast<uint64_t>(r.base);
   const uint64_t lo = std::max(start, base), hi = std::min(end, base + r.length);
@@ -35,12 +46,18 @@ void zapRange(RegionState& r, uint64_t start, uint64_t end, bool unmapped) {
         // books. A migration must learn of the zap, or it would publish what the zap dropped.
         if ((s & (kZapping | kRefusalPoison)) == (kZapping | kRefusalPoison) && heldBy(s, kHolderServicer)) {
           // A refusal's marker zapped by the faulting thread (refuse): the entry stays as it was,
-          // unless someone else zapped the page meanwhile.
+          // unless someone else zapped the page meanwhile. Its madvise zaps only once this REMOVE
+          // is read, so the page stays held until the marker is gone: filled before that (a
+          // deferred fault on it), the zap would take the filled page too.
+          awaitMarkerGone(r, page);
           const uint32_t pfn = static_cast<uint32_t>(st[1]);
           if (!publishUnlessZapped(r, st, s & ~(kZapping | kRefusalPoison | kZapPending)) && (s & kKindMask) == kKindDevice) {
             auto dev = devices().get((s >> kDeviceShift) & kMaxDeviceSlot);
             if (dev) dev->putPage(pfn);
           }
+          // Threads asleep on the page whose faults nobody holds any more (their servicer was taken
+          // over: the guard woke every page but this one) fault afresh now that the marker is gone.
+          wake(r.uffd.get(), r.addr(page), r.pageSize);
         } else if (s & kZapping) {
           __atomic_fetch_and(st, ~kZapping, __ATOMIC_RELEASE);
           noteUnlock(r);
@@ -204,15 +221,21 @@ static int doFill(RegionState& r, Fill fill, uint32_t first, uint32_t k, const D
 // returns, the access faults again and the driver is asked again. From inside a system call a
 // poison marker fails its retry with EFAULT, and the thread zaps the marker on its way back (native/
 // refusal.cc): the page stays locked, kZapping | kRefusalPoison, until this servicer reads that zap
-// (zapRange), so nobody takes the page meanwhile.
-static Served refuse(RegionState& r, uint32_t page, int32_t s, uint32_t flags, uint32_t tid, uint64_t t0Ns, DeviceStore& dev,
-                     uint32_t pfn, bool kernel, const Carried* ask) {
+// (zapRange), so nobody takes the page meanwhile. False, with the page still held and its word as it
+// was, when the refusal could not reach a thread inside a system call (its signal could not be
+// queued, or the thread is gone): the caller migrates the page back instead, and that copy replaces
+// the marker (UFFDIO_COPY fills over pte markers), so no poison is ever left behind.
+static bool refuse(RegionState& r, uint32_t page, int32_t s, uint32_t flags, uint32_t tid, uint64_t t0Ns, DeviceStore& dev,
+                   uint32_t pfn, bool kernel, Carried* ask, Served* served) {
   const uint32_t offset = ask ? ask->offset : 0;
   int32_t* st = r.state(page);
   const uint64_t addr = r.addr(page);
   if (!kernel) {
     refuseUserAccess(tid, addr + offset);
     unlockPage(r, st, s);
+    // The signal ends the thread's wait; woken besides, in case it blocks that signal too: it then
+    // faults again, and the driver is asked again.
+    wake(r.uffd.get(), addr, r.pageSize);
   } else {
     // The marker before the signal: a thread woken before it is there faults on the hole again, and
     // again, its pending signal cutting every wait short.
@@ -220,19 +243,27 @@ static Served refuse(RegionState& r, uint32_t page, int32_t s, uint32_t flags, u
     int rc = poison(r.uffd.get(), addr, r.pageSize, kPoisonModeDontwake, nullptr);
     if (rc != 0) {
       unlockPage(r, st, s);
-      if (rc != -EAGAIN) return Served::Failed;
+      if (rc != -EAGAIN) {
+        *served = Served::Failed;
+        return true;
+      }
       bump(r, kStatFillRetries);
-      return Served::Deferred;  // the mm is changing: tried again, with the verdict, after the event
+      *served = Served::Deferred;  // the mm is changing: tried again, with the verdict, after the event
+      return true;
     }
-    if (!refuseKernelAccess(tid, addr)) unlockPage(r, st, s);  // the thread is gone, and its fault with it
+    if (!refuseKernelAccess(tid, addr)) {
+      publishLocked(st, s, kHolderServicer);  // still held, as it was: the caller migrates it
+      return false;
+    }
+    // No UFFDIO_WAKE here: the signal ends the refused thread's wait, and any other thread asleep on
+    // this page, woken now, would fault into the marker (hwpoison) instead of waiting for its turn.
+    if (ask) ask->refusedInSyscall = true;
   }
-  // The signal ends the thread's wait; woken besides, in case it blocks that signal too: it then
-  // faults again, and the driver is asked again.
-  wake(r.uffd.get(), addr, r.pageSize);
   countFault(r, &dev, kKindDevice, s, kKindPoison, flags, 1, +1);
   if (r.trace)
     traceRecord(r, page, flags, tid, (s >> kDeviceShift) & kMaxDeviceSlot, kOutcomeSigbus, t0Ns ? t0Ns : monoNs(), pfn, ask ? ask->hookUs : 0.0);
-  return Served::Done;
+  *served = Served::Done;
+  return true;
 }
 
 Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, uint64_t t0Ns, Carried* ask, bool held) {
@@ -280,11 +311,13 @@ Served serveFault(RegionState& r, uint32_t page, uint32_t flags, uint32_t tid, u
       }
       if (verdict == kVerdictSigbus) {
         const bool kernel = (flags & kFaultKernel) || (tid != 0 && faultInSyscall(tid));
-        if (tid != 0 && !(kernel && (!(kernelFeatures().features & UFFD_FEATURE_POISON) || threadBlocks(tid, refusalSignal()))))
-          return refuse(r, page, s, flags, tid, t0Ns, *dev, pfn, kernel, ask);
-        // Not deliverable (no thread id; inside a system call, a kernel without UFFDIO_POISON or a
-        // thread that blocks the refusal signal): served by the default policy instead, and the
-        // caller says so (ask->verdict).
+        Served served;
+        if (tid != 0 && !(kernel && (!(kernelFeatures().features & UFFD_FEATURE_POISON) || threadBlocks(tid, refusalSignal()))) &&
+            refuse(r, page, s, flags, tid, t0Ns, *dev, pfn, kernel, ask, &served))
+          return served;
+        // Not deliverable (no thread id; inside a system call, a kernel without UFFDIO_POISON, a
+        // thread that blocks the refusal signal, or one whose signal could not be queued): served by
+        // the default policy instead, and the caller says so (ask->verdict).
         ask->verdict = kVerdictMigrate;
       }
       {

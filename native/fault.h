@@ -28,6 +28,10 @@ struct Carried {
   uint32_t pfn = 0;
   uint32_t offset = 0;  // of the faulting address in its page (UFFD_FEATURE_EXACT_ADDRESS): a refusal's si_addr
   double hookUs = 0;    // time the driver's fault hook took to give the verdict, for the trace
+  // Set when a refusal failed an access inside a system call: a poison marker is in the page's pte
+  // until this servicer reads the zap that takes it away, so the caller reads events before it asks
+  // any other hook (lib/servicer/worker.ts settleRefusal).
+  bool refusedInSyscall = false;
 };
 
 // Serves one userfaultfd page fault on `page` of `r` from the shared table: device entry ->

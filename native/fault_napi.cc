@@ -24,11 +24,15 @@ constexpr int kFailed = 3;
 // the refusal signal, or no UFFDIO_POISON; native/refusal.cc): served by the default policy
 // instead; the caller reports it.
 constexpr int kServedNotRefused = 4;
+// The driver refused a fault taken inside a system call, and it failed: a poison marker stands in
+// the page's pte until this servicer reads the zap that takes it away (the caller reads events next).
+constexpr int kRefusedInSyscall = 5;
 
 // faultServe(region, page, flags, tid, t0Us, verdict, state, pfn, held, offset[, hookUs]) -> 0 served, 1 deferred
 // (keep the verdict and try again), 2 ask the driver about the entry the page holds now (the page
 // is locked for the caller: serve it with held), 3 failed (the thread was woken to fault afresh),
-// 4 served by migration although the driver refused (the refusal could not reach the thread).
+// 4 served by migration although the driver refused (the refusal could not reach the thread), 5
+// refused inside a system call (read events before asking any other hook).
 // offset: the faulting address's offset in the page (the ask record's), where a refusal points.
 // verdict/state/pfn: the driver's decision and the entry it was for. held: the caller holds the
 // page locked since an ask (a pollerWait record or a 2 from here); verdict 0 then just unlocks it.
@@ -66,7 +70,7 @@ Napi::Value FaultServe(const Napi::CallbackInfo& info) {
     throw rangeError(env, "held: the page is not locked for the servicer");
   switch (serveFault(*r, page, flags, tid, t0Us > 0 ? static_cast<uint64_t>(t0Us * 1000.0) : 0, &carried, held)) {
     case Served::Done:
-      return Napi::Number::New(env, carried.verdict == verdictGiven ? kServed : kServedNotRefused);
+      return Napi::Number::New(env, carried.verdict != verdictGiven ? kServedNotRefused : carried.refusedInSyscall ? kRefusedInSyscall : kServed);
     case Served::Deferred:
       return Napi::Number::New(env, kDeferred);
     case Served::Ask:

@@ -65,13 +65,28 @@ static void takeLocks(RegionState& r) {
                    __ATOMIC_SEQ_CST);
 }
 
+// Faults the dead servicer read but never served: wakes their threads so they fault afresh, every
+// page but those under a refusal's poison marker (fault.cc refuse), whose sleepers would fault into
+// it (hwpoison) instead of waiting for the zap that takes it away; that zap's REMOVE wakes nobody,
+// so they wake then, when the guard serves the page (the kernel retries a woken fault).
+static void wakeAllButRefusals(RegionState& r) {
+  uint32_t from = 0;
+  for (uint32_t page = 0; page <= r.pages; page++) {
+    if (page < r.pages && !(__atomic_load_n(r.state(page), __ATOMIC_ACQUIRE) & layout::kRefusalPoison)) continue;
+    if (page > from) wake(r.uffd.get(), r.addr(from), uint64_t(page - from) * r.pageSize);
+    from = page + 1;
+  }
+}
+
 bool guardByWatchdog(RegionState& r) {
+  // A borrower from before the check of `closed` on: retireRegion (a region closing, or its owner's
+  // environment going away with the table it writes) waits for the takeover to finish.
+  WatchdogPass hold(r);
   int mode = kGuardNone;
   if (r.closed.load() || !r.guardMode.compare_exchange_strong(mode, kGuardTaking)) return false;
   takeLocks(r);
   r.guardMode.store(kGuardWatchdog);
-  // Faults the dead servicer read but never served: wake their threads so they fault afresh.
-  wake(r.uffd.get(), reinterpret_cast<uint64_t>(r.base), r.length);
+  wakeAllButRefusals(r);
   return true;
 }
 
@@ -105,8 +120,7 @@ TakeOver takeOver(const std::shared_ptr<RegionState>& r, int* err) {
     }
   }
   r->guardMode.store(kGuardThread);
-  // Faults the dead servicer read but never served: wake their threads so they fault afresh.
-  wake(r->uffd.get(), reinterpret_cast<uint64_t>(r->base), r->length);
+  wakeAllButRefusals(*r);
   return TakeOver::Done;
 }
 

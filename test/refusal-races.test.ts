@@ -46,10 +46,14 @@ describeUffd('a refusal whose signal cannot be queued (RLIMIT_SIGPENDING reached
     expect(o.stdout).not.toContain('VALUE');
   });
 
-  it.concurrent('a refused write(2) gets EFAULT and the page is still there: the next touch reads it', async () => {
+  it.concurrent('a refusal inside write(2) that cannot be delivered is served as a migration, reported, and leaves no poison: the next touch reads the page', async () => {
     const o = await runChild(sigbusChild, ['refuse-first.mjs', 'syscall'], noQueuedSignals);
     expect(o.timedOut, describeOutcome(o)).toBe(false);
     expect({ code: o.code, signal: o.signal }, describeOutcome(o)).toEqual({ code: 0, signal: null });
+    // No signal could carry the refusal: the write went through, the page came back, and the
+    // driver's error says why (a hook error, as for a thread that blocks the signal).
+    expect(o.stdout).toContain('{"code":null,"entry":"present"');
+    expect(o.stderr).toMatch(/ERR_DRIVER_HOOK.*cannot be failed here/s);
     expect(o.stdout).toContain(`VALUE ${(0 * 131 + 5 * 7 + 1) & 0xff}`);
     expect(o.stdout).toContain('SURVIVED');
   });

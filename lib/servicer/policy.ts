@@ -17,6 +17,11 @@ export const FAILED = 3;
  * refusal travels by (native/refusal.cc): the fault was served by the default policy instead.
  */
 export const SERVED_NOT_REFUSED = 4;
+/**
+ * The driver refused a fault taken inside a system call, and it failed: a poison marker stands in
+ * the page's pte until this servicer reads the zap that takes it away (worker.ts settleRefusal).
+ */
+export const REFUSED_IN_SYSCALL = 5;
 
 export interface RegionInfo {
   handle: number;

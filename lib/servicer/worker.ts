@@ -8,10 +8,10 @@ import { workerData, receiveMessageOnPort, type MessagePort } from 'node:worker_
 import { native } from '../native.js';
 import { driverLoadFailed, faultHookFailed } from '../errors.js';
 import { DRIVER_LOAD_CONSEQUENCE } from '../driver.js';
-import { DEV_ASK_FAULT, EVENT_ASK, EVENT_STRIDE, VERDICT_NONE, deviceSlotOf } from '../layout.js';
+import { DEV_ASK_FAULT, EVENT_ASK, EVENT_STRIDE, REFUSAL_POISON, VERDICT_NONE, deviceSlotOf, stateIndex } from '../layout.js';
 import { pfnOf, stateOf } from '../pagelock.js';
 import { CTRL_MAIL_SEQ, CTRL_NAP, CTRL_RUNNING, CTRL_STOP, type FromWorker, type ToWorker } from './protocol.js';
-import { ASK, DEFERRED, SERVED_NOT_REFUSED, askDriver, lastHookUs, type DeviceInfo, type PolicyHost, type RegionInfo } from './policy.js';
+import { ASK, DEFERRED, REFUSED_IN_SYSCALL, SERVED_NOT_REFUSED, askDriver, lastHookUs, type DeviceInfo, type PolicyHost, type RegionInfo } from './policy.js';
 import type { Driver } from '../driver.js';
 
 interface Data {
@@ -179,6 +179,10 @@ function decideAndServe(handle: number, page: number, flags: number, tid: number
       if (dev !== undefined) host.hookError(dev, 'fault', new Error(refusalUndeliverable(tid)));
       return true;
     }
+    if (rc === REFUSED_IN_SYSCALL) {
+      settleRefusal(r, page);
+      return true;
+    }
     if (rc !== ASK) return true; // served, or failed (and its thread woken to fault afresh)
     // The page holds another entry than the verdict was for, and is locked for us: ask about it.
     held = true;
@@ -209,11 +213,39 @@ function serveAsk(handle: number, page: number, flags: number, tid: number, t0Us
     defer(handle, page, flags, tid, t0Us, pending.verdict, pending.state, pending.pfn, offset, pending.hookUs);
 }
 
+/** Records pollerWait writes while a refusal settles (settleRefusal): not `events`, which the run loop is reading. */
+const scratch = new Float64Array(BATCH * EVENT_STRIDE);
+/** How long a refusal's marker is waited for: its thread takes microseconds to zap it, unless descheduled. */
+const REFUSAL_SETTLE_MS = 100;
+
+/**
+ * A refusal inside a system call left a poison marker in the page's pte until this servicer reads
+ * the zap that takes it away, which the refused thread makes on its way back (native/refusal.cc).
+ * Read events now, before any other hook runs, so that another thread touching that page meets the
+ * marker (hwpoison) for those microseconds only, not for another hook's time. Faults to ask about
+ * read meanwhile wait their turn, their pages let go.
+ */
+function settleRefusal(r: RegionInfo, page: number): void {
+  const idx = stateIndex(page);
+  const deadline = performance.now() + REFUSAL_SETTLE_MS;
+  while ((Atomics.load(r.shared, idx) & REFUSAL_POISON) !== 0 && performance.now() < deadline) {
+    const n = native.pollerWait(poller, scratch, 1);
+    if (n === -2) return; // the watchdog serves the region now, and reads that zap
+    for (let i = 0; i < n; i++) {
+      const at = i * EVENT_STRIDE;
+      if (scratch[at + 1] !== EVENT_ASK) continue;
+      letGo(scratch[at], scratch[at + 3], scratch[at + 2], scratch[at + 4], scratch[at + 5], scratch[at + 6], scratch[at + 7], scratch[at + 8]);
+      defer(scratch[at], scratch[at + 3], scratch[at + 2], scratch[at + 4], scratch[at + 5], VERDICT_NONE, scratch[at + 6], scratch[at + 7], scratch[at + 8], 0);
+    }
+  }
+}
+
 /** Why a refusal became a migration (reported as the hook's error; rare, so built only then). */
 function refusalUndeliverable(tid: number): string {
   return (
     `the fault hook refused a fault that thread ${tid} took inside a system call, which cannot be failed here: that thread ` +
-    'blocks the real-time signal a refusal is delivered by (SIGRTMAX-4), or this kernel lacks UFFDIO_POISON (Linux 6.6+); ' +
+    'blocks the real-time signal a refusal is delivered by (SIGRTMAX-4), that signal could not be queued (RLIMIT_SIGPENDING ' +
+    'reached), or this kernel lacks UFFDIO_POISON (Linux 6.6+); ' +
     'the fault was served by the default policy (migrated back) instead'
   );
 }
