@@ -72,23 +72,28 @@ export class PageFrees {
   }
 
   /**
-   * Starts importing the module on this thread (once). The first migration to the device calls
-   * it: pages freed before the module has loaded wait for it (a full device stays full that long),
-   * so it must be loading before any page can be freed.
+   * Loads the module on this thread (once). The first migration to the device calls it: pages freed
+   * before the module has loaded wait for it (a full device stays full that long), so it must be
+   * loading before any page can be freed. A `file:` module without top-level await, named without
+   * a query or fragment, loads at once (require of an ES module): its pageFree is there before any
+   * page is freed, and as the process exits. Any other is imported (a turn of the event loop).
    */
   load(): void {
     if (this.#loading) return;
     const owner = this.#owner;
     const url = this.#url;
     this.#loading = true;
+    // With a query or fragment the module may read its own URL (import.meta.url), which require drops.
+    if (url.startsWith('file:') && !/[?#]/.test(url)) {
+      try {
+        this.#loaded(loadDriverNow(url));
+        return;
+      } catch {
+        // Top-level await, or an error: the import below says which, and reports it.
+      }
+    }
     (import(url) as Promise<Driver>).then(
-      (d) => {
-        if (this.#module !== undefined) return;
-        this.#module = d;
-        // No hook to run: native code frees straight onto the free stack again.
-        if (typeof d.pageFree !== 'function') Atomics.store(owner.shared, DEV_LOG_FREES, 0);
-        this.run();
-      },
+      (d) => this.#loaded(d),
       (e: unknown) => {
         // The exit hook may have loaded it meanwhile, or found it would not load.
         if (this.#module !== undefined) return;
@@ -98,6 +103,14 @@ export class PageFrees {
         this.run();
       },
     );
+  }
+
+  #loaded(d: Driver): void {
+    if (this.#module !== undefined) return;
+    this.#module = d;
+    // No hook to run: native code frees straight onto the free stack again.
+    if (typeof d.pageFree !== 'function') Atomics.store(this.#owner.shared, DEV_LOG_FREES, 0);
+    this.run();
   }
 
   /**

@@ -128,6 +128,8 @@ describeUffd('pageFree runs once per freed device page', () => {
 // its pfn free (refcount 0), never already handed out to the next migration (the free stack is
 // LIFO: the pfn just freed is the next one given out).
 const probing = new URL('./fixtures/semantics/drivers/probing.mjs', import.meta.url);
+/** The same driver, named with a query: imported, never required, so it loads a turn of the event loop late. */
+const probingAsync = new URL('./fixtures/semantics/drivers/probing.mjs?imported', import.meta.url);
 type Probe = (ctx: { deviceName: string; pfn: number }) => void;
 
 /** A device with the probing driver, and what its pageFree saw of the device as it ran. */
@@ -198,7 +200,7 @@ describeUffd('pageFree before the main thread has loaded the driver module', () 
 
   it('a full device hands out a freed page rather than looking full, and its pageFree still comes once; after the load, never early', async () => {
     const name = `probing-${process.pid}-${seq++}`;
-    const device = new Device({ name, capacity: 1, driver: probing });
+    const device = new Device({ name, capacity: 1, driver: probingAsync });
     const seen: { pfn: number; refcountNow: number }[] = [];
     (globalThis as { __uffdHmmPageFreeProbe?: Probe }).__uffdHmmPageFreeProbe = (ctx) => {
       if (ctx.deviceName === name) seen.push({ pfn: ctx.pfn, refcountNow: device.refcount(ctx.pfn) });
@@ -224,7 +226,7 @@ describeUffd('pageFree before the main thread has loaded the driver module', () 
 
   it('a page handed out early and freed again before the load goes back on the free stack once the module loads', async () => {
     const name = `probing-${process.pid}-${seq++}`;
-    const device = new Device({ name, capacity: 1, driver: probing });
+    const device = new Device({ name, capacity: 1, driver: probingAsync });
     const seen: { pfn: number; refcountNow: number }[] = [];
     (globalThis as { __uffdHmmPageFreeProbe?: Probe }).__uffdHmmPageFreeProbe = (ctx) => {
       if (ctx.deviceName === name) seen.push({ pfn: ctx.pfn, refcountNow: device.refcount(ctx.pfn) });
